@@ -84,7 +84,7 @@ class Reactor {
   Reactor(const Reactor&) = delete;
   Reactor& operator=(const Reactor&) = delete;
 
-  // Sets up the ring; call on any thread before run().
+  // Sets up the ring. Call on the thread that will call run(): the ring is single-issuer.
   Result<void> init(unsigned sq_entries = 1024) noexcept;
   // Loops until stop(); binds this reactor to the calling thread (current()).
   void run() noexcept;

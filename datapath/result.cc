@@ -23,6 +23,7 @@ const char* to_string(Errc e) noexcept {
     case Errc::not_found: return "not found";
     case Errc::exists: return "exists";
     case Errc::write_protected: return "write protected";
+    case Errc::medium_error: return "medium error";
   }
   return "unknown";
 }

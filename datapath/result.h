@@ -31,6 +31,7 @@ enum class Errc : uint8_t {
   not_found,
   exists,
   write_protected,
+  medium_error,      // unrecoverable read/write error on the medium
 };
 
 const char* to_string(Errc e) noexcept;
