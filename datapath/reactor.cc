@@ -228,6 +228,7 @@ void Reactor::run() noexcept {
   }
   run_deferred();
   drain_posted();
+  stop_.store(false, std::memory_order_release);  // run() may be called again (tests, fuzzers)
   t_current = nullptr;
 }
 

@@ -86,7 +86,8 @@ class Reactor {
 
   // Sets up the ring. Call on the thread that will call run(): the ring is single-issuer.
   Result<void> init(unsigned sq_entries = 1024) noexcept;
-  // Loops until stop(); binds this reactor to the calling thread (current()).
+  // Loops until stop(); binds this reactor to the calling thread (current()) while it runs.
+  // May be called again after it returns.
   void run() noexcept;
   // Thread safe; run() returns after finishing the current iteration.
   void stop() noexcept;
