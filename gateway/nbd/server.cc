@@ -1,0 +1,204 @@
+// NbdServer: listeners (multishot accept per reactor), export table, TLS context (see server.h).
+#include "gateway/nbd/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <unordered_map>
+
+#include "gateway/nbd/connection.h"
+
+namespace ferry::nbd {
+
+namespace {
+thread_local std::unordered_map<uint64_t, Connection*> t_connections;
+}  // namespace
+
+struct NbdServer::Listener final : Operation {
+  NbdServer* server = nullptr;
+  Reactor* reactor = nullptr;
+  int fd = -1;
+  bool accepting = false;
+  bool stopping = false;
+
+  void arm() noexcept {
+    io_uring_sqe* sqe = reactor->get_sqe();
+    io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    Reactor::prepare(sqe, this);
+    accepting = true;
+  }
+  void on_cqe(int32_t res, uint32_t flags) noexcept override {
+    if (!(flags & IORING_CQE_F_MORE)) accepting = false;
+    if (res >= 0) {
+      if (stopping || server->connection_count() >= server->options_.connections_max) {
+        if (!stopping) std::fprintf(stderr, "ferry: nbd: connection limit reached, refusing\n");
+        ::close(res);
+      } else {
+        const uint64_t id = server->next_connection_id_.fetch_add(1);
+        auto* c = new (std::nothrow) Connection(*server, *reactor, res, id);
+        if (c == nullptr) ::close(res);
+        else c->start();
+      }
+    } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED &&
+               !stopping) {
+      std::fprintf(stderr, "ferry: nbd: accept: %s\n", std::strerror(-res));
+    }
+    if (!accepting && !stopping) arm();
+  }
+};
+
+NbdServer::NbdServer(NbdOptions options, std::vector<NbdExport> exports) noexcept
+    : options_(std::move(options)), exports_(std::move(exports)) {}
+
+NbdServer::~NbdServer() {
+  for (auto& l : listeners_)
+    if (l->fd >= 0) ::close(l->fd);
+  if (unix_bound_ && !options_.unix_path.empty()) ::unlink(options_.unix_path.c_str());
+  if (tls_ctx_ != nullptr) SSL_CTX_free(tls_ctx_);
+}
+
+const NbdExport* NbdServer::find_export(std::string_view name) const noexcept {
+  if (exports_.empty()) return nullptr;
+  if (name.empty()) return &exports_.front();
+  for (const NbdExport& e : exports_)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+Result<void> NbdServer::init_tls() noexcept {
+  if (options_.tls_cert_path.empty()) {
+    if (options_.tls_required) {
+      std::fprintf(stderr, "ferry: nbd: TLS required but no certificate given\n");
+      return Errc::invalid_argument;
+    }
+    return {};
+  }
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) return Errc::no_memory;
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_num_tickets(ctx, 0);
+  const char* what = nullptr;
+  if (SSL_CTX_use_certificate_chain_file(ctx, options_.tls_cert_path.c_str()) != 1) what = "certificate";
+  else if (SSL_CTX_use_PrivateKey_file(ctx, options_.tls_key_path.c_str(), SSL_FILETYPE_PEM) != 1) what = "key";
+  else if (SSL_CTX_check_private_key(ctx) != 1) what = "key (does not match the certificate)";
+  else if (!options_.tls_ca_path.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx, options_.tls_ca_path.c_str(), nullptr) != 1) what = "CA";
+    else SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  if (what != nullptr) {
+    char err[256];
+    ERR_error_string_n(ERR_get_error(), err, sizeof err);
+    std::fprintf(stderr, "ferry: nbd: cannot load TLS %s: %s\n", what, err);
+    SSL_CTX_free(ctx);
+    return Errc::invalid_argument;
+  }
+  tls_ctx_ = ctx;
+  return {};
+}
+
+void NbdServer::add_listener(Reactor& reactor, int fd) noexcept {
+  auto l = std::make_unique<Listener>();
+  l->server = this;
+  l->reactor = &reactor;
+  l->fd = fd;
+  l->arm();
+  listeners_.push_back(std::move(l));
+}
+
+Result<void> NbdServer::listen_tcp(Reactor& reactor) noexcept {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  const uint16_t port = bound_port_.load() != 0 ? bound_port_.load() : options_.port;
+  addr.sin_port = htons(port);
+  if (inet_pton(AF_INET, options_.listen_address.c_str(), &addr.sin_addr) != 1) {
+    std::fprintf(stderr, "ferry: nbd: bad listen address %s\n", options_.listen_address.c_str());
+    return Errc::invalid_argument;
+  }
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Errc::io_error;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
+    std::fprintf(stderr, "ferry: nbd: cannot listen on %s:%u: %s\n",
+                 options_.listen_address.c_str(), port, std::strerror(errno));
+    ::close(fd);
+    return Errc::io_error;
+  }
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
+    bound_port_.store(ntohs(addr.sin_port));
+  add_listener(reactor, fd);
+  return {};
+}
+
+Result<void> NbdServer::listen_unix(Reactor& reactor) noexcept {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (options_.unix_path.size() >= sizeof addr.sun_path) return Errc::invalid_argument;
+  std::memcpy(addr.sun_path, options_.unix_path.data(), options_.unix_path.size());
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Errc::io_error;
+  ::unlink(options_.unix_path.c_str());  // a stale socket from an earlier run
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
+    std::fprintf(stderr, "ferry: nbd: cannot listen on %s: %s\n", options_.unix_path.c_str(),
+                 std::strerror(errno));
+    ::close(fd);
+    return Errc::io_error;
+  }
+  unix_bound_ = true;
+  add_listener(reactor, fd);
+  return {};
+}
+
+Result<void> NbdServer::start_listening(Reactor& reactor) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!tls_initialised_) {
+    Result<void> r = init_tls();
+    if (!r) return r;
+    tls_initialised_ = true;
+  }
+  if (options_.listen_tcp) {
+    Result<void> r = listen_tcp(reactor);
+    if (!r) return r;
+  }
+  if (!options_.unix_path.empty() && !unix_bound_) {
+    Result<void> r = listen_unix(reactor);
+    if (!r) return r;
+  }
+  return {};
+}
+
+void NbdServer::stop_listening(Reactor& reactor) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& l : listeners_) {
+      if (l->reactor != &reactor) continue;
+      l->stopping = true;
+      ::shutdown(l->fd, SHUT_RDWR);  // ends the multishot accept
+    }
+  }
+  std::vector<Connection*> all;
+  for (auto& [id, c] : t_connections) all.push_back(c);
+  for (Connection* c : all) c->close("server shutting down");
+}
+
+void NbdServer::connection_opened(Connection* c) noexcept {
+  t_connections.emplace(c->id(), c);
+  connection_count_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void NbdServer::connection_closed(Connection* c) noexcept {
+  t_connections.erase(c->id());
+  connection_count_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace ferry::nbd

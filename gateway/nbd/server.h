@@ -1,0 +1,100 @@
+// NbdServer: the NBD export server (fixed newstyle, structured replies, base:allocation,
+// STARTTLS). Owns the export table, the optional TLS context and the listeners: one TCP
+// listener per reactor (SO_REUSEPORT, the kernel spreads connections over threads) and one
+// Unix-socket listener on the first reactor that starts. Connections live on the reactor that
+// accepted them (see connection.h).
+//
+// Threading: construct on any thread before the reactors run; start_listening/stop_listening
+// run on each reactor thread. Shared state after start (exports, SSL_CTX, counters) is
+// read-only or atomic; the listener table is guarded by a mutex (start/stop only).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "datapath/block_device.h"
+#include "datapath/reactor.h"
+
+typedef struct ssl_ctx_st SSL_CTX;
+
+namespace ferry::nbd {
+
+class Connection;
+
+struct NbdOptions {
+  std::string listen_address = "127.0.0.1";  // IPv4 literal
+  uint16_t port = 10809;                     // 0: an ephemeral port (see bound_port())
+  bool listen_tcp = true;                    // false: Unix socket only
+  std::string unix_path;                     // empty: no Unix socket
+  std::string tls_cert_path;                 // PEM; empty: STARTTLS refused (NBD_REP_ERR_POLICY)
+  std::string tls_key_path;
+  std::string tls_ca_path;                   // non-empty: client certificates required, from it
+  bool tls_required = false;                 // every export requires TLS
+  uint32_t requests_in_flight_max = 128;     // per connection; reading pauses at the limit
+  uint32_t handshake_timeout_ms = 10000;     // connect → transmission phase
+  uint32_t connections_max = 4096;
+};
+
+struct NbdExport {
+  std::string name;            // "lun0", "lun1", ...; "" from the client means the first export
+  BlockDevice* device = nullptr;  // not owned; outlives the server
+  std::string description;
+  bool tls_required = false;
+};
+
+class NbdServer {
+ public:
+  NbdServer(NbdOptions options, std::vector<NbdExport> exports) noexcept;
+  ~NbdServer();
+  NbdServer(const NbdServer&) = delete;
+  NbdServer& operator=(const NbdServer&) = delete;
+
+  // Opens this reactor's listener(s) and starts accepting. Call on each reactor thread.
+  // The first call also loads the TLS certificates (invalid_argument / io_error on failure).
+  Result<void> start_listening(Reactor& reactor) noexcept;
+  // Closes this reactor's listeners and connections. Call on the reactor thread.
+  void stop_listening(Reactor& reactor) noexcept;
+
+  // The TCP port actually bound (useful with options.port == 0), 0 before start_listening.
+  uint16_t bound_port() const noexcept { return bound_port_.load(); }
+
+  const NbdOptions& options() const noexcept { return options_; }
+  const std::vector<NbdExport>& exports() const noexcept { return exports_; }
+  // Export by name; "" is the default export (the first one). nullptr if unknown.
+  const NbdExport* find_export(std::string_view name) const noexcept;
+  bool export_requires_tls(const NbdExport& e) const noexcept {
+    return options_.tls_required || e.tls_required;
+  }
+  SSL_CTX* tls_context() const noexcept { return tls_ctx_; }
+
+  // Per-thread connection table.
+  void connection_opened(Connection* c) noexcept;
+  void connection_closed(Connection* c) noexcept;
+  uint64_t connection_count() const noexcept { return connection_count_.load(); }
+
+ private:
+  struct Listener;
+  Result<void> init_tls() noexcept;
+  Result<void> listen_tcp(Reactor& reactor) noexcept;
+  Result<void> listen_unix(Reactor& reactor) noexcept;
+  void add_listener(Reactor& reactor, int fd) noexcept;
+
+  NbdOptions options_;
+  std::vector<NbdExport> exports_;
+  SSL_CTX* tls_ctx_ = nullptr;
+
+  std::mutex mutex_;  // listeners_, tls init, unix socket ownership
+  bool tls_initialised_ = false;
+  bool unix_bound_ = false;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::atomic<uint16_t> bound_port_{0};
+  std::atomic<uint64_t> next_connection_id_{1};
+  std::atomic<uint64_t> connection_count_{0};
+};
+
+}  // namespace ferry::nbd
