@@ -47,6 +47,10 @@ struct ScsiTask {
   bool transport_read = false;          // initiator set the R bit (data-in expected)
   bool transport_write = false;         // initiator set the W bit (data-out expected)
   const Nexus* nexus = nullptr;
+  // Pool of the reactor thread running the task, for the LU's scratch buffers (WRITE SAME
+  // pattern, COMPARE AND WRITE / VERIFY reads). Set by the transport; may be null, in which
+  // case those commands answer BUSY.
+  BufferPool* pool = nullptr;
   // Data buffer, capacity >= expected_transfer_bytes. For data-out commands it holds the
   // expected_transfer_bytes received from the initiator; for data-in the LU writes into it.
   Buffer data;
