@@ -12,6 +12,7 @@ constexpr Access A = Access::always;
 constexpr Access R = Access::read;
 constexpr Access W = Access::write;
 
+// READ/WRITE byte 1: DPO 0x10, FUA 0x08, FUA_NV 0x02 (accepted and ignored: no NV cache).
 // Usage masks: byte 0 is the opcode (0xff), the control byte (last) is 0x00: NACA and LINK
 // are not supported and are rejected like any other unused bit.
 #define U6(b1, b2, b3, b4) {0xff, b1, b2, b3, b4, 0x00}
@@ -41,8 +42,8 @@ constexpr CommandSpec kCommands[] = {
     {0x1e, 0, false, 6, Cmd::prevent_allow, R, false, false, U6(0, 0, 0, 0x03)},
     {0x25, 0, false, 10, Cmd::read_capacity10, A, false, false,
      U10(0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01)},
-    {0x28, 0, false, 10, Cmd::read10, R, false, false, RW10(0x18)},
-    {0x2a, 0, false, 10, Cmd::write10, W, false, false, RW10(0x18)},
+    {0x28, 0, false, 10, Cmd::read10, R, false, false, RW10(0x1a)},
+    {0x2a, 0, false, 10, Cmd::write10, W, false, false, RW10(0x1a)},
     {0x2e, 0, false, 10, Cmd::write_verify10, W, false, false, RW10(0x12)},
     {0x2f, 0, false, 10, Cmd::verify10, R, false, false, RW10(0x16)},
     {0x34, 0, false, 10, Cmd::prefetch10, R, false, false, RW10(0x02)},
@@ -72,10 +73,10 @@ constexpr CommandSpec kCommands[] = {
      U10(0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff)},
     {0x5f, 0x06, true, 10, Cmd::pr_out, A, false, false,
      U10(0x1f, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff)},
-    {0x88, 0, false, 16, Cmd::read16, R, false, false, RW16(0x18)},
+    {0x88, 0, false, 16, Cmd::read16, R, false, false, RW16(0x1a)},
     {0x89, 0, false, 16, Cmd::compare_and_write, W, false, false,
      U16(0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0xff, 0x1f)},
-    {0x8a, 0, false, 16, Cmd::write16, W, false, false, RW16(0x18)},
+    {0x8a, 0, false, 16, Cmd::write16, W, false, false, RW16(0x1a)},
     {0x8e, 0, false, 16, Cmd::write_verify16, W, false, false, RW16(0x12)},
     {0x8f, 0, false, 16, Cmd::verify16, R, false, false, RW16(0x16)},
     {0x90, 0, false, 16, Cmd::prefetch16, R, false, false, RW16(0x02)},
@@ -89,8 +90,8 @@ constexpr CommandSpec kCommands[] = {
      U12(0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0)},
     {0xa3, 0x0c, true, 12, Cmd::report_opcodes, A, false, true,
      U12(0x1f, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0)},
-    {0xa8, 0, false, 12, Cmd::read12, R, false, false, RW12(0x18)},
-    {0xaa, 0, false, 12, Cmd::write12, W, false, false, RW12(0x18)},
+    {0xa8, 0, false, 12, Cmd::read12, R, false, false, RW12(0x1a)},
+    {0xaa, 0, false, 12, Cmd::write12, W, false, false, RW12(0x1a)},
     {0xae, 0, false, 12, Cmd::write_verify12, W, false, false, RW12(0x12)},
     {0xaf, 0, false, 12, Cmd::verify12, R, false, false, RW12(0x16)},
 };
