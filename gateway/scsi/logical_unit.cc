@@ -67,8 +67,11 @@ void LogicalUnit::execute(ScsiTask& t) noexcept {
     case Cmd::write6: case Cmd::write10: case Cmd::write12: case Cmd::write16:
     case Cmd::write_verify10: case Cmd::write_verify12: case Cmd::write_verify16:
       return read_write(t, spec);
-    case Cmd::test_unit_ready:
     case Cmd::start_stop_unit:
+      // Fixed medium: LOEJ (load/eject) is refused, START/STOP and power conditions are no-ops.
+      if (t.cdb[4] & 0x02) return fail(t, invalid_field_in_cdb(4, 1));
+      return complete(t);
+    case Cmd::test_unit_ready:
     case Cmd::prevent_allow:
       return complete(t);
     case Cmd::request_sense: return request_sense(t);

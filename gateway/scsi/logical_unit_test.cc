@@ -321,6 +321,16 @@ TEST_F(LuTest, SynchronizeCacheFlushes) {
   EXPECT_TRUE(run(rw16(0x91, 2048, 1), {}, 0).check(5, 0x21, 0));
 }
 
+TEST_F(LuTest, StartStopUnitRefusesEjectOfFixedMedium) {
+  EXPECT_TRUE(run(cdb({0x1b, 1, 0, 0, 0x02, 0}), {}, 0).check(5, 0x24, 0));
+  EXPECT_TRUE(run(cdb({0x1b, 1, 0, 0, 0x01, 0}), {}, 0).good());
+}
+
+TEST_F(LuTest, WriteSameZeroBlocksBeyondEndIsLbaOutOfRange) {
+  EXPECT_TRUE(run(rw10(0x41, 2049, 0), pattern(1, 1), 512).check(5, 0x21, 0));
+  EXPECT_TRUE(run(rw10(0x41, 0xffffffff, 0), pattern(1, 1), 512).check(5, 0x21, 0));
+}
+
 TEST_F(LuTest, PrefetchChecksRange) {
   EXPECT_TRUE(run(rw10(0x34, 0, 10), {}, 0).good());
   EXPECT_TRUE(run(rw16(0x90, 2040, 10), {}, 0).check(5, 0x21, 0));

@@ -197,8 +197,10 @@ void LogicalUnit::write_same(ScsiTask& t, const CommandSpec&) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;
   if (geometry_.read_only) return fail(t, write_protected());
+  if (!range_ok(b.lba, b.transfer_length) || b.lba >= geometry_.block_count) {
+    return fail(t, lba_out_of_range());
+  }
   if (b.transfer_length == 0) return fail(t, invalid_field_in_cdb(tl_field(t.cdb[0])));  // WSNZ
-  if (!range_ok(b.lba, b.transfer_length)) return fail(t, lba_out_of_range());
   if (b.transfer_length > kMaxWriteSameBlocks) {
     return fail(t, invalid_field_in_cdb(tl_field(t.cdb[0])));
   }
