@@ -1,2 +1,29 @@
-// ferry: the single binary. Subcommands are wired in mgmt/cli.cc.
-int main() { return 0; }
+// ferry: the single binary. Dispatches to subcommands (target; more as issues land).
+#include <cstdio>
+#include <cstring>
+
+#include "mgmt/target_command.h"
+
+namespace {
+void usage() {
+  std::fprintf(stderr,
+               "usage: ferry <command> [options]\n"
+               "commands:\n"
+               "  target   serve RAM or file LUNs over iSCSI (see ferry target --help)\n");
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage();
+    return 2;
+  }
+  if (std::strcmp(argv[1], "target") == 0) return ferry::mgmt::run_target_command(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    usage();
+    return 0;
+  }
+  std::fprintf(stderr, "ferry: unknown command '%s'\n", argv[1]);
+  usage();
+  return 2;
+}

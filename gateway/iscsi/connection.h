@@ -1,0 +1,178 @@
+// iSCSI connection: one TCP connection pinned to one reactor thread, from accept to close.
+// Drives the login phase (LoginNegotiator) and the full-feature phase: SCSI commands with
+// immediate/unsolicited/solicited (R2T) data, Data-In with phase-collapsed status, NOP-In/Out
+// both ways, task management, text (SendTargets), logout. One session per connection
+// (MaxConnections=1, ErrorRecoveryLevel=0).
+//
+//   accept ─▶ LOGIN ──login ok──▶ FULL_FEATURE ──logout / error / timeout──▶ CLOSING ─▶ freed
+//               └──── login failed / timeout / bad PDU ─────────────────────────▲
+//
+// Threading: everything runs on the owning reactor thread. The Connection frees itself once
+// closing and no receive, send or device I/O is in flight.
+// Bounds: at most queue_depth_max commands per session (the CmdSN window shrinks as tasks are
+// outstanding), receive buffer <= MaxRecvDataSegmentLength + headers, transmit queue bounded by
+// the tasks' own PDUs.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "datapath/reactor.h"
+#include "gateway/iscsi/login.h"
+#include "gateway/iscsi/pdu.h"
+#include "gateway/scsi/task.h"
+
+namespace ferry::iscsi {
+
+class Server;
+struct IscsiTask;
+struct TxPdu;
+
+struct ConnectionStats {
+  uint64_t commands = 0;
+  uint64_t data_in_pdus = 0;
+  uint64_t r2ts = 0;
+  uint64_t rejects = 0;
+  uint64_t sendmsg_calls = 0;
+  uint64_t waits_for_buffer = 0;
+};
+
+class Connection {
+ public:
+  Connection(Server& server, Reactor& reactor, int fd, uint64_t id) noexcept;
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  void start() noexcept;
+  // Closes the connection (idempotent); frees itself when nothing is in flight.
+  void close(const char* why) noexcept;
+  uint64_t id() const noexcept { return id_; }
+
+ private:
+  enum class Phase : uint8_t { login, full_feature, logout_sent, closing };
+
+  struct RecvOp final : Operation {
+    Connection* c;
+    void on_cqe(int32_t res, uint32_t flags) noexcept override { c->on_recv(res, flags); }
+  };
+  struct SendOp final : Operation {
+    Connection* c;
+    void on_cqe(int32_t res, uint32_t flags) noexcept override { c->on_sent(res, flags); }
+  };
+
+  // receive side
+  void post_recv() noexcept;
+  void on_recv(int32_t res, uint32_t flags) noexcept;
+  bool process_rx() noexcept;  // false when the connection must stop reading
+  bool handle_pdu(const Bhs& h, std::span<const uint8_t> pdu, const PduFrame& f) noexcept;
+  bool handle_login(const Bhs& h, std::span<const uint8_t> data) noexcept;
+  bool handle_scsi_command(const Bhs& h, std::span<const uint8_t> data) noexcept;
+  bool handle_data_out(const Bhs& h, std::span<const uint8_t> data) noexcept;
+  bool handle_nop_out(const Bhs& h, std::span<const uint8_t> data) noexcept;
+  bool handle_task_mgmt(const Bhs& h) noexcept;
+  bool handle_text(const Bhs& h, std::span<const uint8_t> data) noexcept;
+  bool handle_logout(const Bhs& h) noexcept;
+  bool check_cmd_sn(const Bhs& h) noexcept;  // false: ignore the PDU (out of window)
+  void send_reject(const Bhs& offending, RejectReason reason) noexcept;
+
+  // tasks
+  IscsiTask* new_task() noexcept;
+  void free_task(IscsiTask* t) noexcept;
+  IscsiTask* find_task_by_itt(uint32_t itt) noexcept;
+  IscsiTask* find_task_by_ttt(uint32_t ttt) noexcept;
+  void maybe_send_r2ts(IscsiTask* t) noexcept;
+  void execute(IscsiTask* t) noexcept;
+  static void on_scsi_done(scsi::ScsiTask& st) noexcept;
+  void complete_task(IscsiTask* t) noexcept;
+  void abort_task(IscsiTask* t) noexcept;
+  void finish_pending_tmf() noexcept;
+
+  // transmit side
+  TxPdu* new_pdu() noexcept;
+  void queue_pdu(TxPdu* p) noexcept;  // assigns StatSN/ExpCmdSN/MaxCmdSN where needed
+  void fill_sn(Bhs& h, bool advance_stat_sn) noexcept;
+  void flush_tx() noexcept;
+  void on_sent(int32_t res, uint32_t flags) noexcept;
+  void release_pdu(TxPdu* p) noexcept;
+
+  // timers
+  static void on_timer(void* ctx) noexcept;
+  void arm_timer() noexcept;
+
+  void maybe_free() noexcept;
+  void enter_full_feature() noexcept;
+  uint32_t max_cmd_sn() const noexcept;
+
+  Server& server_;
+  Reactor& reactor_;
+  int fd_;
+  uint64_t id_;
+  Phase phase_ = Phase::login;
+  std::string peer_;
+
+  RecvOp recv_op_;
+  SendOp send_op_;
+  bool recv_in_flight_ = false;
+  bool send_in_flight_ = false;
+  Buffer rx_;
+  size_t rx_len_ = 0;
+  FramingLimits limits_;
+
+  std::unique_ptr<LoginNegotiator> login_;
+  SessionParams params_;
+  uint16_t tsih_ = 0;
+  uint8_t isid_[6] = {};
+  std::string initiator_port_name_;
+  std::string initiator_name_;
+  std::string target_name_;
+  std::string target_port_name_;
+  scsi::Nexus nexus_;
+  scsi::Target* target_ = nullptr;
+  bool discovery_ = false;
+
+  // sequence numbers
+  uint32_t stat_sn_ = 0;
+  uint32_t exp_cmd_sn_ = 0;
+  uint32_t queue_depth_max_;
+
+  // tasks
+  std::vector<IscsiTask*> active_;  // tasks the initiator knows about (unordered)
+  std::vector<IscsiTask*> free_tasks_;
+  uint32_t next_ttt_ = 1;
+  uint32_t device_io_in_flight_ = 0;  // tasks inside the SCSI layer
+  // a TMF waiting for aborted tasks to leave the device
+  bool tmf_pending_ = false;
+  uint32_t tmf_waiting_on_ = 0;
+  Bhs tmf_request_{};
+  uint8_t tmf_response_code_ = 0;
+
+  // transmit queue (intrusive FIFO) and the batch being sent
+  TxPdu* tx_head_ = nullptr;
+  TxPdu* tx_tail_ = nullptr;
+  std::vector<TxPdu*> tx_batch_;
+  std::vector<iovec> tx_iov_;
+  size_t tx_iov_pos_ = 0;
+  msghdr tx_msg_{};
+  std::vector<TxPdu*> free_pdus_;
+  size_t pdus_allocated_ = 0;
+
+  // text continuation (SendTargets larger than one PDU)
+  std::unique_ptr<TextResponder> text_;
+
+  // keepalive / login timeout
+  Timer timer_;
+  uint64_t last_rx_ns_ = 0;
+  uint64_t connected_ns_ = 0;
+  uint32_t nop_ping_ttt_ = 0;  // outstanding target NOP-In ping, 0 = none
+  uint64_t nop_ping_sent_ns_ = 0;
+  bool close_after_send_ = false;
+
+  ConnectionStats stats_;
+};
+
+}  // namespace ferry::iscsi

@@ -1,0 +1,182 @@
+// iSCSI Server: listeners (multishot accept per reactor), session registry, connection tables.
+#include "gateway/iscsi/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <unordered_map>
+
+#include "gateway/iscsi/connection.h"
+
+namespace ferry::iscsi {
+
+namespace {
+// Connections of the reactor running on this thread, by id.
+thread_local std::unordered_map<uint64_t, Connection*> t_connections;
+}  // namespace
+
+struct Server::Listener final : Operation {
+  Server* server = nullptr;
+  Reactor* reactor = nullptr;
+  int fd = -1;
+  bool accepting = false;
+  bool stopping = false;
+
+  void arm() noexcept {
+    io_uring_sqe* sqe = reactor->get_sqe();
+    io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
+    Reactor::prepare(sqe, this);
+    accepting = true;
+  }
+  void on_cqe(int32_t res, uint32_t flags) noexcept override {
+    if (!(flags & IORING_CQE_F_MORE)) accepting = false;
+    if (res >= 0) {
+      if (stopping ||
+          server->connection_count_.load(std::memory_order_relaxed) >= server->options_.connections_max) {
+        if (!stopping) std::fprintf(stderr, "ferry: iscsi: connection limit reached, refusing\n");
+        ::close(res);
+      } else {
+        const uint64_t id = server->next_connection_id_.fetch_add(1);
+        auto* c = new (std::nothrow) Connection(*server, *reactor, res, id);
+        if (c == nullptr) ::close(res);
+        else c->start();
+      }
+    } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
+      std::fprintf(stderr, "ferry: iscsi: accept: %s\n", std::strerror(-res));
+    }
+    if (!accepting && !stopping) arm();
+  }
+};
+
+Server::Server(ServerOptions options, PortalConfig portal) noexcept
+    : options_(std::move(options)), portal_(std::move(portal)) {}
+
+Server::~Server() {
+  for (auto& l : listeners_)
+    if (l->fd >= 0) ::close(l->fd);
+}
+
+void Server::add_target(const std::string& iqn, scsi::Target* target) {
+  targets_.emplace_back(iqn, target);
+}
+
+scsi::Target* Server::find_target(std::string_view iqn) const noexcept {
+  for (const auto& [name, t] : targets_) {
+    if (name.size() != iqn.size()) continue;
+    bool same = true;  // IQNs compare case-insensitively (RFC 3722 normalises to lower case)
+    for (size_t i = 0; i < name.size() && same; ++i)
+      same = std::tolower(static_cast<unsigned char>(name[i])) ==
+             std::tolower(static_cast<unsigned char>(iqn[i]));
+    if (same) return t;
+  }
+  return nullptr;
+}
+
+Result<void> Server::start_listening(Reactor& reactor) noexcept {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(options_.port);
+  if (inet_pton(AF_INET, options_.listen_address.c_str(), &addr.sin_addr) != 1) {
+    std::fprintf(stderr, "ferry: bad listen address %s\n", options_.listen_address.c_str());
+    return Errc::invalid_argument;
+  }
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Errc::io_error;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
+    std::fprintf(stderr, "ferry: cannot listen on %s:%u: %s\n", options_.listen_address.c_str(),
+                 options_.port, std::strerror(errno));
+    ::close(fd);
+    return Errc::io_error;
+  }
+  auto l = std::make_unique<Listener>();
+  l->server = this;
+  l->reactor = &reactor;
+  l->fd = fd;
+  l->arm();
+  std::lock_guard<std::mutex> lock(listeners_mutex_);
+  listeners_.push_back(std::move(l));
+  return {};
+}
+
+void Server::stop_listening(Reactor& reactor) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(listeners_mutex_);
+    for (auto& l : listeners_) {
+      if (l->reactor != &reactor) continue;
+      l->stopping = true;
+      ::shutdown(l->fd, SHUT_RDWR);
+    }
+  }
+  std::vector<Connection*> all;
+  for (auto& [id, c] : t_connections) all.push_back(c);
+  for (Connection* c : all) c->close("target shutting down");
+}
+
+void Server::connection_opened(Connection* c) noexcept {
+  t_connections.emplace(c->id(), c);
+  connection_count_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Server::connection_closed(Connection* c) noexcept {
+  t_connections.erase(c->id());
+  connection_count_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+uint16_t Server::register_session(const std::string& initiator_name, const uint8_t isid[6],
+                                  Reactor& reactor, uint64_t connection_id) noexcept {
+  std::lock_guard<std::mutex> lock(sessions_mutex_);
+  // Session reinstatement (RFC 7143 §6.3.5): same initiator name and ISID → close the old one.
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    if (it->initiator_name == initiator_name && it->target_name == target_name &&
+        std::memcmp(it->isid, isid, 6) == 0) {
+      const uint64_t old_id = it->connection_id;
+      Reactor* old_reactor = it->reactor;
+      auto close_old = [old_id] {
+        auto found = t_connections.find(old_id);
+        if (found != t_connections.end()) found->second->close("session reinstated");
+      };
+      if (old_reactor == &reactor) reactor.defer(close_old);
+      else old_reactor->post(close_old);
+      it = sessions_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  uint16_t tsih;
+  for (;;) {
+    tsih = next_tsih_++;
+    if (tsih == 0) continue;
+    bool used = false;
+    for (const auto& s : sessions_) used |= s.tsih == tsih;
+    if (!used) break;
+  }
+  SessionEntry e;
+  e.initiator_name = initiator_name;
+  e.target_name = target_name;
+  std::memcpy(e.isid, isid, 6);
+  e.tsih = tsih;
+  e.reactor = &reactor;
+  e.connection_id = connection_id;
+  sessions_.push_back(std::move(e));
+  return tsih;
+}
+
+void Server::unregister_session(uint16_t tsih, uint64_t connection_id) noexcept {
+  std::lock_guard<std::mutex> lock(sessions_mutex_);
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+    if (it->tsih == tsih && it->connection_id == connection_id) {
+      sessions_.erase(it);
+      return;
+    }
+  }
+}
+
+}  // namespace ferry::iscsi

@@ -1,0 +1,89 @@
+// iSCSI Server: the portal (listening sockets, one per reactor with SO_REUSEPORT so the kernel
+// spreads connections over threads), the targets it serves, and the session registry used for
+// TSIH allocation and session reinstatement. Shared by all reactor threads: the registry is
+// guarded by a mutex (login-time only, never per I/O).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "datapath/reactor.h"
+#include "gateway/iscsi/portal_config.h"
+#include "gateway/scsi/logical_unit.h"
+
+namespace ferry::iscsi {
+
+class Connection;
+
+struct ServerOptions {
+  std::string listen_address = "127.0.0.1";
+  uint16_t port = 3260;
+  uint32_t queue_depth_max = 128;         // commands outstanding per session (CmdSN window)
+  uint32_t login_timeout_ms = 15000;      // connect → full feature phase
+  uint32_t nop_interval_ms = 5000;        // idle time before the target pings with NOP-In
+  uint32_t nop_timeout_ms = 15000;        // no answer to a ping → drop the connection
+  uint32_t connections_max = 4096;        // per server; beyond that accept closes at once
+};
+
+class Server {
+ public:
+  Server(ServerOptions options, PortalConfig portal) noexcept;
+  ~Server();
+
+  // Target by IQN for a session that logged in to it (nullptr if unknown).
+  void add_target(const std::string& iqn, scsi::Target* target);
+  scsi::Target* find_target(std::string_view iqn) const noexcept;
+  const PortalConfig& portal() const noexcept { return portal_; }
+  const ServerOptions& options() const noexcept { return options_; }
+
+  // Opens this reactor's listening socket and starts accepting. Call on the reactor thread.
+  Result<void> start_listening(Reactor& reactor) noexcept;
+  // Closes every connection of this reactor and the listener. Call on the reactor thread.
+  void stop_listening(Reactor& reactor) noexcept;
+  // Installs the reactors so reinstatement can reach connections on other threads.
+  void set_reactors(std::vector<Reactor*> reactors) { reactors_ = std::move(reactors); }
+
+  // Session registry. register_session returns the TSIH to use; if a session with the same
+  // initiator name and ISID exists it is reinstated: its connection is closed on its thread.
+  uint16_t register_session(const std::string& initiator_name, const uint8_t isid[6],
+                            const std::string& target_name,
+                            Reactor& reactor, uint64_t connection_id) noexcept;
+  void unregister_session(uint16_t tsih, uint64_t connection_id) noexcept;
+
+  // Per-thread connection table (id → Connection*), used by cross-thread closes.
+  void connection_opened(Connection* c) noexcept;
+  void connection_closed(Connection* c) noexcept;
+  std::atomic<uint64_t>& connection_count() noexcept { return connection_count_; }
+
+ private:
+  struct SessionEntry {
+    std::string initiator_name;
+    std::string target_name;
+    uint8_t isid[6];
+    uint16_t tsih;
+    Reactor* reactor;
+    uint64_t connection_id;
+  };
+  struct Listener;
+
+  ServerOptions options_;
+  PortalConfig portal_;
+  std::vector<std::pair<std::string, scsi::Target*>> targets_;
+  std::vector<Reactor*> reactors_;
+
+  std::mutex sessions_mutex_;
+  std::vector<SessionEntry> sessions_;
+  uint16_t next_tsih_ = 1;
+
+  std::mutex listeners_mutex_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::atomic<uint64_t> next_connection_id_{1};
+  std::atomic<uint64_t> connection_count_{0};
+};
+
+}  // namespace ferry::iscsi

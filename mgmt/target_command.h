@@ -1,0 +1,10 @@
+// `ferry target`: a standalone iSCSI target (and optional NBD export) serving RAM or file LUNs.
+// Parses its flags, builds the device stacks and logical units, starts one reactor thread per
+// core, and runs until SIGINT/SIGTERM. Main thread only.
+#pragma once
+
+namespace ferry::mgmt {
+
+int run_target_command(int argc, char** argv);
+
+}  // namespace ferry::mgmt
