@@ -798,7 +798,7 @@ bool Connection::handle_task_mgmt(const Bhs& h) noexcept {
     case 5:    // LOGICAL UNIT RESET
       for (IscsiTask* a : active_)
         if (!a->aborted && a->scsi.lun_raw == h.lun() && a->itt != h.itt()) victims.push_back(a);
-      if (!target_->lun_exists(h.lun())) response = 2;  // LUN does not exist
+      if (target_->find(h.lun()) == nullptr) response = 2;  // LUN does not exist
       break;
     case 6:    // TARGET WARM RESET
     case 7:    // TARGET COLD RESET
@@ -829,10 +829,11 @@ bool Connection::handle_task_mgmt(const Bhs& h) noexcept {
 
 bool Connection::handle_text(const Bhs& h, std::span<const uint8_t> data) noexcept {
   if (!check_cmd_sn(h)) return true;
-  if (h.ttt() == kReservedTag || !text_) {
-    text_ = std::make_unique<TextResponder>();
-    const Errc e = text_->start(server_.portal(), discovery_ ? std::string_view{} : target_name_,
-                                data, h.final_bit() == false);
+  if (h.ttt() == kReservedTag) text_.reset();  // a new text exchange
+  if (!text_) text_ = std::make_unique<TextResponder>();
+  if (text_->collecting()) {
+    const Errc e = text_->feed(server_.portal(), discovery_ ? std::string_view{} : target_name_,
+                               data, !h.final_bit());
     if (e != Errc::ok) {
       text_.reset();
       send_reject(h, RejectReason::protocol_error);

@@ -24,6 +24,7 @@
 #include "datapath/reactor.h"
 #include "gateway/iscsi/login.h"
 #include "gateway/iscsi/pdu.h"
+#include "gateway/iscsi/text.h"
 #include "gateway/scsi/task.h"
 
 namespace ferry::iscsi {
@@ -31,6 +32,11 @@ namespace ferry::iscsi {
 class Server;
 struct IscsiTask;
 struct TxPdu;
+}  // namespace ferry::iscsi
+namespace ferry::scsi {
+class Target;
+}  // namespace ferry::scsi
+namespace ferry::iscsi {
 
 struct ConnectionStats {
   uint64_t commands = 0;

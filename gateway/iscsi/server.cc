@@ -131,7 +131,7 @@ void Server::connection_closed(Connection* c) noexcept {
 }
 
 uint16_t Server::register_session(const std::string& initiator_name, const uint8_t isid[6],
-                                  Reactor& reactor, uint64_t connection_id) noexcept {
+                                  const std::string& target_name, Reactor& reactor, uint64_t connection_id) noexcept {
   std::lock_guard<std::mutex> lock(sessions_mutex_);
   // Session reinstatement (RFC 7143 §6.3.5): same initiator name and ISID → close the old one.
   for (auto it = sessions_.begin(); it != sessions_.end();) {

@@ -1,0 +1,48 @@
+// Portal configuration shared by login, discovery and the server: which targets exist, where
+// they are reached, and what authentication each requires. Immutable once the server starts.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ferry::iscsi {
+
+struct TargetAuthConfig {
+  std::string iqn;
+  std::string alias;
+  // CHAP the initiator must pass (empty user: no authentication required).
+  std::string chap_user;
+  std::string chap_secret;
+  // Mutual CHAP: the name/secret the target answers the initiator's challenge with.
+  std::string mutual_chap_user;
+  std::string mutual_chap_secret;
+
+  bool chap_required() const noexcept { return !chap_user.empty(); }
+};
+
+struct PortalConfig {
+  // "ADDRESS:PORT,TPGT" as returned in SendTargets' TargetAddress.
+  std::string portal_address = "127.0.0.1:3260,1";
+  uint16_t target_portal_group_tag = 1;
+  std::vector<TargetAuthConfig> targets;
+  // Discovery sessions: CHAP (empty user: open) and the mutual CHAP answer.
+  std::string discovery_chap_user;
+  std::string discovery_chap_secret;
+  std::string discovery_mutual_chap_user;
+  std::string discovery_mutual_chap_secret;
+  // What the target declares / accepts in operational negotiation.
+  uint32_t max_recv_data_segment_length = 256 * 1024;  // we receive at most this per PDU
+  uint32_t max_burst_length_max = 16 * 1024 * 1024;
+  uint32_t first_burst_length_max = 256 * 1024;
+  uint32_t max_outstanding_r2t_max = 16;
+
+  const TargetAuthConfig* find_target(std::string_view iqn) const noexcept {
+    for (const auto& t : targets)
+      if (t.iqn == iqn) return &t;
+    return nullptr;
+  }
+};
+
+}  // namespace ferry::iscsi
