@@ -22,7 +22,7 @@ namespace ferry {
 struct Geometry {
   uint64_t block_count = 0;
   uint32_t block_size_bytes = 512;  // logical block size: 512 or 4096
-  uint32_t max_transfer_bytes = 8u << 20;
+  uint32_t max_transfer_bytes = 32u << 20;
   bool read_only = false;
   bool can_discard = false;     // deallocation (UNMAP / TRIM) frees space
   bool discard_zeroes = false;  // reads of discarded blocks return zeroes (LBPRZ)

@@ -1,4 +1,4 @@
-// BufferPool: bounded pool of aligned data buffers in power-of-two size classes (4 KiB .. 16 MiB),
+// BufferPool: bounded pool of aligned data buffers in power-of-two size classes (4 KiB .. 64 MiB),
 // one pool per reactor thread (not thread safe). Buffers are move-only and go back to their pool
 // when destroyed; they must be destroyed on the pool's thread. Memory is never returned to the
 // system while the pool lives; the pool never holds more than bytes_max in total.
@@ -49,7 +49,7 @@ struct BufferPoolStats {
 class BufferPool {
  public:
   static constexpr size_t kMinBytes = 4096;
-  static constexpr size_t kMaxBytes = 16u << 20;
+  static constexpr size_t kMaxBytes = 64u << 20;
   static constexpr size_t kAlignment = 4096;
 
   explicit BufferPool(uint64_t bytes_max) noexcept : bytes_max_(bytes_max) {}
@@ -64,7 +64,7 @@ class BufferPool {
 
  private:
   friend class Buffer;
-  static constexpr int kClassCount = 13;  // 4 KiB << 0 .. 4 KiB << 12 = 16 MiB
+  static constexpr int kClassCount = 15;  // 4 KiB << 0 .. 4 KiB << 14 = 64 MiB
   static int class_of(size_t size_bytes) noexcept;
   void give_back(std::byte* data, size_t capacity) noexcept;
   bool make_room(size_t bytes) noexcept;

@@ -13,6 +13,7 @@
 
 #include "gateway/iscsi/server.h"
 #include "gateway/scsi/logical_unit.h"
+#include "gateway/scsi/sense.h"
 
 namespace ferry::iscsi {
 
@@ -62,9 +63,11 @@ struct IscsiTask {
   uint32_t r2t_outstanding = 0;
   uint32_t r2t_sn = 0;
   uint32_t data_sn = 0;            // next DataSN for Data-In
+  uint32_t data_out_sn = 0;        // next DataSN expected in the current Data-Out sequence
   bool executing = false;          // inside the SCSI layer
   bool aborted = false;            // response must not be sent
   bool discard_data = false;       // no buffer: swallow data-out, answer BUSY
+  bool data_error = false;         // Data-Out sequence error: fail with DATA PHASE ERROR
 };
 
 Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) noexcept
@@ -406,10 +409,12 @@ uint32_t Connection::max_cmd_sn() const noexcept {
 bool Connection::check_cmd_sn(const Bhs& h) noexcept {
   const uint32_t sn = h.cmd_sn();
   if (h.immediate()) return true;  // immediate PDUs do not advance CmdSN
-  if (sn_lt(sn, exp_cmd_sn_) || sn_lt(max_cmd_sn(), sn)) {
+  // The window's upper edge is the MaxCmdSN the initiator has been told, not what we could
+  // accept now (the window may have opened since the last PDU we sent).
+  if (sn_lt(sn, exp_cmd_sn_) || sn_lt(advertised_max_cmd_sn_, sn)) {
     // RFC 7143 §4.2.2.1: silently ignore commands outside the window.
     std::fprintf(stderr, "ferry: iscsi %s: CmdSN %u outside window [%u, %u], ignored\n",
-                 peer_.c_str(), sn, exp_cmd_sn_, max_cmd_sn());
+                 peer_.c_str(), sn, exp_cmd_sn_, advertised_max_cmd_sn_);
     return false;
   }
   exp_cmd_sn_ = sn + 1;
@@ -420,7 +425,12 @@ void Connection::fill_sn(Bhs& h, bool advance_stat_sn) noexcept {
   h.set_stat_sn(stat_sn_);
   if (advance_stat_sn) ++stat_sn_;
   h.set_exp_cmd_sn(exp_cmd_sn_);
-  h.set_max_cmd_sn(max_cmd_sn());
+  const uint32_t max_sn = max_cmd_sn();
+  if (sn_lt(advertised_max_cmd_sn_, max_sn) || !max_cmd_sn_advertised_) {
+    advertised_max_cmd_sn_ = max_sn;
+    max_cmd_sn_advertised_ = true;
+  }
+  h.set_max_cmd_sn(advertised_max_cmd_sn_);
 }
 
 // ---------------------------------------------------------------- tasks
@@ -572,7 +582,18 @@ bool Connection::handle_data_out(const Bhs& h, std::span<const uint8_t> data) no
     close("unsolicited Data-Out beyond FirstBurstLength");
     return false;
   }
-  if (!t->discard_data && !data.empty())
+  if (d.data_sn() != t->data_out_sn) {
+    // DataSN restarts at 0 for each sequence (unsolicited burst or R2T). A gap or reorder means
+    // the data cannot be trusted: keep the transfer going but fail the command (ABORTED COMMAND,
+    // DATA PHASE ERROR) instead of writing it.
+    std::fprintf(stderr, "ferry: iscsi %s: Data-Out DataSN %u, expected %u: command failed\n",
+                 peer_.c_str(), d.data_sn(), t->data_out_sn);
+    t->data_error = true;
+    t->data_out_sn = d.data_sn();
+  }
+  ++t->data_out_sn;
+  if (h.final_bit()) t->data_out_sn = 0;
+  if (!t->discard_data && !t->data_error && !data.empty())
     std::memcpy(t->scsi.data.data() + offset, data.data(), data.size());
   t->received_bytes += uint32_t(data.size());
   if (h.final_bit()) {
@@ -593,6 +614,21 @@ bool Connection::handle_data_out(const Bhs& h, std::span<const uint8_t> data) no
 }
 
 void Connection::execute(IscsiTask* t) noexcept {
+  if (t->edtl > BufferPool::kMaxBytes) {
+    // Larger than any single command we can buffer: refuse it for good (BUSY would make the
+    // initiator retry forever). Block Limits VPD advertises a far smaller maximum.
+    scsi::set_check_condition(t->scsi, scsi::invalid_field_in_cdb(0));
+    complete_task(t);
+    return;
+  }
+  if (t->data_error) {
+    scsi::Sense sense;
+    sense.key = scsi::SenseKey::aborted_command;
+    sense.asc = scsi::Asc{0x4b, 0x00};  // DATA PHASE ERROR
+    scsi::set_check_condition(t->scsi, sense);
+    complete_task(t);
+    return;
+  }
   if (t->discard_data || (t->edtl > 0 && !t->scsi.data)) {
     t->scsi.status = scsi::Status::busy;
     complete_task(t);
@@ -736,19 +772,23 @@ bool Connection::handle_nop_out(const Bhs& h, std::span<const uint8_t> data) noe
   return true;
 }
 
+bool Connection::response_queued(const IscsiTask* t) const noexcept {
+  for (TxPdu* p = tx_head_; p != nullptr; p = p->next)
+    if (p->task_done == t) return true;
+  for (TxPdu* p : tx_batch_)
+    if (p->task_done == t) return true;
+  return false;
+}
+
 void Connection::abort_task(IscsiTask* t) noexcept {
-  t->aborted = true;
   if (t->executing) {
+    t->aborted = true;
     ++tmf_waiting_on_;  // freed by on_scsi_done; the TMF answer waits for it
     return;
   }
-  // Not in the device: drop at once (it may still have queued PDUs: those keep it alive).
-  bool queued = false;
-  for (TxPdu* p = tx_head_; p != nullptr; p = p->next)
-    if (p->task_done == t) queued = true;
-  for (TxPdu* p : tx_batch_)
-    if (p->task_done == t) queued = true;
-  if (queued) return;  // the response is already on its way; it completes normally
+  // Its status is already on its way: it completes normally (and is not aborted).
+  if (response_queued(t)) return;
+  t->aborted = true;
   auto it = std::find(active_.begin(), active_.end(), t);
   if (it != active_.end()) active_.erase(it);
   free_task(t);
@@ -784,10 +824,14 @@ bool Connection::handle_task_mgmt(const Bhs& h) noexcept {
       for (IscsiTask* a : active_)
         if (a->itt == referenced_itt && !a->aborted) t = a;
       if (t == nullptr) {
-        // Completed already (its CmdSN is below ExpCmdSN) → function complete; else unknown.
-        response = sn_lt(h.u32(32), exp_cmd_sn_) ? 0 : 1;
-      } else if (t->scsi.lun_raw != h.lun()) {
-        response = 1;
+        // RFC 7143 §11.5.1: a task not (yet) received whose RefCmdSN is inside the window and
+        // before the TMF itself counts as aborted ("function complete"); a task that already
+        // completed (RefCmdSN below ExpCmdSN) or anything else: "task does not exist".
+        const uint32_t ref_sn = h.u32(32);
+        const bool in_window = sn_le(exp_cmd_sn_, ref_sn) && sn_le(ref_sn, advertised_max_cmd_sn_);
+        response = in_window && sn_lt(ref_sn, h.cmd_sn()) ? 0 : 1;
+      } else if (t->scsi.lun_raw != h.lun() || (!t->executing && response_queued(t))) {
+        response = 1;  // another LUN, or already completed (status queued before this TMF)
       } else {
         victims.push_back(t);
       }

@@ -96,6 +96,7 @@ class Connection {
   static void on_scsi_done(scsi::ScsiTask& st) noexcept;
   void complete_task(IscsiTask* t) noexcept;
   void abort_task(IscsiTask* t) noexcept;
+  bool response_queued(const IscsiTask* t) const noexcept;
   void finish_pending_tmf() noexcept;
 
   // transmit side
@@ -144,6 +145,8 @@ class Connection {
   // sequence numbers
   uint32_t stat_sn_ = 0;
   uint32_t exp_cmd_sn_ = 0;
+  uint32_t advertised_max_cmd_sn_ = 0;  // highest MaxCmdSN sent (never decreases)
+  bool max_cmd_sn_advertised_ = false;
   uint32_t queue_depth_max_;
 
   // tasks

@@ -32,7 +32,8 @@ constexpr uint32_t kReadChunksMax = 16;           // structured READ: chunks per
 constexpr uint32_t kExtentsMax = 64;              // BLOCK_STATUS: descriptors per reply
 constexpr size_t kHeadBytes = kBlockStatusHeadBytes + 8 * kExtentsMax;
 constexpr uint32_t kIovPerTask = 2 * kReadChunksMax + 1;
-constexpr uint32_t kBlockMaxBytes = uint32_t(BufferPool::kMaxBytes);  // 16 MiB (pool class limit)
+// 32 MiB: the most the NBD spec expects a client to send in one request (pool allows more).
+constexpr uint32_t kBlockMaxBytes = uint32_t(std::min<size_t>(BufferPool::kMaxBytes, 32u << 20));
 constexpr uint32_t kPreferredBlockBytes = 4096;
 constexpr uint32_t kMetaContextId = 1;
 constexpr uint64_t kMs = 1000000ull;

@@ -108,7 +108,7 @@ TEST_F(NbdServerTest, NegotiatesAndAdvertises) {
   EXPECT_EQ(nbd_is_read_only(h), 0);
   EXPECT_EQ(nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM), 512);
   EXPECT_EQ(nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED), 4096);
-  EXPECT_EQ(nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM), 16 << 20);
+  EXPECT_EQ(nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM), 32 << 20);
   EXPECT_EQ(nbd_shutdown(h, 0), 0);
   nbd_close(h);
 }

@@ -199,7 +199,10 @@ void LogicalUnit::nexus_gone(const Nexus& nexus) noexcept {
 void LogicalUnit::reset(const Nexus* by) noexcept {
   std::lock_guard lock(mu_);
   spc2_reserved_ = false;
-  ua_all_but_locked(by ? by->id : ~uint64_t{0}, kBusDeviceResetOccurred);
+  // SAM-5 §7.8: a LOGICAL UNIT RESET leaves a unit attention on every I_T nexus, the
+  // issuer's included (multipath initiators rely on seeing it on each path).
+  (void)by;
+  ua_all_but_locked(~uint64_t{0}, kBusDeviceResetOccurred);
 }
 
 // ---- SPC commands ----

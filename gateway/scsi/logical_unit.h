@@ -38,7 +38,7 @@ class LogicalUnit {
  public:
   // Limits advertised in the Block Limits VPD page and enforced.
   static constexpr uint32_t kMaxCawBlocks = 255;
-  static constexpr uint32_t kMaxUnmapLbaCount = 1u << 22;
+  static constexpr uint32_t kMaxUnmapLbaCount = 1u << 20;
   static constexpr uint32_t kMaxUnmapDescriptors = 64;
   static constexpr uint64_t kMaxWriteSameBlocks = 1u << 22;
   static constexpr uint32_t kMaxLbaStatusDescriptors = 64;

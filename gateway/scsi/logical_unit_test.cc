@@ -448,13 +448,14 @@ TEST_F(LuTest, InquiryDoesNotConsumeUnitAttention) {
   EXPECT_TRUE(read(0, 1, &nexus_[0]).good());
 }
 
-TEST_F(LuTest, LunResetRaisesUnitAttentionForOtherNexusesAndDropsReserve) {
+TEST_F(LuTest, LunResetRaisesUnitAttentionForEveryNexusAndDropsReserve) {
   login_both();
   EXPECT_TRUE(run(cdb({0x16, 0, 0, 0, 0, 0}), {}, 0, &nexus_[0]).good());
   EXPECT_EQ(run(cdb({0, 0, 0, 0, 0, 0}), {}, 0, &nexus_[1]).status, Status::reservation_conflict);
   target_->reset_lun(Target::encode_lun(0), &nexus_[0]);
   EXPECT_TRUE(run(cdb({0, 0, 0, 0, 0, 0}), {}, 0, &nexus_[1]).check(6, 0x29, 0x03));
   EXPECT_TRUE(run(cdb({0, 0, 0, 0, 0, 0}), {}, 0, &nexus_[1]).good());
+  EXPECT_TRUE(run(cdb({0, 0, 0, 0, 0, 0}), {}, 0, &nexus_[0]).check(6, 0x29, 0x03));  // issuer too
   EXPECT_TRUE(run(cdb({0, 0, 0, 0, 0, 0}), {}, 0, &nexus_[0]).good());
 }
 

@@ -432,7 +432,12 @@ void LogicalUnit::compare_and_write(ScsiTask& t) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;
   if (geometry_.read_only) return fail(t, write_protected());
-  if (b.transfer_length == 0) return complete(t);
+  if (b.transfer_length == 0) {
+    // NUMBER OF LOGICAL BLOCKS is one byte: an initiator asking for 256 blocks sends 0 with a
+    // 2*256-block data-out; refuse the mismatch rather than silently doing nothing.
+    if (t.expected_transfer_bytes != 0) return fail(t, invalid_field_in_cdb(13));
+    return complete(t);
+  }
   if (b.transfer_length > std::min<uint32_t>(kMaxCawBlocks, max_transfer_blocks_)) {
     return fail(t, invalid_field_in_cdb(13));
   }
