@@ -9,7 +9,8 @@ void usage() {
   std::fprintf(stderr,
                "usage: ferry <command> [options]\n"
                "commands:\n"
-               "  target   serve RAM or file LUNs over iSCSI (see ferry target --help)\n");
+               "  target   serve RAM or file LUNs over iSCSI and NBD (see ferry target --help)\n"
+               "  demo     a target with a 1 GiB RAM LUN on 127.0.0.1:3260 (NBD on :10809)\n");
 }
 }  // namespace
 
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (std::strcmp(argv[1], "target") == 0) return ferry::mgmt::run_target_command(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "demo") == 0) return ferry::mgmt::run_demo_command(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     usage();
     return 0;

@@ -1,9 +1,10 @@
-// `ferry target` implementation (see target_command.h).
+// `ferry target` / `ferry demo` implementation (see target_command.h).
 #include "mgmt/target_command.h"
 
 #include <CLI/CLI.hpp>
 #include <pthread.h>
 #include <signal.h>
+#include <time.h>
 
 #include <cstdio>
 #include <memory>
@@ -13,12 +14,15 @@
 
 #include "datapath/reactor.h"
 #include "gateway/iscsi/server.h"
+#include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
 #include "mgmt/lun_spec.h"
 
 namespace ferry::mgmt {
 
 namespace {
+
+constexpr uint64_t kPoolBytesPerReactor = 2ull << 30;
 
 bool split_host_port(const std::string& text, std::string& host, uint16_t& port) {
   auto colon = text.rfind(':');
@@ -42,105 +46,167 @@ bool split_user_secret(const std::string& text, std::string& user, std::string& 
   return true;
 }
 
-}  // namespace
-
-int run_target_command(int argc, char** argv) {
-  CLI::App app{"Serve RAM or file LUNs over iSCSI (standalone target)", "ferry target"};
+struct TargetFlags {
   std::string listen = "127.0.0.1:3260";
   std::vector<std::string> luns;
   std::string iqn = "iqn.2026-11.io.ferry:target";
-  std::string chap, mutual_chap, discovery_chap;
+  std::string chap, mutual_chap, discovery_chap, discovery_mutual_chap;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   uint32_t queue_depth = 128;
   uint32_t nop_interval_ms = 5000;
-  app.add_option("--listen", listen, "address:port of the iSCSI portal")->capture_default_str();
-  app.add_option("--lun", luns,
-                 "LUN, numbered from 0 in order: ram:SIZE[:512|4096] or "
-                 "file:PATH[,bs=512|4096][,direct][,ro]")
-      ->required();
-  app.add_option("--iqn", iqn, "target name")->capture_default_str();
-  app.add_option("--chap", chap, "require CHAP: USER:SECRET the initiator must present");
-  app.add_option("--mutual-chap", mutual_chap,
-                 "mutual CHAP: USER:SECRET the target presents to the initiator");
-  app.add_option("--discovery-chap", discovery_chap, "require CHAP for discovery: USER:SECRET");
-  app.add_option("--threads", threads, "reactor threads (default: one per core)")
+  uint32_t login_timeout_ms = 15000;
+  std::string nbd;  // ADDRESS:PORT
+  std::string nbd_unix;
+  std::string nbd_tls_cert, nbd_tls_key, nbd_tls_ca;
+  bool nbd_tls_required = false;
+  double duration_s = 0;  // 0: until a signal
+};
+
+void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
+  app.add_option("--listen", f.listen, "ADDRESS:PORT of the iSCSI portal")->capture_default_str();
+  auto* lun = app.add_option("--lun", f.luns,
+                             "LUN, numbered from 0 in order: ram:SIZE[:512|4096] or "
+                             "file:PATH[,bs=512|4096][,direct][,ro]");
+  if (luns_required) lun->required();
+  app.add_option("--iqn", f.iqn, "target name")->capture_default_str();
+  app.add_option("--chap", f.chap, "require CHAP: USER:SECRET the initiator must present");
+  app.add_option("--mutual-chap", f.mutual_chap,
+                 "mutual CHAP: USER:SECRET the target answers the initiator's challenge with");
+  app.add_option("--discovery-chap", f.discovery_chap, "require CHAP for discovery: USER:SECRET");
+  app.add_option("--discovery-mutual-chap", f.discovery_mutual_chap,
+                 "mutual CHAP for discovery sessions: USER:SECRET");
+  app.add_option("--threads", f.threads, "reactor threads (default: one per core)")
       ->check(CLI::Range(1u, 256u));
-  app.add_option("--queue-depth", queue_depth, "commands outstanding per session (CmdSN window)")
+  app.add_option("--queue-depth", f.queue_depth, "commands outstanding per session (CmdSN window)")
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
-  app.add_option("--nop-interval-ms", nop_interval_ms,
+  app.add_option("--nop-interval-ms", f.nop_interval_ms,
                  "idle time before a NOP-In keepalive (0 = off)")
       ->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  app.add_option("--login-timeout-ms", f.login_timeout_ms,
+                 "connect → full-feature phase deadline; silent peers are dropped after it")
+      ->check(CLI::Range(100u, 600000u))
+      ->capture_default_str();
+  app.add_option("--nbd", f.nbd, "also export every LUN over NBD on ADDRESS:PORT (lun0, lun1, ...)");
+  app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
+  app.add_option("--nbd-tls-cert", f.nbd_tls_cert, "PEM certificate for NBD STARTTLS");
+  app.add_option("--nbd-tls-key", f.nbd_tls_key, "PEM private key for NBD STARTTLS");
+  app.add_option("--nbd-tls-ca", f.nbd_tls_ca, "PEM CA: NBD clients must present a certificate from it");
+  app.add_flag("--nbd-tls-required", f.nbd_tls_required, "refuse NBD clients that do not STARTTLS");
+  app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)");
+}
 
+int64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+int run_target(const TargetFlags& f, const char* banner) {
   iscsi::ServerOptions options;
-  if (!split_host_port(listen, options.listen_address, options.port)) {
-    std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT, got '%s'\n", listen.c_str());
+  if (!split_host_port(f.listen, options.listen_address, options.port)) {
+    std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT, got '%s'\n", f.listen.c_str());
     return 2;
   }
-  options.queue_depth_max = queue_depth;
-  options.nop_interval_ms = nop_interval_ms;
+  options.queue_depth_max = f.queue_depth;
+  options.nop_interval_ms = f.nop_interval_ms;
+  options.login_timeout_ms = f.login_timeout_ms;
 
   iscsi::PortalConfig portal;
   portal.portal_address = options.listen_address + ":" + std::to_string(options.port) + ",1";
   iscsi::TargetAuthConfig target_cfg;
-  target_cfg.iqn = iqn;
-  if (!chap.empty() && !split_user_secret(chap, target_cfg.chap_user, target_cfg.chap_secret)) {
+  target_cfg.iqn = f.iqn;
+  if (!f.chap.empty() && !split_user_secret(f.chap, target_cfg.chap_user, target_cfg.chap_secret)) {
     std::fprintf(stderr, "ferry: --chap wants USER:SECRET\n");
     return 2;
   }
-  if (!mutual_chap.empty()) {
-    if (chap.empty()) {
+  if (!f.mutual_chap.empty()) {
+    if (f.chap.empty()) {
       std::fprintf(stderr, "ferry: --mutual-chap needs --chap as well\n");
       return 2;
     }
-    if (!split_user_secret(mutual_chap, target_cfg.mutual_chap_user, target_cfg.mutual_chap_secret)) {
+    if (!split_user_secret(f.mutual_chap, target_cfg.mutual_chap_user,
+                           target_cfg.mutual_chap_secret)) {
       std::fprintf(stderr, "ferry: --mutual-chap wants USER:SECRET\n");
       return 2;
     }
   }
   portal.targets.push_back(target_cfg);
-  if (!discovery_chap.empty() &&
-      !split_user_secret(discovery_chap, portal.discovery_chap_user, portal.discovery_chap_secret)) {
+  if (!f.discovery_chap.empty() &&
+      !split_user_secret(f.discovery_chap, portal.discovery_chap_user, portal.discovery_chap_secret)) {
     std::fprintf(stderr, "ferry: --discovery-chap wants USER:SECRET\n");
+    return 2;
+  }
+  if (!f.discovery_mutual_chap.empty()) {
+    if (f.discovery_chap.empty() ||
+        !split_user_secret(f.discovery_mutual_chap, portal.discovery_mutual_chap_user,
+                           portal.discovery_mutual_chap_secret)) {
+      std::fprintf(stderr, "ferry: --discovery-mutual-chap wants USER:SECRET and --discovery-chap\n");
+      return 2;
+    }
+  }
+  nbd::NbdOptions nbd_options;
+  const bool nbd_tcp = !f.nbd.empty();
+  const bool nbd_on = nbd_tcp || !f.nbd_unix.empty();
+  if (nbd_tcp && !split_host_port(f.nbd, nbd_options.listen_address, nbd_options.port)) {
+    std::fprintf(stderr, "ferry: --nbd wants ADDRESS:PORT, got '%s'\n", f.nbd.c_str());
+    return 2;
+  }
+  nbd_options.listen_tcp = nbd_tcp;
+  nbd_options.unix_path = f.nbd_unix;
+  nbd_options.tls_cert_path = f.nbd_tls_cert;
+  nbd_options.tls_key_path = f.nbd_tls_key;
+  nbd_options.tls_ca_path = f.nbd_tls_ca;
+  nbd_options.tls_required = f.nbd_tls_required;
+  if (f.nbd_tls_cert.empty() != f.nbd_tls_key.empty()) {
+    std::fprintf(stderr, "ferry: --nbd-tls-cert and --nbd-tls-key go together\n");
+    return 2;
+  }
+  if (f.nbd_tls_required && f.nbd_tls_cert.empty()) {
+    std::fprintf(stderr, "ferry: --nbd-tls-required needs --nbd-tls-cert/--nbd-tls-key\n");
     return 2;
   }
 
   // Devices and logical units.
   std::vector<std::unique_ptr<BlockDevice>> devices;
   std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
+  std::vector<nbd::NbdExport> exports;
   auto target = std::make_unique<scsi::Target>();
-  for (size_t i = 0; i < luns.size(); ++i) {
+  if (f.luns.size() > 16384) {
+    std::fprintf(stderr, "ferry: at most 16384 LUNs\n");
+    return 2;
+  }
+  for (size_t i = 0; i < f.luns.size(); ++i) {
     LunSpec spec;
-    std::string err = parse_lun_spec(luns[i], spec);
+    std::string err = parse_lun_spec(f.luns[i], spec);
     if (!err.empty()) {
-      std::fprintf(stderr, "ferry: --lun %s: %s\n", luns[i].c_str(), err.c_str());
+      std::fprintf(stderr, "ferry: --lun %s: %s\n", f.luns[i].c_str(), err.c_str());
       return 2;
     }
     auto dev = open_lun(spec, err);
     if (!dev) {
-      std::fprintf(stderr, "ferry: --lun %s: %s\n", luns[i].c_str(), err.c_str());
+      std::fprintf(stderr, "ferry: --lun %s: %s\n", f.luns[i].c_str(), err.c_str());
       return 1;
     }
     scsi::LuIdentity id;
     id.serial = "FERRY" + std::to_string(1000 + i);
     id.product = spec.kind == LunSpec::Kind::ram ? "RAM DISK" : "FILE DISK";
-    id.device_id_seed = std::hash<std::string>{}(iqn + "/" + std::to_string(i));
+    id.device_id_seed = std::hash<std::string>{}(f.iqn + "/" + std::to_string(i));
     units.push_back(std::make_unique<scsi::LogicalUnit>(*dev, id));
     target->add_lun(uint16_t(i), units.back().get());
     std::fprintf(stderr, "ferry: LUN %zu: %s (%llu blocks of %u bytes)\n", i,
                  std::string(dev->describe()).c_str(),
                  static_cast<unsigned long long>(dev->geometry().block_count),
                  dev->geometry().block_size_bytes);
+    exports.push_back(nbd::NbdExport{"lun" + std::to_string(i), dev.get(),
+                                     std::string(dev->describe()), false});
     devices.push_back(std::move(dev));
   }
 
   iscsi::Server server(options, portal);
-  server.add_target(iqn, target.get());
+  server.add_target(f.iqn, target.get());
+  std::unique_ptr<nbd::NbdServer> nbd_server;
+  if (nbd_on) nbd_server = std::make_unique<nbd::NbdServer>(nbd_options, exports);
 
   // Signals are taken by the main thread only.
   sigset_t set;
@@ -152,49 +218,128 @@ int run_target_command(int argc, char** argv) {
 
   std::vector<std::unique_ptr<Reactor>> reactors;
   std::vector<Reactor*> raw;
-  for (unsigned i = 0; i < threads; ++i) {
-    reactors.push_back(std::make_unique<Reactor>(i, 2ull << 30));
+  for (unsigned i = 0; i < f.threads; ++i) {
+    reactors.push_back(std::make_unique<Reactor>(i, kPoolBytesPerReactor));
     raw.push_back(reactors.back().get());
   }
   server.set_reactors(raw);
   std::atomic<unsigned> ready{0};
   std::atomic<bool> failed{false};
   std::vector<std::thread> workers;
-  for (unsigned i = 0; i < threads; ++i) {
+  for (unsigned i = 0; i < f.threads; ++i) {
     workers.emplace_back([&, i] {
       Reactor& r = *reactors[i];
-      if (!r.init(1024).ok() || !server.start_listening(r).ok()) {
-        failed = true;
-        ready.fetch_add(1);
-        return;
+      bool ok = r.init(1024).ok() && server.start_listening(r).ok();
+      if (ok && nbd_server) {
+        auto started = nbd_server->start_listening(r);
+        if (!started.ok()) {
+          std::fprintf(stderr, "ferry: NBD export failed to start: %s\n",
+                       to_string(started.error()));
+          ok = false;
+        }
       }
+      if (!ok) failed = true;
       ready.fetch_add(1);
-      r.run();
+      if (ok) r.run();
     });
   }
-  while (ready.load() < threads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  while (ready.load() < f.threads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (failed) {
+    std::fprintf(stderr, "ferry: failed to start (is the port in use?)\n");
+    for (auto& r : reactors) {
+      Reactor* rp = r.get();
+      rp->post([&, rp] {
+        server.stop_listening(*rp);
+        if (nbd_server) nbd_server->stop_listening(*rp);
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
     for (auto& r : reactors) r->stop();
     for (auto& w : workers) w.join();
     return 1;
   }
-  std::fprintf(stderr, "ferry: target %s with %zu LUN(s), %u thread(s)\n", iqn.c_str(),
-               units.size(), threads);
-  std::fprintf(stderr, "ferry: listening on %s:%u\n", options.listen_address.c_str(),
-               options.port);
+  std::fprintf(stderr, "ferry: target %s with %zu LUN(s), %u thread(s)\n", f.iqn.c_str(),
+               units.size(), f.threads);
+  std::fprintf(stderr, "ferry: listening on %s:%u\n", options.listen_address.c_str(), options.port);
+  if (nbd_tcp)
+    std::fprintf(stderr, "ferry: nbd listening on %s:%u (exports lun0..lun%zu)\n",
+                 nbd_options.listen_address.c_str(), nbd_server->bound_port(), units.size() - 1);
+  if (!f.nbd_unix.empty())
+    std::fprintf(stderr, "ferry: nbd listening on unix:%s\n", f.nbd_unix.c_str());
+  if (banner != nullptr) std::fprintf(stderr, "%s", banner);
 
   int sig = 0;
-  while (sigwait(&set, &sig) == 0 && sig == SIGPIPE) {
+  if (f.duration_s > 0) {
+    const int64_t deadline = now_ns() + int64_t(f.duration_s * 1e9);
+    for (;;) {
+      const int64_t left = deadline - now_ns();
+      if (left <= 0) break;
+      timespec ts{time_t(left / 1000000000), long(left % 1000000000)};
+      sig = sigtimedwait(&set, nullptr, &ts);
+      if (sig == SIGINT || sig == SIGTERM) break;
+    }
+  } else {
+    while (sigwait(&set, &sig) == 0 && sig == SIGPIPE) {
+    }
   }
-  std::fprintf(stderr, "ferry: signal %d, stopping\n", sig);
+  std::fprintf(stderr, "ferry: stopping\n");
+  std::atomic<unsigned> stopped{0};
   for (auto& r : reactors) {
     Reactor* rp = r.get();
-    rp->post([&server, rp] { server.stop_listening(*rp); });
+    rp->post([&, rp] {
+      server.stop_listening(*rp);
+      if (nbd_server) nbd_server->stop_listening(*rp);
+      stopped.fetch_add(1);
+    });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  for (int i = 0; i < 2000 && stopped.load() < f.threads; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // in-flight I/O drains
   for (auto& r : reactors) r->stop();
   for (auto& w : workers) w.join();
   return 0;
+}
+
+}  // namespace
+
+int run_target_command(int argc, char** argv) {
+  CLI::App app{"Serve RAM or file LUNs over iSCSI (and NBD): the standalone target",
+               "ferry target"};
+  TargetFlags flags;
+  add_target_flags(app, flags, true);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return run_target(flags, nullptr);
+}
+
+int run_demo_command(int argc, char** argv) {
+  CLI::App app{"The demo: an iSCSI target with a 1 GiB RAM LUN on 127.0.0.1:3260 and its NBD "
+               "export on 127.0.0.1:10809",
+               "ferry demo"};
+  TargetFlags flags;
+  flags.nbd = "127.0.0.1:10809";
+  add_target_flags(app, flags, false);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (flags.luns.empty()) flags.luns.push_back("ram:1GiB");
+  std::string host = flags.listen;
+  const std::string url = "iscsi://" + host + "/" + flags.iqn + "/0";
+  const std::string banner =
+      "\nferry demo is serving. Try, from another terminal:\n"
+      "  iscsi-ls -s iscsi://" + host + "\n"
+      "  iscsi-inq " + url + "\n"
+      "  qemu-img convert -p -O raw some.img " + url + "      # write a disk image into LUN 0\n"
+      "  qemu-img convert -p -O raw " + url + " copy.img      # read it back\n" +
+      (flags.nbd.empty() ? std::string()
+                         : "  nbdinfo nbd://" + flags.nbd + "/lun0\n") +
+      "Stop with Ctrl-C.\n";
+  return run_target(flags, banner.c_str());
 }
 
 }  // namespace ferry::mgmt

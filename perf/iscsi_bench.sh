@@ -54,6 +54,7 @@ done
 TMP=$(mktemp -d /tmp/ferry-iscsi-bench.XXXXXX)
 SHM=""
 FERRY_PID=""
+FERRY_RC=""
 TGTD_PID=""
 TGTD_CTL=""
 IPERF_PID=""
@@ -68,7 +69,8 @@ stop_ferry() {
     echo "ferry (pid $FERRY_PID) ignored SIGTERM for 5 s; SIGKILL" | tee -a "$TMP/failures.txt" >&2
     kill -KILL "$FERRY_PID" 2>/dev/null || true
   fi
-  wait "$FERRY_PID" 2>/dev/null || true
+  FERRY_RC=0
+  wait "$FERRY_PID" 2>/dev/null || FERRY_RC=$?
   FERRY_PID=""
 }
 stop_tgtd() {
@@ -329,6 +331,14 @@ fi
 wait "$IPERF_PID" 2>/dev/null || true
 IPERF_PID=""
 
+# Stop both targets now, so that ferry's exit status and last words go into the report.
+stop_ferry
+stop_tgtd
+if [[ $FERRY_RC != 0 ]]; then
+  FAILED=1
+  echo "### ferry exited with status $FERRY_RC on SIGTERM" >>"$TMP/failures.txt"
+fi
+
 # ---- table ----------------------------------------------------------------------------------
 ratio() { # A B -> A/B, or "" if either is not a number
   awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b + 0 > 0) printf "%.2f", a / b }'
@@ -351,7 +361,7 @@ pct() { [[ -n $LOOPBACK_MBS ]] && awk -v a="$1" -v b="$LOOPBACK_MBS" 'BEGIN { if
   row "128 KiB seq read MB/s, QD 16 (qemu-img bench, 20k)" "${VAL[qsr.ferry]:-}" "${VAL[qsr.tgtd]:-}"
   row "128 KiB seq read (iscsi-perf) as % of loopback TCP" "$(pct "${VAL[sr.ferry]:-}")" "$(pct "${VAL[sr.tgtd]:-}")"
   row "128 KiB seq read (qemu-img) as % of loopback TCP" "$(pct "${VAL[qsr.ferry]:-}")" "$(pct "${VAL[qsr.tgtd]:-}")"
-  row "loopback TCP MB/s (iperf3, 1 stream, 5 s)" "$LOOPBACK_MBS" "$LOOPBACK_MBS"
+  printf '| %s | %s | %s | |\n' "loopback TCP MB/s (iperf3, 1 stream, 5 s)" "${LOOPBACK_MBS:--}" "${LOOPBACK_MBS:--}"
   for k in rr32:"rand read QD 32" rr128:"rand read QD 128" rw32:"rand write QD 32" rw128:"rand write QD 128" \
            qr:"qemu-img read QD 32" qw:"qemu-img write QD 32" sr:"128 KiB seq read (iscsi-perf)" \
            qsr:"128 KiB seq read (qemu-img)"; do
@@ -386,6 +396,14 @@ git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || REV+=" (with uncommitted chan
   echo "  for iscsi-perf runs the I/O count is its average IOPS x duration. For seq reads an IO is 128 KiB."
   echo "- The data check runs perf/iscsi_randwrite.c -V: random 4 KiB writes stamped with (block, sequence),"
   echo "  never two in flight to one block, then every written block is read back and compared."
+  echo "- iperf3 uses its default 128 KiB writes and one stream, so it is a reference, not a ceiling:"
+  echo "  an iSCSI read stream can exceed it."
+  echo
+  echo "ferry's stderr over the whole run (exit status ${FERRY_RC:-?} after SIGTERM):"
+  echo
+  echo '```'
+  tail -n 20 "$TMP/ferry.log"
+  echo '```'
   echo
   echo "## Failures"
   echo
