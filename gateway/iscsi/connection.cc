@@ -364,6 +364,8 @@ bool Connection::handle_login(const Bhs& h, std::span<const uint8_t> data) noexc
   queue_pdu(p);
 
   if (step == LoginStep::failed) {
+    std::fprintf(stderr, "ferry: iscsi %s: login refused (status 0x%04x): %s\n", peer_.c_str(),
+                 unsigned(login_->failure_status()), login_->failure_reason());
     close_after_send_ = true;
     phase_ = Phase::logout_sent;  // accept nothing more; close once the reply is out
     return false;

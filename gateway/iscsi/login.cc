@@ -183,12 +183,18 @@ LoginStatus LoginNegotiator::security_key(const KeyValue& kv, const std::vector<
     auth_ = Auth::want_response;
     return LoginStatus::success;
   }
+  // CHAP_R, CHAP_I and CHAP_C travel with CHAP_N and are handled with it.
+  if ((k == "CHAP_R" || k == "CHAP_I" || k == "CHAP_C") && find_key(pairs, "CHAP_N") != nullptr)
+    return LoginStatus::success;
   if (k == "CHAP_N" || k == "CHAP_R") {
     if (auth_ != Auth::want_response) {
       why = "CHAP response out of sequence";
       return LoginStatus::initiator_error;
     }
-    if (k == "CHAP_R") return LoginStatus::success;  // handled with CHAP_N
+    if (k == "CHAP_R") {
+      why = "CHAP_R without CHAP_N";
+      return LoginStatus::authentication_failure;
+    }
     const KeyValue* r = find_key(pairs, "CHAP_R");
     if (r == nullptr) {
       why = "CHAP_N without CHAP_R";
@@ -235,11 +241,8 @@ LoginStatus LoginNegotiator::security_key(const KeyValue& kv, const std::vector<
     return LoginStatus::success;
   }
   if (k == "CHAP_I" || k == "CHAP_C") {
-    if (auth_ != Auth::want_response) {
-      why = "CHAP challenge out of sequence";
-      return LoginStatus::initiator_error;
-    }
-    return LoginStatus::success;  // handled with CHAP_N
+    why = "CHAP_I/CHAP_C without CHAP_N";
+    return LoginStatus::initiator_error;
   }
   append_pair(out, k, "NotUnderstood");
   return LoginStatus::success;

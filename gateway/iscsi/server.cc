@@ -36,16 +36,8 @@ struct Server::Listener final : Operation {
   void on_cqe(int32_t res, uint32_t flags) noexcept override {
     if (!(flags & IORING_CQE_F_MORE)) accepting = false;
     if (res >= 0) {
-      if (stopping ||
-          server->connection_count_.load(std::memory_order_relaxed) >= server->options_.connections_max) {
-        if (!stopping) std::fprintf(stderr, "ferry: iscsi: connection limit reached, refusing\n");
-        ::close(res);
-      } else {
-        const uint64_t id = server->next_connection_id_.fetch_add(1);
-        auto* c = new (std::nothrow) Connection(*server, *reactor, res, id);
-        if (c == nullptr) ::close(res);
-        else c->start();
-      }
+      if (stopping) ::close(res);
+      else server->adopt_connection(*reactor, res);
     } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
       std::fprintf(stderr, "ferry: iscsi: accept: %s\n", std::strerror(-res));
     }
@@ -118,6 +110,18 @@ void Server::stop_listening(Reactor& reactor) noexcept {
   std::vector<Connection*> all;
   for (auto& [id, c] : t_connections) all.push_back(c);
   for (Connection* c : all) c->close("target shutting down");
+}
+
+void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
+  if (connection_count_.load(std::memory_order_relaxed) >= options_.connections_max) {
+    std::fprintf(stderr, "ferry: iscsi: connection limit reached, refusing\n");
+    ::close(fd);
+    return;
+  }
+  const uint64_t id = next_connection_id_.fetch_add(1);
+  auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
+  if (c == nullptr) ::close(fd);
+  else c->start();
 }
 
 void Server::connection_opened(Connection* c) noexcept {

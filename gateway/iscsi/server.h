@@ -45,6 +45,11 @@ class Server {
   Result<void> start_listening(Reactor& reactor) noexcept;
   // Closes every connection of this reactor and the listener. Call on the reactor thread.
   void stop_listening(Reactor& reactor) noexcept;
+  // Takes ownership of a connected stream socket: makes it a Connection on `reactor` and starts
+  // it (login phase). Closes fd instead when connections_max is reached or memory runs out.
+  // Used by the accept path and by tests/fuzzers that hand over one end of a socketpair.
+  // Call on the reactor thread.
+  void adopt_connection(Reactor& reactor, int fd) noexcept;
   // Installs the reactors so reinstatement can reach connections on other threads.
   void set_reactors(std::vector<Reactor*> reactors) { reactors_ = std::move(reactors); }
 

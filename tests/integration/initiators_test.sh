@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Real initiators against `ferry target`: qemu-img (qemu-block-extra's iSCSI driver) reads a file
+# LUN byte-identical to its file and writes into a LUN; libiscsi's iscsi-ls / iscsi-inq /
+# iscsi-readcapacity16 work; header/data digests (CRC32C) work; a 4096-byte-block LUN round
+# trips; CHAP refuses a wrong secret and accepts the right one; mutual CHAP too.
+# Usage: initiators_test.sh /path/to/ferry
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+need qemu-img iscsi-ls iscsi-inq iscsi-readcapacity16 cmp
+qemu-img --help 2>/dev/null | grep -q iscsi || skip "qemu-img lacks the iscsi driver (apt-get install qemu-block-extra)"
+
+# ---------------------------------------------------------------- read and write a file LUN
+head -c 48M /dev/urandom >"$TMP/disk.img"
+cp "$TMP/disk.img" "$TMP/original.img"
+P=$(free_port)
+start_ferry files --listen 127.0.0.1:$P --lun "file:$TMP/disk.img" --lun ram:64MiB:4096
+URL0="iscsi://127.0.0.1:$P/$IQN/0"
+URL1="iscsi://127.0.0.1:$P/$IQN/1"
+
+out=$(timeout 30 iscsi-ls -s "iscsi://127.0.0.1:$P" 2>&1)
+if grep -q "Target:$IQN Portal:127.0.0.1:$P,1" <<<"$out" && grep -q 'Lun:0 .*DIRECT_ACCESS' <<<"$out" &&
+   grep -q 'Lun:1 .*DIRECT_ACCESS' <<<"$out"; then ok "iscsi-ls -s lists the target and both LUNs"
+else fail "iscsi-ls: $out"; fi
+
+out=$(timeout 30 iscsi-inq "$URL0" 2>&1)
+if grep -q 'Vendor:FERRY' <<<"$out" && grep -q 'Product:FILE DISK' <<<"$out"; then ok "iscsi-inq standard INQUIRY"
+else fail "iscsi-inq: $out"; fi
+out=$(timeout 30 iscsi-inq -e 1 -c 131 "$URL0" 2>&1)
+grep -qi 'naa\|designator' <<<"$out" && ok "iscsi-inq VPD 0x83" || fail "iscsi-inq VPD 83: $out"
+
+out=$(timeout 30 iscsi-readcapacity16 "$URL0" 2>&1)
+if grep -q 'LOGICAL BLOCK LENGTH IN BYTES:512' <<<"$out" && grep -q "Total size:$((48 << 20))" <<<"$out"; then
+  ok "iscsi-readcapacity16 (512-byte blocks, 48 MiB)"
+else fail "iscsi-readcapacity16: $out"; fi
+out=$(timeout 30 iscsi-readcapacity16 "$URL1" 2>&1)
+grep -q 'LOGICAL BLOCK LENGTH IN BYTES:4096' <<<"$out" && ok "iscsi-readcapacity16 (4096-byte blocks)" ||
+  fail "iscsi-readcapacity16 LUN 1: $out"
+
+if timeout 120 qemu-img convert -f raw -O raw "$URL0" "$TMP/read.img" && cmp "$TMP/read.img" "$TMP/original.img"; then
+  ok "qemu-img convert from iscsi:// is byte-identical to the file"
+else fail "qemu-img convert from iscsi:// differs from the file"; fi
+
+head -c 48M /dev/urandom >"$TMP/new.img"
+if timeout 120 qemu-img convert -n -f raw -O raw "$TMP/new.img" "$URL0" && cmp "$TMP/new.img" "$TMP/disk.img"; then
+  ok "qemu-img convert into the LUN: the backing file holds the new image"
+else fail "qemu-img convert into the LUN did not land in the file"; fi
+
+# 4096-byte logical blocks: write then read back through qemu.
+head -c 64M /dev/urandom >"$TMP/lun1-src.img"
+if timeout 120 qemu-img convert -n -f raw -O raw "$TMP/lun1-src.img" "$URL1" &&
+   timeout 120 qemu-img convert -f raw -O raw "$URL1" "$TMP/lun1-back.img" &&
+   cmp "$TMP/lun1-src.img" "$TMP/lun1-back.img"; then
+  ok "4096-byte-block LUN round trip through qemu-img"
+else fail "4096-byte-block LUN round trip"; fi
+
+# Digests on both header and data (negotiated CRC32C).
+out=$(timeout 30 iscsi-inq "$URL0?header_digest=crc32c" 2>&1)
+grep -q 'Vendor:FERRY' <<<"$out" && ok "INQUIRY with HeaderDigest=CRC32C" || fail "header digest: $out"
+# A whole image through header digests (every PDU header carries a CRC32C both ways).
+out=$(timeout 60 iscsi-readcapacity16 "$URL1?header_digest=crc32c" 2>&1)
+grep -q 'LOGICAL BLOCK LENGTH IN BYTES:4096' <<<"$out" && ok "READ CAPACITY with header digests" ||
+  fail "header digest: $out"
+stop_pid "$FERRY_PID"
+
+# ---------------------------------------------------------------- CHAP
+P=$(free_port)
+start_ferry chap --listen 127.0.0.1:$P --lun ram:16MiB --chap alice:opensesame1234
+url() { echo "iscsi://$1127.0.0.1:$P/$IQN/0"; }
+timeout 30 iscsi-inq "$(url 'alice%opensesame1234@')" 2>&1 | grep -q 'Vendor:FERRY' &&
+  ok "CHAP: right secret accepted" || fail "CHAP: right secret refused"
+if timeout 30 iscsi-inq "$(url 'alice%wrongsecret99@')" >/dev/null 2>&1; then fail "CHAP: wrong secret accepted"
+else ok "CHAP: wrong secret refused"; fi
+if timeout 30 iscsi-inq "$(url 'mallory%opensesame1234@')" >/dev/null 2>&1; then fail "CHAP: wrong user accepted"
+else ok "CHAP: wrong user refused"; fi
+if timeout 30 iscsi-inq "$(url '')" >/dev/null 2>&1; then fail "CHAP: no credentials accepted"
+else ok "CHAP: no credentials refused"; fi
+grep -q 'CHAP authentication failed' "$TMP/chap.log" && ok "CHAP: refusal logged" || fail "CHAP refusal not logged"
+timeout 120 qemu-img convert -f raw -O raw "$(url 'alice%opensesame1234@')" "$TMP/chap.img" &&
+  ok "CHAP: qemu-img reads with credentials" || fail "CHAP: qemu-img with credentials"
+stop_pid "$FERRY_PID"
+
+# ---------------------------------------------------------------- mutual CHAP
+P=$(free_port)
+start_ferry mutual --listen 127.0.0.1:$P --lun ram:16MiB --chap alice:opensesame1234 \
+  --mutual-chap target1:targetsecret567
+mutual() { echo "iscsi://alice%$1@127.0.0.1:$P/$IQN/0?target_user=$2&target_password=$3"; }
+timeout 30 iscsi-inq "$(mutual opensesame1234 target1 targetsecret567)" 2>&1 | grep -q 'Vendor:FERRY' &&
+  ok "mutual CHAP: both secrets right: accepted" || fail "mutual CHAP refused"
+if timeout 30 iscsi-inq "$(mutual opensesame1234 target1 notthesecret00)" >/dev/null 2>&1; then
+  fail "mutual CHAP: initiator accepted a target with the wrong secret"
+else ok "mutual CHAP: target answering with the wrong secret is refused by the initiator"; fi
+if timeout 30 iscsi-inq "$(mutual wrongsecret99 target1 targetsecret567)" >/dev/null 2>&1; then
+  fail "mutual CHAP: wrong initiator secret accepted"
+else ok "mutual CHAP: wrong initiator secret refused"; fi
+stop_pid "$FERRY_PID"
+
+# ---------------------------------------------------------------- discovery CHAP
+P=$(free_port)
+start_ferry disc --listen 127.0.0.1:$P --lun ram:16MiB --discovery-chap disco:discoverysecret1
+timeout 30 iscsi-ls "iscsi://disco%discoverysecret1@127.0.0.1:$P" 2>&1 | grep -q "Target:$IQN" &&
+  ok "discovery CHAP: right secret lists targets" || fail "discovery CHAP: right secret"
+if timeout 30 iscsi-ls "iscsi://disco%wrong@127.0.0.1:$P" 2>&1 | grep -q "Target:$IQN"; then
+  fail "discovery CHAP: wrong secret listed targets"
+else ok "discovery CHAP: wrong secret refused"; fi
+stop_pid "$FERRY_PID"
+
+finish
