@@ -252,7 +252,11 @@ bool Connection::process_rx() noexcept {
       // initiator then fails or retries the task (Data-Out data is not trusted).
       send_reject(h, RejectReason::data_digest_error);
       if (h.opcode() == Opcode::data_out || h.opcode() == Opcode::scsi_command) {
-        close("data digest error");
+        // The task's data is lost: ERL 0 recovers the session. Let the Reject go out first.
+        std::fprintf(stderr, "ferry: iscsi %s: data digest error, closing after the Reject\n",
+                     peer_.c_str());
+        close_after_send_ = true;
+        phase_ = Phase::logout_sent;
         return false;
       }
       continue;

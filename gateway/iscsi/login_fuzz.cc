@@ -8,10 +8,13 @@
 // whose text holds the exact item "CHAP_R=auto" has it replaced by the correct response to the
 // last challenge, computed with the secret of the CHAP_N in the same text. Without that help a
 // login to a CHAP-protected target or discovery must never complete (authentication bypass).
+// FERRY_FUZZ_VERBOSE=1 prints each step (handy with a single input).
 #include <algorithm>
 #include <charconv>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -118,6 +121,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto reply = std::make_unique<LoginReply>();  // 8 KiB: keep it off the stack
   std::optional<Challenge> challenge;
   bool answered = false;  // the harness supplied a correct CHAP response at least once
+  static const bool verbose = std::getenv("FERRY_FUZZ_VERBOSE") != nullptr;
 
   while (in.size() >= kBhsBytes) {
     Bhs h;
@@ -137,6 +141,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
     *reply = LoginReply{};
     const LoginStep step = negotiator.on_request(h, text, *reply);
+    if (verbose) {
+      std::fprintf(stderr, "login_fuzz: request flags %02x, %zu bytes text -> %s%s%s\n", h.b[1],
+                   text.size(),
+                   step == LoginStep::failed           ? "failed"
+                   : step == LoginStep::login_complete ? "complete"
+                                                       : "continue",
+                   negotiator.failure_reason() ? ": " : "",
+                   negotiator.failure_reason() ? negotiator.failure_reason() : "");
+    }
 
     if (reply->data_length > kLoginReplyMax) __builtin_trap();
     if (reply->bhs.opcode() != Opcode::login_response) __builtin_trap();

@@ -35,7 +35,7 @@ void fix_digests(std::span<uint8_t> in, const FramingLimits& limits, bool header
       store_le32(in.data() + pos, crc32c(in.first(pos)));
     pos += kDigestBytes;
   }
-  const uint32_t dsl = load_be24(in.data() + 5);
+  const uint32_t dsl = ferry::load_be24(in.data() + 5);
   if (!limits.data_digest || !data || dsl == 0) return;
   const size_t padded = pad4(dsl);
   if (pos + padded + kDigestBytes > in.size()) return;
@@ -51,7 +51,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.data_digest = (data[0] & 2) != 0;
   const bool fix_header = (data[0] & 4) != 0;
   const bool fix_data = (data[0] & 8) != 0;
-  limits.max_data_segment_bytes = load_be24(data + 1);
+  limits.max_data_segment_bytes = ferry::load_be24(data + 1);
   std::vector<uint8_t> stream(data + 4, data + size);
 
   size_t pos = 0;

@@ -19,6 +19,7 @@
 #include "gateway/iscsi/text_kv.h"
 
 using namespace ferry::iscsi;
+using ferry::Errc;
 
 namespace {
 

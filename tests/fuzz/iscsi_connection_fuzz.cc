@@ -205,7 +205,7 @@ void insert_digests(std::span<const uint8_t> in, bool header, bool data, std::ve
       return;
     }
     const size_t hdr = std::min(in.size(), iscsi::kBhsBytes + size_t{in[4]} * 4);
-    const size_t dsl = iscsi::load_be24(in.data() + 5);
+    const size_t dsl = load_be24(in.data() + 5);
     out.insert(out.end(), in.begin(), in.begin() + ptrdiff_t(hdr));
     if (header) {
       store_le32(crc, iscsi::crc32c(in.first(hdr)));
