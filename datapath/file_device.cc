@@ -54,12 +54,19 @@ class FileOp final : public Operation {
   uint64_t done_bytes_ = 0;
 };
 
-thread_local std::vector<FileOp*> t_free_ops;
+// Per-thread free list of operations (grows to the thread's high-water mark, freed at exit).
+struct FreeFileOps {
+  std::vector<FileOp*> ops;
+  ~FreeFileOps() {
+    for (FileOp* op : ops) delete op;
+  }
+};
+thread_local FreeFileOps t_free_ops;
 
 FileOp* take_op() noexcept {
-  if (t_free_ops.empty()) return new (std::nothrow) FileOp();
-  FileOp* op = t_free_ops.back();
-  t_free_ops.pop_back();
+  if (t_free_ops.ops.empty()) return new (std::nothrow) FileOp();
+  FileOp* op = t_free_ops.ops.back();
+  t_free_ops.ops.pop_back();
   return op;
 }
 
@@ -99,7 +106,7 @@ void FileOp::issue() noexcept {
 void FileOp::finish(Errc e) noexcept {
   IoRequest* req = req_;
   req_ = nullptr;
-  t_free_ops.push_back(this);
+  t_free_ops.ops.push_back(this);
   req->complete(e);
 }
 

@@ -34,7 +34,18 @@ struct DelayedCompletion {
   uint64_t delay_ns = 0;
 };
 
-thread_local std::vector<DelayedCompletion*> t_free_delays;
+// Per-thread free list (freed at thread exit).
+struct FreeDelays {
+  std::vector<DelayedCompletion*> list;
+  ~FreeDelays() {
+    for (DelayedCompletion* d : list) delete d;
+  }
+  bool empty() const noexcept { return list.empty(); }
+  DelayedCompletion* back() const noexcept { return list.back(); }
+  void pop_back() noexcept { list.pop_back(); }
+  void push_back(DelayedCompletion* d) noexcept { list.push_back(d); }
+};
+thread_local FreeDelays t_free_delays;
 
 void delayed_fire(void* ctx) noexcept {
   auto* d = static_cast<DelayedCompletion*>(ctx);

@@ -38,11 +38,22 @@ struct Server::Listener final : Operation {
     if (res >= 0) {
       if (stopping) ::close(res);
       else server->adopt_connection(*reactor, res);
-    } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED) {
+    } else if (!stopping && res != -ECANCELED && res != -EINTR && res != -EAGAIN &&
+               res != -ECONNABORTED) {
       std::fprintf(stderr, "ferry: iscsi: accept: %s\n", std::strerror(-res));
+      if (!accepting) {
+        // Out of descriptors or memory: back off instead of spinning on the same error.
+        reactor->arm(backoff, 100'000'000, &Listener::on_backoff, this);
+        return;
+      }
     }
     if (!accepting && !stopping) arm();
   }
+  static void on_backoff(void* ctx) noexcept {
+    auto* l = static_cast<Listener*>(ctx);
+    if (!l->stopping && !l->accepting) l->arm();
+  }
+  Timer backoff;  // cancelled by stop_listening on the reactor thread
 };
 
 Server::Server(ServerOptions options, PortalConfig portal) noexcept
@@ -104,6 +115,7 @@ void Server::stop_listening(Reactor& reactor) noexcept {
     for (auto& l : listeners_) {
       if (l->reactor != &reactor) continue;
       l->stopping = true;
+      if (l->backoff.armed()) reactor.cancel(l->backoff);
       ::shutdown(l->fd, SHUT_RDWR);
     }
   }
