@@ -20,13 +20,11 @@ url=iscsi://127.0.0.1:3260/iqn.2026-11.io.ferry:target/0
 echo
 echo "== discovery: iscsi-ls -s iscsi://127.0.0.1:3260"
 iscsi-ls -s iscsi://127.0.0.1:3260
-echo "== a 64 MiB sample image written into LUN 0 with qemu-img, then read back"
+echo "== a 64 MiB sample image written into LUN 0 with qemu-img, then compared through iSCSI"
 head -c 32M /dev/urandom >/tmp/ferry-demo-src.img
 truncate -s 64M /tmp/ferry-demo-src.img
 qemu-img convert -n -f raw -O raw /tmp/ferry-demo-src.img "$url"
-qemu-img convert -f raw -O raw "$url" /tmp/ferry-demo-back.img
-truncate -s 64M /tmp/ferry-demo-back.img
-cmp /tmp/ferry-demo-src.img /tmp/ferry-demo-back.img && echo "read back: byte-identical"
+qemu-img compare -f raw -F raw /tmp/ferry-demo-src.img "$url"
 echo "== the same volume over NBD: nbdinfo nbd://127.0.0.1:10809/lun0"
 nbdinfo nbd://127.0.0.1:10809/lun0 | grep -E 'export-size|block_size|can_' | head -8 || true
 echo

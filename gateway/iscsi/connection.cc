@@ -124,10 +124,12 @@ void Connection::close(const char* why) noexcept {
   reactor_.cancel(timer_);
   ::shutdown(fd_, SHUT_RDWR);  // wakes the in-flight receive and send
   for (IscsiTask* t : active_) t->aborted = true;
-  // Tasks not inside the SCSI layer can go now; the others are freed when they complete.
+  // Tasks not inside the SCSI layer can go now; the others are freed when they complete, and
+  // those whose response PDU is queued or being sent when that PDU is released (release_pdu
+  // frees task_done: freeing them here too put them twice on free_tasks_, a double delete).
   std::vector<IscsiTask*> keep;
   for (IscsiTask* t : active_) {
-    if (t->executing) keep.push_back(t);
+    if (t->executing || response_queued(t)) keep.push_back(t);
     else free_task(t);
   }
   active_.swap(keep);

@@ -21,6 +21,7 @@
 //   7 normal session with DataDigest=CRC32C only
 // In modes 3 and 7 the rest is written without digests and the harness inserts correct ones
 // (unless bit 3 is set), so the fuzzer reaches command handling behind the CRCs.
+// FERRY_FUZZ_VERBOSE=1 lists the PDUs the target answered with (handy with a single input).
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -231,6 +232,7 @@ struct Peer {
   bool shut = false;
   bool eof = false;
   uint64_t received_bytes = 0;
+  std::vector<uint8_t>* transcript = nullptr;  // FERRY_FUZZ_VERBOSE: what the target sent
 
   // Non-blocking: writes what fits, then half-closes; reads and discards what the target sent.
   void pump() noexcept {
@@ -254,6 +256,7 @@ struct Peer {
       const ssize_t n = ::recv(fd, sink, sizeof sink, MSG_DONTWAIT);
       if (n > 0) {
         received_bytes += uint64_t(n);
+        if (transcript != nullptr) transcript->insert(transcript->end(), sink, sink + n);
       } else if (n == 0) {
         eof = true;
       } else if (errno != EINTR) {
@@ -292,6 +295,22 @@ struct Run {
     r->reactor->arm(r->timer, r->steps < kFastSteps ? 0 : kTickNs, &Run::step, r);
   }
 };
+
+// FERRY_FUZZ_VERBOSE: lists the target's PDUs (opcode, flags, ITT, data length; framed
+// without digests, so only the login replies are right in digest modes).
+void print_transcript(const std::vector<uint8_t>& t, const Run& run) {
+  std::fprintf(stderr, "iscsi_connection_fuzz: %llu steps, sent %zu/%zu bytes, received %zu\n",
+               static_cast<unsigned long long>(run.steps), run.peer.sent, run.peer.out.size(),
+               t.size());
+  size_t pos = 0;
+  while (t.size() - pos >= iscsi::kBhsBytes) {
+    const uint8_t* b = t.data() + pos;
+    const uint32_t dsl = load_be24(b + 5);
+    std::fprintf(stderr, "  opcode %02x flags %02x b2 %02x b3 %02x itt %08x dsl %u\n", b[0] & 0x3f,
+                 b[1], b[2], b[3], load_be32(b + 16), dsl);
+    pos += iscsi::kBhsBytes + size_t{b[4]} * 4 + iscsi::pad4(dsl);
+  }
+}
 
 }  // namespace
 
@@ -338,12 +357,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::abort();
   }
   run.peer.fd = sv[1];
+  static const bool verbose = std::getenv("FERRY_FUZZ_VERBOSE") != nullptr;
+  std::vector<uint8_t> transcript;
+  if (verbose) run.peer.transcript = &transcript;
   server.adopt_connection(g.reactor, sv[0]);  // the Connection owns sv[0] from here on
 
   run.started_ns = Reactor::now_ns_fresh();
   g.reactor.arm(run.timer, 0, &Run::step, &run);
   g.reactor.run();
   if (run.timer.armed() || server.connection_count().load() != 0) __builtin_trap();
+  if (verbose) print_transcript(transcript, run);
   ::close(sv[1]);
   return 0;
 }

@@ -116,15 +116,27 @@ def main():
     write("iscsi_connection_fuzz/mode1_commands.bin", b"\x01" + full)
     # Mode 2: InitialR2T=Yes, no immediate data: WRITE then Data-Out answering the R2T (TTT of
     # the first task is 0x40000001).
+    # The first command of a session gets the power-on unit attention: a TEST UNIT READY
+    # takes it.
     write("iscsi_connection_fuzz/mode2_r2t_write.bin", b"\x02" + b"".join([
-        scsi_cmd(0x20, 0, rw10(0x2A, 0, 4), edtl=2048, write=True),
+        scsi_cmd(0x1F, 0, TEST_UNIT_READY),
+        scsi_cmd(0x20, 1, rw10(0x2A, 0, 4), edtl=2048, write=True),
         data_out(0x20, 0x40000001, 0, 0, b"\xab" * 1024, final=False),
         data_out(0x20, 0x40000001, 1, 1024, b"\xcd" * 1024, final=True),
-        scsi_cmd(0x21, 1, rw10(0x28, 0, 4), edtl=2048, read=True),
-        logout(0x22, 2),
+        scsi_cmd(0x21, 2, rw10(0x28, 0, 4), edtl=2048, read=True),
+        logout(0x22, 3),
     ]))
     # Mode 6: unsolicited Data-Out after immediate data (FirstBurstLength 4096).
     write("iscsi_connection_fuzz/mode6_unsolicited.bin", b"\x06" + b"".join([
+        scsi_cmd(0x2F, 0, TEST_UNIT_READY),
+        scsi_cmd(0x30, 1, rw10(0x2A, 16, 8), edtl=4096, write=True, data=b"\x11" * 1024,
+                 final=False),
+        data_out(0x30, 0xFFFFFFFF, 0, 1024, b"\x22" * 3072, final=True),
+        scsi_cmd(0x31, 2, rw10(0x28, 16, 8), edtl=4096, read=True),
+    ]))
+    # Regression: EOF right behind commands whose responses are still queued. close() freed those
+    # tasks and release_pdu freed them again (double delete in ~Connection).
+    write("iscsi_connection_fuzz/close_with_queued_response_double_free.bin", b"\x06" + b"".join([
         scsi_cmd(0x30, 0, rw10(0x2A, 16, 8), edtl=4096, write=True, data=b"\x11" * 1024,
                  final=False),
         data_out(0x30, 0xFFFFFFFF, 0, 1024, b"\x22" * 3072, final=True),
@@ -172,8 +184,9 @@ def main():
                             (b"AuthMethod", b"CHAP"))) +
           chunk(0x00, 2, kv((b"CHAP_A", b"5,7"))) +
           chunk(0x83, 3, kv((b"CHAP_N", b"disco"), (b"CHAP_R", b"auto"))))
+    opened = normal.replace(TARGET, b"iqn.2024-01.io.ferry:open")
     write("login_fuzz/continued_text.bin",
-          chunk(0x44, 1, normal[:20]) + chunk(0x87, 2, normal[20:]))
+          chunk(0x44, 1, opened[:20]) + chunk(0x87, 2, opened[20:]))
 
     # ---- text_fuzz: session | (flags | length(2) | data)* | chunk sizes
     st = kv((b"SendTargets", b"All"))
