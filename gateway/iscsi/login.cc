@@ -287,7 +287,10 @@ void LoginNegotiator::operational_key(const KeyValue& kv, std::string& out) {
     }
   } else if (k == "FirstBurstLength") {
     if (auto n = number_in(512, (1u << 24) - 1)) {
-      p.first_burst_length = std::min(*n, portal_.first_burst_length_max);
+      // Also capped by our MaxBurstLength limit, so the value we answer never exceeds the
+      // MaxBurstLength we answer (in either key order) and is the value we then enforce.
+      p.first_burst_length =
+          std::min({*n, portal_.first_burst_length_max, portal_.max_burst_length_max});
       append_pair(out, k, std::to_string(p.first_burst_length));
     } else {
       append_pair(out, k, "Reject");
