@@ -264,6 +264,9 @@ bool Connection::process_rx() noexcept {
       continue;
     }
     if (!handle_pdu(h, pdu, f)) return false;
+    // The final login PDU moves rx_ to a bigger buffer (enter_full_feature, same offsets) and
+    // the old one goes back to the pool: PDUs pipelined behind it must be read from the new one.
+    base = reinterpret_cast<const uint8_t*>(rx_.data());
   }
   if (phase_ == Phase::closing) return false;
   // Compact: move the partial PDU to the front.

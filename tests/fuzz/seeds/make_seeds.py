@@ -142,6 +142,14 @@ def main():
         data_out(0x30, 0xFFFFFFFF, 0, 1024, b"\x22" * 3072, final=True),
         scsi_cmd(0x31, 1, rw10(0x28, 16, 8), edtl=4096, read=True),
     ]))
+    # Regression: commands pipelined in the same receive as the final login PDU were parsed from
+    # the login receive buffer after enter_full_feature had returned it to the pool; a 64 KiB
+    # WRITE then got that very buffer as its data buffer (memcpy-param-overlap under ASan).
+    write("iscsi_connection_fuzz/pipelined_after_login_stale_rx_buffer.bin", b"\x01" + b"".join([
+        scsi_cmd(0x50, 0, rw10(0x2A, 0, 128), edtl=65536, write=True, data=b"\x33" * 1024,
+                 final=False),
+        scsi_cmd(0x51, 1, TEST_UNIT_READY),
+    ]))
     write("iscsi_connection_fuzz/mode3_digests.bin", b"\x03" + full)
     write("iscsi_connection_fuzz/mode7_data_digest.bin", b"\x07" + full)
     write("iscsi_connection_fuzz/mode5_security_stage.bin", b"\x05" + full)
