@@ -57,6 +57,7 @@ Result<void> Reactor::init(unsigned sq_entries) noexcept {
   event_op_.set(
       [](void* ctx, int32_t, uint32_t) noexcept {
         auto* self = static_cast<Reactor*>(ctx);
+        self->event_armed_ = false;
         self->arm_eventfd_read();
       },
       this);
@@ -77,6 +78,8 @@ io_uring_sqe* Reactor::get_sqe() noexcept {
 }
 
 void Reactor::arm_eventfd_read() noexcept {
+  if (event_armed_) return;  // one read in flight at a time (run() may be re-entered)
+  event_armed_ = true;
   io_uring_sqe* sqe = get_sqe();
   io_uring_prep_read(sqe, event_fd_, &event_value_, sizeof event_value_, 0);
   prepare(sqe, &event_op_);

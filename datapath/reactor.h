@@ -143,6 +143,7 @@ class Reactor {
 
   int event_fd_ = -1;
   uint64_t event_value_ = 0;
+  bool event_armed_ = false;  // an eventfd read is in flight
   CallbackOperation event_op_;
   std::mutex posted_mutex_;
   std::vector<std::function<void()>> posted_;

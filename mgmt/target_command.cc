@@ -55,6 +55,7 @@ struct TargetFlags {
   uint32_t queue_depth = 128;
   uint32_t nop_interval_ms = 5000;
   uint32_t login_timeout_ms = 15000;
+  uint32_t tx_batch_pdus = 256;
   std::string nbd;  // ADDRESS:PORT
   std::string nbd_unix;
   std::string nbd_tls_cert, nbd_tls_key, nbd_tls_ca;
@@ -87,6 +88,10 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                  "connect → full-feature phase deadline; silent peers are dropped after it")
       ->check(CLI::Range(100u, 600000u))
       ->capture_default_str();
+  app.add_option("--tx-batch-pdus", f.tx_batch_pdus,
+                 "iSCSI PDUs gathered into one sendmsg (1 = no batching; for benchmarks)")
+      ->check(CLI::Range(1u, 256u))
+      ->capture_default_str();
   app.add_option("--nbd", f.nbd, "also export every LUN over NBD on ADDRESS:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
   app.add_option("--nbd-tls-cert", f.nbd_tls_cert, "PEM certificate for NBD STARTTLS");
@@ -111,6 +116,7 @@ int run_target(const TargetFlags& f, const char* banner) {
   options.queue_depth_max = f.queue_depth;
   options.nop_interval_ms = f.nop_interval_ms;
   options.login_timeout_ms = f.login_timeout_ms;
+  options.tx_batch_pdus_max = f.tx_batch_pdus;
 
   iscsi::PortalConfig portal;
   portal.portal_address = options.listen_address + ":" + std::to_string(options.port) + ",1";

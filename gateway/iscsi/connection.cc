@@ -75,7 +75,8 @@ Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) no
       reactor_(reactor),
       fd_(fd),
       id_(id),
-      queue_depth_max_(server.options().queue_depth_max) {
+      queue_depth_max_(server.options().queue_depth_max),
+      tx_batch_pdus_max_(std::clamp<size_t>(server.options().tx_batch_pdus_max, 1, kTxBatchPdusMax)) {
   recv_op_.c = this;
   send_op_.c = this;
   sockaddr_in6 addr{};
@@ -104,12 +105,12 @@ Connection::~Connection() {
 void Connection::start() noexcept {
   int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  server_.connection_opened(this);  // before any close(): closing counts it out again
+  connected_ns_ = reactor_.now_ns();
+  last_rx_ns_ = connected_ns_;
   rx_ = reactor_.pool().allocate(kLoginRxBytes);
   if (!rx_) return close("no receive buffer");
   login_ = std::make_unique<LoginNegotiator>(server_.portal());
-  connected_ns_ = reactor_.now_ns();
-  last_rx_ns_ = connected_ns_;
-  server_.connection_opened(this);
   arm_timer();
   post_recv();
 }
@@ -1037,7 +1038,7 @@ void Connection::flush_tx() noexcept {
   tx_batch_.clear();
   tx_iov_.clear();
   tx_iov_pos_ = 0;
-  while (tx_head_ != nullptr && tx_batch_.size() < kTxBatchPdusMax) {
+  while (tx_head_ != nullptr && tx_batch_.size() < tx_batch_pdus_max_) {
     TxPdu* p = tx_head_;
     tx_head_ = p->next;
     if (tx_head_ == nullptr) tx_tail_ = nullptr;

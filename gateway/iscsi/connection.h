@@ -148,6 +148,7 @@ class Connection {
   uint32_t advertised_max_cmd_sn_ = 0;  // highest MaxCmdSN sent (never decreases)
   bool max_cmd_sn_advertised_ = false;
   uint32_t queue_depth_max_;
+  size_t tx_batch_pdus_max_;  // PDUs gathered into one sendmsg
 
   // tasks
   std::vector<IscsiTask*> active_;  // tasks the initiator knows about (unordered)
