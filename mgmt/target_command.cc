@@ -49,6 +49,7 @@ bool split_user_secret(const std::string& text, std::string& user, std::string& 
 struct TargetFlags {
   std::string listen = "127.0.0.1:3260";
   std::vector<std::string> luns;
+  std::vector<std::string> extra_target_luns;  // IQN=SPEC
   std::string iqn = "iqn.2026-11.io.ferry:target";
   std::string chap, mutual_chap, discovery_chap, discovery_mutual_chap;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
@@ -70,6 +71,9 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                              "file:PATH[,bs=512|4096][,direct][,ro]");
   if (luns_required) lun->required();
   app.add_option("--iqn", f.iqn, "target name")->capture_default_str();
+  app.add_option("--target", f.extra_target_luns,
+                 "IQN=SPEC: one more LUN (same SPEC forms as --lun) on another target, numbered "
+                 "from 0 per target in order; repeatable (no CHAP on these targets)");
   app.add_option("--chap", f.chap, "require CHAP: USER:SECRET the initiator must present");
   app.add_option("--mutual-chap", f.mutual_chap,
                  "mutual CHAP: USER:SECRET the target answers the initiator's challenge with");
@@ -173,44 +177,74 @@ int run_target(const TargetFlags& f, const char* banner) {
     return 2;
   }
 
-  // Devices and logical units.
-  std::vector<std::unique_ptr<BlockDevice>> devices;
-  std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
-  std::vector<nbd::NbdExport> exports;
-  auto target = std::make_unique<scsi::Target>();
-  if (f.luns.size() > 16384) {
+  // Devices and logical units: the --lun LUNs on the main target, then --target IQN=SPEC ones.
+  struct LunPlan {
+    std::string iqn;
+    std::string spec;
+    std::string flag;
+  };
+  std::vector<LunPlan> plan;
+  for (const auto& l : f.luns) plan.push_back({f.iqn, l, "--lun " + l});
+  for (const auto& t : f.extra_target_luns) {
+    const auto eq = t.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == t.size()) {
+      std::fprintf(stderr, "ferry: --target wants IQN=SPEC, got '%s'\n", t.c_str());
+      return 2;
+    }
+    plan.push_back({t.substr(0, eq), t.substr(eq + 1), "--target " + t});
+  }
+  if (plan.size() > 16384) {
     std::fprintf(stderr, "ferry: at most 16384 LUNs\n");
     return 2;
   }
-  for (size_t i = 0; i < f.luns.size(); ++i) {
+  std::vector<std::unique_ptr<BlockDevice>> devices;
+  std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
+  std::vector<nbd::NbdExport> exports;
+  std::vector<std::pair<std::string, std::unique_ptr<scsi::Target>>> targets;
+  auto target_for = [&](const std::string& iqn) -> std::pair<scsi::Target*, uint16_t> {
+    for (auto& [name, t] : targets)
+      if (name == iqn) return {t.get(), uint16_t(t->lun_count())};
+    targets.emplace_back(iqn, std::make_unique<scsi::Target>());
+    return {targets.back().second.get(), 0};
+  };
+  target_for(f.iqn);  // the main target exists even without --lun (ferry demo adds one)
+  for (size_t i = 0; i < plan.size(); ++i) {
     LunSpec spec;
-    std::string err = parse_lun_spec(f.luns[i], spec);
+    std::string err = parse_lun_spec(plan[i].spec, spec);
     if (!err.empty()) {
-      std::fprintf(stderr, "ferry: --lun %s: %s\n", f.luns[i].c_str(), err.c_str());
+      std::fprintf(stderr, "ferry: %s: %s\n", plan[i].flag.c_str(), err.c_str());
       return 2;
     }
     auto dev = open_lun(spec, err);
     if (!dev) {
-      std::fprintf(stderr, "ferry: --lun %s: %s\n", f.luns[i].c_str(), err.c_str());
+      std::fprintf(stderr, "ferry: %s: %s\n", plan[i].flag.c_str(), err.c_str());
       return 1;
     }
+    auto [target, lun] = target_for(plan[i].iqn);
     scsi::LuIdentity id;
     id.serial = "FERRY" + std::to_string(1000 + i);
     id.product = spec.kind == LunSpec::Kind::ram ? "RAM DISK" : "FILE DISK";
-    id.device_id_seed = std::hash<std::string>{}(f.iqn + "/" + std::to_string(i));
+    id.device_id_seed = std::hash<std::string>{}(plan[i].iqn + "/" + std::to_string(lun));
     units.push_back(std::make_unique<scsi::LogicalUnit>(*dev, id));
-    target->add_lun(uint16_t(i), units.back().get());
-    std::fprintf(stderr, "ferry: LUN %zu: %s (%llu blocks of %u bytes)\n", i,
-                 std::string(dev->describe()).c_str(),
+    target->add_lun(lun, units.back().get());
+    std::fprintf(stderr, "ferry: %s LUN %u: %s (%llu blocks of %u bytes)\n", plan[i].iqn.c_str(),
+                 unsigned(lun), std::string(dev->describe()).c_str(),
                  static_cast<unsigned long long>(dev->geometry().block_count),
                  dev->geometry().block_size_bytes);
-    exports.push_back(nbd::NbdExport{"lun" + std::to_string(i), dev.get(),
-                                     std::string(dev->describe()), false});
+    const std::string export_name = plan[i].iqn == f.iqn
+                                        ? "lun" + std::to_string(lun)
+                                        : plan[i].iqn + "/" + std::to_string(lun);
+    exports.push_back(nbd::NbdExport{export_name, dev.get(), std::string(dev->describe()), false});
     devices.push_back(std::move(dev));
+  }
+  for (size_t i = 1; i < targets.size(); ++i) {
+    iscsi::TargetAuthConfig extra;
+    extra.iqn = targets[i].first;
+    portal.targets.push_back(extra);
   }
 
   iscsi::Server server(options, portal);
-  server.add_target(f.iqn, target.get());
+  for (auto& [name, t] : targets) server.add_target(name, t.get());
   std::unique_ptr<nbd::NbdServer> nbd_server;
   if (nbd_on) nbd_server = std::make_unique<nbd::NbdServer>(nbd_options, exports);
 
@@ -264,12 +298,13 @@ int run_target(const TargetFlags& f, const char* banner) {
     for (auto& w : workers) w.join();
     return 1;
   }
-  std::fprintf(stderr, "ferry: target %s with %zu LUN(s), %u thread(s)\n", f.iqn.c_str(),
-               units.size(), f.threads);
+  std::fprintf(stderr, "ferry: %zu target(s) (%s ...) with %zu LUN(s), %u thread(s)\n",
+               targets.size(), f.iqn.c_str(), units.size(), f.threads);
   std::fprintf(stderr, "ferry: listening on %s:%u\n", options.listen_address.c_str(), options.port);
   if (nbd_tcp)
-    std::fprintf(stderr, "ferry: nbd listening on %s:%u (exports lun0..lun%zu)\n",
-                 nbd_options.listen_address.c_str(), nbd_server->bound_port(), units.size() - 1);
+    std::fprintf(stderr, "ferry: nbd listening on %s:%u (%zu export(s), default %s)\n",
+                 nbd_options.listen_address.c_str(), nbd_server->bound_port(), exports.size(),
+                 exports.empty() ? "none" : exports.front().name.c_str());
   if (!f.nbd_unix.empty())
     std::fprintf(stderr, "ferry: nbd listening on unix:%s\n", f.nbd_unix.c_str());
   if (banner != nullptr) std::fprintf(stderr, "%s", banner);

@@ -62,6 +62,20 @@ grep -q 'LOGICAL BLOCK LENGTH IN BYTES:4096' <<<"$out" && ok "READ CAPACITY with
   fail "header digest: $out"
 stop_pid "$FERRY_PID"
 
+# ---------------------------------------------------------------- several targets
+P=$(free_port)
+IQN2=iqn.2026-11.io.ferry:second
+start_ferry multi --listen 127.0.0.1:$P --lun ram:16MiB --target "$IQN2=ram:8MiB" \
+  --target "$IQN2=ram:4MiB:4096"
+out=$(timeout 30 iscsi-ls -s "iscsi://127.0.0.1:$P" 2>&1)
+if grep -q "Target:$IQN " <<<"$out" && grep -q "Target:$IQN2 " <<<"$out" &&
+   [ "$(grep -c 'Lun:' <<<"$out")" -eq 3 ]; then ok "SendTargets lists both targets and their 3 LUNs"
+else fail "several targets: $out"; fi
+out=$(timeout 30 iscsi-readcapacity16 "iscsi://127.0.0.1:$P/$IQN2/1" 2>&1)
+grep -q 'Total size:4194304' <<<"$out" && ok "second target's LUN 1 (4 MiB, 4096-byte blocks)" ||
+  fail "second target LUN 1: $out"
+stop_pid "$FERRY_PID"
+
 # ---------------------------------------------------------------- CHAP
 P=$(free_port)
 start_ferry chap --listen 127.0.0.1:$P --lun ram:16MiB --chap alice:opensesame1234
