@@ -55,6 +55,7 @@ struct TargetFlags {
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   uint32_t queue_depth = 128;
   uint32_t nop_interval_ms = 5000;
+  uint32_t nop_timeout_ms = 15000;
   uint32_t login_timeout_ms = 15000;
   uint32_t tx_batch_pdus = 256;
   std::string nbd;  // ADDRESS:PORT
@@ -88,6 +89,10 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--nop-interval-ms", f.nop_interval_ms,
                  "idle time before a NOP-In keepalive (0 = off)")
       ->capture_default_str();
+  app.add_option("--nop-timeout-ms", f.nop_timeout_ms,
+                 "an initiator that does not answer a NOP-In within this is dropped")
+      ->check(CLI::Range(100u, 600000u))
+      ->capture_default_str();
   app.add_option("--login-timeout-ms", f.login_timeout_ms,
                  "connect → full-feature phase deadline; silent peers are dropped after it")
       ->check(CLI::Range(100u, 600000u))
@@ -119,6 +124,7 @@ int run_target(const TargetFlags& f, const char* banner) {
   }
   options.queue_depth_max = f.queue_depth;
   options.nop_interval_ms = f.nop_interval_ms;
+  options.nop_timeout_ms = f.nop_timeout_ms;
   options.login_timeout_ms = f.login_timeout_ms;
   options.tx_batch_pdus_max = f.tx_batch_pdus;
 

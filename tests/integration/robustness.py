@@ -12,6 +12,7 @@ from iscsi_raw import (IQN, bhs, crc32c, login_pdu, logout, normal_login, pad4, 
                        scsi_cmd)
 
 PORT, PID = int(sys.argv[1]), int(sys.argv[2])
+MODE = sys.argv[3] if len(sys.argv) > 3 else "all"
 failures = 0
 
 
@@ -68,6 +69,38 @@ def works():
     s.close()
     return ok_
 
+
+if MODE == "nop":
+    # Target keepalive (ferry runs with a short NOP interval and timeout): an initiator that
+    # echoes NOP-Ins keeps its session; one that ignores them is dropped as dead.
+    s, stat_sn, _ = normal_login(PORT)
+    answered = 0
+    t_end = time.time() + 4
+    while time.time() < t_end:
+        try:
+            h, _ = recv_pdu(s, timeout=0.5)
+        except socket.timeout:
+            continue
+        if h[0] & 0x3F == 0x20 and h[20:24] != b"\xff\xff\xff\xff":
+            answered += 1
+            # NOP-Out echoing the TTT, immediate, ITT reserved.
+            s.sendall(bhs(0x00, 0x80, itt=0xFFFFFFFF, f20=struct.unpack(">I", h[20:24])[0],
+                          f24=0, f28=struct.unpack(">I", h[24:28])[0] + 1, immediate=True))
+    s.sendall(scsi_cmd(b"\x00", itt=5, cmdsn=0, expstatsn=0))
+    h, _ = recv_pdu(s)
+    if answered > 0 and h[0] & 0x3F == 0x21:
+        ok(f"answered {answered} NOP-In pings: session alive")
+    else:
+        fail(f"keepalive: answered {answered}, last opcode {h[0] & 0x3f:#x}")
+    s.close()
+    s, stat_sn, _ = normal_login(PORT)
+    t0 = time.time()
+    if closed_by_target(s, 10):
+        ok(f"silent initiator dropped by keepalive after {time.time() - t0:.1f} s")
+    else:
+        fail("an initiator ignoring NOP-Ins was not dropped")
+    s.close()
+    sys.exit(1 if failures else 0)
 
 # 1. A peer that connects and says nothing is dropped after the login timeout.
 t0 = time.time()

@@ -13,6 +13,13 @@ start_ferry robust --listen 127.0.0.1:$P --lun ram:64MiB --login-timeout-ms 1500
 kill -0 "$FERRY_PID" 2>/dev/null && ok "ferry alive after the hostile peers" || fail "ferry died"
 stop_pid "$FERRY_PID"
 
+# Keepalive: NOP-In pings after 500 ms idle, 1 s to answer.
+P=$(free_port)
+start_ferry nop --listen 127.0.0.1:$P --lun ram:16MiB --nop-interval-ms 500 --nop-timeout-ms 1000
+"$PY" "$here/robustness.py" "$P" "$FERRY_PID" nop || fail "keepalive scenarios"
+grep -q 'did not answer NOP-In' "$TMP/nop.log" && ok "dead initiator logged" || fail "no keepalive log line"
+stop_pid "$FERRY_PID"
+
 # Crash safety: acknowledged writes to a file LUN survive kill -9 of the target.
 if qemu-img --help 2>/dev/null | grep -q iscsi; then
   truncate -s 32M "$TMP/crash.img"
