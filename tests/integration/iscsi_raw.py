@@ -62,14 +62,14 @@ def recv_pdu(s, header_digest=False, timeout=5.0):
     return h, data[ahs + (4 if header_digest else 0):][:dsl]
 
 
-def normal_login(port, extra=None, session_type="Normal"):
+def normal_login(port, extra=None, session_type="Normal", isid=None):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     keys = {"InitiatorName": "iqn.2026-11.io.ferry:robustness", "SessionType": session_type,
             "HeaderDigest": "None", "DataDigest": "None", "MaxRecvDataSegmentLength": "65536"}
     if session_type == "Normal":
         keys["TargetName"] = IQN
     keys.update(extra or {})
-    s.sendall(login_pdu(keys))
+    s.sendall(login_pdu(keys, isid=isid))
     h, data = recv_pdu(s)
     if h[0] & 0x3F != 0x23 or h[36] != 0:
         s.close()

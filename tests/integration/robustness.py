@@ -199,7 +199,35 @@ except (ConnectionError, socket.timeout):
     ok("bad data digest: connection dropped")
 s.close()
 
-# 11. Thousands of logins and logouts; memory stays bounded and the target keeps working.
+# 11. Session reinstatement: the same initiator and ISID logging in again replaces the session.
+isid = b"\x80\x12\x34\x56\x78\x9a"
+old_s, _, _ = normal_login(PORT, isid=isid)
+new_s, stat_sn, _ = normal_login(PORT, isid=isid)
+if closed_by_target(old_s, 5):
+    ok("same ISID logs in again: the old session's connection is closed (reinstatement)")
+else:
+    fail("old session survived a login with the same ISID")
+new_s.sendall(scsi_cmd(b"\x00", itt=3, cmdsn=0, expstatsn=stat_sn + 1))
+h, _ = recv_pdu(new_s)
+ok("reinstated session serves commands") if h[0] & 0x3F == 0x21 else fail("reinstated session dead")
+old_s.close()
+new_s.close()
+
+# 12. Many sessions at once: 200 logged-in sessions, each runs a command, all answered.
+sessions = []
+for i in range(200):
+    s, stat_sn, _ = normal_login(PORT)
+    sessions.append((s, stat_sn))
+for s, stat_sn in sessions:
+    s.sendall(scsi_cmd(b"\x00", itt=1, cmdsn=0, expstatsn=stat_sn + 1))
+answered = 0
+for s, _ in sessions:
+    h, _ = recv_pdu(s)
+    answered += h[0] & 0x3F == 0x21
+    s.close()
+ok(f"200 concurrent sessions answered") if answered == 200 else fail(f"only {answered}/200 sessions answered")
+
+# 13. Thousands of logins and logouts; memory stays bounded and the target keeps working.
 rss0 = rss_kib()
 t0 = time.time()
 n = 0
