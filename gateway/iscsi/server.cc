@@ -11,6 +11,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "datapath/acceptor.h"
 #include "gateway/iscsi/connection.h"
 
 namespace ferry::iscsi {
@@ -20,49 +21,10 @@ namespace {
 thread_local std::unordered_map<uint64_t, Connection*> t_connections;
 }  // namespace
 
-struct Server::Listener final : Operation {
-  Server* server = nullptr;
-  Reactor* reactor = nullptr;
-  int fd = -1;
-  bool accepting = false;
-  bool stopping = false;
-
-  void arm() noexcept {
-    io_uring_sqe* sqe = reactor->get_sqe();
-    io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
-    Reactor::prepare(sqe, this);
-    accepting = true;
-  }
-  void on_cqe(int32_t res, uint32_t flags) noexcept override {
-    if (!(flags & IORING_CQE_F_MORE)) accepting = false;
-    if (res >= 0) {
-      if (stopping) ::close(res);
-      else server->adopt_connection(*reactor, res);
-    } else if (!stopping && res != -ECANCELED && res != -EINTR && res != -EAGAIN &&
-               res != -ECONNABORTED) {
-      std::fprintf(stderr, "ferry: iscsi: accept: %s\n", std::strerror(-res));
-      if (!accepting) {
-        // Out of descriptors or memory: back off instead of spinning on the same error.
-        reactor->arm(backoff, 100'000'000, &Listener::on_backoff, this);
-        return;
-      }
-    }
-    if (!accepting && !stopping) arm();
-  }
-  static void on_backoff(void* ctx) noexcept {
-    auto* l = static_cast<Listener*>(ctx);
-    if (!l->stopping && !l->accepting) l->arm();
-  }
-  Timer backoff;  // cancelled by stop_listening on the reactor thread
-};
-
 Server::Server(ServerOptions options, PortalConfig portal) noexcept
     : options_(std::move(options)), portal_(std::move(portal)) {}
 
-Server::~Server() {
-  for (auto& l : listeners_)
-    if (l->fd >= 0) ::close(l->fd);
-}
+Server::~Server() = default;
 
 void Server::add_target(const std::string& iqn, scsi::Target* target) {
   targets_.emplace_back(iqn, target);
@@ -81,43 +43,30 @@ scsi::Target* Server::find_target(std::string_view iqn) const noexcept {
 }
 
 Result<void> Server::start_listening(Reactor& reactor) noexcept {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(options_.port);
-  if (inet_pton(AF_INET, options_.listen_address.c_str(), &addr.sin_addr) != 1) {
-    std::fprintf(stderr, "ferry: bad listen address %s\n", options_.listen_address.c_str());
-    return Errc::invalid_argument;
+  std::string error;
+  auto fd = listen_tcp(options_.listen_address, options_.port, error);
+  if (!fd.ok()) {
+    std::fprintf(stderr, "ferry: iscsi: %s\n", error.c_str());
+    return fd.error();
   }
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Errc::io_error;
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
-    std::fprintf(stderr, "ferry: cannot listen on %s:%u: %s\n", options_.listen_address.c_str(),
-                 options_.port, std::strerror(errno));
-    ::close(fd);
-    return Errc::io_error;
-  }
-  auto l = std::make_unique<Listener>();
-  l->server = this;
-  l->reactor = &reactor;
-  l->fd = fd;
-  l->arm();
+  auto acceptor = std::make_unique<Acceptor>(
+      reactor, fd.value(),
+      [](void* ctx, int conn_fd) noexcept {
+        auto* self = static_cast<Server*>(ctx);
+        self->adopt_connection(*Reactor::current(), conn_fd);
+      },
+      this, "iscsi");
+  acceptor->start();
   std::lock_guard<std::mutex> lock(listeners_mutex_);
-  listeners_.push_back(std::move(l));
+  listeners_.push_back(std::move(acceptor));
   return {};
 }
 
 void Server::stop_listening(Reactor& reactor) noexcept {
   {
     std::lock_guard<std::mutex> lock(listeners_mutex_);
-    for (auto& l : listeners_) {
-      if (l->reactor != &reactor) continue;
-      l->stopping = true;
-      if (l->backoff.armed()) reactor.cancel(l->backoff);
-      ::shutdown(l->fd, SHUT_RDWR);
-    }
+    for (auto& l : listeners_)
+      if (&l->reactor() == &reactor) l->stop();
   }
   std::vector<Connection*> all;
   for (auto& [id, c] : t_connections) all.push_back(c);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "datapath/acceptor.h"
 #include "datapath/reactor.h"
 #include "gateway/iscsi/portal_config.h"
 #include "gateway/scsi/logical_unit.h"
@@ -75,7 +76,6 @@ class Server {
     Reactor* reactor;
     uint64_t connection_id;
   };
-  struct Listener;
 
   ServerOptions options_;
   PortalConfig portal_;
@@ -87,7 +87,7 @@ class Server {
   uint16_t next_tsih_ = 1;
 
   std::mutex listeners_mutex_;
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<Acceptor>> listeners_;
   std::atomic<uint64_t> next_connection_id_{1};
   std::atomic<uint64_t> connection_count_{0};
 };

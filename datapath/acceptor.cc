@@ -1,0 +1,91 @@
+// Acceptor and listen_tcp (see acceptor.h).
+#include "datapath/acceptor.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace ferry {
+
+Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& error) noexcept {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  if (inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1) {
+    error = "bad listen address " + address + " (IPv4 literal expected)";
+    return Errc::invalid_argument;
+  }
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    error = std::string("socket: ") + std::strerror(errno);
+    return Errc::io_error;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
+    error = "cannot listen on " + address + ":" + std::to_string(port) + ": " + std::strerror(errno);
+    ::close(fd);
+    return Errc::io_error;
+  }
+  return fd;
+}
+
+uint16_t local_port(int fd) noexcept {
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return 0;
+  return ntohs(addr.sin_port);
+}
+
+Acceptor::Acceptor(Reactor& reactor, int listen_fd, OnAccept on_accept, void* context,
+                   const char* name) noexcept
+    : reactor_(reactor), fd_(listen_fd), on_accept_(on_accept), context_(context), name_(name) {}
+
+Acceptor::~Acceptor() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void Acceptor::start() noexcept { arm(); }
+
+void Acceptor::arm() noexcept {
+  io_uring_sqe* sqe = reactor_.get_sqe();
+  io_uring_prep_multishot_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  Reactor::prepare(sqe, this);
+  accepting_ = true;
+}
+
+void Acceptor::stop() noexcept {
+  stopping_ = true;
+  if (backoff_.armed()) reactor_.cancel(backoff_);
+  ::shutdown(fd_, SHUT_RDWR);  // ends the multishot accept
+}
+
+void Acceptor::on_cqe(int32_t res, uint32_t flags) noexcept {
+  if (!(flags & IORING_CQE_F_MORE)) accepting_ = false;
+  if (res >= 0) {
+    if (stopping_) ::close(res);
+    else on_accept_(context_, res);
+  } else if (!stopping_ && res != -ECANCELED && res != -EINTR && res != -EAGAIN &&
+             res != -ECONNABORTED) {
+    std::fprintf(stderr, "ferry: %s: accept: %s\n", name_, std::strerror(-res));
+    if (!accepting_) {
+      // Out of descriptors or memory: back off instead of spinning on the same error.
+      reactor_.arm(backoff_, 100'000'000, &Acceptor::on_backoff, this);
+      return;
+    }
+  }
+  if (!accepting_ && !stopping_) arm();
+}
+
+void Acceptor::on_backoff(void* context) noexcept {
+  auto* a = static_cast<Acceptor*>(context);
+  if (!a->stopping_ && !a->accepting_) a->arm();
+}
+
+}  // namespace ferry

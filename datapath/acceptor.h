@@ -1,0 +1,54 @@
+// Acceptor: a TCP listening socket (SO_REUSEPORT, so each reactor can have its own and the
+// kernel spreads connections) accepting with one multishot accept on a reactor. Accept errors
+// are logged and back off 100 ms instead of spinning (EMFILE); after stop() accepted sockets are
+// closed. Used by every server (iSCSI portal, NBD export, WAN link). Reactor thread only, except
+// listen_tcp which may run anywhere.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "datapath/reactor.h"
+#include "datapath/result.h"
+
+namespace ferry {
+
+// Binds and listens on IPv4 ADDRESS:PORT (port 0: ephemeral). Returns the fd or an error,
+// with a message naming the address in `error`.
+Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& error) noexcept;
+// The local port of a bound socket (0 on error).
+uint16_t local_port(int fd) noexcept;
+
+class Acceptor final : public Operation {
+ public:
+  using OnAccept = void (*)(void* context, int fd) noexcept;
+  // Takes ownership of listen_fd. `name` prefixes log lines ("iscsi", "nbd", ...).
+  Acceptor(Reactor& reactor, int listen_fd, OnAccept on_accept, void* context,
+           const char* name) noexcept;
+  ~Acceptor();
+  Acceptor(const Acceptor&) = delete;
+  Acceptor& operator=(const Acceptor&) = delete;
+
+  void start() noexcept;
+  // Stops accepting (shuts the socket down; the fd is closed by the destructor).
+  void stop() noexcept;
+  Reactor& reactor() const noexcept { return reactor_; }
+  int fd() const noexcept { return fd_; }
+
+  void on_cqe(int32_t res, uint32_t flags) noexcept override;
+
+ private:
+  void arm() noexcept;
+  static void on_backoff(void* context) noexcept;
+
+  Reactor& reactor_;
+  int fd_;
+  OnAccept on_accept_;
+  void* context_;
+  const char* name_;
+  bool accepting_ = false;
+  bool stopping_ = false;
+  Timer backoff_;
+};
+
+}  // namespace ferry
