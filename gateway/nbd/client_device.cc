@@ -1,0 +1,946 @@
+// NbdClientDevice implementation (see client_device.h). Everything below open() runs on the
+// home reactor thread. libnbd callbacks only record results and queue the Op on the work list:
+// they run with the handle lock held, so the next nbd_* call on that handle happens after the
+// libnbd call that invoked them has returned (run_work()).
+#include "gateway/nbd/client_device.h"
+
+#include <libnbd.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "datapath/reactor.h"
+
+namespace ferry::nbd {
+
+namespace {
+
+constexpr unsigned kPiecesMax = 8;                   // NBD commands in flight per request
+constexpr uint64_t kRangeCommandMax = 1ull << 30;    // one TRIM / WRITE_ZEROES / BLOCK_STATUS
+constexpr uint64_t kZeroWriteMax = 1ull << 20;       // WRITE_ZEROES emulated with writes of this
+constexpr uint64_t kStatusQueryMax = 0xffffffffull;  // 32-bit length on the wire
+
+// Source of zero-writes when the server has no WRITE_ZEROES (never written to).
+alignas(4096) std::byte g_zeroes[kZeroWriteMax];
+
+uint64_t align_down(uint64_t v, uint64_t a) noexcept { return v - v % a; }
+uint64_t align_up(uint64_t v, uint64_t a) noexcept { return align_down(v + a - 1, a); }
+
+}  // namespace
+
+Errc nbd_errno_to_errc(int err) noexcept {
+  switch (err) {
+    case 0:
+      return Errc::ok;
+    case EPERM:
+    case EROFS:
+    case EACCES:
+      return Errc::write_protected;
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+      return Errc::no_space;
+    case EINVAL:
+    case EOVERFLOW:
+    case ERANGE:
+      return Errc::invalid_argument;
+    case ENOTSUP:
+      return Errc::unsupported;  // == EOPNOTSUPP on Linux
+    case ENOMEM:
+      return Errc::no_memory;
+    case EAGAIN:
+      return Errc::would_block;
+    case ETIMEDOUT:
+      return Errc::timed_out;
+    case ECANCELED:
+      return Errc::cancelled;
+    case ENOENT:
+      return Errc::not_found;
+    case EPROTO:
+      return Errc::protocol_error;
+    case ENOTCONN:
+    case ECONNRESET:
+    case ECONNREFUSED:
+    case ECONNABORTED:
+    case EPIPE:
+    case ESHUTDOWN:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+      return Errc::closed;
+    default:
+      return Errc::io_error;  // EIO and anything a server invents
+  }
+}
+
+// ---- ExtentCache ----
+
+ExtentCache::ExtentCache(size_t entries_max) noexcept
+    : entries_max_(std::max<size_t>(entries_max, 4)), map_(&pool_) {}
+
+void ExtentCache::erase(uint64_t start, uint64_t end) noexcept {
+  if (start >= end) return;
+  auto it = map_.upper_bound(start);
+  if (it != map_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.end_bytes > start) {
+      const Value old = prev->second;
+      prev->second.end_bytes = start;
+      if (prev->first == start) it = map_.erase(prev);  // emptied: drop it
+      if (old.end_bytes > end) {
+        map_.emplace_hint(it, end, Value{old.end_bytes, old.flags});
+        return;
+      }
+    }
+  }
+  while (it != map_.end() && it->first < end) {
+    if (it->second.end_bytes <= end) {
+      it = map_.erase(it);
+      continue;
+    }
+    const Value tail = it->second;  // keep [end, tail.end)
+    it = map_.erase(it);
+    map_.emplace_hint(it, end, tail);
+    break;
+  }
+}
+
+void ExtentCache::assign(uint64_t start, uint64_t end, uint32_t flags) noexcept {
+  if (start >= end) return;
+  erase(start, end);
+  auto it = map_.emplace(start, Value{end, flags}).first;
+  // Merge with the previous and next extents when they touch and agree.
+  if (it != map_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.end_bytes == start && prev->second.flags == flags) {
+      prev->second.end_bytes = end;
+      map_.erase(it);
+      it = prev;
+    }
+  }
+  auto next = std::next(it);
+  if (next != map_.end() && next->first == it->second.end_bytes && next->second.flags == flags) {
+    it->second.end_bytes = next->second.end_bytes;
+    map_.erase(next);
+  }
+  if (map_.size() > entries_max_) evict(start);
+}
+
+void ExtentCache::evict(uint64_t near) noexcept {
+  while (map_.size() > entries_max_) {
+    auto first = map_.begin();
+    auto last = std::prev(map_.end());
+    const uint64_t d_first = near > first->first ? near - first->first : 0;
+    const uint64_t d_last = last->first > near ? last->first - near : 0;
+    map_.erase(d_first >= d_last ? first : last);
+    ++evictions_;
+  }
+}
+
+std::optional<ExtentCache::Extent> ExtentCache::find(uint64_t offset) const noexcept {
+  auto it = map_.upper_bound(offset);
+  if (it == map_.begin()) return std::nullopt;
+  --it;
+  if (it->second.end_bytes <= offset) return std::nullopt;
+  return Extent{it->first, it->second.end_bytes, it->second.flags};
+}
+
+uint64_t ExtentCache::first_unknown(uint64_t start, uint64_t end) const noexcept {
+  uint64_t pos = start;
+  auto it = map_.upper_bound(pos);
+  if (it != map_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.end_bytes > pos) pos = prev->second.end_bytes;
+  }
+  while (pos < end && it != map_.end() && it->first == pos) {
+    pos = it->second.end_bytes;
+    ++it;
+  }
+  return std::min(pos, end);
+}
+
+uint64_t ExtentCache::first_with(uint64_t start, uint64_t end, uint32_t mask) const noexcept {
+  auto it = map_.upper_bound(start);
+  if (it != map_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second.end_bytes > start && (prev->second.flags & mask)) return start;
+  }
+  for (; it != map_.end() && it->first < end; ++it) {
+    if (it->second.flags & mask) return it->first;
+  }
+  return end;
+}
+
+// ---- per-handle state and in-flight records ----
+
+class NbdClientDevice::PollOp final : public Operation {
+ public:
+  PollOp(Conn* c, bool r) noexcept : conn(c), read(r) {}
+  void on_cqe(int32_t res, uint32_t) noexcept override;
+  Conn* conn;
+  bool read;
+  bool armed = false;
+};
+
+struct NbdClientDevice::Conn {
+  NbdClientDevice* dev = nullptr;
+  nbd_handle* h = nullptr;
+  size_t index = 0;
+  PollOp* read_poll = nullptr;
+  PollOp* write_poll = nullptr;
+  unsigned in_flight = 0;  // requests (Ops) assigned to this handle
+  uint64_t commands_sent = 0;
+  bool dead = false;
+};
+
+void NbdClientDevice::PollOp::on_cqe(int32_t res, uint32_t) noexcept {
+  armed = false;
+  if (conn == nullptr) {  // orphaned by the device's destructor: this was the last CQE
+    delete this;
+    return;
+  }
+  conn->dev->on_poll(*conn, read, res);
+}
+
+struct NbdClientDevice::Op {
+  NbdClientDevice* dev = nullptr;
+  Op* next = nullptr;
+  IoRequest* req = nullptr;
+  Reactor* origin = nullptr;  // set when submitted from another reactor thread
+  Conn* conn = nullptr;
+  Phase phase = Phase::main;
+  bool skip_zero = false;
+  bool on_work = false;
+  bool all_issued = false;  // every command of the current phase has been sent
+  bool emulate_fua = false;
+  uint64_t cursor_bytes = 0;  // main phase: bytes of the request sent or zero filled
+  unsigned pieces = 0;        // NBD commands in flight
+  int err = 0;                // first errno
+  uint64_t claim_floor = 0;   // block status: mutations after this may invalidate the reply
+  uint64_t mutation = 0;      // write / discard / write_zeroes: its mutation epoch
+  // IoOp::block_status answer taken from the reply's first run of equal extents.
+  bool answer_open = false;
+  bool answered = false;
+  uint64_t answer_end_bytes = 0;
+  uint32_t answer_flags = 0;
+};
+
+// ---- open / close ----
+
+NbdClientDevice::NbdClientDevice(const std::string& uri, const NbdClientOptions& options) noexcept
+    : options_(options), uri_(uri), cache_(options.extent_cache_entries_max) {}
+
+namespace {
+
+nbd_handle* connect_one(const std::string& uri, size_t index, Errc* errc) noexcept {
+  nbd_handle* h = nbd_create();
+  if (h == nullptr) {
+    *errc = Errc::no_memory;
+    return nullptr;
+  }
+  const std::string name = "ferry-nbd-client-" + std::to_string(index);
+  nbd_set_handle_name(h, name.c_str());
+  nbd_set_request_structured_replies(h, true);
+  nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
+  // The URI comes from the volume configuration (trusted): nbds:// may name its certificates
+  // or PSK file (?tls-certificates=DIR, ?tls-psk-file=FILE).
+  nbd_set_uri_allow_local_file(h, true);
+  if (nbd_connect_uri(h, uri.c_str()) == -1) {
+    const int err = nbd_get_errno();
+    std::fprintf(stderr, "ferry: nbd-client %s: cannot connect: %s\n", uri.c_str(),
+                 nbd_get_error());
+    nbd_close(h);
+    const Errc e = nbd_errno_to_errc(err);
+    *errc = (e == Errc::ok || e == Errc::io_error) ? Errc::closed : e;
+    return nullptr;
+  }
+  return h;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<NbdClientDevice>> NbdClientDevice::open(
+    const std::string& uri, const NbdClientOptions& options) noexcept {
+  if (options.requests_in_flight_max == 0) return Errc::invalid_argument;
+  std::unique_ptr<NbdClientDevice> dev(new (std::nothrow) NbdClientDevice(uri, options));
+  if (!dev) return Errc::no_memory;
+  Errc errc = Errc::ok;
+  nbd_handle* first = connect_one(uri, 0, &errc);
+  if (first == nullptr) return errc;
+  auto add_conn = [&](nbd_handle* h) {
+    auto c = std::make_unique<Conn>();
+    c->dev = dev.get();
+    c->h = h;
+    c->index = dev->conns_.size();
+    c->read_poll = new PollOp(c.get(), true);
+    c->write_poll = new PollOp(c.get(), false);
+    dev->conns_.push_back(std::move(c));
+  };
+  add_conn(first);
+
+  const int64_t size = nbd_get_size(first);
+  const int64_t min_block = nbd_get_block_size(first, LIBNBD_SIZE_MINIMUM);
+  const int64_t preferred = nbd_get_block_size(first, LIBNBD_SIZE_PREFERRED);
+  const int64_t maximum = nbd_get_block_size(first, LIBNBD_SIZE_MAXIMUM);
+  if (size <= 0) {
+    std::fprintf(stderr, "ferry: nbd-client %s: export size unknown or zero\n", uri.c_str());
+    return Errc::unsupported;
+  }
+  const uint64_t bs = std::max<uint64_t>(512, min_block > 0 ? uint64_t(min_block) : 1);
+  if ((bs & (bs - 1)) != 0 || bs > 65536) {
+    std::fprintf(stderr, "ferry: nbd-client %s: server minimum block size %lld unsupported\n",
+                 uri.c_str(), static_cast<long long>(min_block));
+    return Errc::unsupported;
+  }
+  Geometry& g = dev->geometry_;
+  g.block_size_bytes = uint32_t(bs);
+  g.block_count = uint64_t(size) / bs;
+  if (g.block_count == 0) return Errc::unsupported;
+  if (uint64_t(size) % bs != 0) {
+    std::fprintf(stderr,
+                 "ferry: nbd-client %s: size %lld is not a multiple of %llu; the tail "
+                 "is not served\n",
+                 uri.c_str(), static_cast<long long>(size), static_cast<unsigned long long>(bs));
+  }
+  dev->preferred_block_bytes_ = preferred > 0 ? uint32_t(preferred) : 4096;
+  uint64_t piece = 32u << 20;
+  if (maximum > 0) piece = std::min<uint64_t>(piece, uint64_t(maximum));
+  dev->piece_bytes_max_ = std::max<uint64_t>(align_down(piece, bs), bs);
+  dev->multi_conn_ = nbd_can_multi_conn(first) == 1;
+  dev->base_allocation_ = nbd_can_meta_context(first, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  dev->can_flush_ = nbd_can_flush(first) == 1;
+  dev->can_fua_ = nbd_can_fua(first) == 1;
+  dev->can_zero_ = nbd_can_zero(first) == 1;
+  dev->can_trim_ = nbd_can_trim(first) == 1;
+  g.read_only = options.read_only || nbd_is_read_only(first) == 1;
+  g.can_discard = dev->can_trim_ && !g.read_only;
+  g.discard_zeroes = false;  // NBD_CMD_TRIM promises nothing about what reads return
+  g.volatile_cache = dev->can_flush_;
+
+  const unsigned wanted = dev->multi_conn_ ? std::clamp(options.connections, 1u, 64u) : 1u;
+  for (unsigned i = 1; i < wanted; ++i) {
+    nbd_handle* h = connect_one(uri, i, &errc);
+    if (h == nullptr) return errc;
+    if (nbd_get_size(h) != size) {
+      std::fprintf(stderr, "ferry: nbd-client %s: connection %u sees another size\n", uri.c_str(),
+                   i);
+      nbd_close(h);
+      return Errc::protocol_error;
+    }
+    add_conn(h);
+  }
+  dev->description_ = "nbd-client:" + uri;
+  if (dev->conns_.size() > 1) dev->description_ += " x" + std::to_string(dev->conns_.size());
+  return dev;
+}
+
+NbdClientDevice::~NbdClientDevice() {
+  FERRY_ASSERT(ops_in_flight_ == 0);
+  Reactor* home = home_.load(std::memory_order_acquire);
+  for (auto& c : conns_) {
+    for (PollOp* p : {c->read_poll, c->write_poll}) {
+      if (p == nullptr) continue;
+      if (p->armed && home != nullptr) {
+        // Cancel it; the PollOp frees itself when its final CQE arrives.
+        io_uring_sqe* sqe = home->get_sqe();
+        io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(static_cast<Operation*>(p)));
+        Reactor::prepare_ignored(sqe);
+        p->conn = nullptr;
+      } else {
+        delete p;
+      }
+    }
+    if (c->h != nullptr) {
+      if (nbd_aio_is_ready(c->h) == 1) (void)nbd_aio_disconnect(c->h, 0);  // polite NBD_CMD_DISC
+      nbd_close(c->h);
+    }
+  }
+}
+
+Reactor* NbdClientDevice::home() const noexcept { return home_.load(std::memory_order_acquire); }
+
+size_t NbdClientDevice::live_connection_count() const noexcept {
+  size_t n = 0;
+  for (const auto& c : conns_) n += c->dead ? 0 : 1;
+  return n;
+}
+
+uint64_t NbdClientDevice::requests_sent_on(size_t i) const noexcept {
+  return i < conns_.size() ? conns_[i]->commands_sent : 0;
+}
+
+// ---- submission ----
+
+void NbdClientDevice::submit(IoRequest& req) noexcept {
+  submit_from(req, options_.skip_unallocated_reads, Reactor::current());
+}
+
+void NbdClientDevice::read_allocated(IoRequest& req) noexcept {
+  FERRY_ASSERT(req.op == IoOp::read);
+  submit_from(req, true, Reactor::current());
+}
+
+void NbdClientDevice::submit_from(IoRequest& req, bool skip_zero, Reactor* r) noexcept {
+  if (r == nullptr) return req.complete(Errc::unsupported);  // needs a reactor thread
+  Reactor* home = home_.load(std::memory_order_acquire);
+  if (home == nullptr) {
+    Reactor* expected = nullptr;
+    if (home_.compare_exchange_strong(expected, r, std::memory_order_acq_rel)) {
+      bind_home(*r);
+      home = r;
+    } else {
+      home = expected;
+    }
+  }
+  if (home != r) {
+    // Slow path: run on the home thread, complete back on this one.
+    home->post([this, q = &req, skip_zero, r] {
+      ++stats_.forwarded;
+      submit_home(*q, skip_zero, r);
+    });
+    return;
+  }
+  submit_home(req, skip_zero, nullptr);
+}
+
+void NbdClientDevice::bind_home(Reactor&) noexcept {
+  for (auto& c : conns_) after_nbd_call(*c);
+}
+
+void NbdClientDevice::complete_request(IoRequest& req, Errc e, Reactor* origin) noexcept {
+  if (origin == nullptr) return req.complete(e);
+  origin->post([q = &req, e] { q->complete(e); });
+}
+
+NbdClientDevice::Op* NbdClientDevice::take_op() noexcept {
+  if (free_ops_ == nullptr) {
+    auto op = std::unique_ptr<Op>(new (std::nothrow) Op());
+    if (!op) return nullptr;
+    op->dev = this;
+    all_ops_.push_back(std::move(op));
+    return all_ops_.back().get();
+  }
+  Op* op = free_ops_;
+  free_ops_ = op->next;
+  *op = Op{};
+  op->dev = this;
+  return op;
+}
+
+void NbdClientDevice::submit_home(IoRequest& req, bool skip_zero, Reactor* origin) noexcept {
+  ++stats_.requests;
+  const Geometry& g = geometry_;
+  if (req.op != IoOp::flush) {
+    const Errc e = check_range(g, req.offset_bytes, req.length_bytes);
+    if (e != Errc::ok) return complete_request(req, e, origin);
+  }
+  const bool mutates =
+      req.op == IoOp::write || req.op == IoOp::discard || req.op == IoOp::write_zeroes;
+  if (mutates && g.read_only) return complete_request(req, Errc::write_protected, origin);
+  if (req.op == IoOp::discard && !can_trim_)
+    return complete_request(req, Errc::unsupported, origin);
+  if (req.op != IoOp::flush && req.length_bytes == 0) {
+    return complete_request(req, req.op == IoOp::block_status ? Errc::invalid_argument : Errc::ok,
+                            origin);
+  }
+  if (req.op == IoOp::flush && !can_flush_) return complete_request(req, Errc::ok, origin);
+
+  // Answers that need no server.
+  if (req.op == IoOp::block_status) {
+    if (!base_allocation_) {  // the server cannot tell: everything is data
+      req.status_length_bytes = req.length_bytes;
+      req.status_flags = 0;
+      return complete_request(req, Errc::ok, origin);
+    }
+    if (auto x = cache_.find(req.offset_bytes)) {
+      ++stats_.status_cache_hits;
+      uint64_t len = std::min(x->end_bytes, req.offset_bytes + req.length_bytes) - req.offset_bytes;
+      req.status_flags = x->flags;
+      len = align_down(len, g.block_size_bytes);
+      if (len == 0) {  // a partial block: call it data
+        len = std::min<uint64_t>(g.block_size_bytes, req.length_bytes);
+        req.status_flags = 0;
+      }
+      req.status_length_bytes = len;
+      return complete_request(req, Errc::ok, origin);
+    }
+  }
+  skip_zero = skip_zero && req.op == IoOp::read && base_allocation_;
+  if (skip_zero) {
+    const uint64_t end = req.offset_bytes + req.length_bytes;
+    auto x = cache_.find(req.offset_bytes);
+    if (x && (x->flags & kStatusZero) && x->end_bytes >= end) {
+      std::memset(req.data, 0, req.length_bytes);
+      stats_.zero_filled_bytes += req.length_bytes;
+      return complete_request(req, Errc::ok, origin);
+    }
+  }
+
+  Op* op = take_op();
+  if (op == nullptr) return complete_request(req, Errc::no_memory, origin);
+  op->req = &req;
+  op->origin = origin;
+  op->skip_zero = skip_zero;
+  ++ops_in_flight_;
+  if (mutates) {
+    // The cache forgets (or marks as data) the range now, before any later read can look.
+    op->mutation = note_mutation(req.offset_bytes, req.length_bytes);
+    if (req.op == IoOp::write) {
+      cache_.assign(req.offset_bytes, req.offset_bytes + req.length_bytes, 0);
+    } else {
+      cache_.erase(req.offset_bytes, req.offset_bytes + req.length_bytes);
+    }
+  }
+  op->emulate_fua =
+      req.fua && !can_fua_ && can_flush_ && (req.op == IoOp::write || req.op == IoOp::write_zeroes);
+  if (skip_zero && cache_.first_unknown(req.offset_bytes, req.offset_bytes + req.length_bytes) <
+                       req.offset_bytes + req.length_bytes) {
+    op->phase = Phase::status;
+  }
+
+  Conn* c = pick_conn();
+  if (c == nullptr) {
+    if (live_connection_count() == 0) {
+      op->err = ENOTCONN;
+      push_work(*op);
+    } else if (queued_ >= options_.requests_queued_max) {
+      ++stats_.would_block;
+      op->err = EAGAIN;
+      push_work(*op);
+    } else {
+      ++stats_.queued;
+      ++queued_;
+      op->next = nullptr;
+      if (queue_tail_)
+        queue_tail_->next = op;
+      else
+        queue_head_ = op;
+      queue_tail_ = op;
+    }
+    return run_work();
+  }
+  op->conn = c;
+  ++c->in_flight;
+  push_work(*op);
+  run_work();
+}
+
+NbdClientDevice::Conn* NbdClientDevice::pick_conn() noexcept {
+  Conn* best = nullptr;
+  const size_t n = conns_.size();
+  for (size_t k = 0; k < n; ++k) {
+    Conn* c = conns_[(next_conn_ + k) % n].get();
+    if (c->dead || c->in_flight >= options_.requests_in_flight_max) continue;
+    if (best == nullptr || c->in_flight < best->in_flight) best = c;
+  }
+  if (best != nullptr) next_conn_ = (best->index + 1) % n;
+  return best;
+}
+
+void NbdClientDevice::dispatch_queued() noexcept {
+  while (queue_head_ != nullptr) {
+    Conn* c = pick_conn();
+    if (c == nullptr) return;
+    Op* op = queue_head_;
+    queue_head_ = op->next;
+    if (queue_head_ == nullptr) queue_tail_ = nullptr;
+    --queued_;
+    op->conn = c;
+    ++c->in_flight;
+    push_work(*op);
+  }
+}
+
+void NbdClientDevice::push_work(Op& op) noexcept {
+  if (op.on_work) return;
+  op.on_work = true;
+  op.next = nullptr;
+  if (work_tail_)
+    work_tail_->next = &op;
+  else
+    work_head_ = &op;
+  work_tail_ = &op;
+}
+
+void NbdClientDevice::run_work() noexcept {
+  if (in_work_) return;  // the outer loop picks it up (no recursion through completions)
+  in_work_ = true;
+  while (work_head_ != nullptr) {
+    Op* op = work_head_;
+    work_head_ = op->next;
+    if (work_head_ == nullptr) work_tail_ = nullptr;
+    op->on_work = false;
+    op->next = nullptr;
+    advance(*op);
+  }
+  in_work_ = false;
+}
+
+// Moves an Op forward: sends what can be sent, changes phase when a phase is done, finishes.
+void NbdClientDevice::advance(Op& op) noexcept {
+  for (;;) {
+    if (op.err == 0 && !op.all_issued && op.conn != nullptr) issue_more(op);
+    if (op.on_work) return;     // a callback inside libnbd requeued it: the work loop resumes
+    if (op.pieces > 0) return;  // more replies to come; their callbacks requeue the Op
+    if (op.err != 0) {
+      if (op.phase == Phase::status && op.conn != nullptr && !op.conn->dead) {
+        op.err = 0;  // a failed lookup only costs the optimisation: read everything
+      } else {
+        return finish(op, nbd_errno_to_errc(op.err));
+      }
+    }
+    if (!op.all_issued) return;  // issue_more could not start (cannot happen without error)
+    switch (op.phase) {
+      case Phase::status:
+        op.phase = Phase::main;
+        op.all_issued = false;
+        op.cursor_bytes = 0;
+        continue;
+      case Phase::main:
+        if (op.emulate_fua) {
+          op.phase = Phase::fua_flush;
+          op.all_issued = false;
+          continue;
+        }
+        if (op.req->op == IoOp::block_status) {
+          if (!op.answer_open && !op.answered) return finish(op, Errc::io_error);
+          IoRequest& q = *op.req;
+          uint64_t len =
+              std::min(op.answer_end_bytes, q.offset_bytes + q.length_bytes) - q.offset_bytes;
+          q.status_flags = op.answer_flags;
+          len = align_down(len, geometry_.block_size_bytes);
+          if (len == 0) {
+            len = std::min<uint64_t>(geometry_.block_size_bytes, q.length_bytes);
+            q.status_flags = 0;
+          }
+          q.status_length_bytes = len;
+        }
+        return finish(op, Errc::ok);
+      case Phase::fua_flush:
+        return finish(op, Errc::ok);
+    }
+  }
+}
+
+void NbdClientDevice::issue_more(Op& op) noexcept {
+  while (op.err == 0 && !op.all_issued && op.pieces < kPiecesMax) {
+    if (!issue_piece(op)) break;
+  }
+  after_nbd_call(*op.conn);
+}
+
+int64_t NbdClientDevice::issue_status_query(Op& op, uint64_t from, uint64_t min_end) noexcept {
+  const uint64_t size = geometry_.size_bytes();
+  uint64_t want = std::max(min_end - from, options_.status_lookahead_bytes);
+  want = std::min({want, size - from, align_down(kStatusQueryMax, geometry_.block_size_bytes)});
+  op.claim_floor = claim_floor();
+  ++stats_.nbd_status_queries;
+  return nbd_aio_block_status(op.conn->h, want, from,
+                              nbd_extent_callback{&on_extents, &op, nullptr},
+                              nbd_completion_callback{&on_command_done, &op, nullptr}, 0);
+}
+
+// Sends one NBD command for op (or zero fills locally). false: stop (error recorded).
+bool NbdClientDevice::issue_piece(Op& op) noexcept {
+  IoRequest& q = *op.req;
+  nbd_handle* h = op.conn->h;
+  const nbd_completion_callback done{&on_command_done, &op, nullptr};
+  // Counted before the call: libnbd may run the completion callback inside it (the connection
+  // dies while sending, or TLS-buffered replies are processed on the way back to READY).
+  ++op.pieces;
+  const uint64_t end = q.offset_bytes + q.length_bytes;
+  const uint64_t pos = q.offset_bytes + op.cursor_bytes;
+  int64_t cookie = 0;
+  uint64_t len = 0;
+
+  if (op.phase == Phase::status) {
+    const uint64_t from = cache_.first_unknown(q.offset_bytes, end);
+    op.all_issued = true;
+    if (from >= end) {  // learned meanwhile
+      --op.pieces;
+      return true;
+    }
+    cookie = issue_status_query(op, from, end);
+  } else if (op.phase == Phase::fua_flush || q.op == IoOp::flush) {
+    op.all_issued = true;
+    ++stats_.nbd_flushes;
+    cookie = nbd_aio_flush(h, done, 0);
+  } else if (q.op == IoOp::block_status) {
+    op.all_issued = true;
+    cookie = issue_status_query(op, q.offset_bytes, end);
+  } else {
+    switch (q.op) {
+      case IoOp::read: {
+        uint64_t limit = std::min(end, pos + piece_bytes_max_);
+        if (op.skip_zero) {
+          auto x = cache_.find(pos);
+          if (x && (x->flags & kStatusZero)) {
+            const uint64_t zero_end = std::min(x->end_bytes, end);
+            std::memset(q.data + op.cursor_bytes, 0, zero_end - pos);
+            stats_.zero_filled_bytes += zero_end - pos;
+            op.cursor_bytes += zero_end - pos;
+            op.all_issued = op.cursor_bytes == q.length_bytes;
+            --op.pieces;  // served locally
+            return true;
+          }
+          limit = cache_.first_with(pos, limit, kStatusZero);
+        }
+        len = limit - pos;
+        ++stats_.nbd_reads;
+        stats_.nbd_read_bytes += len;
+        cookie = nbd_aio_pread(h, q.data + op.cursor_bytes, len, pos, done, 0);
+        break;
+      }
+      case IoOp::write:
+        len = std::min(end - pos, piece_bytes_max_);
+        ++stats_.nbd_writes;
+        stats_.nbd_write_bytes += len;
+        cookie = nbd_aio_pwrite(h, q.data + op.cursor_bytes, len, pos, done,
+                                q.fua && can_fua_ ? LIBNBD_CMD_FLAG_FUA : 0);
+        break;
+      case IoOp::discard:
+        len = std::min(end - pos, align_down(kRangeCommandMax, geometry_.block_size_bytes));
+        ++stats_.nbd_trims;
+        cookie = nbd_aio_trim(h, len, pos, done, 0);
+        break;
+      case IoOp::write_zeroes:
+        if (can_zero_) {
+          len = std::min(end - pos, align_down(kRangeCommandMax, geometry_.block_size_bytes));
+          uint32_t flags = q.may_deallocate ? 0 : LIBNBD_CMD_FLAG_NO_HOLE;
+          if (q.fua && can_fua_) flags |= LIBNBD_CMD_FLAG_FUA;
+          ++stats_.nbd_zeroes;
+          cookie = nbd_aio_zero(h, len, pos, done, flags);
+        } else {
+          len = std::min(end - pos, kZeroWriteMax);
+          ++stats_.nbd_writes;
+          stats_.nbd_write_bytes += len;
+          cookie = nbd_aio_pwrite(h, g_zeroes, len, pos, done,
+                                  q.fua && can_fua_ ? LIBNBD_CMD_FLAG_FUA : 0);
+        }
+        break;
+      case IoOp::flush:
+      case IoOp::block_status:
+        FERRY_ASSERT(false);
+    }
+    op.cursor_bytes += len;
+    op.all_issued = op.cursor_bytes == q.length_bytes;
+  }
+  if (cookie == -1) {
+    // Not queued: libnbd will not call the completion callback.
+    --op.pieces;
+    const int err = nbd_get_errno();
+    op.err =
+        (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) ? ENOTCONN : (err != 0 ? err : EIO);
+    op.all_issued = true;
+    return false;
+  }
+  ++op.conn->commands_sent;
+  return true;
+}
+
+void NbdClientDevice::finish(Op& op, Errc e) noexcept {
+  FERRY_ASSERT(!op.on_work && op.pieces == 0);
+  IoRequest* req = op.req;
+  Reactor* origin = op.origin;
+  if (op.conn != nullptr) --op.conn->in_flight;
+  if (op.mutation != 0) {
+    Mutation& m = mutations_[op.mutation % kMutationRing];
+    if (m.epoch == op.mutation) m.done = true;
+    --mutations_in_flight_;
+    if (e == Errc::ok && req->op == IoOp::write_zeroes) {
+      // The range reads as zero now, unless a mutation still in flight (or newer) overlaps.
+      learn(claim_floor(), req->offset_bytes, req->offset_bytes + req->length_bytes, kStatusZero);
+    }
+  }
+  --ops_in_flight_;
+  op.req = nullptr;
+  op.next = free_ops_;
+  free_ops_ = &op;
+  dispatch_queued();
+  complete_request(*req, e, origin);
+}
+
+// ---- libnbd callbacks ----
+
+int NbdClientDevice::on_command_done(void* user_data, int* error) {
+  Op& op = *static_cast<Op*>(user_data);
+  FERRY_ASSERT(op.pieces > 0);
+  --op.pieces;
+  if (*error != 0 && op.err == 0) op.err = *error;
+  op.dev->push_work(op);
+  return 1;  // retire the command: nobody calls nbd_aio_command_completed
+}
+
+int NbdClientDevice::on_extents(void* user_data, const char* context, uint64_t offset,
+                                uint32_t* entries, size_t nr_entries, int* error) {
+  Op& op = *static_cast<Op*>(user_data);
+  NbdClientDevice& dev = *op.dev;
+  if (*error != 0 || std::strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0) return 0;
+  const uint64_t size = dev.geometry_.size_bytes();
+  const uint64_t bs = dev.geometry_.block_size_bytes;
+  const bool cacheable = dev.mutation_epoch_ - op.claim_floor <= kMutationRing;
+  if (!cacheable) ++dev.stats_.status_replies_dropped;
+  uint64_t pos = offset;
+  for (size_t i = 0; i + 1 < nr_entries && pos < size; i += 2) {
+    const uint64_t len = entries[i];
+    const uint32_t flags = entries[i + 1] & (kStatusHole | kStatusZero);
+    if (len == 0) break;  // broken server: stop here
+    const uint64_t end = std::min(pos + len, size);
+    if (op.req->op == IoOp::block_status && !op.answered) {
+      if (!op.answer_open) {
+        op.answer_open = true;
+        op.answer_flags = flags;
+        op.answer_end_bytes = end;
+      } else if (flags == op.answer_flags && pos == op.answer_end_bytes) {
+        op.answer_end_bytes = end;
+      } else {
+        op.answered = true;
+      }
+    }
+    if (cacheable) {
+      if (flags & kStatusZero) {
+        // Zero claims are kept block aligned (partial blocks are data: always safe to read).
+        const uint64_t zs = std::min(align_up(pos, bs), end),
+                       ze = std::max(align_down(end, bs), zs);
+        dev.cache_.assign(pos, zs, 0);
+        dev.cache_.assign(zs, ze, flags);
+        dev.cache_.assign(ze, end, 0);
+      } else {
+        dev.cache_.assign(pos, end, flags);
+      }
+    }
+    pos = end;
+  }
+  if (cacheable) dev.reapply_mutations_since(op.claim_floor);
+  return 0;
+}
+
+// ---- cache coherence ----
+
+uint64_t NbdClientDevice::note_mutation(uint64_t offset, uint64_t length) noexcept {
+  const uint64_t epoch = ++mutation_epoch_;
+  mutations_[epoch % kMutationRing] = Mutation{epoch, offset, length, false};
+  ++mutations_in_flight_;
+  return epoch;
+}
+
+// Claims learned now are checked against every mutation from the oldest one still in flight
+// (its effect on the server may not be visible in what we learned) to the newest.
+uint64_t NbdClientDevice::claim_floor() const noexcept {
+  if (mutations_in_flight_ == 0) return mutation_epoch_;
+  uint64_t low = mutation_epoch_;
+  size_t seen = 0;
+  for (uint64_t k = mutation_epoch_; k > 0 && mutation_epoch_ - k < kMutationRing; --k) {
+    const Mutation& m = mutations_[k % kMutationRing];
+    if (m.epoch == k && !m.done) {
+      low = k - 1;
+      if (++seen == mutations_in_flight_) return low;
+    }
+  }
+  return 0;  // an in-flight mutation fell out of the ring: claims are dropped (if epoch > ring)
+}
+
+bool NbdClientDevice::learn(uint64_t floor, uint64_t start, uint64_t end, uint32_t flags) noexcept {
+  if (mutation_epoch_ - floor > kMutationRing) {
+    ++stats_.status_replies_dropped;
+    return false;
+  }
+  cache_.assign(start, end, flags);
+  reapply_mutations_since(floor);
+  return true;
+}
+
+void NbdClientDevice::reapply_mutations_since(uint64_t floor) noexcept {
+  for (uint64_t k = floor + 1; k <= mutation_epoch_; ++k) {
+    const Mutation& m = mutations_[k % kMutationRing];
+    FERRY_ASSERT(m.epoch == k);
+    cache_.erase(m.offset_bytes, m.offset_bytes + m.length_bytes);
+  }
+}
+
+// ---- socket readiness ----
+
+void NbdClientDevice::arm_poll(Conn& c, PollOp& p, bool read) noexcept {
+  Reactor* home = home_.load(std::memory_order_relaxed);
+  const int fd = nbd_aio_get_fd(c.h);
+  if (fd < 0) return;
+  io_uring_sqe* sqe = home->get_sqe();
+  io_uring_prep_poll_add(sqe, fd, read ? POLLIN : POLLOUT);
+  Reactor::prepare(sqe, &p);
+  p.armed = true;
+}
+
+void NbdClientDevice::rearm(Conn& c) noexcept {
+  if (c.dead || home_.load(std::memory_order_relaxed) == nullptr) return;
+  const unsigned dir = nbd_aio_get_direction(c.h);
+  if ((dir & LIBNBD_AIO_DIRECTION_READ) && !c.read_poll->armed) arm_poll(c, *c.read_poll, true);
+  if ((dir & LIBNBD_AIO_DIRECTION_WRITE) && !c.write_poll->armed) {
+    arm_poll(c, *c.write_poll, false);
+  }
+}
+
+void NbdClientDevice::after_nbd_call(Conn& c, const char* why) noexcept {
+  if (c.dead) return;
+  if (nbd_aio_is_closed(c.h) == 1) {
+    return connection_lost(c, why != nullptr ? why : "the server closed the connection");
+  }
+  if (nbd_aio_is_dead(c.h) == 1) {
+    // Failed inside an nbd_aio_* call that still queued its command: the last libnbd error on
+    // this thread is the best description there is.
+    const char* e = why != nullptr ? why : nbd_get_error();
+    return connection_lost(c, e != nullptr ? e : "connection failed");
+  }
+  rearm(c);
+}
+
+void NbdClientDevice::on_poll(Conn& c, bool read, int32_t res) noexcept {
+  if (c.dead) return;
+  char why[256] = "";
+  if (res != -ECANCELED) {
+    const unsigned dir = nbd_aio_get_direction(c.h);
+    // Poll errors (res < 0) are handed to libnbd too: its recv/send reports the real cause.
+    int rc = 0;
+    if (read && (dir & LIBNBD_AIO_DIRECTION_READ)) {
+      rc = nbd_aio_notify_read(c.h);
+    } else if (!read && (dir & LIBNBD_AIO_DIRECTION_WRITE)) {
+      rc = nbd_aio_notify_write(c.h);
+    }
+    // The message lives until the next libnbd call on this thread: copy it now.
+    const char* e = rc == -1 ? nbd_get_error() : nullptr;
+    if (e != nullptr) std::snprintf(why, sizeof why, "%s", e);
+  }
+  after_nbd_call(c, why[0] != 0 ? why : nullptr);
+  run_work();
+}
+
+void NbdClientDevice::connection_lost(Conn& c, const char* why) noexcept {
+  c.dead = true;
+  ++stats_.connections_lost;
+  const size_t live = live_connection_count();
+  std::fprintf(stderr,
+               "ferry: nbd-client %s: connection %zu/%zu lost: %s; its %u request(s) in flight "
+               "fail with 'closed'%s\n",
+               uri_.c_str(), c.index + 1, conns_.size(), why, c.in_flight,
+               live == 0 ? "; no connection left, the device is closed" : "");
+  Reactor* home = home_.load(std::memory_order_relaxed);
+  for (PollOp* p : {c.read_poll, c.write_poll}) {
+    if (!p->armed || home == nullptr) continue;
+    io_uring_sqe* sqe = home->get_sqe();
+    io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(static_cast<Operation*>(p)));
+    Reactor::prepare_ignored(sqe);
+  }
+  if (live == 0) {
+    while (queue_head_ != nullptr) {
+      Op* op = queue_head_;
+      queue_head_ = op->next;
+      --queued_;
+      op->err = ENOTCONN;
+      push_work(*op);
+    }
+    queue_tail_ = nullptr;
+  }
+}
+
+}  // namespace ferry::nbd

@@ -1,0 +1,254 @@
+// NbdClientDevice: the datacenter edge's bottom BlockDevice — a volume on an NBD server (qemu-nbd,
+// nbdkit, nbdkit-vddk) read and written with libnbd's asynchronous API, driven by the io_uring
+// reactor: every command is an nbd_aio_* call with a completion callback, the socket's
+// readiness comes from IORING_OP_POLL_ADD on nbd_aio_get_fd() (POLLIN / POLLOUT as
+// nbd_aio_get_direction() asks), then nbd_aio_notify_read/write. No thread per request and no
+// blocking call on a reactor thread once open() has returned.
+//
+//   open() (blocking, start-up or management thread): nbd_connect_uri × N, base:allocation
+//      │
+//      ▼ first submit() on reactor thread R: R becomes the home reactor, polls are armed on R
+//   submit ─▶ [cache hit: zero fill / status answer] ─────────────────────────────▶ complete
+//      │                                                                              ▲
+//      ├─▶ slot on the least busy live handle ─▶ nbd_aio_* ─▶ poll CQE ─▶ notify ─▶ libnbd
+//      │   (≤ requests_in_flight_max per handle)                  completion callback ─┘
+//      └─▶ all handles full: FIFO wait queue (≤ requests_queued_max), then would_block
+//
+// Threading: all libnbd calls and all device state live on the home reactor's thread. A
+// submit() from another reactor thread is forwarded with Reactor::post() and its completion
+// posted back (correct but slow: two cross-thread messages per I/O — give each reactor its own
+// device when several reactors need one volume). submit() on a thread without a reactor
+// completes with Errc::unsupported.
+// Ownership: the submitter owns the IoRequest and its buffer until on_complete (block_device.h).
+// Destroy the device on its home thread with no request in flight, or after the home reactor
+// has stopped; armed polls are cancelled and freed by their final CQE.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <memory_resource>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "datapath/block_device.h"
+
+struct nbd_handle;
+
+namespace ferry {
+class Reactor;
+}
+
+namespace ferry::nbd {
+
+// Learned NBD base:allocation extents: a bounded interval map [start, end) → status flags
+// (kStatusHole | kStatusZero, or 0 for data). Adjacent extents with equal flags are merged.
+// When an insertion takes it above entries_max it evicts whole entries from the end (lowest or
+// highest offsets) farther from the insertion, so the neighbourhood being read stays cached.
+// Map nodes come from a pool resource: after warm-up no heap allocation per update.
+// Not thread safe (owned by one device, used on its home thread).
+class ExtentCache {
+ public:
+  struct Extent {
+    uint64_t start_bytes;
+    uint64_t end_bytes;
+    uint32_t flags;
+  };
+
+  explicit ExtentCache(size_t entries_max) noexcept;
+  // Records that [start, end) has `flags`, replacing what was known there.
+  void assign(uint64_t start_bytes, uint64_t end_bytes, uint32_t flags) noexcept;
+  // Forgets [start, end).
+  void erase(uint64_t start_bytes, uint64_t end_bytes) noexcept;
+  void clear() noexcept { map_.clear(); }
+  // The known extent containing offset_bytes, if any.
+  std::optional<Extent> find(uint64_t offset_bytes) const noexcept;
+  // First offset in [start, end) that no extent covers, or end if all of it is known.
+  uint64_t first_unknown(uint64_t start_bytes, uint64_t end_bytes) const noexcept;
+  // First offset in [start, end) covered by an extent whose flags intersect mask, or end.
+  uint64_t first_with(uint64_t start_bytes, uint64_t end_bytes, uint32_t mask) const noexcept;
+  size_t size() const noexcept { return map_.size(); }
+  size_t entries_max() const noexcept { return entries_max_; }
+  uint64_t evictions() const noexcept { return evictions_; }
+
+ private:
+  struct Value {
+    uint64_t end_bytes;
+    uint32_t flags;
+  };
+  using Map = std::pmr::map<uint64_t, Value>;
+  void evict(uint64_t near_bytes) noexcept;
+
+  size_t entries_max_;
+  uint64_t evictions_ = 0;
+  std::pmr::unsynchronized_pool_resource pool_;
+  Map map_;
+};
+
+struct NbdClientOptions {
+  // Handles to open when the server advertises multi-conn (NBD_FLAG_CAN_MULTI_CONN); one
+  // otherwise. Requests go to the live handle with the fewest in flight.
+  unsigned connections = 4;
+  // Requests (not NBD commands: a request may be cut into several) per handle.
+  unsigned requests_in_flight_max = 64;
+  // Requests waiting for a free slot on any handle; beyond it submit() answers would_block.
+  unsigned requests_queued_max = 1024;
+  // Never read ranges known to be zero: they are zero-filled locally. Unknown ranges are looked
+  // up with one NBD_CMD_BLOCK_STATUS (status_lookahead_bytes ahead) before the read.
+  bool skip_unallocated_reads = false;
+  // Block status queries ask for at least this much (clipped to the device and to 4 GiB), so
+  // that one round trip teaches the cache about the neighbourhood too.
+  uint64_t status_lookahead_bytes = 64ull << 20;
+  size_t extent_cache_entries_max = 65536;
+  // Serve the volume read-only even if the server allows writes.
+  bool read_only = false;
+};
+
+// Counters, updated on the home thread (read them there, or after synchronising with it).
+struct NbdClientStats {
+  uint64_t requests = 0;
+  uint64_t nbd_reads = 0;  // NBD_CMD_READ sent
+  uint64_t nbd_read_bytes = 0;
+  uint64_t nbd_writes = 0;  // NBD_CMD_WRITE sent (including zero-writes emulating WRITE_ZEROES)
+  uint64_t nbd_write_bytes = 0;
+  uint64_t nbd_flushes = 0;
+  uint64_t nbd_trims = 0;
+  uint64_t nbd_zeroes = 0;
+  uint64_t nbd_status_queries = 0;      // NBD_CMD_BLOCK_STATUS sent
+  uint64_t status_cache_hits = 0;       // IoOp::block_status answered from the cache
+  uint64_t zero_filled_bytes = 0;       // read bytes served locally (skip_unallocated_reads)
+  uint64_t status_replies_dropped = 0;  // claims not cached: raced with too many mutations
+  uint64_t queued = 0;                  // requests that waited for a slot
+  uint64_t would_block = 0;             // requests refused: wait queue full
+  uint64_t forwarded = 0;               // submitted from another reactor thread
+  uint64_t connections_lost = 0;
+};
+
+// errno from a libnbd callback (or nbd_get_errno()) to Errc. One table, used everywhere.
+Errc nbd_errno_to_errc(int err) noexcept;
+
+class NbdClientDevice final : public BlockDevice {
+ public:
+  // Connects synchronously (nbd_connect_uri: nbd://, nbds://, nbd+unix://, nbds+unix://),
+  // requesting structured replies and the base:allocation meta context. Blocking: call it from
+  // a start-up or management thread, never from a reactor thread. Fails with not_found (no such
+  // export), closed (cannot connect), unsupported (geometry we cannot serve) or io_error.
+  static Result<std::unique_ptr<NbdClientDevice>> open(const std::string& uri,
+                                                       const NbdClientOptions& options) noexcept;
+  ~NbdClientDevice() override;
+  NbdClientDevice(const NbdClientDevice&) = delete;
+  NbdClientDevice& operator=(const NbdClientDevice&) = delete;
+
+  Geometry geometry() const noexcept override { return geometry_; }
+  void submit(IoRequest& req) noexcept override;
+  std::string_view describe() const noexcept override { return description_; }
+
+  // A read that never asks the server for ranges known (or, after one block status query,
+  // found) to be zero, whatever skip_unallocated_reads says. req.op must be IoOp::read.
+  void read_allocated(IoRequest& req) noexcept;
+  // Home thread only (or before the first submit).
+  void set_skip_unallocated_reads(bool on) noexcept { options_.skip_unallocated_reads = on; }
+
+  // Server facts learned at open time.
+  uint32_t preferred_block_size_bytes() const noexcept { return preferred_block_bytes_; }
+  bool multi_conn() const noexcept { return multi_conn_; }
+  bool has_base_allocation() const noexcept { return base_allocation_; }
+  size_t connection_count() const noexcept { return conns_.size(); }
+  // Home thread (or after synchronising with it).
+  size_t live_connection_count() const noexcept;
+  uint64_t requests_sent_on(size_t connection) const noexcept;
+  const NbdClientStats& stats() const noexcept { return stats_; }
+  const ExtentCache& extent_cache() const noexcept { return cache_; }
+  Reactor* home() const noexcept;
+
+ private:
+  struct Conn;   // one libnbd handle and its two poll operations
+  struct Op;     // one request in flight (pooled)
+  class PollOp;  // IORING_OP_POLL_ADD on a handle's socket
+  enum class Phase : uint8_t { status, main, fua_flush };
+
+  NbdClientDevice(const std::string& uri, const NbdClientOptions& options) noexcept;
+  void submit_from(IoRequest& req, bool skip_zero, Reactor* origin) noexcept;
+  void submit_home(IoRequest& req, bool skip_zero, Reactor* origin) noexcept;
+  void bind_home(Reactor& r) noexcept;
+
+  // Request life cycle (home thread).
+  Op* take_op() noexcept;
+  void dispatch_queued() noexcept;
+  Conn* pick_conn() noexcept;
+  void issue_more(Op& op) noexcept;
+  bool issue_piece(Op& op) noexcept;
+  void advance(Op& op) noexcept;
+  void finish(Op& op, Errc e) noexcept;
+  void complete_request(IoRequest& req, Errc e, Reactor* origin) noexcept;
+  void run_work() noexcept;
+  void push_work(Op& op) noexcept;
+  int64_t issue_status_query(Op& op, uint64_t from_bytes, uint64_t min_end_bytes) noexcept;
+
+  // libnbd callbacks (run inside libnbd with the handle lock held: no nbd_* calls there).
+  static int on_command_done(void* user_data, int* error);
+  static int on_extents(void* user_data, const char* context, uint64_t offset, uint32_t* entries,
+                        size_t nr_entries, int* error);
+
+  // Socket readiness (home thread).
+  friend class PollOp;
+  void on_poll(Conn& c, bool read, int32_t res) noexcept;
+  void after_nbd_call(Conn& c, const char* why = nullptr) noexcept;
+  void rearm(Conn& c) noexcept;
+  void arm_poll(Conn& c, PollOp& p, bool read) noexcept;
+  void connection_lost(Conn& c, const char* why) noexcept;
+
+  // Cache coherence: claims learned at `epoch` are applied, then every mutation submitted
+  // since is re-applied over them (see DESIGN.md "Client device").
+  uint64_t note_mutation(uint64_t offset_bytes, uint64_t length_bytes) noexcept;
+  uint64_t claim_floor() const noexcept;
+  bool learn(uint64_t floor, uint64_t start_bytes, uint64_t end_bytes, uint32_t flags) noexcept;
+  void reapply_mutations_since(uint64_t floor) noexcept;
+
+  NbdClientOptions options_;
+  std::string uri_;
+  std::string description_;
+  Geometry geometry_;
+  uint32_t preferred_block_bytes_ = 4096;
+  uint64_t piece_bytes_max_ = 32u << 20;  // one NBD READ/WRITE
+  bool multi_conn_ = false;
+  bool base_allocation_ = false;
+  bool can_flush_ = false;
+  bool can_fua_ = false;
+  bool can_zero_ = false;
+  bool can_trim_ = false;
+
+  std::vector<std::unique_ptr<Conn>> conns_;
+  size_t next_conn_ = 0;
+  std::atomic<Reactor*> home_{nullptr};
+  size_t ops_in_flight_ = 0;
+
+  // Intrusive lists of Op (one `next` link: an Op is on at most one list).
+  Op* free_ops_ = nullptr;
+  Op* queue_head_ = nullptr;
+  Op* queue_tail_ = nullptr;
+  size_t queued_ = 0;
+  Op* work_head_ = nullptr;
+  Op* work_tail_ = nullptr;
+  bool in_work_ = false;
+  std::vector<std::unique_ptr<Op>> all_ops_;
+
+  ExtentCache cache_;
+  static constexpr size_t kMutationRing = 64;
+  struct Mutation {
+    uint64_t epoch;
+    uint64_t offset_bytes;
+    uint64_t length_bytes;
+    bool done;
+  };
+  Mutation mutations_[kMutationRing] = {};
+  uint64_t mutation_epoch_ = 0;  // write / discard / write_zeroes submitted so far
+  size_t mutations_in_flight_ = 0;
+
+  NbdClientStats stats_;
+};
+
+}  // namespace ferry::nbd
