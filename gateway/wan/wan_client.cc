@@ -1,0 +1,602 @@
+// WanClient and RemoteDevice (see wan_client.h).
+#include "gateway/wan/wan_client.h"
+
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+namespace ferry::wan {
+
+namespace {
+constexpr uint64_t kMs = 1'000'000;
+constexpr uint64_t kTickNs = 200 * kMs;
+constexpr uint32_t kBackoffMaxMs = 2000;
+// Request ids at or above this are control requests (open volume, ping).
+constexpr uint64_t kControlIdBase = 1ull << 62;
+}  // namespace
+
+WanClient::WanClient(Reactor& reactor, WanClientOptions options, const tls::TlsContext& tls,
+                     std::vector<std::string> volume_names)
+    : reactor_(reactor), options_(std::move(options)), tls_(tls), names_(std::move(volume_names)) {
+  for (size_t i = 0; i < names_.size(); ++i)
+    devices_.push_back(std::make_unique<RemoteDevice>(*this, i, names_[i]));
+  counters_.resize(names_.size());
+  volume_ids_.assign(names_.size(), 0);
+}
+
+WanClient::~WanClient() {
+  for (auto& [id, p] : pending_) delete p;
+  for (Pending* p : free_pending_) delete p;
+}
+
+void WanClient::start(std::function<void(Errc, const std::string&)> on_ready) {
+  on_ready_ = std::move(on_ready);
+  addr_.sin_family = AF_INET;
+  addr_.sin_port = htons(options_.server_port);
+  if (inet_pton(AF_INET, options_.server_address.c_str(), &addr_.sin_addr) != 1) {
+    ready_reported_ = true;
+    on_ready_(Errc::invalid_argument, "bad datacenter edge address " + options_.server_address);
+    return;
+  }
+  if (!encoder_.init().ok() || !decoder_.init().ok() ||
+      !(scratch_ = reactor_.pool().allocate(kChunkBytesMax))) {
+    ready_reported_ = true;
+    on_ready_(Errc::no_memory, "out of memory for the WAN codecs");
+    return;
+  }
+  down_since_ns_ = reactor_.now_ns_fresh();
+  reactor_.arm(tick_timer_, kTickNs, &WanClient::on_tick, this);
+  connect();
+}
+
+void WanClient::stop() {
+  stopping_ = true;
+  reactor_.cancel(tick_timer_);
+  reactor_.cancel(reconnect_timer_);
+  reactor_.cancel(connect_deadline_);
+  fail_all(Errc::cancelled, "cloud edge stopping");
+  if (stream_) stream_->close("cloud edge stopping");
+  if (connecting_fd_ >= 0) ::shutdown(connecting_fd_, SHUT_RDWR);
+}
+
+// ---------------------------------------------------------------- connection
+
+void WanClient::connect() noexcept {
+  if (stopping_) return;
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return schedule_reconnect();
+  connecting_fd_ = fd;
+  connect_op_.set([](void* ctx, int32_t res, uint32_t) noexcept {
+    static_cast<WanClient*>(ctx)->on_connected(res);
+  }, this);
+  io_uring_sqe* sqe = reactor_.get_sqe();
+  io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&addr_), sizeof addr_);
+  Reactor::prepare(sqe, &connect_op_);
+  reactor_.arm(connect_deadline_, options_.connect_timeout_ms * kMs, [](void* ctx) noexcept {
+    auto* self = static_cast<WanClient*>(ctx);
+    if (self->connecting_fd_ >= 0) ::shutdown(self->connecting_fd_, SHUT_RDWR);
+  }, this);
+}
+
+void WanClient::on_connected(int32_t res) noexcept {
+  reactor_.cancel(connect_deadline_);
+  const int fd = connecting_fd_;
+  connecting_fd_ = -1;
+  if (res < 0 || stopping_) {
+    ::close(fd);
+    if (!ready_reported_ && !stopping_ && backoff_ms_ >= kBackoffMaxMs) {
+      ready_reported_ = true;
+      on_ready_(Errc::closed, std::string("cannot connect to the datacenter edge ") +
+                                  options_.server_address + ":" + std::to_string(options_.server_port) +
+                                  ": " + std::strerror(-res));
+    }
+    return schedule_reconnect();
+  }
+  if (stream_) old_streams_.push_back(std::move(stream_));
+  stream_ = std::make_unique<WanStream>(reactor_, tls_, *this);
+  hello_acked_ = false;
+  volumes_opened_ = 0;
+  std::fill(volume_ids_.begin(), volume_ids_.end(), 0);
+  stream_->start(fd, true);
+}
+
+void WanClient::schedule_reconnect() noexcept {
+  if (stopping_ || reconnect_timer_.armed()) return;
+  reactor_.arm(reconnect_timer_, backoff_ms_ * kMs, &WanClient::on_reconnect_timer, this);
+  backoff_ms_ = std::min(backoff_ms_ * 2, kBackoffMaxMs);
+}
+
+void WanClient::on_reconnect_timer(void* ctx) noexcept { static_cast<WanClient*>(ctx)->connect(); }
+
+void WanClient::on_established() noexcept {
+  last_rx_ns_ = reactor_.now_ns_fresh();
+  Hello h;
+  h.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite;
+  h.requests_max = options_.requests_max;
+  h.session_id = session_id_;
+  uint8_t body[kHelloBytes];
+  encode_hello(body, h);
+  FrameHeader f;
+  f.type = FrameType::hello;
+  stream_->send_frame(f, {body, sizeof body});
+}
+
+void WanClient::on_closed(const char* why) noexcept {
+  if (stream_) {
+    const auto& c = stream_->counters();
+    link_totals_.frames_in += c.frames_in;
+    link_totals_.frames_out += c.frames_out;
+    link_totals_.plain_bytes_in += c.plain_bytes_in;
+    link_totals_.plain_bytes_out += c.plain_bytes_out;
+    link_totals_.wire_bytes_in += c.wire_bytes_in;
+    link_totals_.wire_bytes_out += c.wire_bytes_out;
+    old_streams_.push_back(std::move(stream_));
+  }
+  const bool was_ready = ready_;
+  ready_ = false;
+  hello_acked_ = false;
+  if (down_since_ns_ == 0) down_since_ns_ = reactor_.now_ns_fresh();
+  if (stopping_) return;
+  std::fprintf(stderr, "ferry: wan: link to %s:%u lost (%s); %zu request(s) in flight will be resent\n",
+               options_.server_address.c_str(), options_.server_port, why != nullptr ? why : "",
+               pending_.size());
+  // Everything goes out again on the next connection.
+  unsent_.clear();
+  for (auto& [id, p] : pending_) {
+    p->sent = false;
+    p->sent_bytes = 0;
+    p->received_bytes = 0;
+    if (was_ready) ++counters_[p->volume].retries;
+    unsent_.push_back(p);
+  }
+  schedule_reconnect();
+}
+
+void WanClient::on_tick(void* ctx) noexcept {
+  auto* self = static_cast<WanClient*>(ctx);
+  const uint64_t now = self->reactor_.now_ns_fresh();
+  // Old streams are freed once their socket operations are done.
+  auto& old = self->old_streams_;
+  old.erase(std::remove_if(old.begin(), old.end(), [](const auto& s) { return s->idle(); }), old.end());
+  if (self->ready_ && self->stream_) {
+    if (now - self->last_rx_ns_ > self->options_.dead_after_ms * kMs) {
+      self->stream_->close("no answer to keepalive (link dead)");
+    } else if (now - self->last_ping_ns_ > self->options_.keepalive_ms * kMs) {
+      self->last_ping_ns_ = now;
+      FrameHeader ping;
+      ping.type = FrameType::ping;
+      ping.request_id = kControlIdBase | 1;
+      self->stream_->send_frame(ping, {});
+    }
+  }
+  if (self->down_since_ns_ != 0 && !self->pending_.empty() &&
+      now - self->down_since_ns_ > self->options_.give_up_ms * kMs) {
+    std::fprintf(stderr, "ferry: wan: link down for more than %u ms: failing %zu request(s)\n",
+                 self->options_.give_up_ms, self->pending_.size());
+    self->fail_all(Errc::timed_out, "WAN link down");
+  }
+  if (!self->stopping_) self->reactor_.arm(self->tick_timer_, kTickNs, &WanClient::on_tick, self);
+}
+
+// ---------------------------------------------------------------- requests
+
+void WanClient::submit(size_t volume, IoRequest& io) noexcept {
+  enqueue(volume, io,
+          io.op == IoOp::write || io.op == IoOp::write_zeroes ? Priority::write_back
+                                                              : Priority::demand_read);
+}
+
+void WanClient::stream(size_t volume, uint32_t request_bytes, uint32_t outstanding) {
+  auto s = std::make_unique<Streamer>();
+  s->client = this;
+  s->volume = volume;
+  s->request_bytes = std::min<uint32_t>(request_bytes, kRequestBytesMax);
+  s->started_ns = reactor_.now_ns_fresh();
+  for (uint32_t i = 0; i < outstanding; ++i) {
+    auto slot = std::make_unique<Streamer::Slot>();
+    slot->streamer = s.get();
+    slot->buf = reactor_.pool().allocate(s->request_bytes);
+    if (!slot->buf) break;
+    slot->io.owner = slot.get();
+    slot->io.on_complete = &WanClient::on_streamed;
+    s->slots.push_back(std::move(slot));
+  }
+  Streamer& ref = *s;
+  streamers_.push_back(std::move(s));
+  std::fprintf(stderr, "ferry: wan: streaming volume '%s' in the background\n", names_[volume].c_str());
+  for (auto& slot : ref.slots) stream_next(ref, *slot);
+}
+
+bool WanClient::streaming_done(size_t volume) const noexcept {
+  for (const auto& s : streamers_)
+    if (s->volume == volume && !s->done) return false;
+  return true;
+}
+
+void WanClient::stream_next(Streamer& s, Streamer::Slot& slot) noexcept {
+  const uint64_t size = devices_[s.volume]->geometry().size_bytes();
+  if (s.next_offset >= size || stopping_) {
+    if (s.in_flight == 0 && !s.done) {
+      s.done = true;
+      if (s.next_offset != UINT64_MAX)
+        std::fprintf(stderr, "ferry: wan: volume '%s' streamed in %.1f s\n", names_[s.volume].c_str(),
+                     double(reactor_.now_ns_fresh() - s.started_ns) / 1e9);
+    }
+    return;
+  }
+  slot.io.op = IoOp::read;
+  slot.io.offset_bytes = s.next_offset;
+  slot.io.length_bytes = std::min<uint64_t>(s.request_bytes, size - s.next_offset);
+  slot.io.data = slot.buf.data();
+  s.next_offset += slot.io.length_bytes;
+  ++s.in_flight;
+  enqueue(s.volume, slot.io, Priority::background);
+}
+
+void WanClient::on_streamed(IoRequest& io) noexcept {
+  auto* slot = static_cast<Streamer::Slot*>(io.owner);
+  Streamer& s = *slot->streamer;
+  --s.in_flight;
+  if (io.result != Errc::ok && !s.done) {
+    // Only after the give-up time or at shutdown: stop streaming (demand reads still work).
+    if (io.result != Errc::cancelled)
+      std::fprintf(stderr, "ferry: wan: background streaming of '%s' stopped at %llu: %s\n",
+                 s.client->names_[s.volume].c_str(), static_cast<unsigned long long>(io.offset_bytes),
+                 to_string(io.result));
+    s.next_offset = UINT64_MAX;
+  }
+  s.client->stream_next(s, *slot);
+}
+
+void WanClient::enqueue(size_t volume, IoRequest& io, Priority priority) noexcept {
+  if (stopping_) return io.complete(Errc::cancelled);
+  const Geometry& g = devices_[volume]->geometry();
+  if (io.op != IoOp::flush) {
+    const Errc e = check_range(g, io.offset_bytes, io.length_bytes);
+    if (e != Errc::ok) return io.complete(e);
+    if (io.length_bytes == 0) return io.complete(Errc::ok);
+    if (io.length_bytes > kRequestBytesMax) return io.complete(Errc::invalid_argument);
+  }
+  if (io.op == IoOp::discard) return io.complete(Errc::ok);  // advisory; the source keeps its data
+  if (down_since_ns_ != 0 && reactor_.now_ns() - down_since_ns_ > options_.give_up_ms * kMs)
+    return io.complete(Errc::timed_out);
+  if (pending_.size() >= options_.requests_max) return io.complete(Errc::busy);
+  Pending* p;
+  if (!free_pending_.empty()) {
+    p = free_pending_.back();
+    free_pending_.pop_back();
+    *p = Pending();
+  } else {
+    p = new (std::nothrow) Pending();
+    if (p == nullptr) return io.complete(Errc::no_memory);
+    ++pending_allocated_;
+  }
+  p->id = next_id_++;
+  p->volume = volume;
+  p->io = &io;
+  p->priority = priority;
+  pending_.emplace(p->id, p);
+  unsent_.push_back(p);
+  pump();
+}
+
+// Sends unsent requests, most urgent first, while the stream takes them.
+void WanClient::pump() noexcept {
+  if (!ready_ || !stream_) return;
+  for (uint8_t prio = 0; prio < kPriorityCount; ++prio) {
+    for (auto it = unsent_.begin(); it != unsent_.end();) {
+      Pending* p = *it;
+      if (uint8_t(p->priority) != prio) {
+        ++it;
+        continue;
+      }
+      if (!send_request(*p)) return;  // backlog full: on_writable resumes
+      if (stream_ == nullptr || stream_->closed()) return;
+      p->sent = true;
+      it = unsent_.erase(it);
+    }
+  }
+}
+
+bool WanClient::send_request(Pending& p) noexcept {
+  IoRequest& io = *p.io;
+  const uint16_t vid = volume_ids_[p.volume];
+  FrameHeader f;
+  f.request_id = p.id;
+  f.volume_id = vid;
+  f.priority = p.priority;
+  switch (io.op) {
+    case IoOp::read:
+      f.type = FrameType::read;
+      f.offset_bytes = io.offset_bytes;
+      f.length_bytes = uint32_t(io.length_bytes);
+      if (p.no_dedup) f.flags = kFlagNoDedup;
+      return stream_->send_frame(f, {});
+    case IoOp::flush:
+      f.type = FrameType::flush;
+      return stream_->send_frame(f, {});
+    case IoOp::block_status:
+      f.type = FrameType::block_status;
+      f.offset_bytes = io.offset_bytes;
+      f.length_bytes = uint32_t(std::min<uint64_t>(io.length_bytes, kRequestBytesMax));
+      return stream_->send_frame(f, {});
+    case IoOp::write:
+    case IoOp::write_zeroes: {
+      f.type = FrameType::write;
+      const uint32_t chunk = options_.chunk_bytes;
+      while (p.sent_bytes < io.length_bytes) {
+        if (stream_->backlog_bytes() >= WanStream::kBacklogLowBytes) return false;
+        const uint64_t off = io.offset_bytes + p.sent_bytes;
+        const uint64_t boundary = (off / chunk + 1) * chunk;
+        const uint32_t len = uint32_t(std::min(io.offset_bytes + io.length_bytes, boundary) - off);
+        f.offset_bytes = off;
+        f.length_bytes = len;
+        f.flags = 0;
+        f.algo = CompressAlgo::none;
+        std::span<const uint8_t> payload;
+        if (io.op == IoOp::write_zeroes) {
+          f.flags = kFlagZero;
+        } else {
+          const std::span<const uint8_t> data{reinterpret_cast<const uint8_t*>(io.data) + p.sent_bytes, len};
+          Compression comp = options_.compression;
+          if (!(caps_ & capability_for(comp.algo))) comp.algo = CompressAlgo::none;
+          const EncodedChunk enc = encoder_.encode(
+              data, {reinterpret_cast<uint8_t*>(scratch_.data()), scratch_.capacity()}, comp);
+          f.flags = enc.frame_flags();
+          if (enc.kind == ChunkKind::compressed) f.algo = enc.algo;
+          payload = enc.payload;
+        }
+        const bool last = p.sent_bytes + len == io.length_bytes;
+        if (last) f.flags |= kFlagFinal | (io.fua ? kFlagFua : 0);
+        if (!stream_->send_frame(f, payload)) return false;
+        counters_[p.volume].payload_bytes_out += payload.size();
+        p.sent_bytes += len;
+      }
+      return true;
+    }
+    case IoOp::discard:
+      break;
+  }
+  return true;
+}
+
+void WanClient::complete(Pending* p, Errc e) noexcept {
+  pending_.erase(p->id);
+  if (!p->sent) unsent_.remove(p);
+  IoRequest* io = p->io;
+  auto& c = counters_[p->volume];
+  if (e == Errc::ok && io->op == IoOp::read) c.bytes_read += io->length_bytes;
+  if (e == Errc::ok && (io->op == IoOp::write || io->op == IoOp::write_zeroes))
+    c.bytes_written += io->length_bytes;
+  free_pending_.push_back(p);
+  io->complete(e);
+}
+
+void WanClient::fail_all(Errc e, const char* why) noexcept {
+  if (pending_.empty()) return;
+  std::fprintf(stderr, "ferry: wan: failing %zu request(s): %s\n", pending_.size(), why);
+  std::vector<Pending*> all;
+  for (auto& [id, p] : pending_) all.push_back(p);
+  unsent_.clear();
+  for (Pending* p : all) {
+    p->sent = true;  // not in unsent_ any more
+    complete(p, e);
+  }
+}
+
+// ---------------------------------------------------------------- content store (dedup)
+
+void WanClient::remember(std::span<const uint8_t> data) noexcept {
+  if (options_.content_store_bytes_max == 0 || data.size() > kChunkBytesMax) return;
+  const ContentHash h = content_hash(data);
+  if (store_.count(h) != 0) return;
+  while (store_bytes_ + data.size() > options_.content_store_bytes_max && !store_order_.empty()) {
+    auto it = store_.find(store_order_.front());
+    if (it != store_.end()) {
+      store_bytes_ -= it->second.length;
+      store_.erase(it);
+    }
+    store_order_.pop_front();
+  }
+  Stored s;
+  s.data = reactor_.pool().allocate(data.size());
+  if (!s.data) return;  // pool full: simply not remembered (a later ref then misses)
+  std::memcpy(s.data.data(), data.data(), data.size());
+  s.length = uint32_t(data.size());
+  store_bytes_ += data.size();
+  store_order_.push_back(h);
+  store_.emplace(h, std::move(s));
+}
+
+const WanClient::Stored* WanClient::recall(std::span<const uint8_t> hash) const noexcept {
+  ContentHash h;
+  std::memcpy(h.data(), hash.data(), h.size());
+  auto it = store_.find(h);
+  return it == store_.end() ? nullptr : &it->second;
+}
+
+// ---------------------------------------------------------------- frames from the server
+
+bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept {
+  last_rx_ns_ = reactor_.now_ns_fresh();
+  if (!hello_acked_) {
+    if (h.type == FrameType::error) {
+      auto e = parse_error(payload);
+      std::fprintf(stderr, "ferry: wan: datacenter edge refused the link: %.*s\n",
+                   e ? int(e.value().message.size()) : 0, e ? e.value().message.data() : "");
+      stream_->close("HELLO refused");
+      return false;
+    }
+    auto ack = h.type == FrameType::hello_ack ? parse_hello(payload) : Result<Hello>(Errc::protocol_error);
+    if (!ack) {
+      stream_->close("expected HELLO_ACK");
+      return false;
+    }
+    hello_acked_ = true;
+    caps_ = ack.value().capabilities;
+    session_id_ = ack.value().session_id;
+    for (size_t i = 0; i < names_.size(); ++i) {
+      FrameHeader o;
+      o.type = FrameType::open_volume;
+      o.request_id = kControlIdBase | (2 + i);
+      stream_->send_frame(o, {reinterpret_cast<const uint8_t*>(names_[i].data()), names_[i].size()});
+    }
+    return true;
+  }
+  if (h.request_id >= kControlIdBase) {
+    const uint64_t idx = (h.request_id & ~kControlIdBase);
+    if (h.type == FrameType::pong) return true;
+    if (idx < 2 || idx - 2 >= names_.size()) return true;
+    const size_t vol = size_t(idx - 2);
+    if (h.type == FrameType::error) {
+      auto e = parse_error(payload);
+      const std::string msg = e ? std::string(e.value().message) : "error";
+      std::fprintf(stderr, "ferry: wan: cannot open volume '%s': %s\n", names_[vol].c_str(), msg.c_str());
+      if (!ready_reported_) {
+        ready_reported_ = true;
+        on_ready_(Errc::not_found, "volume '" + names_[vol] + "': " + msg);
+      }
+      stopping_ = true;
+      stream_->close("volume refused");
+      return false;
+    }
+    if (h.type != FrameType::volume_info) return true;
+    auto info = parse_volume_info(payload);
+    if (!info) {
+      stream_->close("bad VOLUME_INFO");
+      return false;
+    }
+    Geometry g;
+    g.block_size_bytes = info.value().block_bytes;
+    g.block_count = info.value().size_bytes / g.block_size_bytes;
+    g.read_only = (info.value().flags & kVolumeReadOnly) != 0;
+    g.volatile_cache = true;  // durability needs FLUSH to reach the datacenter edge
+    const Geometry old = devices_[vol]->geometry();
+    if (ready_reported_ && old.size_bytes() != g.size_bytes()) {
+      std::fprintf(stderr, "ferry: wan: volume '%s' changed size on the datacenter edge\n",
+                   names_[vol].c_str());
+    }
+    devices_[vol]->set_geometry(g);
+    volume_ids_[vol] = h.volume_id;
+    if (++volumes_opened_ == names_.size()) {
+      ready_ = true;
+      if (down_since_ns_ != 0 && ready_reported_) {
+        ++reconnects_;
+        std::fprintf(stderr, "ferry: wan: link back after %.1f s; resending %zu request(s)\n",
+                     double(reactor_.now_ns_fresh() - down_since_ns_) / 1e9, unsent_.size());
+      }
+      down_since_ns_ = 0;
+      backoff_ms_ = 100;
+      if (!ready_reported_) {
+        ready_reported_ = true;
+        on_ready_(Errc::ok, "");
+      }
+      pump();
+    }
+    return true;
+  }
+  auto it = pending_.find(h.request_id);
+  if (it == pending_.end()) return true;  // a request we already failed (give-up) or stale
+  Pending* p = it->second;
+  IoRequest& io = *p->io;
+  auto& c = counters_[p->volume];
+  switch (h.type) {
+    case FrameType::read_data: {
+      if (io.op != IoOp::read || h.offset_bytes < io.offset_bytes ||
+          h.offset_bytes + h.length_bytes > io.offset_bytes + io.length_bytes) {
+        stream_->close("READ_DATA outside its request");
+        return false;
+      }
+      std::span<uint8_t> out{reinterpret_cast<uint8_t*>(io.data) + (h.offset_bytes - io.offset_bytes),
+                             h.length_bytes};
+      c.payload_bytes_in += payload.size();
+      if (h.flags & kFlagDedupRef) {
+        const Stored* s = recall(payload);
+        if (s == nullptr || s->length != h.length_bytes) {
+          p->dedup_miss = true;
+        } else {
+          std::memcpy(out.data(), s->data.data(), out.size());
+          c.bytes_dedup += out.size();
+        }
+      } else {
+        if (!decoder_.decode(h, payload, out).ok()) {
+          stream_->close("undecodable READ_DATA");
+          return false;
+        }
+        if (h.flags & kFlagZero) c.bytes_zero += out.size();
+        else remember(out);
+        if (h.flags & kFlagCompressed) c.bytes_compressed += out.size();
+      }
+      p->received_bytes += h.length_bytes;
+      return true;
+    }
+    case FrameType::read_done:
+      if (p->dedup_miss) {  // repeat without references
+        p->dedup_miss = false;
+        p->no_dedup = true;
+        p->sent = false;
+        p->received_bytes = 0;
+        ++c.retries;
+        unsent_.push_back(p);
+        pump();
+        return true;
+      }
+      complete(p, p->received_bytes == io.length_bytes ? Errc::ok : Errc::io_error);
+      return true;
+    case FrameType::write_ack:
+    case FrameType::flush_ack:
+      complete(p, Errc::ok);
+      return true;
+    case FrameType::block_status_reply: {
+      const Extent e = extent_at(payload, 0);
+      io.status_length_bytes = e.length_bytes;
+      io.status_flags = ((e.flags & kExtentHole) ? kStatusHole : 0) | ((e.flags & kExtentZero) ? kStatusZero : 0);
+      complete(p, Errc::ok);
+      return true;
+    }
+    case FrameType::error: {
+      auto e = parse_error(payload);
+      const Errc errc = e ? from_wire_error(e.value().code) : Errc::io_error;
+      std::fprintf(stderr, "ferry: wan: request on volume '%s' failed at the datacenter edge: %.*s\n",
+                   names_[p->volume].c_str(), e ? int(e.value().message.size()) : 0,
+                   e ? e.value().message.data() : "");
+      complete(p, errc);
+      return true;
+    }
+    default:
+      return true;
+  }
+}
+
+std::string WanClient::stats_text() const {
+  std::string out;
+  for (size_t i = 0; i < names_.size(); ++i) {
+    const auto& c = counters_[i];
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "volume %s: read %" PRIu64 " B (zero runs %" PRIu64 " B, from content store %" PRIu64
+                  " B, compressed %" PRIu64 " B) for %" PRIu64 " B of payload; written %" PRIu64
+                  " B as %" PRIu64 " B; %" PRIu64 " retries\n",
+                  names_[i].c_str(), c.bytes_read, c.bytes_zero, c.bytes_dedup, c.bytes_compressed,
+                  c.payload_bytes_in, c.bytes_written, c.payload_bytes_out, c.retries);
+    out += line;
+  }
+  WanStreamCounters t = link_totals_;
+  if (stream_) {
+    t.wire_bytes_in += stream_->counters().wire_bytes_in;
+    t.wire_bytes_out += stream_->counters().wire_bytes_out;
+  }
+  char line[256];
+  std::snprintf(line, sizeof line, "link: %" PRIu64 " B in, %" PRIu64 " B out on the wire (TLS); %" PRIu64
+                                   " reconnect(s)\n",
+                t.wire_bytes_in, t.wire_bytes_out, reconnects_);
+  out += line;
+  return out;
+}
+
+}  // namespace ferry::wan

@@ -1,0 +1,213 @@
+// WanClient: the cloud edge's end of the WAN link — one TLS 1.3 connection to the datacenter
+// edge carrying every volume's requests, completed out of order — and RemoteDevice, the
+// BlockDevice each remote volume is served through. Reads arrive as chunk frames (zero runs,
+// compressed or raw data, or DEDUP_REF to content this edge already holds in its content store);
+// writes go out as chunk frames (zero runs and compression applied). Keepalive PINGs detect a
+// dead link; on loss the client reconnects with back-off, reopens its volumes and resends every
+// request in flight, so an initiator sees a slow I/O, not an error, unless the link stays down
+// longer than give_up_ms (then requests fail with timed_out and are logged).
+// Threading: one reactor; RemoteDevice::submit must be called on it.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "datapath/block_device.h"
+#include "datapath/reactor.h"
+#include "datapath/tls/tls_engine.h"
+#include "datapath/wan/codec.h"
+#include "datapath/wan/frame.h"
+#include "gateway/wan/stream.h"
+
+namespace ferry::wan {
+
+struct WanClientOptions {
+  std::string server_address = "127.0.0.1";  // IPv4 literal
+  uint16_t server_port = 9111;
+  uint32_t give_up_ms = 60000;       // requests fail after the link is down this long
+  uint32_t keepalive_ms = 1000;      // PING interval when idle
+  uint32_t dead_after_ms = 5000;     // nothing heard for this long: reconnect
+  uint32_t connect_timeout_ms = 5000;
+  uint32_t chunk_bytes = 64 * 1024;  // write frames
+  Compression compression{CompressAlgo::zstd, 1};
+  size_t content_store_bytes_max = 256u << 20;  // dedup: content received, by SHA-256
+  uint32_t requests_max = 1024;                 // in flight; beyond: BUSY
+};
+
+struct WanClientVolumeCounters {
+  uint64_t bytes_read = 0;           // data delivered to readers
+  uint64_t bytes_zero = 0;           // of which arrived as zero runs
+  uint64_t bytes_dedup = 0;          // of which came from the content store (DEDUP_REF)
+  uint64_t bytes_compressed = 0;     // of which arrived compressed
+  uint64_t payload_bytes_in = 0;     // data frame payload received
+  uint64_t bytes_written = 0;
+  uint64_t payload_bytes_out = 0;
+  uint64_t retries = 0;              // requests resent after a reconnect or a dedup miss
+};
+
+class RemoteDevice;
+
+class WanClient final : public WanStreamHandler {
+ public:
+  WanClient(Reactor& reactor, WanClientOptions options, const tls::TlsContext& tls,
+            std::vector<std::string> volume_names);
+  ~WanClient();
+  WanClient(const WanClient&) = delete;
+  WanClient& operator=(const WanClient&) = delete;
+
+  // On the reactor thread: connect, HELLO, open every volume. `on_ready` runs once, on the
+  // reactor thread, when all volumes are open (ok) or the first attempt failed (error + text).
+  void start(std::function<void(Errc, const std::string&)> on_ready);
+  // On the reactor thread: fail everything in flight, close the link.
+  void stop();
+  // After on_ready(ok): the device serving volume i (same order as the names).
+  RemoteDevice& device(size_t i) { return *devices_[i]; }
+  size_t volume_count() const noexcept { return devices_.size(); }
+  const WanClientVolumeCounters& counters(size_t i) const noexcept { return counters_[i]; }
+  const WanStreamCounters& link_counters() const noexcept { return link_totals_; }
+  bool connected() const noexcept { return ready_; }
+  uint64_t reconnects() const noexcept { return reconnects_; }
+  std::string stats_text() const;
+
+  void submit(size_t volume, IoRequest& io) noexcept;
+  // Background streaming (full migration): reads the whole volume at the lowest priority, a few
+  // requests at a time, so its content lands in the content store and later demand reads are
+  // answered by reference. Demand reads overtake it on the link. Reactor thread.
+  void stream(size_t volume, uint32_t request_bytes = 1u << 20, uint32_t outstanding = 4);
+  bool streaming_done(size_t volume) const noexcept;
+
+  // WanStreamHandler
+  void on_established() noexcept override;
+  bool on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept override;
+  void on_writable() noexcept override { pump(); }
+  void on_closed(const char* why) noexcept override;
+
+ private:
+  struct Pending {
+    uint64_t id = 0;
+    size_t volume = 0;
+    IoRequest* io = nullptr;
+    Priority priority = Priority::demand_read;
+    bool no_dedup = false;
+    bool dedup_miss = false;
+    bool sent = false;          // fully sent on the current connection
+    uint64_t sent_bytes = 0;    // write: bytes framed so far
+    uint64_t received_bytes = 0;
+  };
+  struct Stored {
+    Buffer data;
+    uint32_t length = 0;
+  };
+  struct HashOfHash {
+    size_t operator()(const ContentHash& h) const noexcept {
+      size_t v;
+      std::memcpy(&v, h.data(), sizeof v);
+      return v;
+    }
+  };
+
+  struct Streamer {
+    WanClient* client = nullptr;
+    size_t volume = 0;
+    uint64_t next_offset = 0;
+    uint32_t request_bytes = 0;
+    uint32_t in_flight = 0;
+    uint64_t started_ns = 0;
+    bool done = false;
+    struct Slot {
+      Streamer* streamer = nullptr;
+      IoRequest io;
+      Buffer buf;
+    };
+    std::vector<std::unique_ptr<Slot>> slots;
+  };
+  void stream_next(Streamer& s, Streamer::Slot& slot) noexcept;
+  static void on_streamed(IoRequest& io) noexcept;
+  void enqueue(size_t volume, IoRequest& io, Priority priority) noexcept;
+
+  void connect() noexcept;
+  void on_connected(int32_t res) noexcept;
+  void schedule_reconnect() noexcept;
+  void pump() noexcept;
+  bool send_request(Pending& p) noexcept;
+  void complete(Pending* p, Errc e) noexcept;
+  void fail_all(Errc e, const char* why) noexcept;
+  void remember(std::span<const uint8_t> data) noexcept;
+  const Stored* recall(std::span<const uint8_t> hash) const noexcept;
+  static void on_tick(void* ctx) noexcept;
+  static void on_reconnect_timer(void* ctx) noexcept;
+
+  Reactor& reactor_;
+  WanClientOptions options_;
+  const tls::TlsContext& tls_;
+  std::vector<std::string> names_;
+  std::vector<std::unique_ptr<RemoteDevice>> devices_;
+  std::vector<WanClientVolumeCounters> counters_;
+  std::vector<uint16_t> volume_ids_;  // on the current connection (0: not open yet)
+  std::function<void(Errc, const std::string&)> on_ready_;
+  bool ready_reported_ = false;
+
+  sockaddr_in addr_{};
+  int connecting_fd_ = -1;
+  CallbackOperation connect_op_;
+  std::unique_ptr<WanStream> stream_;
+  std::vector<std::unique_ptr<WanStream>> old_streams_;
+  WanStreamCounters link_totals_;
+  bool hello_acked_ = false;
+  bool ready_ = false;  // HELLO acked and every volume open
+  uint32_t caps_ = 0;
+  uint64_t session_id_ = 0;  // from HELLO_ACK; offered again on reconnect (the server then
+                             // still knows what our content store holds)
+  size_t volumes_opened_ = 0;
+  bool stopping_ = false;
+  uint64_t down_since_ns_ = 0;  // 0 while connected
+  uint64_t last_rx_ns_ = 0;
+  uint64_t last_ping_ns_ = 0;
+  uint64_t reconnects_ = 0;
+  uint32_t backoff_ms_ = 100;
+  Timer tick_timer_;
+  Timer reconnect_timer_;
+  Timer connect_deadline_;
+
+  uint64_t next_id_ = 1;
+  std::unordered_map<uint64_t, Pending*> pending_;
+  std::list<Pending*> unsent_;  // in arrival order; sent by priority
+  std::vector<Pending*> free_pending_;
+  size_t pending_allocated_ = 0;
+
+  ChunkEncoder encoder_;
+  ChunkDecoder decoder_;
+  Buffer scratch_;  // compression output for writes
+
+  std::vector<std::unique_ptr<Streamer>> streamers_;
+
+  std::unordered_map<ContentHash, Stored, HashOfHash> store_;
+  std::list<ContentHash> store_order_;
+  size_t store_bytes_ = 0;
+};
+
+class RemoteDevice final : public BlockDevice {
+ public:
+  RemoteDevice(WanClient& client, size_t volume, std::string name) noexcept
+      : client_(client), volume_(volume), description_("wan:" + name) {}
+  Geometry geometry() const noexcept override { return geometry_; }
+  void submit(IoRequest& req) noexcept override { client_.submit(volume_, req); }
+  std::string_view describe() const noexcept override { return description_; }
+  void set_geometry(const Geometry& g) noexcept { geometry_ = g; }
+
+ private:
+  WanClient& client_;
+  size_t volume_;
+  std::string description_;
+  Geometry geometry_;
+};
+
+}  // namespace ferry::wan

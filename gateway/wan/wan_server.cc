@@ -1,0 +1,707 @@
+// WanServer and its per-connection ServerSession (see wan_server.h).
+#include "gateway/wan/wan_server.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <list>
+
+#include <openssl/rand.h>
+
+#include "gateway/wan/stream.h"
+
+namespace ferry::wan {
+
+namespace {
+constexpr uint64_t kSweepNs = 100'000'000;
+constexpr size_t kOpenVolumesMax = 1024;
+constexpr size_t kRequestsMax = 4096;
+// Priorities below write-back may hold at most half of the chunk-read slots, so demand reads
+// always find room.
+bool low_priority(Priority p) { return p == Priority::prefetch || p == Priority::background; }
+}  // namespace
+
+// One cloud edge connection.
+class ServerSession final : public WanStreamHandler {
+ public:
+  ServerSession(WanServer& server, Reactor& reactor, uint64_t id)
+      : server_(server), reactor_(reactor), id_(id), stream_(reactor, server.tls_, *this) {}
+  ~ServerSession() { reactor_.cancel(pace_timer_); }
+
+  void start(int fd) {
+    stream_.set_socket_send_bytes(server_.options_.socket_send_bytes);
+    stream_.start(fd, false);
+  }
+  void close(const char* why) { stream_.close(why); }
+  bool idle() const { return stream_.idle() && device_ios_ == 0; }
+
+  void on_established() noexcept override {
+    std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " from cloud edge '%s' (TLS 1.3)\n", id_,
+                 stream_.peer_name().c_str());
+  }
+  bool on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept override;
+  void on_writable() noexcept override { pump(); }
+  void on_closed(const char* why) noexcept override {
+    std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " ('%s') closed: %s\n", id_,
+                 stream_.peer_name().c_str(), why != nullptr ? why : "");
+    for (auto& job : jobs_) {
+      for (ChunkRead* c : job->ready) {
+        --chunk_reads_;
+        delete c;
+      }
+      job->ready.clear();
+    }
+    jobs_.clear();
+    server_.session_closed(this);
+  }
+
+ private:
+  struct ReadJob;
+  struct ChunkRead {
+    ServerSession* session = nullptr;
+    ReadJob* job = nullptr;
+    IoRequest io;
+    Buffer buf;
+    uint64_t offset = 0;
+    uint32_t length = 0;
+    bool done = false;
+  };
+  struct ReadJob {
+    uint64_t request_id = 0;
+    uint16_t volume_id = 0;
+    size_t volume = 0;
+    Priority priority = Priority::demand_read;
+    bool no_dedup = false;
+    uint64_t next_offset = 0, end = 0;
+    uint32_t chunks_in_flight = 0;  // reads issued, not yet sent
+    Errc error = Errc::ok;
+    bool cancelled = false;
+    std::list<ChunkRead*> ready;  // completed chunks waiting to be sent
+  };
+  struct WriteJob {
+    uint32_t pending = 0;
+    bool final_seen = false;
+    bool fua = false;
+    Errc error = Errc::ok;
+    uint16_t volume_id = 0;
+    size_t volume = 0;
+    Priority priority = Priority::write_back;
+  };
+  struct DeviceOp {  // write / flush / block status in flight
+    ServerSession* session = nullptr;
+    IoRequest io;
+    Buffer buf;
+    uint64_t request_id = 0;
+    uint16_t volume_id = 0;
+    size_t volume = 0;
+    uint32_t requested = 0;
+    Priority priority = Priority::write_back;
+  };
+
+  bool volume_of(uint16_t id, size_t& index) const {
+    if (id == 0 || id > volumes_.size()) return false;
+    index = volumes_[id - 1];
+    return true;
+  }
+  void send_error(uint64_t request_id, uint16_t volume_id, WireError code, const std::string& msg,
+                  Priority p = Priority::demand_read) {
+    uint8_t body[kErrorBytesMax];
+    FrameHeader e;
+    e.type = FrameType::error;
+    e.request_id = request_id;
+    e.volume_id = volume_id;
+    e.priority = p;
+    const size_t n = encode_error(body, code, msg);
+    send_control(e, {body, n});
+  }
+  // Control frames are small: they bypass the scheduler (but not the stream's hard bound).
+  void send_control(const FrameHeader& h, std::span<const uint8_t> payload) {
+    if (!stream_.send_frame(h, payload) && !stream_.closed()) stream_.close("send backlog full");
+  }
+  void start_reads();
+  void pump();
+  bool send_chunk(ReadJob& job, ChunkRead* c);
+  void finish_job_if_done(ReadJob& job);
+  static void on_chunk_read(IoRequest& io) noexcept;
+  static void on_device_op(IoRequest& io) noexcept;
+  static void on_pace(void* ctx) noexcept { static_cast<ServerSession*>(ctx)->pump(); }
+  bool take_tokens(size_t bytes, bool may_wait);
+
+  WanServer& server_;
+  Reactor& reactor_;
+  uint64_t id_;
+  WanStream stream_;
+  bool hello_done_ = false;
+  uint32_t caps_ = 0;
+  uint64_t dedup_session_ = 0;
+  std::vector<size_t> volumes_;  // volume_id - 1 → server volume index
+  std::list<std::unique_ptr<ReadJob>> jobs_;
+  std::unordered_map<uint64_t, WriteJob> writes_;
+  uint32_t chunk_reads_ = 0, low_chunk_reads_ = 0;
+  uint32_t device_ios_ = 0;  // chunk reads + device ops in flight (keep the session alive)
+  ChunkEncoder encoder_;
+  ChunkDecoder decoder_;
+  bool codecs_ready_ = false;
+  Buffer compress_buf_;
+  Timer pace_timer_;
+};
+
+bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept {
+  if (!hello_done_) {
+    if (h.type != FrameType::hello) {
+      close("first frame is not HELLO");
+      return false;
+    }
+    auto client = parse_hello(payload);
+    Hello ours;
+    ours.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite;
+    ours.requests_max = kRequestsMax;
+    if (client) dedup_session_ = server_.resume_or_new_session(stream_.peer_name(), client.value().session_id);
+    auto ack = client ? negotiate(client.value(), ours, dedup_session_) : Result<Hello>(Errc::protocol_error);
+    if (!ack) {
+      send_error(0, 0, WireError::unsupported, "no common protocol version");
+      close("HELLO: no common version");
+      return false;
+    }
+    if (!codecs_ready_) {
+      codecs_ready_ = encoder_.init().ok() && decoder_.init().ok();
+      compress_buf_ = reactor_.pool().allocate(kChunkBytesMax);
+      if (!codecs_ready_ || !compress_buf_) {
+        close("out of memory for codecs");
+        return false;
+      }
+    }
+    caps_ = ack.value().capabilities;
+    stream_.set_payload_limit(kFramePayloadBytesMax);
+    uint8_t body[kHelloBytes];
+    encode_hello(body, ack.value());
+    FrameHeader a;
+    a.type = FrameType::hello_ack;
+    send_control(a, {body, sizeof body});
+    hello_done_ = true;
+    return true;
+  }
+  size_t vol = 0;
+  switch (h.type) {
+    case FrameType::open_volume: {
+      auto name = parse_volume_name(payload);
+      const auto& vols = server_.volumes_;
+      size_t i = 0;
+      while (name && i < vols.size() && vols[i].name != name.value()) ++i;
+      if (!name || i == vols.size()) {
+        const std::string n = name ? std::string(name.value()) : std::string("?");
+        std::fprintf(stderr, "ferry: wan: '%s' asked for unknown volume '%s'\n",
+                     stream_.peer_name().c_str(), n.c_str());
+        send_error(h.request_id, 0, WireError::not_found, "unknown volume " + n);
+        return true;
+      }
+      if (volumes_.size() >= kOpenVolumesMax) {
+        send_error(h.request_id, 0, WireError::busy, "too many open volumes");
+        return true;
+      }
+      volumes_.push_back(i);
+      const Geometry g = vols[i].device->geometry();
+      VolumeInfo info;
+      info.size_bytes = g.size_bytes();
+      info.block_bytes = g.block_size_bytes;
+      info.chunk_bytes = server_.options_.chunk_bytes;
+      info.flags = kVolumeAllocationKnown | kVolumeCanFlush | (g.read_only ? kVolumeReadOnly : 0);
+      uint8_t body[kVolumeInfoBytes];
+      encode_volume_info(body, info);
+      FrameHeader r;
+      r.type = FrameType::volume_info;
+      r.request_id = h.request_id;
+      r.volume_id = uint16_t(volumes_.size());
+      send_control(r, {body, sizeof body});
+      return true;
+    }
+    case FrameType::ping: {
+      FrameHeader r;
+      r.type = FrameType::pong;
+      r.request_id = h.request_id;
+      send_control(r, {});
+      return true;
+    }
+    case FrameType::read: {
+      if (!volume_of(h.volume_id, vol)) {
+        send_error(h.request_id, h.volume_id, WireError::not_found, "volume not open", h.priority);
+        return true;
+      }
+      const Geometry g = server_.volumes_[vol].device->geometry();
+      if (h.offset_bytes + h.length_bytes > g.size_bytes()) {
+        send_error(h.request_id, h.volume_id, WireError::out_of_range, "read beyond the end", h.priority);
+        return true;
+      }
+      if (jobs_.size() >= kRequestsMax) {
+        send_error(h.request_id, h.volume_id, WireError::busy, "too many requests", h.priority);
+        return true;
+      }
+      auto job = std::make_unique<ReadJob>();
+      job->request_id = h.request_id;
+      job->volume_id = h.volume_id;
+      job->volume = vol;
+      job->priority = h.priority;
+      job->no_dedup = (h.flags & kFlagNoDedup) != 0 || !(caps_ & kCapDedupSha256);
+      job->next_offset = h.offset_bytes;
+      job->end = h.offset_bytes + h.length_bytes;
+      server_.counters_[vol].bytes_requested += h.length_bytes;
+      jobs_.push_back(std::move(job));
+      pump();
+      return true;
+    }
+    case FrameType::write: {
+      if (!volume_of(h.volume_id, vol)) {
+        send_error(h.request_id, h.volume_id, WireError::not_found, "volume not open", h.priority);
+        return true;
+      }
+      auto& dev = *server_.volumes_[vol].device;
+      WriteJob& w = writes_[h.request_id];
+      w.volume_id = h.volume_id;
+      w.volume = vol;
+      w.priority = h.priority;
+      w.fua |= (h.flags & kFlagFua) != 0;
+      if (h.flags & kFlagFinal) w.final_seen = true;
+      const Geometry g = dev.geometry();
+      if (g.read_only) w.error = Errc::write_protected;
+      else if (h.offset_bytes + h.length_bytes > g.size_bytes()) w.error = Errc::out_of_range;
+      else if (h.flags & kFlagDedupRef) w.error = Errc::invalid_argument;  // we keep no content
+      if (w.error == Errc::ok) {
+        auto* op = new (std::nothrow) DeviceOp();
+        if (op == nullptr) {
+          w.error = Errc::no_memory;
+        } else {
+          op->session = this;
+          op->request_id = h.request_id;
+          op->volume_id = h.volume_id;
+          op->volume = vol;
+          op->io.owner = op;
+          op->io.on_complete = &ServerSession::on_device_op;
+          op->io.offset_bytes = h.offset_bytes;
+          op->io.length_bytes = h.length_bytes;
+          op->io.fua = w.fua;
+          if (h.flags & kFlagZero) {
+            op->io.op = IoOp::write_zeroes;
+          } else {
+            op->io.op = IoOp::write;
+            op->buf = reactor_.pool().allocate(h.length_bytes);
+            const bool decoded =
+                op->buf &&
+                decoder_.decode(h, payload, {reinterpret_cast<uint8_t*>(op->buf.data()), h.length_bytes}).ok();
+            if (!decoded) {
+              w.error = op->buf ? Errc::protocol_error : Errc::no_memory;
+              delete op;
+              op = nullptr;
+            } else {
+              op->io.data = op->buf.data();
+            }
+          }
+          if (op != nullptr) {
+            ++w.pending;
+            ++device_ios_;
+            server_.counters_[vol].bytes_written += h.length_bytes;
+            dev.submit(op->io);
+            return !stream_.closed();
+          }
+        }
+      }
+      if (w.final_seen && w.pending == 0) {
+        const WriteJob done = w;
+        writes_.erase(h.request_id);
+        if (done.error != Errc::ok) {
+          send_error(h.request_id, done.volume_id, to_wire_error(done.error), "write failed", done.priority);
+        } else {
+          FrameHeader a;
+          a.type = FrameType::write_ack;
+          a.request_id = h.request_id;
+          a.volume_id = done.volume_id;
+          a.priority = done.priority;
+          send_control(a, {});
+        }
+      }
+      return true;
+    }
+    case FrameType::flush:
+    case FrameType::block_status: {
+      if (!volume_of(h.volume_id, vol)) {
+        send_error(h.request_id, h.volume_id, WireError::not_found, "volume not open", h.priority);
+        return true;
+      }
+      auto* op = new (std::nothrow) DeviceOp();
+      if (op == nullptr) {
+        send_error(h.request_id, h.volume_id, WireError::busy, "out of memory", h.priority);
+        return true;
+      }
+      op->session = this;
+      op->request_id = h.request_id;
+      op->volume_id = h.volume_id;
+      op->volume = vol;
+      op->priority = h.priority;
+      op->requested = h.length_bytes;
+      op->io.owner = op;
+      op->io.on_complete = &ServerSession::on_device_op;
+      op->io.op = h.type == FrameType::flush ? IoOp::flush : IoOp::block_status;
+      op->io.offset_bytes = h.offset_bytes;
+      op->io.length_bytes = h.length_bytes;
+      ++device_ios_;
+      server_.volumes_[vol].device->submit(op->io);
+      return !stream_.closed();
+    }
+    default:
+      send_error(h.request_id, h.volume_id, WireError::unsupported,
+                 std::string("unexpected frame ") + to_string(h.type));
+      return true;
+  }
+}
+
+void ServerSession::on_device_op(IoRequest& io) noexcept {
+  auto* op = static_cast<DeviceOp*>(io.owner);
+  ServerSession* s = op->session;
+  --s->device_ios_;
+  if (s->stream_.closed()) {
+    delete op;
+    return;
+  }
+  if (io.op == IoOp::write || io.op == IoOp::write_zeroes) {
+    auto it = s->writes_.find(op->request_id);
+    if (it != s->writes_.end()) {
+      WriteJob& w = it->second;
+      --w.pending;
+      if (io.result != Errc::ok && w.error == Errc::ok) w.error = io.result;
+      if (w.final_seen && w.pending == 0) {
+        const WriteJob done = w;
+        s->writes_.erase(it);
+        if (done.error != Errc::ok) {
+          s->send_error(op->request_id, done.volume_id, to_wire_error(done.error), "write failed",
+                        done.priority);
+        } else {
+          FrameHeader a;
+          a.type = FrameType::write_ack;
+          a.request_id = op->request_id;
+          a.volume_id = done.volume_id;
+          a.priority = done.priority;
+          s->send_control(a, {});
+        }
+      }
+    }
+  } else if (io.result != Errc::ok) {
+    s->send_error(op->request_id, op->volume_id, to_wire_error(io.result),
+                  io.op == IoOp::flush ? "flush failed" : "block status failed", op->priority);
+  } else if (io.op == IoOp::flush) {
+    FrameHeader a;
+    a.type = FrameType::flush_ack;
+    a.request_id = op->request_id;
+    a.volume_id = op->volume_id;
+    a.priority = op->priority;
+    s->send_control(a, {});
+  } else {  // block status: one extent
+    const uint32_t len = uint32_t(std::min<uint64_t>(
+        std::max<uint64_t>(io.status_length_bytes, 1), op->requested));
+    uint8_t body[kExtentBytes];
+    Extent e;
+    e.length_bytes = len;
+    e.flags = ((io.status_flags & kStatusHole) ? kExtentHole : 0) |
+              ((io.status_flags & kStatusZero) ? kExtentZero : 0);
+    encode_extent(body, e);
+    FrameHeader r;
+    r.type = FrameType::block_status_reply;
+    r.request_id = op->request_id;
+    r.volume_id = op->volume_id;
+    r.priority = op->priority;
+    r.offset_bytes = io.offset_bytes;
+    r.length_bytes = len;
+    s->send_control(r, {body, sizeof body});
+  }
+  delete op;
+}
+
+// Issues device reads for jobs in priority order, within the slot budgets.
+void ServerSession::start_reads() {
+  const uint32_t total_max = server_.options_.chunk_reads_max;
+  const uint32_t low_max = std::max<uint32_t>(1, total_max / 2);
+  const uint32_t chunk = server_.options_.chunk_bytes;
+  for (uint8_t p = 0; p < kPriorityCount; ++p) {
+    for (auto& job : jobs_) {
+      if (uint8_t(job->priority) != p || job->error != Errc::ok) continue;
+      while (job->next_offset < job->end && chunk_reads_ < total_max &&
+             (!low_priority(job->priority) || low_chunk_reads_ < low_max)) {
+        // Chunks are aligned to absolute chunk boundaries so equal content hashes alike.
+        const uint64_t boundary = (job->next_offset / chunk + 1) * chunk;
+        const uint32_t len = uint32_t(std::min(job->end, boundary) - job->next_offset);
+        auto* c = new (std::nothrow) ChunkRead();
+        if (c == nullptr) return;
+        c->buf = reactor_.pool().allocate(len);
+        if (!c->buf) {
+          delete c;
+          return;  // pool exhausted: retried on the next pump
+        }
+        c->session = this;
+        c->job = job.get();
+        c->offset = job->next_offset;
+        c->length = len;
+        c->io.op = IoOp::read;
+        c->io.offset_bytes = c->offset;
+        c->io.length_bytes = len;
+        c->io.data = c->buf.data();
+        c->io.owner = c;
+        c->io.on_complete = &ServerSession::on_chunk_read;
+        job->next_offset += len;
+        ++job->chunks_in_flight;
+        ++chunk_reads_;
+        if (low_priority(job->priority)) ++low_chunk_reads_;
+        ++device_ios_;
+        server_.volumes_[job->volume].device->submit(c->io);
+        if (stream_.closed()) return;
+      }
+    }
+  }
+}
+
+void ServerSession::on_chunk_read(IoRequest& io) noexcept {
+  auto* c = static_cast<ChunkRead*>(io.owner);
+  ServerSession* s = c->session;
+  --s->device_ios_;
+  c->done = true;
+  if (s->stream_.closed() || c->job == nullptr) {
+    --s->chunk_reads_;
+    delete c;
+    return;
+  }
+  if (io.result != Errc::ok && c->job->error == Errc::ok) c->job->error = io.result;
+  c->job->ready.push_back(c);
+  s->reactor_.defer([s] {
+    if (!s->stream_.closed()) s->pump();
+  });
+}
+
+// The cap paces prefetch and background streaming; demand reads and write-back are never held
+// by it (they still use up tokens), so a cap a little under the link rate keeps the WAN's
+// queues empty for urgent frames without slowing them.
+bool ServerSession::take_tokens(size_t bytes, bool may_wait) {
+  const uint64_t rate = server_.rate_limit_.load(std::memory_order_relaxed);
+  if (rate == 0) return true;
+  auto& b = server_.bucket_;
+  const uint64_t now = Reactor::now_ns_fresh();
+  if (b.last_ns == 0) b.last_ns = now;
+  // Burst allowance: 10 ms of the rate or one chunk, whichever is larger.
+  const double burst = std::max<double>(double(rate) / 100, double(server_.options_.chunk_bytes) + 1024);
+  b.tokens = std::min(burst, b.tokens + double(now - b.last_ns) * double(rate) / 1e9);
+  b.last_ns = now;
+  if (b.tokens >= double(bytes) || !may_wait) {
+    b.tokens = std::max(-burst, b.tokens - double(bytes));
+    return true;
+  }
+  const uint64_t wait_ns = uint64_t((double(bytes) - b.tokens) * 1e9 / double(rate)) + 1000;
+  if (!pace_timer_.armed()) reactor_.arm(pace_timer_, wait_ns, &ServerSession::on_pace, this);
+  return false;
+}
+
+// Sends one chunk; false when it must wait (backlog or rate), leaving it queued.
+bool ServerSession::send_chunk(ReadJob& job, ChunkRead* c) {
+  if (stream_.backlog_bytes() >= WanStream::kBacklogLowBytes) return false;
+  auto& counters = server_.counters_[job.volume];
+  std::span<const uint8_t> data{reinterpret_cast<const uint8_t*>(c->buf.data()), c->length};
+  FrameHeader f;
+  f.type = FrameType::read_data;
+  f.request_id = job.request_id;
+  f.volume_id = job.volume_id;
+  f.priority = job.priority;
+  f.offset_bytes = c->offset;
+  f.length_bytes = c->length;
+  EncodedChunk enc;
+  ContentHash hash{};
+  bool dedup = false;
+  if (is_zero(data)) {
+    enc.kind = ChunkKind::zero;
+  } else {
+    if (!job.no_dedup) {
+      hash = content_hash(data);
+      WanServer::DedupSet* set = server_.dedup_for(stream_.peer_name(), dedup_session_);
+      dedup = set != nullptr && set->hashes.count(hash) != 0;
+    }
+    if (!dedup) {
+      Compression comp = server_.options_.compression;
+      if (!(caps_ & capability_for(comp.algo))) comp.algo = CompressAlgo::none;
+      enc = encoder_.encode(data, {reinterpret_cast<uint8_t*>(compress_buf_.data()),
+                                   compress_buf_.capacity()}, comp);
+    }
+  }
+  std::span<const uint8_t> payload;
+  if (dedup) {
+    f.flags = kFlagDedupRef;
+    payload = {hash.data(), hash.size()};
+  } else {
+    f.flags = enc.frame_flags();
+    if (enc.kind == ChunkKind::compressed) f.algo = enc.algo;
+    payload = enc.payload;
+  }
+  if (!take_tokens(kFrameHeaderBytes + payload.size(), low_priority(job.priority))) return false;
+  if (!stream_.send_frame(f, payload)) return false;
+  ++counters.frames_sent;
+  counters.payload_bytes_sent += payload.size();
+  if (dedup) {
+    counters.bytes_dedup += c->length;
+  } else if (enc.kind == ChunkKind::zero) {
+    counters.bytes_zero += c->length;
+  } else if (enc.kind == ChunkKind::compressed) {
+    counters.bytes_compressed_in += c->length;
+    counters.bytes_compressed_out += payload.size();
+  } else {
+    counters.bytes_raw += c->length;
+  }
+  if (!dedup && enc.kind != ChunkKind::zero && !job.no_dedup) {
+    WanServer::DedupSet* setp = server_.dedup_for(stream_.peer_name(), dedup_session_);
+    if (setp != nullptr && setp->hashes.insert(hash).second) {
+      auto& set = *setp;
+      const size_t max = server_.options_.dedup_entries_max;
+      if (set.order.size() < max) {
+        set.order.push_back(hash);
+      } else {
+        set.hashes.erase(set.order[set.next_evict]);
+        set.order[set.next_evict] = hash;
+        set.next_evict = (set.next_evict + 1) % max;
+      }
+    }
+  }
+  return true;
+}
+
+void ServerSession::finish_job_if_done(ReadJob& job) {
+  if (job.chunks_in_flight != 0) return;
+  if (job.error == Errc::ok && job.next_offset < job.end) return;
+  if (job.error != Errc::ok) {
+    send_error(job.request_id, job.volume_id, to_wire_error(job.error), "read failed", job.priority);
+  } else {
+    FrameHeader d;
+    d.type = FrameType::read_done;
+    d.request_id = job.request_id;
+    d.volume_id = job.volume_id;
+    d.priority = job.priority;
+    send_control(d, {});
+  }
+  job.cancelled = true;
+}
+
+void ServerSession::pump() {
+  if (stream_.closed()) return;
+  start_reads();
+  if (stream_.closed()) return;
+  for (uint8_t p = 0; p < kPriorityCount; ++p) {
+    for (auto& job : jobs_) {
+      if (uint8_t(job->priority) != p) continue;
+      while (!job->ready.empty()) {
+        ChunkRead* c = job->ready.front();
+        if (job->error == Errc::ok && !send_chunk(*job, c)) return;  // wait: backlog or rate
+        if (stream_.closed()) return;
+        job->ready.pop_front();
+        --job->chunks_in_flight;
+        --chunk_reads_;
+        if (low_priority(job->priority)) --low_chunk_reads_;
+        delete c;
+      }
+      finish_job_if_done(*job);
+      if (stream_.closed()) return;
+    }
+  }
+  jobs_.remove_if([](const std::unique_ptr<ReadJob>& j) { return j->cancelled; });
+  start_reads();  // slots freed above
+}
+
+// ---------------------------------------------------------------- WanServer
+
+WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
+                     std::vector<WanVolume> volumes)
+    : options_(std::move(options)),
+      tls_(tls),
+      volumes_(std::move(volumes)),
+      counters_(volumes_.size()),
+      rate_limit_(options_.rate_limit_bytes_per_s) {}
+
+WanServer::~WanServer() = default;
+
+Result<void> WanServer::start(Reactor& reactor, std::string& error) noexcept {
+  reactor_ = &reactor;
+  auto fd = listen_tcp(options_.listen_address, options_.port, error);
+  if (!fd.ok()) return fd.error();
+  bound_port_ = local_port(fd.value());
+  acceptor_ = std::make_unique<Acceptor>(
+      reactor, fd.value(),
+      [](void* ctx, int conn) noexcept { static_cast<WanServer*>(ctx)->accepted(conn); }, this,
+      "wan");
+  acceptor_->start();
+  reactor.arm(sweep_timer_, kSweepNs, &WanServer::on_sweep, this);
+  return {};
+}
+
+uint64_t WanServer::resume_or_new_session(const std::string& client, uint64_t wanted) noexcept {
+  if (wanted != 0 && dedup_.count(client + "/" + std::to_string(wanted)) != 0) return wanted;
+  uint64_t id = 0;
+  while (id == 0) RAND_bytes(reinterpret_cast<unsigned char*>(&id), sizeof id);
+  const std::string key = client + "/" + std::to_string(id);
+  dedup_[key];
+  dedup_order_.push_back(key);
+  if (dedup_order_.size() > kDedupSessionsMax) {
+    dedup_.erase(dedup_order_.front());
+    dedup_order_.erase(dedup_order_.begin());
+  }
+  return id;
+}
+
+WanServer::DedupSet* WanServer::dedup_for(const std::string& client, uint64_t session) noexcept {
+  auto it = dedup_.find(client + "/" + std::to_string(session));
+  return it == dedup_.end() ? nullptr : &it->second;
+}
+
+void WanServer::accepted(int fd) noexcept {
+  if (stopping_ || sessions_.size() >= options_.connections_max) {
+    std::fprintf(stderr, "ferry: wan: connection refused (%s)\n",
+                 stopping_ ? "stopping" : "connection limit");
+    ::close(fd);
+    return;
+  }
+  sessions_.push_back(std::make_unique<ServerSession>(*this, *reactor_, next_session_id_++));
+  sessions_.back()->start(fd);
+}
+
+void WanServer::session_closed(ServerSession* s) noexcept {
+  for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
+    if (it->get() == s) {
+      closing_.push_back(std::move(*it));
+      sessions_.erase(it);
+      return;
+    }
+  }
+}
+
+void WanServer::on_sweep(void* ctx) noexcept {
+  auto* self = static_cast<WanServer*>(ctx);
+  self->closing_.erase(std::remove_if(self->closing_.begin(), self->closing_.end(),
+                                      [](const std::unique_ptr<ServerSession>& s) { return s->idle(); }),
+                       self->closing_.end());
+  if (!self->stopping_ || !self->closing_.empty() || !self->sessions_.empty())
+    self->reactor_->arm(self->sweep_timer_, kSweepNs, &WanServer::on_sweep, self);
+}
+
+void WanServer::stop() noexcept {
+  stopping_ = true;
+  if (acceptor_) acceptor_->stop();
+  for (auto& s : sessions_) s->close("datacenter edge shutting down");
+}
+
+std::string WanServer::stats_text() const {
+  std::string out;
+  for (size_t i = 0; i < volumes_.size(); ++i) {
+    const auto& c = counters_[i];
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "volume %s: requested %" PRIu64 " B; sent %" PRIu64 " B of payload in %" PRIu64
+                  " frames (zero %" PRIu64 " B, dedup %" PRIu64 " B, compressed %" PRIu64 " -> %" PRIu64
+                  " B, raw %" PRIu64 " B); written %" PRIu64 " B\n",
+                  volumes_[i].name.c_str(), c.bytes_requested, c.payload_bytes_sent, c.frames_sent,
+                  c.bytes_zero, c.bytes_dedup, c.bytes_compressed_in, c.bytes_compressed_out,
+                  c.bytes_raw, c.bytes_written);
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace ferry::wan

@@ -1,0 +1,131 @@
+// WanServer: the datacenter edge's end of the WAN link. Accepts TLS 1.3 connections (mutual
+// certificates) from cloud edges and serves their volume requests from local block devices
+// (in production NbdClientDevice over the VMDK's NBD server): READ as chunked READ_DATA frames —
+// zero runs as ZERO, content the client already holds as DEDUP_REF (SHA-256, remembered per
+// client identity across volumes and reconnects), the rest compressed when that pays — then
+// WRITE, FLUSH, BLOCK_STATUS, PING. Sends in priority order (demand read > write-back >
+// prefetch > background), one chunk frame at a time, under an optional bandwidth cap, so an
+// urgent read waits behind at most the stream's small backlog.
+// Threading: one reactor (the one passed to start); everything runs on it.
+#pragma once
+
+#include <atomic>
+#include <cstring>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "datapath/acceptor.h"
+#include "datapath/block_device.h"
+#include "datapath/reactor.h"
+#include "datapath/tls/tls_engine.h"
+#include "datapath/wan/codec.h"
+#include "datapath/wan/frame.h"
+
+namespace ferry::wan {
+
+struct WanVolume {
+  std::string name;
+  BlockDevice* device = nullptr;  // not owned
+};
+
+struct WanServerOptions {
+  std::string listen_address = "127.0.0.1";
+  uint16_t port = 9111;  // 0: ephemeral (bound_port())
+  uint32_t chunk_bytes = 64 * 1024;
+  Compression compression{CompressAlgo::zstd, 1};
+  uint64_t rate_limit_bytes_per_s = 0;  // 0: unlimited; change with set_rate_limit
+  uint32_t chunk_reads_max = 32;        // device reads in flight per connection
+  size_t dedup_entries_max = 1u << 20;  // content hashes remembered per client
+  uint32_t connections_max = 64;
+  uint32_t socket_send_bytes = 0;       // SO_SNDBUF of WAN sockets (0: kernel autotuning)
+};
+
+// Per-volume counters (what crossed the WAN for it, from this server's side).
+struct WanVolumeCounters {
+  uint64_t bytes_requested = 0;   // READ lengths asked for
+  uint64_t bytes_zero = 0;        // sent as ZERO runs (no payload)
+  uint64_t bytes_dedup = 0;       // sent as DEDUP_REF (32-byte payload)
+  uint64_t bytes_raw = 0;         // sent as they are
+  uint64_t bytes_compressed_in = 0, bytes_compressed_out = 0;
+  uint64_t payload_bytes_sent = 0;  // data frame payloads on the wire (before TLS)
+  uint64_t frames_sent = 0;
+  uint64_t bytes_written = 0;
+};
+
+class WanServer {
+ public:
+  WanServer(WanServerOptions options, const tls::TlsContext& tls, std::vector<WanVolume> volumes);
+  ~WanServer();
+  WanServer(const WanServer&) = delete;
+  WanServer& operator=(const WanServer&) = delete;
+
+  // On the reactor thread: listen and accept.
+  Result<void> start(Reactor& reactor, std::string& error) noexcept;
+  // On the reactor thread: stop accepting, close every connection.
+  void stop() noexcept;
+  uint16_t bound_port() const noexcept { return bound_port_; }
+  // Thread safe: takes effect on the next frame.
+  void set_rate_limit(uint64_t bytes_per_s) noexcept { rate_limit_.store(bytes_per_s); }
+  uint64_t rate_limit() const noexcept { return rate_limit_.load(); }
+  size_t connection_count() const noexcept { return sessions_.size(); }
+  // Counters by volume index (reactor thread, or after stop).
+  const WanVolumeCounters& counters(size_t volume_index) const noexcept { return counters_[volume_index]; }
+  const std::vector<WanVolume>& volumes() const noexcept { return volumes_; }
+  std::string stats_text() const;
+
+ private:
+  friend class ServerSession;
+  struct HashOfHash {
+    size_t operator()(const ContentHash& h) const noexcept {
+      size_t v;
+      static_assert(sizeof v <= kContentHashBytes);
+      std::memcpy(&v, h.data(), sizeof v);  // SHA-256 bytes are already uniform
+      return v;
+    }
+  };
+  // Content this client has received in full (it may have evicted some: it then answers
+  // dedup_miss and the read is repeated without dedup).
+  struct DedupSet {
+    std::unordered_set<ContentHash, HashOfHash> hashes;
+    std::vector<ContentHash> order;  // ring in insertion order, for the bound
+    size_t next_evict = 0;
+  };
+  void accepted(int fd) noexcept;
+  void session_closed(class ServerSession* s) noexcept;
+  static void on_sweep(void* ctx) noexcept;
+  // The dedup set of a client session: what this cloud edge process has received. A client
+  // that resumes (HELLO with its previous session id, same certificate name) keeps its set; a
+  // new session starts empty. At most kDedupSessionsMax sets are kept (oldest dropped).
+  static constexpr size_t kDedupSessionsMax = 64;
+  uint64_t resume_or_new_session(const std::string& client, uint64_t wanted) noexcept;
+  DedupSet* dedup_for(const std::string& client, uint64_t session) noexcept;
+
+  WanServerOptions options_;
+  const tls::TlsContext& tls_;
+  std::vector<WanVolume> volumes_;
+  std::vector<WanVolumeCounters> counters_;
+  std::atomic<uint64_t> rate_limit_;
+  Reactor* reactor_ = nullptr;
+  std::unique_ptr<Acceptor> acceptor_;
+  uint16_t bound_port_ = 0;
+  std::vector<std::unique_ptr<ServerSession>> sessions_;
+  std::vector<std::unique_ptr<ServerSession>> closing_;
+  std::unordered_map<std::string, DedupSet> dedup_;  // key: client name + "/" + session id
+  std::vector<std::string> dedup_order_;
+  uint64_t next_session_id_ = 1;
+  Timer sweep_timer_;
+  bool stopping_ = false;
+
+ public:
+  // Rate limiter shared by all connections (token bucket, bytes).
+  struct Bucket {
+    double tokens = 0;
+    uint64_t last_ns = 0;
+  } bucket_;
+};
+
+}  // namespace ferry::wan

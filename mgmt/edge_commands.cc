@@ -1,0 +1,410 @@
+// `ferry dc-edge` / `ferry cloud-edge` (see edge_commands.h).
+#include "mgmt/edge_commands.h"
+
+#include <CLI/CLI.hpp>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "datapath/reactor.h"
+#include "datapath/tls/tls_engine.h"
+#include "gateway/iscsi/server.h"
+#include "gateway/nbd/client_device.h"
+#include "gateway/nbd/server.h"
+#include "gateway/scsi/logical_unit.h"
+#include "gateway/wan/wan_client.h"
+#include "gateway/wan/wan_server.h"
+
+namespace ferry::mgmt {
+
+namespace {
+
+bool split_host_port(const std::string& text, std::string& host, uint16_t& port) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos) return false;
+  host = text.substr(0, colon);
+  try {
+    int p = std::stoi(text.substr(colon + 1));
+    if (p < 0 || p > 65535) return false;
+    port = uint16_t(p);
+  } catch (...) {
+    return false;
+  }
+  return !host.empty();
+}
+
+bool parse_compression(const std::string& text, wan::Compression& c) {
+  const auto colon = text.find(':');
+  const std::string algo = text.substr(0, colon);
+  int level = 1;
+  if (colon != std::string::npos) {
+    try {
+      level = std::stoi(text.substr(colon + 1));
+    } catch (...) {
+      return false;
+    }
+  }
+  if (algo == "none") c = {wan::CompressAlgo::none, 0};
+  else if (algo == "lz4") c = {wan::CompressAlgo::lz4, level};
+  else if (algo == "zstd") c = {wan::CompressAlgo::zstd, level};
+  else if (algo == "igzip") c = {wan::CompressAlgo::igzip, level};
+  else return false;
+  return true;
+}
+
+struct TlsFlags {
+  std::string cert, key, ca, peer_name;
+};
+
+void add_tls_flags(CLI::App& app, TlsFlags& t, bool client) {
+  app.add_option("--tls-cert", t.cert, "PEM certificate of this edge")->required();
+  app.add_option("--tls-key", t.key, "PEM private key of this edge")->required();
+  app.add_option("--tls-ca", t.ca, "PEM CA the other edge's certificate must come from")->required();
+  if (client)
+    app.add_option("--dc-name", t.peer_name,
+                   "name the datacenter edge's certificate must carry (default: any from the CA)");
+}
+
+std::unique_ptr<tls::TlsContext> make_tls(const TlsFlags& t, bool server) {
+  tls::TlsConfig c;
+  c.cert_path = t.cert;
+  c.key_path = t.key;
+  c.ca_path = t.ca;
+  c.server = server;
+  c.expected_peer_name = t.peer_name;
+  std::string error;
+  auto ctx = tls::TlsContext::create(c, error);
+  if (!ctx) std::fprintf(stderr, "ferry: TLS: %s\n", error.c_str());
+  return ctx;
+}
+
+int64_t now_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// Blocks SIGINT/SIGTERM/SIGPIPE/SIGUSR1 for every thread; returns the set for wait_for_stop.
+sigset_t block_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGPIPE);
+  sigaddset(&set, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+// Waits for SIGINT/SIGTERM or the duration; SIGUSR1 calls on_usr1.
+template <typename F>
+void wait_for_stop(sigset_t set, double duration_s, F on_usr1) {
+  const int64_t deadline = duration_s > 0 ? now_ns() + int64_t(duration_s * 1e9) : 0;
+  for (;;) {
+    int sig;
+    if (deadline != 0) {
+      const int64_t left = deadline - now_ns();
+      if (left <= 0) return;
+      timespec ts{time_t(left / 1000000000), long(left % 1000000000)};
+      sig = sigtimedwait(&set, nullptr, &ts);
+      if (sig < 0) continue;
+    } else if (sigwait(&set, &sig) != 0) {
+      return;
+    }
+    if (sig == SIGINT || sig == SIGTERM) return;
+    if (sig == SIGUSR1) on_usr1();
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- dc-edge
+
+int run_dc_edge_command(int argc, char** argv) {
+  CLI::App app{"Datacenter edge: serve NBD volumes to cloud edges over the WAN link",
+               "ferry dc-edge"};
+  std::string listen = "127.0.0.1:9111";
+  std::vector<std::string> volume_specs;
+  TlsFlags tls_flags;
+  std::string compression = "zstd:1";
+  double rate_mbit = 0;
+  std::string rate_file;
+  unsigned nbd_connections = 4;
+  uint32_t sndbuf_kib = 0;
+  double duration_s = 0;
+  app.add_option("--listen", listen, "ADDRESS:PORT of the WAN link (port 0: any)")->capture_default_str();
+  app.add_option("--volume", volume_specs,
+                 "NAME=URI: a volume and the NBD server holding it (nbd://, nbds://, nbd+unix://)")
+      ->required();
+  add_tls_flags(app, tls_flags, false);
+  app.add_option("--compression", compression, "none | lz4[:L] | zstd[:L] | igzip[:L]")
+      ->capture_default_str();
+  app.add_option("--rate-limit-mbit", rate_mbit, "cap on data sent (Mbit/s, 0 = none)");
+  app.add_option("--rate-limit-file", rate_file,
+                 "file holding a new cap in Mbit/s, re-read on SIGUSR1 (runtime change)");
+  app.add_option("--wan-sndbuf-kib", sndbuf_kib,
+                 "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps the link full without queueing background data ahead of demand reads");
+  app.add_option("--nbd-connections", nbd_connections, "NBD connections per volume when multi-conn")
+      ->capture_default_str();
+  app.add_option("--duration", duration_s, "stop after this many seconds");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  wan::WanServerOptions options;
+  if (!split_host_port(listen, options.listen_address, options.port)) {
+    std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT\n");
+    return 2;
+  }
+  if (!parse_compression(compression, options.compression)) {
+    std::fprintf(stderr, "ferry: --compression: unknown '%s'\n", compression.c_str());
+    return 2;
+  }
+  options.rate_limit_bytes_per_s = uint64_t(rate_mbit * 1e6 / 8);
+  options.socket_send_bytes = sndbuf_kib * 1024;
+  auto tls = make_tls(tls_flags, true);
+  if (!tls) return 2;
+
+  std::vector<std::unique_ptr<nbd::NbdClientDevice>> devices;
+  std::vector<wan::WanVolume> volumes;
+  for (const auto& spec : volume_specs) {
+    const auto eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+      std::fprintf(stderr, "ferry: --volume wants NAME=URI, got '%s'\n", spec.c_str());
+      return 2;
+    }
+    const std::string name = spec.substr(0, eq), uri = spec.substr(eq + 1);
+    nbd::NbdClientOptions nopt;
+    nopt.connections = nbd_connections;
+    nopt.skip_unallocated_reads = true;  // only in-use blocks are read (and cross the WAN)
+    auto dev = nbd::NbdClientDevice::open(uri, nopt);
+    if (!dev.ok()) {
+      std::fprintf(stderr, "ferry: volume %s: cannot open %s: %s\n", name.c_str(), uri.c_str(),
+                   to_string(dev.error()));
+      return 1;
+    }
+    std::fprintf(stderr, "ferry: volume %s: %s (%llu bytes)\n", name.c_str(), uri.c_str(),
+                 static_cast<unsigned long long>(dev.value()->geometry().size_bytes()));
+    volumes.push_back({name, dev.value().get()});
+    devices.push_back(std::move(dev.value()));
+  }
+
+  sigset_t set = block_signals();
+  Reactor reactor(0, 2ull << 30);
+  wan::WanServer server(options, *tls, volumes);
+  std::promise<std::string> started;
+  std::thread worker([&] {
+    std::string error;
+    if (!reactor.init(1024).ok()) error = "io_uring init failed";
+    else if (!server.start(reactor, error).ok() && error.empty()) error = "cannot listen";
+    started.set_value(error);
+    if (error.empty()) reactor.run();
+  });
+  const std::string error = started.get_future().get();
+  if (!error.empty()) {
+    std::fprintf(stderr, "ferry: dc-edge: %s\n", error.c_str());
+    worker.join();
+    return 1;
+  }
+  std::fprintf(stderr, "ferry: dc-edge listening on %s:%u (%zu volume(s))\n",
+               options.listen_address.c_str(), server.bound_port(), volumes.size());
+  wait_for_stop(set, duration_s, [&] {
+    std::ifstream in(rate_file);
+    double mbit = -1;
+    if (!rate_file.empty() && (in >> mbit) && mbit >= 0) {
+      server.set_rate_limit(uint64_t(mbit * 1e6 / 8));
+      std::fprintf(stderr, "ferry: dc-edge: rate limit now %.1f Mbit/s\n", mbit);
+    } else {
+      std::fprintf(stderr, "ferry: dc-edge: SIGUSR1 but no readable rate in --rate-limit-file\n");
+    }
+  });
+  std::fprintf(stderr, "ferry: dc-edge stopping\n");
+  std::promise<void> stopped;
+  reactor.post([&] {
+    server.stop();
+    stopped.set_value();
+  });
+  stopped.get_future().wait();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::promise<std::string> stats;
+  reactor.post([&] { stats.set_value(server.stats_text()); });
+  std::fprintf(stderr, "%s", stats.get_future().get().c_str());
+  // NBD devices close on their home reactor (their polls are cancelled through its ring).
+  std::promise<void> closed;
+  reactor.post([&] {
+    devices.clear();
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  reactor.stop();
+  worker.join();
+  return 0;
+}
+
+// ---------------------------------------------------------------- cloud-edge
+
+int run_cloud_edge_command(int argc, char** argv) {
+  CLI::App app{"Cloud edge: serve datacenter volumes as iSCSI LUNs, fetched over the WAN link",
+               "ferry cloud-edge"};
+  std::string listen = "127.0.0.1:3260";
+  std::string dc = "127.0.0.1:9111";
+  std::vector<std::string> volume_names;
+  std::string iqn = "iqn.2026-11.io.ferry:cloud";
+  std::string nbd_listen;
+  TlsFlags tls_flags;
+  double give_up_s = 60;
+  double duration_s = 0;
+  std::string compression = "zstd:1";
+  bool stream = false;
+  size_t content_store_mib = 256;
+  app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
+  app.add_flag("--stream", stream,
+               "stream every volume in the background (lowest priority) so later reads are local");
+  app.add_option("--content-store-mib", content_store_mib,
+                 "memory for content already received (dedup by SHA-256; acts as the read cache)")
+      ->capture_default_str();
+  app.add_option("--dc", dc, "datacenter edge ADDRESS:PORT")->capture_default_str();
+  app.add_option("--volume", volume_names, "volume name on the datacenter edge; LUNs in order")
+      ->required();
+  app.add_option("--iqn", iqn, "target name")->capture_default_str();
+  app.add_option("--nbd", nbd_listen, "also export the volumes over NBD on ADDRESS:PORT");
+  add_tls_flags(app, tls_flags, true);
+  app.add_option("--give-up-s", give_up_s,
+                 "fail I/O when the WAN link stays down this long (shorter than the initiator's "
+                 "SCSI timeout keeps errors clear)")
+      ->capture_default_str();
+  app.add_option("--compression", compression, "for writes: none | lz4[:L] | zstd[:L] | igzip[:L]")
+      ->capture_default_str();
+  app.add_option("--duration", duration_s, "stop after this many seconds");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  wan::WanClientOptions copt;
+  if (!split_host_port(dc, copt.server_address, copt.server_port)) {
+    std::fprintf(stderr, "ferry: --dc wants ADDRESS:PORT\n");
+    return 2;
+  }
+  if (!parse_compression(compression, copt.compression)) {
+    std::fprintf(stderr, "ferry: --compression: unknown '%s'\n", compression.c_str());
+    return 2;
+  }
+  copt.give_up_ms = uint32_t(give_up_s * 1000);
+  copt.content_store_bytes_max = content_store_mib << 20;
+  iscsi::ServerOptions ioptions;
+  if (!split_host_port(listen, ioptions.listen_address, ioptions.port)) {
+    std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT\n");
+    return 2;
+  }
+  nbd::NbdOptions noptions;
+  if (!nbd_listen.empty() && !split_host_port(nbd_listen, noptions.listen_address, noptions.port)) {
+    std::fprintf(stderr, "ferry: --nbd wants ADDRESS:PORT\n");
+    return 2;
+  }
+  auto tls = make_tls(tls_flags, false);
+  if (!tls) return 2;
+
+  sigset_t set = block_signals();
+  Reactor reactor(0, 2ull << 30);
+  wan::WanClient client(reactor, copt, *tls, volume_names);
+  std::promise<std::string> ready;
+  std::thread worker([&] {
+    if (!reactor.init(1024).ok()) {
+      ready.set_value("io_uring init failed");
+      return;
+    }
+    client.start([&](Errc e, const std::string& why) {
+      ready.set_value(e == Errc::ok ? std::string() : why.empty() ? to_string(e) : why);
+    });
+    reactor.run();
+  });
+  const std::string error = ready.get_future().get();
+  if (!error.empty()) {
+    std::fprintf(stderr, "ferry: cloud-edge: %s\n", error.c_str());
+    reactor.post([&] { client.stop(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    reactor.stop();
+    worker.join();
+    return 1;
+  }
+
+  iscsi::PortalConfig portal;
+  portal.portal_address = ioptions.listen_address + ":" + std::to_string(ioptions.port) + ",1";
+  iscsi::TargetAuthConfig target_cfg;
+  target_cfg.iqn = iqn;
+  portal.targets.push_back(target_cfg);
+  scsi::Target target;
+  std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
+  std::vector<nbd::NbdExport> exports;
+  for (size_t i = 0; i < volume_names.size(); ++i) {
+    scsi::LuIdentity id;
+    id.serial = "FERRYC" + std::to_string(1000 + i);
+    id.product = "WAN DISK";
+    id.device_id_seed = std::hash<std::string>{}(iqn + "/" + volume_names[i]);
+    units.push_back(std::make_unique<scsi::LogicalUnit>(client.device(i), id));
+    target.add_lun(uint16_t(i), units.back().get());
+    exports.push_back({volume_names[i], &client.device(i), "wan volume " + volume_names[i], false});
+    std::fprintf(stderr, "ferry: LUN %zu: volume %s (%llu bytes)\n", i, volume_names[i].c_str(),
+                 static_cast<unsigned long long>(client.device(i).geometry().size_bytes()));
+  }
+  iscsi::Server server(ioptions, portal);
+  server.add_target(iqn, &target);
+  server.set_reactors({&reactor});
+  std::unique_ptr<nbd::NbdServer> nbd_server;
+  if (!nbd_listen.empty()) nbd_server = std::make_unique<nbd::NbdServer>(noptions, exports);
+  std::promise<bool> listening;
+  reactor.post([&] {
+    bool ok = server.start_listening(reactor).ok();
+    if (ok && nbd_server) ok = nbd_server->start_listening(reactor).ok();
+    listening.set_value(ok);
+  });
+  if (!listening.get_future().get()) {
+    std::fprintf(stderr, "ferry: cloud-edge: cannot listen (port in use?)\n");
+    reactor.post([&] { client.stop(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    reactor.stop();
+    worker.join();
+    return 1;
+  }
+  std::fprintf(stderr, "ferry: cloud-edge connected to %s; target %s\n", dc.c_str(), iqn.c_str());
+  if (stream)
+    reactor.post([&] {
+      for (size_t i = 0; i < volume_names.size(); ++i) client.stream(i);
+    });
+  std::fprintf(stderr, "ferry: listening on %s:%u\n", ioptions.listen_address.c_str(), ioptions.port);
+  wait_for_stop(set, duration_s, [] {});
+  std::fprintf(stderr, "ferry: cloud-edge stopping\n");
+  std::promise<void> stopped;
+  reactor.post([&] {
+    server.stop_listening(reactor);
+    if (nbd_server) nbd_server->stop_listening(reactor);
+    stopped.set_value();
+  });
+  stopped.get_future().wait();
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::promise<std::string> stats;
+  reactor.post([&] {
+    std::string s = client.stats_text();
+    client.stop();
+    stats.set_value(s);
+  });
+  std::fprintf(stderr, "%s", stats.get_future().get().c_str());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  reactor.stop();
+  worker.join();
+  return 0;
+}
+
+}  // namespace ferry::mgmt
