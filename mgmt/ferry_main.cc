@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "mgmt/edge_commands.h"
 #include "mgmt/target_command.h"
 
 namespace {
@@ -10,7 +11,9 @@ void usage() {
                "usage: ferry <command> [options]\n"
                "commands:\n"
                "  target   serve RAM or file LUNs over iSCSI and NBD (see ferry target --help)\n"
-               "  demo     a target with a 1 GiB RAM LUN on 127.0.0.1:3260 (NBD on :10809)\n");
+               "  demo     a target with a 1 GiB RAM LUN on 127.0.0.1:3260 (NBD on :10809)\n"
+               "  dc-edge     datacenter edge: NBD volumes served over the WAN link\n"
+               "  cloud-edge  cloud edge: WAN volumes served as iSCSI LUNs\n");
 }
 }  // namespace
 
@@ -20,6 +23,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (std::strcmp(argv[1], "target") == 0) return ferry::mgmt::run_target_command(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "dc-edge") == 0) return ferry::mgmt::run_dc_edge_command(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "cloud-edge") == 0)
+    return ferry::mgmt::run_cloud_edge_command(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "demo") == 0) return ferry::mgmt::run_demo_command(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     usage();
