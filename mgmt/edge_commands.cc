@@ -141,6 +141,8 @@ int run_dc_edge_command(int argc, char** argv) {
   unsigned nbd_connections = 4;
   uint32_t sndbuf_kib = 0;
   double duration_s = 0;
+  app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
+                 "repeated options; see README)");
   app.add_option("--listen", listen, "ADDRESS:PORT of the WAN link (port 0: any)")->capture_default_str();
   app.add_option("--volume", volume_specs,
                  "NAME=URI: a volume and the NBD server holding it (nbd://, nbds://, nbd+unix://)")
@@ -268,6 +270,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::string compression = "zstd:1";
   bool stream = false;
   size_t content_store_mib = 256;
+  app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
+                 "repeated options; see README)");
   app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
   app.add_flag("--stream", stream,
                "stream every volume in the background (lowest priority) so later reads are local");

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "mgmt/demo_command.h"
 #include "mgmt/edge_commands.h"
 #include "mgmt/target_command.h"
 
@@ -11,7 +12,7 @@ void usage() {
                "usage: ferry <command> [options]\n"
                "commands:\n"
                "  target   serve RAM or file LUNs over iSCSI and NBD (see ferry target --help)\n"
-               "  demo     a target with a 1 GiB RAM LUN on 127.0.0.1:3260 (NBD on :10809)\n"
+               "  demo     the whole pipeline on one machine: VMDK → dc-edge → emulated WAN → cloud-edge → iSCSI\n"
                "  dc-edge     datacenter edge: NBD volumes served over the WAN link\n"
                "  cloud-edge  cloud edge: WAN volumes served as iSCSI LUNs\n");
 }

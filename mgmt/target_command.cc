@@ -362,31 +362,4 @@ int run_target_command(int argc, char** argv) {
   return run_target(flags, nullptr);
 }
 
-int run_demo_command(int argc, char** argv) {
-  CLI::App app{"The demo: an iSCSI target with a 1 GiB RAM LUN on 127.0.0.1:3260 and its NBD "
-               "export on 127.0.0.1:10809",
-               "ferry demo"};
-  TargetFlags flags;
-  flags.nbd = "127.0.0.1:10809";
-  add_target_flags(app, flags, false);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  if (flags.luns.empty()) flags.luns.push_back("ram:1GiB");
-  std::string host = flags.listen;
-  const std::string url = "iscsi://" + host + "/" + flags.iqn + "/0";
-  const std::string banner =
-      "\nferry demo is serving. Try, from another terminal:\n"
-      "  iscsi-ls -s iscsi://" + host + "\n"
-      "  iscsi-inq " + url + "\n"
-      "  qemu-img convert -p -O raw some.img " + url + "      # write a disk image into LUN 0\n"
-      "  qemu-img convert -p -O raw " + url + " copy.img      # read it back\n" +
-      (flags.nbd.empty() ? std::string()
-                         : "  nbdinfo nbd://" + flags.nbd + "/lun0\n") +
-      "Stop with Ctrl-C.\n";
-  return run_target(flags, banner.c_str());
-}
-
 }  // namespace ferry::mgmt
