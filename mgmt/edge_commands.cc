@@ -135,7 +135,7 @@ int run_dc_edge_command(int argc, char** argv) {
   std::string listen = "127.0.0.1:9111";
   std::vector<std::string> volume_specs;
   TlsFlags tls_flags;
-  std::string compression = "zstd:1";
+  std::string compression = "zstd:3";
   double rate_mbit = 0;
   std::string rate_file;
   unsigned nbd_connections = 4;
@@ -267,7 +267,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   TlsFlags tls_flags;
   double give_up_s = 60;
   double duration_s = 0;
-  std::string compression = "zstd:1";
+  std::string compression = "zstd:3";
   bool stream = false;
   size_t content_store_mib = 256;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "

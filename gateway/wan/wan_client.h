@@ -37,7 +37,7 @@ struct WanClientOptions {
   uint32_t dead_after_ms = 5000;     // nothing heard for this long: reconnect
   uint32_t connect_timeout_ms = 5000;
   uint32_t chunk_bytes = 64 * 1024;  // write frames
-  Compression compression{CompressAlgo::zstd, 1};
+  Compression compression{CompressAlgo::zstd, 3};  // measured choice: datapath/wan/DESIGN.md
   size_t content_store_bytes_max = 256u << 20;  // dedup: content received, by SHA-256
   uint32_t requests_max = 1024;                 // in flight; beyond: BUSY
 };
