@@ -53,6 +53,14 @@ struct IoRequest {
   uint64_t offset_bytes = 0;
   uint64_t length_bytes = 0;
   std::byte* data = nullptr;  // read destination / write source, length_bytes long
+  // read: the submitter also accepts the device's own copy of the bytes. A device that holds the
+  // data in memory may then set `lent` instead of filling `data` (which it leaves untouched).
+  // `lent` stays readable for the device's lifetime, but later writes may change the bytes, so
+  // the submitter must be done with them (e.g. copied into a socket) before it reports the read
+  // complete to anyone who could then issue an overlapping write and expect the old data.
+  // A device that forwards a copy of the request must hand `lent` back with the result.
+  bool may_lend = false;
+  const std::byte* lent = nullptr;
 
   // Filled by the device for IoOp::block_status: the first extent at offset_bytes that shares
   // one status, at most length_bytes long (never 0 on success).

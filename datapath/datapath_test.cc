@@ -101,6 +101,26 @@ TEST(RamDevice, WriteReadDiscardAndBlockStatus) {
   EXPECT_EQ(st.status_flags, kStatusHole | kStatusZero);
 }
 
+TEST(RamDevice, LendsReadsWithoutCopying) {
+  auto dev = RamDevice::create(1 << 20, 512);
+  RamDevice& d = *dev.value();
+  std::vector<std::byte> buf(4096, std::byte{0x5a}), untouched(4096, std::byte{0x11});
+  ASSERT_EQ(run_sync(d, IoOp::write, 8192, 4096, buf.data()), Errc::ok);
+  SyncIo io(IoOp::read, 8192, 4096, untouched.data());
+  io.req.may_lend = true;
+  d.submit(io.req);
+  ASSERT_TRUE(io.done);
+  ASSERT_EQ(io.req.result, Errc::ok);
+  ASSERT_NE(io.req.lent, nullptr);
+  EXPECT_EQ(std::memcmp(io.req.lent, buf.data(), 4096), 0);
+  EXPECT_EQ(untouched, std::vector<std::byte>(4096, std::byte{0x11}));  // data left alone
+  // Without may_lend the device copies, as before.
+  SyncIo copy(IoOp::read, 8192, 4096, untouched.data());
+  d.submit(copy.req);
+  EXPECT_EQ(copy.req.lent, nullptr);
+  EXPECT_EQ(untouched, buf);
+}
+
 TEST(RamDevice, PartialDiscardZeroesOnlyTheRange) {
   auto dev = RamDevice::create(1 << 20, 512);
   RamDevice& d = *dev.value();
@@ -317,6 +337,33 @@ TEST(DelayDevice, CompletesLaterOnTheReactor) {
   for (int i = 0; i < 2000 && elapsed_ns == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_GE(elapsed_ns.load(), 20'000'000u);
+}
+
+
+TEST(DelayDevice, HandsBackALentRead) {
+  auto ram = RamDevice::create(1 << 20, 512);
+  static std::vector<std::byte> data(4096, std::byte{0x77}), untouched(4096);
+  ASSERT_EQ(run_sync(*ram.value(), IoOp::write, 0, 4096, data.data()), Errc::ok);
+  DelayDevice delayed(*ram.value(), 100);
+  ReactorThread rt;
+  std::atomic<const std::byte*> lent{nullptr};
+  static IoRequest req;
+  rt.reactor().post([&] {
+    req = IoRequest{};
+    req.op = IoOp::read;
+    req.length_bytes = 4096;
+    req.data = untouched.data();
+    req.may_lend = true;
+    req.owner = &lent;
+    req.on_complete = [](IoRequest& r) noexcept {
+      static_cast<std::atomic<const std::byte*>*>(r.owner)->store(r.lent);
+    };
+    delayed.submit(req);
+  });
+  for (int i = 0; i < 2000 && lent.load() == nullptr; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_NE(lent.load(), nullptr);
+  EXPECT_EQ(std::memcmp(lent.load(), data.data(), 4096), 0);
 }
 
 }  // namespace

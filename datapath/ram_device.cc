@@ -85,7 +85,8 @@ void RamDevice::submit(IoRequest& req) noexcept {
   }
   switch (req.op) {
     case IoOp::read:
-      std::memcpy(req.data, base_ + req.offset_bytes, req.length_bytes);
+      if (req.may_lend) req.lent = base_ + req.offset_bytes;  // no copy: the caller reads ours
+      else std::memcpy(req.data, base_ + req.offset_bytes, req.length_bytes);
       break;
     case IoOp::write:
       std::memcpy(base_ + req.offset_bytes, req.data, req.length_bytes);

@@ -52,6 +52,7 @@ void delayed_fire(void* ctx) noexcept {
   IoRequest* outer = d->outer;
   outer->status_length_bytes = d->inner.status_length_bytes;
   outer->status_flags = d->inner.status_flags;
+  outer->lent = d->inner.lent;  // may_lend was copied down with the request
   const Errc e = d->inner.result;
   t_free_delays.push_back(d);
   outer->complete(e);

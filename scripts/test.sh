@@ -19,7 +19,7 @@ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DFERRY_SANITIZE=ON -
 cmake --build build-asan -j"$(nproc)"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build-asan --output-on-failure -L unit
-ctest --test-dir build-asan --output-on-failure -R 'integration\.(robustness|initiators|nbd_interop)_test'
+ctest --test-dir build-asan --output-on-failure -R 'integration\.(robustness|initiators|nbd_interop|wan_pipeline)_test'
 
 if [ -x scripts/fuzz.sh ]; then
   echo "== libFuzzer targets, ${FUZZ_SECONDS:-20} s each"

@@ -60,6 +60,7 @@ struct NbdTask {
   uint64_t pos_bytes = 0;
   IoRequest io;
   Buffer buf;
+  const std::byte* lent = nullptr;  // READ: the device's own copy of the data (buf released)
   std::array<Extent, kExtentsMax> extents;
   uint32_t extent_count = 0;
   uint8_t head[kHeadBytes];
@@ -171,6 +172,7 @@ NbdTask* Connection::new_task() noexcept {
   t->pos_bytes = 0;
   t->extent_count = 0;
   t->iov_count = 0;
+  t->lent = nullptr;
   t->io = IoRequest{};
   ++tasks_live_;
   return t;
@@ -213,6 +215,9 @@ void Connection::post_recv() noexcept {
     if (rx_len_ == rx_.capacity()) return;  // cannot happen: items fit (asserted by bounds)
     sqe = reactor_.get_sqe();
     io_uring_prep_recv(sqe, fd_, rx_.data() + rx_len_, rx_.capacity() - rx_len_, 0);
+    // The last receive left the socket empty: wait for data before trying (saves a recv that
+    // would only return EAGAIN before the ring arms its poll).
+    if (rx_drained_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   }
   Reactor::prepare(sqe, &recv_op_);
   recv_in_flight_ = true;
@@ -230,6 +235,7 @@ void Connection::on_recv(int32_t res, uint32_t) noexcept {
   } else if (payload_task_ != nullptr && !payload_task_->discard_payload && rx_len_ == 0) {
     on_plain_bytes(size_t(res));
   } else {
+    rx_drained_ = size_t(res) < rx_.capacity() - rx_len_;
     rx_len_ += size_t(res);
     process_rx();
   }
@@ -692,6 +698,8 @@ void Connection::submit_io(NbdTask* t) noexcept {
   const Request& r = t->req;
   const uint64_t end = r.offset_bytes + r.length_bytes;
   io.result = Errc::ok;
+  io.may_lend = false;
+  io.lent = nullptr;
   switch (t->stage) {
     case NbdTask::Stage::status:
       io.op = IoOp::block_status;
@@ -707,6 +715,9 @@ void Connection::submit_io(NbdTask* t) noexcept {
       io.offset_bytes = t->pos_bytes;
       io.length_bytes = piece;
       io.data = t->buf.data() + (t->pos_bytes - r.offset_bytes);
+      // A READ done in one piece may be sent straight from the device's memory: the reply is
+      // copied into the socket before the client can see it complete.
+      io.may_lend = r.type == kCmdRead && piece == r.length_bytes;
       break;
     }
     case NbdTask::Stage::single:
@@ -783,6 +794,10 @@ void Connection::io_done(NbdTask* t) noexcept {
       return submit_io(t);
     }
     case NbdTask::Stage::data:
+      if (io.lent != nullptr) {
+        t->lent = io.lent;
+        t->buf.release();
+      }
       t->pos_bytes += io.length_bytes;
       if (t->pos_bytes < end) return submit_io(t);
       if (r.type == kCmdRead) return finish_read(t);
@@ -803,10 +818,12 @@ void Connection::io_done(NbdTask* t) noexcept {
 
 void Connection::finish_read(NbdTask* t) noexcept {
   const Request& r = t->req;
+  // iovec wants a mutable pointer; sendmsg and SSL_write only read through it.
+  std::byte* data = t->lent != nullptr ? const_cast<std::byte*>(t->lent) : t->buf.data();
   if (!structured_) {
     build_simple_reply(t->head, 0, r.cookie);
     t->iov[0] = {t->head, kSimpleReplyBytes};
-    t->iov[1] = {t->buf.data(), r.length_bytes};
+    t->iov[1] = {data, r.length_bytes};
     t->iov_count = 2;
     return queue_task(t);
   }
@@ -824,7 +841,7 @@ void Connection::finish_read(NbdTask* t) noexcept {
     } else {
       build_offset_data_head(head, flags, r.cookie, off, e.length_bytes);
       t->iov[t->iov_count++] = {head, kOffsetDataHeadBytes};
-      t->iov[t->iov_count++] = {t->buf.data() + (off - r.offset_bytes), e.length_bytes};
+      t->iov[t->iov_count++] = {data + (off - r.offset_bytes), e.length_bytes};
       head += kOffsetDataHeadBytes;
     }
     off += e.length_bytes;
@@ -918,8 +935,14 @@ void Connection::flush_tx() noexcept {
   tx_msg_ = msghdr{};
   tx_msg_.msg_iov = tx_iov_.data();
   tx_msg_.msg_iovlen = tx_iov_.size();
+  send_tx();
+}
+
+void Connection::send_tx() noexcept {
+  // MSG_WAITALL: the ring itself waits for socket room until the whole gather is out, instead of
+  // handing back a short count that costs a loop pass and a resubmit per refill (1 MiB READs).
   io_uring_sqe* sqe = reactor_.get_sqe();
-  io_uring_prep_sendmsg(sqe, fd_, &tx_msg_, MSG_NOSIGNAL);
+  io_uring_prep_sendmsg(sqe, fd_, &tx_msg_, MSG_NOSIGNAL | MSG_WAITALL);
   Reactor::prepare(sqe, &send_op_);
   send_busy_ = true;
   ++stats_.sendmsg_calls;
@@ -996,12 +1019,7 @@ void Connection::on_sent(int32_t res, uint32_t) noexcept {
     v.iov_len -= left;
     tx_msg_.msg_iov = tx_iov_.data() + tx_iov_pos_;
     tx_msg_.msg_iovlen = tx_iov_.size() - tx_iov_pos_;
-    io_uring_sqe* sqe = reactor_.get_sqe();
-    io_uring_prep_sendmsg(sqe, fd_, &tx_msg_, MSG_NOSIGNAL);
-    Reactor::prepare(sqe, &send_op_);
-    send_busy_ = true;
-    ++stats_.sendmsg_calls;
-    return;
+    return send_tx();  // with MSG_WAITALL only after an error cut it short (or an old kernel)
   }
   for (NbdTask* t : tx_batch_) after_task_sent(t);
   tx_batch_.clear();

@@ -106,6 +106,7 @@ class Connection {
   void flush_tx() noexcept;
   bool tls_fill_tx() noexcept;  // encrypt queued plaintext into tls_tx_; false on error
   void on_sent(int32_t res, uint32_t flags) noexcept;
+  void send_tx() noexcept;  // submits tx_msg_ (all of it: MSG_WAITALL)
   void after_task_sent(NbdTask* t) noexcept;
   void start_tls() noexcept;
   void tls_handshake_step() noexcept;
@@ -124,6 +125,7 @@ class Connection {
   RecvOp recv_op_;
   SendOp send_op_;
   bool recv_in_flight_ = false;
+  bool rx_drained_ = false;       // the last receive did not fill its buffer (socket likely empty)
   bool send_busy_ = false;        // a sendmsg is outstanding
   bool flush_scheduled_ = false;  // flush_tx deferred
   Buffer rx_;
