@@ -258,6 +258,47 @@ TEST(Reactor, TimersFireInDeadlineOrderAndCancel) {
   EXPECT_EQ(order, (std::vector<int>{2, 1}));
 }
 
+// Issues `left` NOPs one after another (each completes at once), then stops the reactor after an
+// idle pause.
+struct NopChain final : Operation {
+  Reactor* reactor = nullptr;
+  int left = 0;
+  uint64_t spins_when_done = 0;
+  Timer idle;
+  void issue() noexcept {
+    io_uring_sqe* sqe = reactor->get_sqe();
+    io_uring_prep_nop(sqe);
+    Reactor::prepare(sqe, this);
+  }
+  void on_cqe(int32_t, uint32_t) noexcept override {
+    if (--left > 0) return issue();
+    spins_when_done = reactor->stats().spins;
+    reactor->arm(idle, 30'000'000, [](void* r) noexcept { static_cast<Reactor*>(r)->stop(); },
+                 reactor);
+  }
+};
+
+TEST(Reactor, SpinsThroughShortGapsButNotWhenIdle) {
+  for (const uint64_t spin_ns : {Reactor::kSpinNsDefault, uint64_t{0}}) {
+    Reactor reactor(0, 1 << 20);
+    ASSERT_TRUE(reactor.init(64).ok());
+    reactor.set_spin_ns(spin_ns);
+    NopChain chain;
+    chain.reactor = &reactor;
+    chain.left = 1000;
+    chain.issue();
+    reactor.run();
+    if (spin_ns == 0) {
+      EXPECT_EQ(reactor.stats().spins, 0u);
+      continue;
+    }
+    // Busy: the next completion was always ready, so nearly every wait was a short spin.
+    EXPECT_GT(reactor.stats().spin_hits, 900u);
+    // Idle for 30 ms: at most the one spin that finds nothing, then the thread sleeps.
+    EXPECT_LE(reactor.stats().spins - chain.spins_when_done, 1u);
+  }
+}
+
 TEST(FileDevice, IoUringReadWriteOnReactor) {
   TempFile f(4 << 20);
   auto dev = FileDevice::open(f.path(), {});
