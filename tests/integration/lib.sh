@@ -18,7 +18,7 @@ finish() { if [ "$FAILED" -eq 0 ]; then echo PASS; exit 0; else echo "FAILED"; e
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  rm -rf "$TMP"
+  [ -n "${KEEP_TMP:-}" ] && echo "kept $TMP" || rm -rf "$TMP"
 }
 trap cleanup EXIT
 

@@ -28,7 +28,7 @@ with open(sys.argv[1], "wb") as f:
 PY
 qemu-img convert -f raw -O vmdk "$TMP/raw.img" "$TMP/disk.vmdk" || { echo "FAIL: qemu-img vmdk"; exit 1; }
 P_NBD=$(free_port)
-qemu-nbd -f vmdk -r -b 127.0.0.1 -p "$P_NBD" -t -x disk "$TMP/disk.vmdk" >"$TMP/qemu-nbd.log" 2>&1 &
+qemu-nbd -f vmdk -r --shared=16 -b 127.0.0.1 -p "$P_NBD" -t -x disk "$TMP/disk.vmdk" >"$TMP/qemu-nbd.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_NBD))" 2>/dev/null && break; sleep 0.1; done
 
@@ -95,6 +95,44 @@ grep -q 'cut' "$TMP/emu2.log" && ok "the emulator did cut the link" || fail "no 
 grep -E 'link .* lost|link back' "$TMP/cloud2.log" | head -3
 stop_pid "$CLOUD_PID"; stop_pid "$EMU_PID"
 
+# ---------------------------------------------------------------- the same content never crosses twice
+# Two volumes backed by the same VMDK: reading the second after the first sends only references.
+P_WAN2=$(free_port)
+"$FERRY" dc-edge --listen 127.0.0.1:$P_WAN2 --volume "a=nbd://127.0.0.1:$P_NBD/disk" \
+  --volume "b=nbd://127.0.0.1:$P_NBD/disk" --tls-cert "$PKI/dc-edge-cert.pem" \
+  --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" >"$TMP/dc2.log" 2>&1 &
+DC2_PID=$!; PIDS+=($DC2_PID)
+for _ in $(seq 100); do grep -q 'dc-edge listening' "$TMP/dc2.log" && break; sleep 0.05; done
+P_ISCSI=$(free_port)
+"$FERRY" cloud-edge --listen 127.0.0.1:$P_ISCSI --dc 127.0.0.1:$P_WAN2 --volume a --volume b \
+  --tls-ca "$PKI/ca-cert.pem" "${CLOUD_CERT[@]}" >"$TMP/cloud3.log" 2>&1 &
+CLOUD_PID=$!; PIDS+=($CLOUD_PID)
+for _ in $(seq 200); do grep -q 'ferry: listening on' "$TMP/cloud3.log" && break; sleep 0.05; done
+timeout 120 qemu-img convert -f raw -O raw "iscsi://127.0.0.1:$P_ISCSI/$CLOUD_IQN/0" "$TMP/a.img" &&
+  timeout 120 qemu-img convert -f raw -O raw "iscsi://127.0.0.1:$P_ISCSI/$CLOUD_IQN/1" "$TMP/b.img" &&
+  cmp "$TMP/a.img" "$TMP/raw.img" && cmp "$TMP/b.img" "$TMP/raw.img" || fail "two-volume read"
+stop_pid "$CLOUD_PID"
+pa=$(sed -n 's/^volume a: read .* for \([0-9]*\) B of payload.*/\1/p' "$TMP/cloud3.log")
+pb=$(sed -n 's/^volume b: read .* for \([0-9]*\) B of payload.*/\1/p' "$TMP/cloud3.log")
+if [ -n "$pa" ] && [ -n "$pb" ] && [ "$pb" -lt $((pa / 20)) ]; then
+  ok "identical content on a second volume crossed as references: $pb B vs $pa B"
+else fail "dedup across volumes: a=$pa b=$pb"; fi
+stop_pid "$DC2_PID"
+
+# ---------------------------------------------------------------- give-up: a long outage is a clear error
+start_emu emu3 "$P_WAN" --rtt-ms 10 --cut-at-s 1 --cut-for-s 30 --cut-mode reset
+start_cloud cloud4 "$P_EMU" "${CLOUD_CERT[@]}" --give-up-s 3 || { cat "$TMP/cloud4.log"; fail "cloud-edge 4"; }
+sleep 1.5  # the link is cut now
+t0=$(date +%s)
+if timeout 60 qemu-img convert -f raw -O raw "iscsi://127.0.0.1:$P_ISCSI/$CLOUD_IQN/0" "$TMP/out4.img" 2>"$TMP/giveup.err"; then
+  fail "a read succeeded during a 30 s outage"
+else
+  ok "outage longer than --give-up-s: the read failed after $(( $(date +%s) - t0 )) s: $(head -c 120 "$TMP/giveup.err")"
+fi
+grep -q 'link down for more than' "$TMP/cloud4.log" && ok "give-up logged: $(grep -m1 'link down for more' "$TMP/cloud4.log")" ||
+  fail "no give-up log line"
+stop_pid "$CLOUD_PID"; stop_pid "$EMU_PID"
+
 # ---------------------------------------------------------------- refusals
 if start_cloud rogue "$P_WAN" --tls-cert "$PKI/rogue-cert.pem" --tls-key "$PKI/rogue-key.pem"; then
   fail "a cloud edge with a certificate from another CA was accepted"
@@ -131,7 +169,29 @@ try:
 except Exception as e:
     print("closed:", type(e).__name__)
 PY
+"$PY" - "$P_WAN" "$PKI" <<'PY'
+import socket, ssl, struct, sys
+port, pki = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_cert_chain(f"{pki}/cloud-edge-cert.pem", f"{pki}/cloud-edge-key.pem")
+ctx.load_verify_locations(f"{pki}/ca-cert.pem")
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="dc-edge")
+# A HELLO-shaped header with the right magic and a wrong header CRC32C.
+h = bytearray(40)
+struct.pack_into(">HBB", h, 0, 0xFE77, 0x01, 0)
+struct.pack_into(">I", h, 28, 32)
+struct.pack_into(">I", h, 36, 0xDEADBEEF)
+s.sendall(bytes(h) + b"\0" * 32)
+s.settimeout(5)
+try:
+    while s.recv(4096):
+        pass
+except Exception:
+    pass
+PY
 sleep 0.3
+grep -q 'header CRC' "$TMP/dc1.log" && ok "bad CRC: dropped, logged ($(grep -m1 'header CRC' "$TMP/dc1.log"))" ||
+  fail "no log line for a bad CRC: $(grep 'wan:' "$TMP/dc1.log" | tail -2)"
 grep -q 'malformed frame' "$TMP/dc1.log" && ok "malformed frame: connection dropped, logged ($(grep -m1 'malformed frame' "$TMP/dc1.log"))" ||
   fail "no log line for a malformed frame"
 kill -0 "$DC_PID" && ok "dc-edge still running" || fail "dc-edge died"
