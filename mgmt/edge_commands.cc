@@ -151,6 +151,10 @@ int run_dc_edge_command(int argc, char** argv) {
   app.add_option("--compression", compression, "none | lz4[:L] | zstd[:L] | igzip[:L]")
       ->capture_default_str();
   app.add_option("--rate-limit-mbit", rate_mbit, "cap on data sent (Mbit/s, 0 = none)");
+  bool rate_limit_all = false;
+  app.add_flag("--rate-limit-all", rate_limit_all,
+               "the cap holds every data frame, demand reads included (default: only prefetch and "
+               "background streaming wait for it; demand reads use it up but never wait)");
   app.add_option("--rate-limit-file", rate_file,
                  "file holding a new cap in Mbit/s, re-read on SIGUSR1 (runtime change)");
   app.add_option("--wan-sndbuf-kib", sndbuf_kib,
@@ -174,6 +178,7 @@ int run_dc_edge_command(int argc, char** argv) {
   }
   options.rate_limit_bytes_per_s = uint64_t(rate_mbit * 1e6 / 8);
   options.socket_send_bytes = sndbuf_kib * 1024;
+  options.rate_limit_all = rate_limit_all;
   auto tls = make_tls(tls_flags, true);
   if (!tls) return 2;
 

@@ -534,7 +534,9 @@ bool ServerSession::send_chunk(ReadJob& job, ChunkRead* c) {
     if (enc.kind == ChunkKind::compressed) f.algo = enc.algo;
     payload = enc.payload;
   }
-  if (!take_tokens(kFrameHeaderBytes + payload.size(), low_priority(job.priority))) return false;
+  if (!take_tokens(kFrameHeaderBytes + payload.size(),
+                   low_priority(job.priority) || server_.options_.rate_limit_all))
+    return false;
   if (!stream_.send_frame(f, payload)) return false;
   ++counters.frames_sent;
   counters.payload_bytes_sent += payload.size();

@@ -38,6 +38,7 @@ struct WanServerOptions {
   uint32_t chunk_bytes = 64 * 1024;
   Compression compression{CompressAlgo::zstd, 3};  // measured choice: datapath/wan/DESIGN.md
   uint64_t rate_limit_bytes_per_s = 0;  // 0: unlimited; change with set_rate_limit
+  bool rate_limit_all = false;          // the cap also holds demand reads and write-back
   uint32_t chunk_reads_max = 32;        // device reads in flight per connection
   size_t dedup_entries_max = 1u << 20;  // content hashes remembered per client
   uint32_t connections_max = 64;
