@@ -23,24 +23,11 @@
 #include "gateway/scsi/logical_unit.h"
 #include "gateway/wan/wan_client.h"
 #include "gateway/wan/wan_server.h"
+#include "mgmt/cli_util.h"
 
 namespace ferry::mgmt {
 
 namespace {
-
-bool split_host_port(const std::string& text, std::string& host, uint16_t& port) {
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos) return false;
-  host = text.substr(0, colon);
-  try {
-    int p = std::stoi(text.substr(colon + 1));
-    if (p < 0 || p > 65535) return false;
-    port = uint16_t(p);
-  } catch (...) {
-    return false;
-  }
-  return !host.empty();
-}
 
 bool parse_compression(const std::string& text, wan::Compression& c) {
   const auto colon = text.find(':');
@@ -168,7 +155,7 @@ int run_dc_edge_command(int argc, char** argv) {
     return app.exit(e);
   }
   wan::WanServerOptions options;
-  if (!split_host_port(listen, options.listen_address, options.port)) {
+  if (!split_host_port(listen, options.listen_address, options.port, true)) {
     std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT\n");
     return 2;
   }

@@ -16,6 +16,7 @@
 #include "gateway/iscsi/server.h"
 #include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
+#include "mgmt/cli_util.h"
 #include "mgmt/lun_spec.h"
 
 namespace ferry::mgmt {
@@ -23,28 +24,6 @@ namespace ferry::mgmt {
 namespace {
 
 constexpr uint64_t kPoolBytesPerReactor = 2ull << 30;
-
-bool split_host_port(const std::string& text, std::string& host, uint16_t& port) {
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos) return false;
-  host = text.substr(0, colon);
-  try {
-    int p = std::stoi(text.substr(colon + 1));
-    if (p <= 0 || p > 65535) return false;
-    port = uint16_t(p);
-  } catch (...) {
-    return false;
-  }
-  return !host.empty();
-}
-
-bool split_user_secret(const std::string& text, std::string& user, std::string& secret) {
-  auto colon = text.find(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) return false;
-  user = text.substr(0, colon);
-  secret = text.substr(colon + 1);
-  return true;
-}
 
 struct TargetFlags {
   std::string listen = "127.0.0.1:3260";

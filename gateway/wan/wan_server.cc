@@ -122,6 +122,7 @@ class ServerSession final : public WanStreamHandler {
   void pump();
   bool send_chunk(ReadJob& job, ChunkRead* c);
   void finish_job_if_done(ReadJob& job);
+  void finish_write(uint64_t request_id);
   static void on_chunk_read(IoRequest& io) noexcept;
   static void on_device_op(IoRequest& io) noexcept;
   static void on_pace(void* ctx) noexcept { static_cast<ServerSession*>(ctx)->pump(); }
@@ -304,20 +305,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
           }
         }
       }
-      if (w.final_seen && w.pending == 0) {
-        const WriteJob done = w;
-        writes_.erase(h.request_id);
-        if (done.error != Errc::ok) {
-          send_error(h.request_id, done.volume_id, to_wire_error(done.error), "write failed", done.priority);
-        } else {
-          FrameHeader a;
-          a.type = FrameType::write_ack;
-          a.request_id = h.request_id;
-          a.volume_id = done.volume_id;
-          a.priority = done.priority;
-          send_control(a, {});
-        }
-      }
+      if (w.final_seen && w.pending == 0) finish_write(h.request_id);
       return true;
     }
     case FrameType::flush:
@@ -367,21 +355,7 @@ void ServerSession::on_device_op(IoRequest& io) noexcept {
       WriteJob& w = it->second;
       --w.pending;
       if (io.result != Errc::ok && w.error == Errc::ok) w.error = io.result;
-      if (w.final_seen && w.pending == 0) {
-        const WriteJob done = w;
-        s->writes_.erase(it);
-        if (done.error != Errc::ok) {
-          s->send_error(op->request_id, done.volume_id, to_wire_error(done.error), "write failed",
-                        done.priority);
-        } else {
-          FrameHeader a;
-          a.type = FrameType::write_ack;
-          a.request_id = op->request_id;
-          a.volume_id = done.volume_id;
-          a.priority = done.priority;
-          s->send_control(a, {});
-        }
-      }
+      if (w.final_seen && w.pending == 0) s->finish_write(op->request_id);
     }
   } else if (io.result != Errc::ok) {
     s->send_error(op->request_id, op->volume_id, to_wire_error(io.result),
@@ -565,6 +539,24 @@ bool ServerSession::send_chunk(ReadJob& job, ChunkRead* c) {
     }
   }
   return true;
+}
+
+// A write request whose last frame arrived and whose chunks are all applied: ack or error.
+void ServerSession::finish_write(uint64_t request_id) {
+  auto it = writes_.find(request_id);
+  if (it == writes_.end()) return;
+  const WriteJob done = it->second;
+  writes_.erase(it);
+  if (done.error != Errc::ok) {
+    send_error(request_id, done.volume_id, to_wire_error(done.error), "write failed", done.priority);
+    return;
+  }
+  FrameHeader a;
+  a.type = FrameType::write_ack;
+  a.request_id = request_id;
+  a.volume_id = done.volume_id;
+  a.priority = done.priority;
+  send_control(a, {});
 }
 
 void ServerSession::finish_job_if_done(ReadJob& job) {
