@@ -135,6 +135,7 @@ class ServerSession final : public WanStreamHandler {
   bool hello_done_ = false;
   uint32_t caps_ = 0;
   uint64_t dedup_session_ = 0;
+  bool pump_scheduled_ = false;
   std::vector<size_t> volumes_;  // volume_id - 1 → server volume index
   std::list<std::unique_ptr<ReadJob>> jobs_;
   std::unordered_map<uint64_t, WriteJob> writes_;
@@ -442,9 +443,13 @@ void ServerSession::on_chunk_read(IoRequest& io) noexcept {
   }
   if (io.result != Errc::ok && c->job->error == Errc::ok) c->job->error = io.result;
   c->job->ready.push_back(c);
-  s->reactor_.defer([s] {
-    if (!s->stream_.closed()) s->pump();
-  });
+  if (!s->pump_scheduled_) {  // one pump for every chunk that completes in this loop pass
+    s->pump_scheduled_ = true;
+    s->reactor_.defer([s] {
+      s->pump_scheduled_ = false;
+      if (!s->stream_.closed()) s->pump();
+    });
+  }
 }
 
 // The cap paces prefetch and background streaming; demand reads and write-back are never held
