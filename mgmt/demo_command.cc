@@ -333,7 +333,7 @@ int run_demo_command(int argc, char** argv) {
   const std::string wan = read_file(dir + "/wan.json");
   std::printf("\n== what crossed the WAN\n%s%s", lines_with(cloud_log, "volume sample:").c_str(),
               lines_with(cloud_log, "link:").c_str());
-  std::printf("%s", lines_with(dc_log, "volume sample:").c_str());
+  std::printf("%s", lines_with(dc_log, "volume sample: requested").c_str());
   const auto pos = wan.find("\"target_to_client\"");
   if (pos != std::string::npos) {
     const auto b = wan.find("\"bytes_delivered\":", pos);
