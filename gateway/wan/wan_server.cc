@@ -257,6 +257,10 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
         return true;
       }
       auto& dev = *server_.volumes_[vol].device;
+      if (writes_.size() >= kRequestsMax && writes_.count(h.request_id) == 0) {
+        send_error(h.request_id, h.volume_id, WireError::busy, "too many write requests", h.priority);
+        return true;
+      }
       WriteJob& w = writes_[h.request_id];
       w.volume_id = h.volume_id;
       w.volume = vol;
