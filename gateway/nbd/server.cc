@@ -14,6 +14,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "datapath/acceptor.h"
 #include "gateway/nbd/connection.h"
 
 namespace ferry::nbd {
@@ -22,45 +23,11 @@ namespace {
 thread_local std::unordered_map<uint64_t, Connection*> t_connections;
 }  // namespace
 
-struct NbdServer::Listener final : Operation {
-  NbdServer* server = nullptr;
-  Reactor* reactor = nullptr;
-  int fd = -1;
-  bool accepting = false;
-  bool stopping = false;
-
-  void arm() noexcept {
-    io_uring_sqe* sqe = reactor->get_sqe();
-    io_uring_prep_multishot_accept(sqe, fd, nullptr, nullptr, SOCK_CLOEXEC);
-    Reactor::prepare(sqe, this);
-    accepting = true;
-  }
-  void on_cqe(int32_t res, uint32_t flags) noexcept override {
-    if (!(flags & IORING_CQE_F_MORE)) accepting = false;
-    if (res >= 0) {
-      if (stopping || server->connection_count() >= server->options_.connections_max) {
-        if (!stopping) std::fprintf(stderr, "ferry: nbd: connection limit reached, refusing\n");
-        ::close(res);
-      } else {
-        const uint64_t id = server->next_connection_id_.fetch_add(1);
-        auto* c = new (std::nothrow) Connection(*server, *reactor, res, id);
-        if (c == nullptr) ::close(res);
-        else c->start();
-      }
-    } else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN && res != -ECONNABORTED &&
-               !stopping) {
-      std::fprintf(stderr, "ferry: nbd: accept: %s\n", std::strerror(-res));
-    }
-    if (!accepting && !stopping) arm();
-  }
-};
-
 NbdServer::NbdServer(NbdOptions options, std::vector<NbdExport> exports) noexcept
     : options_(std::move(options)), exports_(std::move(exports)) {}
 
 NbdServer::~NbdServer() {
-  for (auto& l : listeners_)
-    if (l->fd >= 0) ::close(l->fd);
+  listeners_.clear();  // closes the listening sockets
   if (unix_bound_ && !options_.unix_path.empty()) ::unlink(options_.unix_path.c_str());
   if (tls_ctx_ != nullptr) SSL_CTX_free(tls_ctx_);
 }
@@ -104,39 +71,40 @@ Result<void> NbdServer::init_tls() noexcept {
   return {};
 }
 
+void NbdServer::accepted(Reactor& reactor, int fd) noexcept {
+  if (connection_count() >= options_.connections_max) {
+    std::fprintf(stderr, "ferry: nbd: connection limit reached, refusing\n");
+    ::close(fd);
+    return;
+  }
+  const uint64_t id = next_connection_id_.fetch_add(1);
+  auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
+  if (c == nullptr) ::close(fd);
+  else c->start();
+}
+
 void NbdServer::add_listener(Reactor& reactor, int fd) noexcept {
-  auto l = std::make_unique<Listener>();
-  l->server = this;
-  l->reactor = &reactor;
-  l->fd = fd;
-  l->arm();
+  auto l = std::make_unique<Acceptor>(
+      reactor, fd,
+      [](void* ctx, int conn) noexcept {
+        static_cast<NbdServer*>(ctx)->accepted(*Reactor::current(), conn);
+      },
+      this, "nbd");
+  l->start();
   listeners_.push_back(std::move(l));
 }
 
 Result<void> NbdServer::listen_tcp(Reactor& reactor) noexcept {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
+  // Every reactor listens on the port the first one bound (options.port may be 0).
   const uint16_t port = bound_port_.load() != 0 ? bound_port_.load() : options_.port;
-  addr.sin_port = htons(port);
-  if (inet_pton(AF_INET, options_.listen_address.c_str(), &addr.sin_addr) != 1) {
-    std::fprintf(stderr, "ferry: nbd: bad listen address %s\n", options_.listen_address.c_str());
-    return Errc::invalid_argument;
+  std::string error;
+  auto fd = ferry::listen_tcp(options_.listen_address, port, error);
+  if (!fd.ok()) {
+    std::fprintf(stderr, "ferry: nbd: %s\n", error.c_str());
+    return fd.error();
   }
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Errc::io_error;
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
-    std::fprintf(stderr, "ferry: nbd: cannot listen on %s:%u: %s\n",
-                 options_.listen_address.c_str(), port, std::strerror(errno));
-    ::close(fd);
-    return Errc::io_error;
-  }
-  socklen_t len = sizeof addr;
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
-    bound_port_.store(ntohs(addr.sin_port));
-  add_listener(reactor, fd);
+  bound_port_.store(local_port(fd.value()));
+  add_listener(reactor, fd.value());
   return {};
 }
 
@@ -180,11 +148,8 @@ Result<void> NbdServer::start_listening(Reactor& reactor) noexcept {
 void NbdServer::stop_listening(Reactor& reactor) noexcept {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& l : listeners_) {
-      if (l->reactor != &reactor) continue;
-      l->stopping = true;
-      ::shutdown(l->fd, SHUT_RDWR);  // ends the multishot accept
-    }
+    for (auto& l : listeners_)
+      if (&l->reactor() == &reactor) l->stop();
   }
   std::vector<Connection*> all;
   for (auto& [id, c] : t_connections) all.push_back(c);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "datapath/block_device.h"
+#include "datapath/acceptor.h"
 #include "datapath/reactor.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
@@ -78,11 +79,11 @@ class NbdServer {
   uint64_t connection_count() const noexcept { return connection_count_.load(); }
 
  private:
-  struct Listener;
   Result<void> init_tls() noexcept;
   Result<void> listen_tcp(Reactor& reactor) noexcept;
   Result<void> listen_unix(Reactor& reactor) noexcept;
   void add_listener(Reactor& reactor, int fd) noexcept;
+  void accepted(Reactor& reactor, int fd) noexcept;
 
   NbdOptions options_;
   std::vector<NbdExport> exports_;
@@ -91,7 +92,7 @@ class NbdServer {
   std::mutex mutex_;  // listeners_, tls init, unix socket ownership
   bool tls_initialised_ = false;
   bool unix_bound_ = false;
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<Acceptor>> listeners_;
   std::atomic<uint16_t> bound_port_{0};
   std::atomic<uint64_t> next_connection_id_{1};
   std::atomic<uint64_t> connection_count_{0};
