@@ -10,6 +10,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
 
 #include "datapath/result.h"
@@ -158,5 +159,15 @@ Compression choose_compression(double link_bytes_per_s, double cpu_budget_cores,
 // allocates nothing (DESIGN.md, "Content hash").
 using ContentHash = std::array<uint8_t, kContentHashBytes>;
 ContentHash content_hash(std::span<const uint8_t> data) noexcept;
+
+// Hash-table hasher for content hashes: SHA-256 bytes are already uniform, take the first word.
+struct ContentHashHasher {
+  size_t operator()(const ContentHash& h) const noexcept {
+    size_t v;
+    static_assert(sizeof v <= kContentHashBytes);
+    std::memcpy(&v, h.data(), sizeof v);
+    return v;
+  }
+};
 
 }  // namespace ferry::wan

@@ -274,7 +274,6 @@ void WanClient::enqueue(size_t volume, IoRequest& io, Priority priority) noexcep
   } else {
     p = new (std::nothrow) Pending();
     if (p == nullptr) return io.complete(Errc::no_memory);
-    ++pending_allocated_;
   }
   p->id = next_id_++;
   p->volume = volume;

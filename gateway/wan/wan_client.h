@@ -106,13 +106,6 @@ class WanClient final : public WanStreamHandler {
     Buffer data;
     uint32_t length = 0;
   };
-  struct HashOfHash {
-    size_t operator()(const ContentHash& h) const noexcept {
-      size_t v;
-      std::memcpy(&v, h.data(), sizeof v);
-      return v;
-    }
-  };
 
   struct Streamer {
     WanClient* client = nullptr;
@@ -181,7 +174,6 @@ class WanClient final : public WanStreamHandler {
   std::unordered_map<uint64_t, Pending*> pending_;
   std::list<Pending*> unsent_;  // in arrival order; sent by priority
   std::vector<Pending*> free_pending_;
-  size_t pending_allocated_ = 0;
 
   ChunkEncoder encoder_;
   ChunkDecoder decoder_;
@@ -189,7 +181,7 @@ class WanClient final : public WanStreamHandler {
 
   std::vector<std::unique_ptr<Streamer>> streamers_;
 
-  std::unordered_map<ContentHash, Stored, HashOfHash> store_;
+  std::unordered_map<ContentHash, Stored, ContentHashHasher> store_;
   std::list<ContentHash> store_order_;
   size_t store_bytes_ = 0;
 };

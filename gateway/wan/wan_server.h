@@ -80,18 +80,10 @@ class WanServer {
 
  private:
   friend class ServerSession;
-  struct HashOfHash {
-    size_t operator()(const ContentHash& h) const noexcept {
-      size_t v;
-      static_assert(sizeof v <= kContentHashBytes);
-      std::memcpy(&v, h.data(), sizeof v);  // SHA-256 bytes are already uniform
-      return v;
-    }
-  };
   // Content this client has received in full (it may have evicted some: it then answers
   // dedup_miss and the read is repeated without dedup).
   struct DedupSet {
-    std::unordered_set<ContentHash, HashOfHash> hashes;
+    std::unordered_set<ContentHash, ContentHashHasher> hashes;
     std::vector<ContentHash> order;  // ring in insertion order, for the bound
     size_t next_evict = 0;
   };
