@@ -80,8 +80,8 @@ class WanServer {
 
  private:
   friend class ServerSession;
-  // Content this client has received in full (it may have evicted some: it then answers
-  // dedup_miss and the read is repeated without dedup).
+  // Content this client session has received in full (it may have evicted some: it then
+  // repeats the read with NO_DEDUP).
   struct DedupSet {
     std::unordered_set<ContentHash, ContentHashHasher> hashes;
     std::vector<ContentHash> order;  // ring in insertion order, for the bound
