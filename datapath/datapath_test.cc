@@ -1,5 +1,5 @@
 // Unit tests for the datapath: Result, BufferPool bounds, RamDevice, FileDevice (sync and on a
-// reactor), FaultDevice, DelayDevice, Reactor timers and cross-thread posts.
+// reactor), FaultDevice, DelayDevice, Reactor timers and cross-thread posts, ConnectionBalancer.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "datapath/connection_balancer.h"
 #include "datapath/file_device.h"
 #include "datapath/ram_device.h"
 #include "datapath/reactor.h"
@@ -405,6 +406,39 @@ TEST(DelayDevice, HandsBackALentRead) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   ASSERT_NE(lent.load(), nullptr);
   EXPECT_EQ(std::memcmp(lent.load(), data.data(), 4096), 0);
+}
+
+TEST(ConnectionBalancer, PicksTheLeastLoadedJoinedReactor) {
+  Reactor a(0, 1 << 20), b(1, 1 << 20), outsider(2, 1 << 20);
+  ConnectionBalancer balancer;
+  EXPECT_EQ(&balancer.pick(a), &a);  // nobody joined: stays, uncounted
+  EXPECT_EQ(balancer.live(a), 0u);
+  balancer.join(a);
+  balancer.join(b);
+  balancer.join(a);  // idempotent
+  // Everything is accepted on a (the kernel's hash favoured it): connections alternate.
+  EXPECT_EQ(&balancer.pick(a), &a);  // tie: the accepting reactor keeps it
+  EXPECT_EQ(&balancer.pick(a), &b);
+  EXPECT_EQ(&balancer.pick(a), &a);
+  EXPECT_EQ(&balancer.pick(a), &b);
+  EXPECT_EQ(balancer.live(a), 2u);
+  EXPECT_EQ(balancer.live(b), 2u);
+  balancer.release(a);
+  balancer.release(a);
+  EXPECT_EQ(&balancer.pick(b), &a);  // a emptied: it gets the next ones
+  EXPECT_EQ(balancer.live(a), 1u);
+  // A reactor that left gets no more, and says so to posts still on their way.
+  balancer.leave(a);
+  EXPECT_FALSE(balancer.accepting(a));
+  EXPECT_TRUE(balancer.accepting(b));
+  EXPECT_EQ(&balancer.pick(a), &b);
+  EXPECT_EQ(balancer.live(b), 3u);
+  // Releases never underflow, and unknown reactors are ignored.
+  for (int i = 0; i < 5; ++i) balancer.release(a);
+  EXPECT_EQ(balancer.live(a), 0u);
+  balancer.release(outsider);
+  EXPECT_EQ(balancer.live(outsider), 0u);
+  EXPECT_EQ(&balancer.pick(outsider), &b);  // accepted on a non-member: goes to a member
 }
 
 }  // namespace

@@ -59,10 +59,12 @@ Result<void> Server::start_listening(Reactor& reactor) noexcept {
   acceptor->start();
   std::lock_guard<std::mutex> lock(listeners_mutex_);
   listeners_.push_back(std::move(acceptor));
+  balancer_.join(reactor);
   return {};
 }
 
 void Server::stop_listening(Reactor& reactor) noexcept {
+  balancer_.leave(reactor);
   {
     std::lock_guard<std::mutex> lock(listeners_mutex_);
     for (auto& l : listeners_)
@@ -79,10 +81,27 @@ void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
     ::close(fd);
     return;
   }
+  Reactor& target = balancer_.pick(reactor);
+  if (&target == &reactor) return start_connection(reactor, fd);
+  target.post([this, fd, &target] {
+    if (!balancer_.accepting(target)) {  // that reactor is shutting down
+      ::close(fd);
+      balancer_.release(target);
+      return;
+    }
+    start_connection(target, fd);
+  });
+}
+
+void Server::start_connection(Reactor& reactor, int fd) noexcept {
   const uint64_t id = next_connection_id_.fetch_add(1);
   auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
-  if (c == nullptr) ::close(fd);
-  else c->start();
+  if (c == nullptr) {
+    ::close(fd);
+    balancer_.release(reactor);
+    return;
+  }
+  c->start();
 }
 
 void Server::connection_opened(Connection* c) noexcept {
@@ -93,6 +112,7 @@ void Server::connection_opened(Connection* c) noexcept {
 void Server::connection_closed(Connection* c) noexcept {
   t_connections.erase(c->id());
   connection_count_.fetch_sub(1, std::memory_order_relaxed);
+  if (Reactor* r = Reactor::current()) balancer_.release(*r);
 }
 
 uint16_t Server::register_session(const std::string& initiator_name, const uint8_t isid[6],

@@ -1,5 +1,5 @@
-// iSCSI Server: the portal (listening sockets, one per reactor with SO_REUSEPORT so the kernel
-// spreads connections over threads), the targets it serves, and the session registry used for
+// iSCSI Server: the portal (listening sockets, one per reactor with SO_REUSEPORT; each accepted
+// connection moves to the reactor with the fewest live connections), the targets it serves, and the session registry used for
 // TSIH allocation and session reinstatement. Shared by all reactor threads: the registry is
 // guarded by a mutex (login-time only, never per I/O).
 #pragma once
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "datapath/acceptor.h"
+#include "datapath/connection_balancer.h"
 #include "datapath/reactor.h"
 #include "gateway/iscsi/portal_config.h"
 #include "gateway/scsi/logical_unit.h"
@@ -52,6 +53,7 @@ class Server {
   // Used by the accept path and by tests/fuzzers that hand over one end of a socketpair.
   // Call on the reactor thread.
   void adopt_connection(Reactor& reactor, int fd) noexcept;
+  void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
   // Installs the reactors so reinstatement can reach connections on other threads.
   void set_reactors(std::vector<Reactor*> reactors) { reactors_ = std::move(reactors); }
 
@@ -90,6 +92,7 @@ class Server {
   std::vector<std::unique_ptr<Acceptor>> listeners_;
   std::atomic<uint64_t> next_connection_id_{1};
   std::atomic<uint64_t> connection_count_{0};
+  ConnectionBalancer balancer_;  // spreads connections over the reactors
 };
 
 }  // namespace ferry::iscsi

@@ -4,6 +4,8 @@
 #include <libnbd.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -273,6 +275,67 @@ TEST(NbdCodec, RejectsBadInput) {
   l.size_bytes = 1024;
   EXPECT_EQ(validate_request(r, l), kEinval);
   EXPECT_EQ(to_nbd_error(Errc::write_protected), kEperm);
+}
+
+
+// Two reactors: connections are spread evenly whichever listener the kernel hands them to, and
+// a connection moved to the other reactor serves I/O like any other.
+TEST(NbdServerReactors, ConnectionsAreSpreadOverReactors) {
+  auto dev = std::move(RamDevice::create(kSize).value());
+  NbdOptions o;
+  o.port = 0;
+  NbdServer server(o, std::vector<NbdExport>{{"lun0", dev.get(), "", false}});
+  std::vector<std::unique_ptr<Reactor>> reactors;
+  std::vector<std::thread> threads;
+  std::atomic<int> ready{0}, failed{0};
+  for (unsigned i = 0; i < 2; ++i) {
+    reactors.push_back(std::make_unique<Reactor>(i, 64ull << 20));
+    Reactor* r = reactors.back().get();
+    threads.emplace_back([&server, r, &ready, &failed] {
+      if (!r->init() || !server.start_listening(*r)) {
+        ++failed;
+        return;
+      }
+      ++ready;
+      r->run();
+      server.stop_listening(*r);
+      Timer t;
+      r->arm(t, 50'000'000, [](void* p) noexcept { static_cast<Reactor*>(p)->stop(); }, r);
+      r->run();
+    });
+  }
+  while (ready + failed < 2) std::this_thread::yield();
+  ASSERT_EQ(failed, 0);
+  const std::string port = std::to_string(server.bound_port());
+  std::vector<nbd_handle*> handles;
+  for (int i = 0; i < 6; ++i) {
+    nbd_handle* h = nbd_create();
+    ASSERT_NE(h, nullptr);
+    nbd_set_export_name(h, "lun0");
+    ASSERT_NE(nbd_connect_tcp(h, "127.0.0.1", port.c_str()), -1) << nbd_get_error();
+    handles.push_back(h);
+  }
+  EXPECT_EQ(server.connections_on(*reactors[0]), 3u);
+  EXPECT_EQ(server.connections_on(*reactors[1]), 3u);
+  std::vector<char> buf(4096);
+  for (size_t i = 0; i < handles.size(); ++i) {
+    std::memset(buf.data(), 'a' + int(i), buf.size());
+    ASSERT_EQ(nbd_pwrite(handles[i], buf.data(), buf.size(), i * 4096, 0), 0) << nbd_get_error();
+  }
+  for (size_t i = 0; i < handles.size(); ++i) {
+    ASSERT_EQ(nbd_pread(handles[(i + 1) % handles.size()], buf.data(), buf.size(), i * 4096, 0), 0);
+    EXPECT_EQ(buf[0], 'a' + int(i));
+    EXPECT_EQ(buf[4095], 'a' + int(i));
+  }
+  for (nbd_handle* h : handles) {
+    nbd_shutdown(h, 0);
+    nbd_close(h);
+  }
+  for (int i = 0; i < 200 && server.connection_count() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(server.connections_on(*reactors[0]) + server.connections_on(*reactors[1]), 0u);
+  for (auto& r : reactors) r->stop();
+  for (auto& t : threads) t.join();
 }
 
 }  // namespace

@@ -77,10 +77,27 @@ void NbdServer::accepted(Reactor& reactor, int fd) noexcept {
     ::close(fd);
     return;
   }
+  Reactor& target = balancer_.pick(reactor);
+  if (&target == &reactor) return start_connection(reactor, fd);
+  target.post([this, fd, &target] {
+    if (!balancer_.accepting(target)) {  // that reactor is shutting down
+      ::close(fd);
+      balancer_.release(target);
+      return;
+    }
+    start_connection(target, fd);
+  });
+}
+
+void NbdServer::start_connection(Reactor& reactor, int fd) noexcept {
   const uint64_t id = next_connection_id_.fetch_add(1);
   auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
-  if (c == nullptr) ::close(fd);
-  else c->start();
+  if (c == nullptr) {
+    ::close(fd);
+    balancer_.release(reactor);
+    return;
+  }
+  c->start();
 }
 
 void NbdServer::add_listener(Reactor& reactor, int fd) noexcept {
@@ -142,10 +159,12 @@ Result<void> NbdServer::start_listening(Reactor& reactor) noexcept {
     Result<void> r = listen_unix(reactor);
     if (!r) return r;
   }
+  balancer_.join(reactor);
   return {};
 }
 
 void NbdServer::stop_listening(Reactor& reactor) noexcept {
+  balancer_.leave(reactor);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto& l : listeners_)
@@ -164,6 +183,7 @@ void NbdServer::connection_opened(Connection* c) noexcept {
 void NbdServer::connection_closed(Connection* c) noexcept {
   t_connections.erase(c->id());
   connection_count_.fetch_sub(1, std::memory_order_relaxed);
+  if (Reactor* r = Reactor::current()) balancer_.release(*r);
 }
 
 }  // namespace ferry::nbd

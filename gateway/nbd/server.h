@@ -1,8 +1,8 @@
 // NbdServer: the NBD export server (fixed newstyle, structured replies, base:allocation,
 // STARTTLS). Owns the export table, the optional TLS context and the listeners: one TCP
-// listener per reactor (SO_REUSEPORT, the kernel spreads connections over threads) and one
-// Unix-socket listener on the first reactor that starts. Connections live on the reactor that
-// accepted them (see connection.h).
+// listener per reactor (SO_REUSEPORT) and one Unix-socket listener on the first reactor that
+// starts. Each accepted connection moves to the reactor with the fewest live connections
+// (ConnectionBalancer) and lives there (see connection.h).
 //
 // Threading: construct on any thread before the reactors run; start_listening/stop_listening
 // run on each reactor thread. Shared state after start (exports, SSL_CTX, counters) is
@@ -19,6 +19,7 @@
 
 #include "datapath/block_device.h"
 #include "datapath/acceptor.h"
+#include "datapath/connection_balancer.h"
 #include "datapath/reactor.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
@@ -77,6 +78,8 @@ class NbdServer {
   void connection_opened(Connection* c) noexcept;
   void connection_closed(Connection* c) noexcept;
   uint64_t connection_count() const noexcept { return connection_count_.load(); }
+  // Connections placed on a reactor (by the balancer) and not yet closed.
+  uint32_t connections_on(const Reactor& reactor) const noexcept { return balancer_.live(reactor); }
 
  private:
   Result<void> init_tls() noexcept;
@@ -84,6 +87,7 @@ class NbdServer {
   Result<void> listen_unix(Reactor& reactor) noexcept;
   void add_listener(Reactor& reactor, int fd) noexcept;
   void accepted(Reactor& reactor, int fd) noexcept;
+  void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
 
   NbdOptions options_;
   std::vector<NbdExport> exports_;
@@ -96,6 +100,7 @@ class NbdServer {
   std::atomic<uint16_t> bound_port_{0};
   std::atomic<uint64_t> next_connection_id_{1};
   std::atomic<uint64_t> connection_count_{0};
+  ConnectionBalancer balancer_;  // spreads connections over the reactors
 };
 
 }  // namespace ferry::nbd
