@@ -280,7 +280,7 @@ struct NopChain final : Operation {
 };
 
 TEST(Reactor, SpinsThroughShortGapsButNotWhenIdle) {
-  for (const uint64_t spin_ns : {Reactor::kSpinNsDefault, uint64_t{0}}) {
+  for (const uint64_t spin_ns : {Reactor::kSpinNsSuggested, uint64_t{0}}) {
     Reactor reactor(0, 1 << 20);
     ASSERT_TRUE(reactor.init(64).ok());
     reactor.set_spin_ns(spin_ns);

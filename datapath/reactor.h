@@ -1,8 +1,9 @@
 // Reactor: one io_uring event loop per thread (run-to-completion). Every socket, file and
 // eventfd operation goes through the ring; timers are a userspace heap whose earliest deadline
-// bounds the ring wait. Work crosses threads only through post(). While completions keep coming
-// within kSpinNsDefault, the wait busy-polls the CQ ring for that long before it sleeps (a
-// sleeping thread costs every peer message a wake-up; see spin_for_completions()).
+// bounds the ring wait. Work crosses threads only through post(). Optionally (set_spin_ns; off
+// by default), while completions keep coming within the spin budget, the wait busy-polls the CQ
+// ring for that long before it sleeps (a sleeping thread costs every peer message a wake-up; see
+// spin_for_completions()).
 //
 //   thread ──run()──▶ [ submit SQEs + wait (≤ next timer) ] ─▶ dispatch CQEs ─▶ fire timers
 //                      ▲                                                        │
@@ -111,8 +112,11 @@ class Reactor {
   static void prepare_ignored(io_uring_sqe* sqe) noexcept { io_uring_sqe_set_data(sqe, nullptr); }
 
   // Busy-poll budget before sleeping, used only while completions keep arriving within it
-  // (0: never spin). Default kSpinNsDefault.
-  static constexpr uint64_t kSpinNsDefault = 20'000;
+  // (0: never spin). Off by default: on the 2-vCPU test machine, client and server sharing it,
+  // spinning cost 17-72 % more CPU per IO for equal or lower IOPS (perf/README.md, "Reactor
+  // spin"); kSpinNsSuggested is the budget that did best when it helped (a loaded machine).
+  static constexpr uint64_t kSpinNsDefault = 0;
+  static constexpr uint64_t kSpinNsSuggested = 20'000;
   void set_spin_ns(uint64_t spin_ns) noexcept { spin_ns_max_ = spin_ns; }
 
   // Monotonic clock in nanoseconds (cached per loop iteration; now_ns_fresh() reads the clock).

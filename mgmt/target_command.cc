@@ -37,6 +37,7 @@ struct TargetFlags {
   uint32_t nop_timeout_ms = 15000;
   uint32_t login_timeout_ms = 15000;
   uint32_t tx_batch_pdus = 256;
+  uint32_t spin_us = uint32_t(Reactor::kSpinNsDefault / 1000);
   std::string nbd;  // ADDRESS:PORT
   std::string nbd_unix;
   std::string nbd_tls_cert, nbd_tls_key, nbd_tls_ca;
@@ -62,6 +63,12 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                  "mutual CHAP for discovery sessions: USER:SECRET");
   app.add_option("--threads", f.threads, "reactor threads (default: one per core)")
       ->check(CLI::Range(1u, 256u));
+  app.add_option("--spin-us", f.spin_us,
+                 "busy-poll for completions up to this long before sleeping, while they keep "
+                 "coming that fast (0 = never, the default; 20 helped on a loaded machine; see "
+                 "perf/README.md)")
+      ->check(CLI::Range(0u, 1000u))
+      ->capture_default_str();
   app.add_option("--queue-depth", f.queue_depth, "commands outstanding per session (CmdSN window)")
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
@@ -245,6 +252,7 @@ int run_target(const TargetFlags& f, const char* banner) {
   std::vector<Reactor*> raw;
   for (unsigned i = 0; i < f.threads; ++i) {
     reactors.push_back(std::make_unique<Reactor>(i, kPoolBytesPerReactor));
+    reactors.back()->set_spin_ns(uint64_t(f.spin_us) * 1000);
     raw.push_back(reactors.back().get());
   }
   server.set_reactors(raw);
