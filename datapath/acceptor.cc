@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,7 +13,21 @@
 
 namespace ferry {
 
-Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& error) noexcept {
+namespace {
+std::string available_congestion_controls() {
+  FILE* f = std::fopen("/proc/sys/net/ipv4/tcp_allowed_congestion_control", "r");
+  if (f == nullptr) return "unknown";
+  char line[256] = {};
+  const bool ok = std::fgets(line, sizeof line, f) != nullptr;
+  std::fclose(f);
+  std::string s = ok ? line : "unknown";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+}  // namespace
+
+Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& error,
+                       const std::string& congestion) noexcept {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
@@ -28,6 +43,14 @@ Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& e
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (!congestion.empty() && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, congestion.data(),
+                                        socklen_t(congestion.size())) != 0) {
+    error = "TCP congestion control '" + congestion + "': " + std::strerror(errno) +
+            " (allowed without CAP_NET_ADMIN: " + available_congestion_controls() +
+            "; loaded: see /proc/sys/net/ipv4/tcp_available_congestion_control)";
+    ::close(fd);
+    return Errc::invalid_argument;
+  }
   if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
     error = "cannot listen on " + address + ":" + std::to_string(port) + ": " + std::strerror(errno);
     ::close(fd);

@@ -14,8 +14,13 @@
 namespace ferry {
 
 // Binds and listens on IPv4 ADDRESS:PORT (port 0: ephemeral). Returns the fd or an error,
-// with a message naming the address in `error`.
-Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& error) noexcept;
+// with a message naming the address in `error`. A non-empty `congestion` names the TCP
+// congestion control for the listener, which accepted sockets inherit (TCP_CONGESTION; e.g.
+// "cubic" where the system default is "bbr" without an fq qdisc: BBR then paces every segment
+// with a timer, which costs a loopback or LAN front end a third of its 1 MiB read throughput,
+// perf/README.md). An unknown or not-permitted name fails with the available ones in `error`.
+Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& error,
+                       const std::string& congestion = {}) noexcept;
 // The local port of a bound socket (0 on error).
 uint16_t local_port(int fd) noexcept;
 

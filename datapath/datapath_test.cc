@@ -1,6 +1,11 @@
 // Unit tests for the datapath: Result, BufferPool bounds, RamDevice, FileDevice (sync and on a
-// reactor), FaultDevice, DelayDevice, Reactor timers and cross-thread posts, ConnectionBalancer.
+// reactor), FaultDevice, DelayDevice, Reactor timers and cross-thread posts, ConnectionBalancer,
+// listen_tcp's congestion control.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -9,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "datapath/acceptor.h"
 #include "datapath/connection_balancer.h"
 #include "datapath/file_device.h"
 #include "datapath/ram_device.h"
@@ -439,6 +445,35 @@ TEST(ConnectionBalancer, PicksTheLeastLoadedJoinedReactor) {
   balancer.release(outsider);
   EXPECT_EQ(balancer.live(outsider), 0u);
   EXPECT_EQ(&balancer.pick(outsider), &b);  // accepted on a non-member: goes to a member
+}
+
+
+TEST(ListenTcp, CongestionControlIsInheritedAndValidated) {
+  std::string error;
+  // reno is built into every Linux kernel.
+  auto fd = listen_tcp("127.0.0.1", 0, error, "reno");
+  ASSERT_TRUE(fd.ok()) << error;
+  const uint16_t port = local_port(fd.value());
+  const int client = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const int accepted = ::accept(fd.value(), nullptr, nullptr);
+  ASSERT_GE(accepted, 0);
+  char name[16] = {};
+  socklen_t len = sizeof name;
+  ASSERT_EQ(getsockopt(accepted, IPPROTO_TCP, TCP_CONGESTION, name, &len), 0);
+  EXPECT_STREQ(name, "reno");
+  ::close(accepted);
+  ::close(client);
+  ::close(fd.value());
+
+  auto bad = listen_tcp("127.0.0.1", 0, error, "no-such-cc");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error(), Errc::invalid_argument);
+  EXPECT_NE(error.find("no-such-cc"), std::string::npos) << error;
 }
 
 }  // namespace

@@ -38,6 +38,7 @@ struct TargetFlags {
   uint32_t login_timeout_ms = 15000;
   uint32_t tx_batch_pdus = 256;
   uint32_t spin_us = uint32_t(Reactor::kSpinNsDefault / 1000);
+  std::string tcp_congestion;  // "": the system's
   std::string nbd;  // ADDRESS:PORT
   std::string nbd_unix;
   std::string nbd_tls_cert, nbd_tls_key, nbd_tls_ca;
@@ -69,6 +70,9 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                  "perf/README.md)")
       ->check(CLI::Range(0u, 1000u))
       ->capture_default_str();
+  app.add_option("--tcp-congestion", f.tcp_congestion,
+                 "TCP congestion control for the iSCSI and NBD listeners, e.g. cubic (default: the "
+                 "system's; see perf/README.md for bbr without fq)");
   app.add_option("--queue-depth", f.queue_depth, "commands outstanding per session (CmdSN window)")
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
@@ -113,6 +117,7 @@ int run_target(const TargetFlags& f, const char* banner) {
   options.nop_timeout_ms = f.nop_timeout_ms;
   options.login_timeout_ms = f.login_timeout_ms;
   options.tx_batch_pdus_max = f.tx_batch_pdus;
+  options.tcp_congestion = f.tcp_congestion;
 
   iscsi::PortalConfig portal;
   portal.portal_address = options.listen_address + ":" + std::to_string(options.port) + ",1";
@@ -155,6 +160,7 @@ int run_target(const TargetFlags& f, const char* banner) {
     return 2;
   }
   nbd_options.listen_tcp = nbd_tcp;
+  nbd_options.tcp_congestion = f.tcp_congestion;
   nbd_options.unix_path = f.nbd_unix;
   nbd_options.tls_cert_path = f.nbd_tls_cert;
   nbd_options.tls_key_path = f.nbd_tls_key;
@@ -278,7 +284,7 @@ int run_target(const TargetFlags& f, const char* banner) {
   }
   while (ready.load() < f.threads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   if (failed) {
-    std::fprintf(stderr, "ferry: failed to start (is the port in use?)\n");
+    std::fprintf(stderr, "ferry: failed to start (see the messages above)\n");
     for (auto& r : reactors) {
       Reactor* rp = r.get();
       rp->post([&, rp] {

@@ -8,11 +8,15 @@
 # Reports IOPS, MB/s, p50/p99 completion latency, server CPU time per IO (utime+stime of the
 # server PID) and client CPU (fio's utime+stime, in cores): a client at ~1 core is the ceiling.
 # Usage: perf/nbd_bench.sh /path/to/ferry [runtime_s] [rounds]  (writes perf/results/nbd-latest.md)
+# Environment: FERRY_FLAGS extra `ferry target` flags (e.g. "--tcp-congestion cubic");
+#              RESULT name of the result file in perf/results (default nbd-latest).
 set -u
 FERRY=${1:?usage: $0 /path/to/ferry [runtime_s] [rounds]}
 RUNTIME=${2:-5}
 ROUNDS=${3:-3}
 RAMP=1
+FERRY_FLAGS=${FERRY_FLAGS:-}
+RESULT=${RESULT:-nbd-latest}
 HERE=$(cd "$(dirname "$0")" && pwd)
 for t in fio qemu-nbd nbdkit python3; do command -v $t >/dev/null || { echo "missing $t"; exit 77; }; done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "fio has no nbd engine"; exit 77; }
@@ -57,7 +61,9 @@ run_one() {  # run_one SERVER PID URI ROUND WORKLOAD...
 
 P_F=$(free_port); P_F2=$(free_port); P_Q=$(free_port); P_K=$(free_port)
 truncate -s 1G "$SHM"
-run_server ferry "$P_F2" "$FERRY" target --listen 127.0.0.1:$P_F --lun ram:1GiB --nbd 127.0.0.1:$P_F2 || exit 1
+# shellcheck disable=SC2086  # FERRY_FLAGS is a list of flags
+run_server ferry "$P_F2" "$FERRY" target --listen 127.0.0.1:$P_F --lun ram:1GiB --nbd 127.0.0.1:$P_F2 \
+  $FERRY_FLAGS || exit 1
 PID_F=$SERVER_PID
 # /dev/shm (tmpfs) has no O_DIRECT: qemu-nbd uses its default (writeback cache, thread pool aio).
 # --shared=8: qemu-nbd serves one connection at a time unless told otherwise.
@@ -86,9 +92,11 @@ for round in $(seq "$ROUNDS"); do
 done
 
 HZ=$(getconf CLK_TCK)
-python3 - "$TMP" "$HZ" "$RUNTIME" "$RAMP" "$ROUNDS" >"$TMP/table.md" <<'PY'
-import json, sys, os, statistics
+CC=$(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)
+python3 - "$TMP" "$HZ" "$RUNTIME" "$RAMP" "$ROUNDS" "$FERRY_FLAGS" "$CC" >"$TMP/table.md" <<'PY'
+import json, sys, os
 tmp, hz, runtime, ramp, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+ferry_flags, cc = sys.argv[6], sys.argv[7]
 servers = ("ferry", "qemu-nbd", "nbdkit")
 workloads = ("randread-4k-qd32", "randwrite-4k-qd32", "seqread-1m-qd8",
              "randread-4k-2x16", "randwrite-4k-2x16", "seqread-1m-2x4")
@@ -120,6 +128,7 @@ print(f"# NBD benchmark (fio nbd engine, loopback, {runtime} s + {ramp} s ramp p
       f"median of {rounds} interleaved rounds)\n")
 print("`1 job`: one fio job, one connection, the whole queue depth. `2x`: two jobs (two "
       "connections) with half the depth each, same total.\n")
+print(f"System TCP congestion control: {cc}. Extra ferry flags: {ferry_flags or 'none'}.\n")
 print("| workload | server | IOPS (median) | all rounds | MB/s | p50 µs | p99 µs | server CPU µs/IO | client CPU cores |")
 print("|---|---|---:|---|---:|---:|---:|---:|---:|")
 for w in workloads:
@@ -150,4 +159,4 @@ print(f"\nServer CPU per IO counts the ramp second too (IOPS × (runtime + ramp)
 PY
 cat "$TMP/table.md"
 mkdir -p "$HERE/results"
-cp "$TMP/table.md" "$HERE/results/nbd-latest.md"
+cp "$TMP/table.md" "$HERE/results/$RESULT.md"

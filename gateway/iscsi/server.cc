@@ -44,7 +44,7 @@ scsi::Target* Server::find_target(std::string_view iqn) const noexcept {
 
 Result<void> Server::start_listening(Reactor& reactor) noexcept {
   std::string error;
-  auto fd = listen_tcp(options_.listen_address, options_.port, error);
+  auto fd = listen_tcp(options_.listen_address, options_.port, error, options_.tcp_congestion);
   if (!fd.ok()) {
     std::fprintf(stderr, "ferry: iscsi: %s\n", error.c_str());
     return fd.error();

@@ -31,6 +31,7 @@ struct ServerOptions {
   uint32_t nop_timeout_ms = 15000;        // no answer to a ping → drop the connection
   uint32_t connections_max = 4096;        // per server; beyond that accept closes at once
   uint32_t tx_batch_pdus_max = 256;       // PDUs per sendmsg (1 = no batching; for measuring)
+  std::string tcp_congestion;             // TCP congestion control of the portal ("": system's)
 };
 
 class Server {

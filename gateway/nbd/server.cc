@@ -115,7 +115,7 @@ Result<void> NbdServer::listen_tcp(Reactor& reactor) noexcept {
   // Every reactor listens on the port the first one bound (options.port may be 0).
   const uint16_t port = bound_port_.load() != 0 ? bound_port_.load() : options_.port;
   std::string error;
-  auto fd = ferry::listen_tcp(options_.listen_address, port, error);
+  auto fd = ferry::listen_tcp(options_.listen_address, port, error, options_.tcp_congestion);
   if (!fd.ok()) {
     std::fprintf(stderr, "ferry: nbd: %s\n", error.c_str());
     return fd.error();

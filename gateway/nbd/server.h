@@ -32,6 +32,7 @@ struct NbdOptions {
   std::string listen_address = "127.0.0.1";  // IPv4 literal
   uint16_t port = 10809;                     // 0: an ephemeral port (see bound_port())
   bool listen_tcp = true;                    // false: Unix socket only
+  std::string tcp_congestion;                // TCP congestion control ("": the system's)
   std::string unix_path;                     // empty: no Unix socket
   std::string tls_cert_path;                 // PEM; empty: STARTTLS refused (NBD_REP_ERR_POLICY)
   std::string tls_key_path;
