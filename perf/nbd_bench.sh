@@ -18,7 +18,7 @@ RAMP=1
 FERRY_FLAGS=${FERRY_FLAGS:-}
 RESULT=${RESULT:-nbd-latest}
 HERE=$(cd "$(dirname "$0")" && pwd)
-for t in fio qemu-nbd nbdkit python3; do command -v $t >/dev/null || { echo "missing $t"; exit 77; }; done
+for t in fio qemu-nbd nbdkit python3 /usr/bin/time; do command -v $t >/dev/null || { echo "missing $t (scripts/install-deps.sh)"; exit 77; }; done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "fio has no nbd engine"; exit 77; }
 TMP=$(mktemp -d /tmp/ferry-nbd-bench.XXXXXX)
 SHM=/dev/shm/ferry-nbd-bench-$$.raw
