@@ -1,6 +1,8 @@
 // ConnectionBalancer (see connection_balancer.h).
 #include "datapath/connection_balancer.h"
 
+#include <unistd.h>
+
 namespace ferry {
 
 ConnectionBalancer::Slot* ConnectionBalancer::find(const Reactor& reactor) const noexcept {
@@ -55,6 +57,20 @@ void ConnectionBalancer::release(const Reactor& reactor) noexcept {
     while (v > 0 && !s->live.compare_exchange_weak(v, v - 1, std::memory_order_relaxed)) {
     }
   }
+}
+
+void ConnectionBalancer::place(Reactor& accepting_reactor, int fd, StartFn start,
+                               void* context) noexcept {
+  Reactor& target = pick(accepting_reactor);
+  if (&target == &accepting_reactor) return start(context, target, fd);
+  target.post([this, &target, fd, start, context] {
+    if (!accepting(target)) {  // that reactor is shutting down
+      ::close(fd);
+      release(target);
+      return;
+    }
+    start(context, target, fd);
+  });
 }
 
 uint32_t ConnectionBalancer::live(const Reactor& reactor) const noexcept {

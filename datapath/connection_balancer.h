@@ -2,8 +2,8 @@
 // live connections. Every reactor has its own SO_REUSEPORT listener, and the kernel picks the
 // listener by a hash of the 4-tuple: two busy connections land on the same thread half the time
 // while the other thread idles (measured: two fio jobs reading 1 MiB blocks ran at 3.5 or 5.7
-// GB/s depending on that coin toss). Servers ask pick() on the accepting thread and hand the
-// socket over with Reactor::post when the answer is another thread.
+// GB/s depending on that coin toss). Servers call place() on the accepting thread: it picks
+// and hands the socket over with Reactor::post when the answer is another thread.
 // Thread safety: join/leave/pick/release may run on any thread (atomics; join/leave under a
 // mutex). At most kReactorsMax reactors.
 #pragma once
@@ -33,6 +33,12 @@ class ConnectionBalancer {
   Reactor& pick(Reactor& accepting_reactor) noexcept;
   // A connection counted by pick() on this reactor has ended (or was never started).
   void release(const Reactor& reactor) noexcept;
+
+  // pick() and hand over: calls start(context, reactor, fd) on the picked reactor's thread, at
+  // once when that is `accepting_reactor`, else through Reactor::post. If the picked reactor has
+  // left by the time the post runs, closes fd and releases the count instead.
+  using StartFn = void (*)(void* context, Reactor& reactor, int fd) noexcept;
+  void place(Reactor& accepting_reactor, int fd, StartFn start, void* context) noexcept;
 
   // Live connections counted on a reactor (0 for one that never joined). For tests and stats.
   uint32_t live(const Reactor& reactor) const noexcept;

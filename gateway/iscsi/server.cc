@@ -81,16 +81,12 @@ void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
     ::close(fd);
     return;
   }
-  Reactor& target = balancer_.pick(reactor);
-  if (&target == &reactor) return start_connection(reactor, fd);
-  target.post([this, fd, &target] {
-    if (!balancer_.accepting(target)) {  // that reactor is shutting down
-      ::close(fd);
-      balancer_.release(target);
-      return;
-    }
-    start_connection(target, fd);
-  });
+  balancer_.place(
+      reactor, fd,
+      [](void* self, Reactor& r, int conn_fd) noexcept {
+        static_cast<Server*>(self)->start_connection(r, conn_fd);
+      },
+      this);
 }
 
 void Server::start_connection(Reactor& reactor, int fd) noexcept {
