@@ -1,7 +1,7 @@
 // iSCSI Server: the portal (listening sockets, one per reactor with SO_REUSEPORT; each accepted
-// connection moves to the reactor with the fewest live connections), the targets it serves, and the session registry used for
-// TSIH allocation and session reinstatement. Shared by all reactor threads: the registry is
-// guarded by a mutex (login-time only, never per I/O).
+// connection moves to the reactor with the fewest live connections), the targets it serves, and
+// the session registry used for TSIH allocation and session reinstatement. Shared by all reactor
+// threads: the registry is guarded by a mutex (login-time only, never per I/O).
 #pragma once
 
 #include <atomic>
@@ -54,7 +54,6 @@ class Server {
   // Used by the accept path and by tests/fuzzers that hand over one end of a socketpair.
   // Call on the reactor thread.
   void adopt_connection(Reactor& reactor, int fd) noexcept;
-  void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
   // Installs the reactors so reinstatement can reach connections on other threads.
   void set_reactors(std::vector<Reactor*> reactors) { reactors_ = std::move(reactors); }
 
@@ -71,6 +70,8 @@ class Server {
   std::atomic<uint64_t>& connection_count() noexcept { return connection_count_; }
 
  private:
+  void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
+
   struct SessionEntry {
     std::string initiator_name;
     std::string target_name;
