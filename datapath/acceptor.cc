@@ -42,7 +42,6 @@ Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& e
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   if (!congestion.empty() && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, congestion.data(),
                                         socklen_t(congestion.size())) != 0) {
     error = "TCP congestion control '" + congestion + "': " + std::strerror(errno) +
@@ -52,9 +51,11 @@ Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& e
     return Errc::invalid_argument;
   }
   if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
-    error = "cannot listen on " + address + ":" + std::to_string(port) + ": " + std::strerror(errno);
+    const int err = errno;
+    error = "cannot listen on " + address + ":" + std::to_string(port) + ": " + std::strerror(err);
+    if (err == EADDRINUSE) error += " (another process, or another server of this one, has it)";
     ::close(fd);
-    return Errc::io_error;
+    return err == EADDRINUSE ? Errc::exists : Errc::io_error;
   }
   return fd;
 }

@@ -1,5 +1,7 @@
-// Acceptor: a TCP listening socket (SO_REUSEPORT, so each reactor can have its own and the
-// kernel spreads connections) accepting with one multishot accept on a reactor. Accept errors
+// Acceptor: a TCP listening socket accepting with one multishot accept on a reactor. A server
+// has one listener per address, on one reactor, and hands accepted connections to the others
+// (ConnectionBalancer). No SO_REUSEPORT: a second process asking for a port in use must fail,
+// not share the port (connections would alternate between the two processes). Accept errors
 // are logged and back off 100 ms instead of spinning (EMFILE); after stop() accepted sockets are
 // closed. Used by every server (iSCSI portal, NBD export, WAN link). Reactor thread only, except
 // listen_tcp which may run anywhere.
@@ -14,7 +16,8 @@
 namespace ferry {
 
 // Binds and listens on IPv4 ADDRESS:PORT (port 0: ephemeral). Returns the fd or an error,
-// with a message naming the address in `error`. A non-empty `congestion` names the TCP
+// with a message naming the address in `error`; a port already in use (by this or another
+// process) is an error (Errc::exists, "address already in use"). A non-empty `congestion` names the TCP
 // congestion control for the listener, which accepted sockets inherit (TCP_CONGESTION; e.g.
 // "cubic" where the system default is "bbr" without an fq qdisc: BBR then paces every segment
 // with a timer, which costs a loopback or LAN front end a third of its 1 MiB read throughput,

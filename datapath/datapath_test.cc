@@ -476,5 +476,23 @@ TEST(ListenTcp, CongestionControlIsInheritedAndValidated) {
   EXPECT_NE(error.find("no-such-cc"), std::string::npos) << error;
 }
 
+// A port in use is refused, not shared (SO_REUSEPORT let a second process take half the
+// connections of the first: issue 15, failure 1).
+TEST(ListenTcp, PortInUseIsRefusedNotShared) {
+  std::string error;
+  auto first = listen_tcp("127.0.0.1", 0, error);
+  ASSERT_TRUE(first.ok()) << error;
+  const uint16_t port = local_port(first.value());
+  auto second = listen_tcp("127.0.0.1", port, error);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error(), Errc::exists);
+  EXPECT_NE(error.find("in use"), std::string::npos) << error;
+  ::close(first.value());
+  // Once the first listener is closed the port can be taken again at once (SO_REUSEADDR).
+  auto again = listen_tcp("127.0.0.1", port, error);
+  ASSERT_TRUE(again.ok()) << error;
+  ::close(again.value());
+}
+
 }  // namespace
 }  // namespace ferry

@@ -43,22 +43,24 @@ scsi::Target* Server::find_target(std::string_view iqn) const noexcept {
 }
 
 Result<void> Server::start_listening(Reactor& reactor) noexcept {
-  std::string error;
-  auto fd = listen_tcp(options_.listen_address, options_.port, error, options_.tcp_congestion);
-  if (!fd.ok()) {
-    std::fprintf(stderr, "ferry: iscsi: %s\n", error.c_str());
-    return fd.error();
-  }
-  auto acceptor = std::make_unique<Acceptor>(
-      reactor, fd.value(),
-      [](void* ctx, int conn_fd) noexcept {
-        auto* self = static_cast<Server*>(ctx);
-        self->adopt_connection(*Reactor::current(), conn_fd);
-      },
-      this, "iscsi");
-  acceptor->start();
   std::lock_guard<std::mutex> lock(listeners_mutex_);
-  listeners_.push_back(std::move(acceptor));
+  if (listeners_.empty()) {  // the portal's one listener, on the first reactor to get here
+    std::string error;
+    auto fd = listen_tcp(options_.listen_address, options_.port, error, options_.tcp_congestion);
+    if (!fd.ok()) {
+      std::fprintf(stderr, "ferry: iscsi: %s\n", error.c_str());
+      return fd.error();
+    }
+    auto acceptor = std::make_unique<Acceptor>(
+        reactor, fd.value(),
+        [](void* ctx, int conn_fd) noexcept {
+          auto* self = static_cast<Server*>(ctx);
+          self->adopt_connection(*Reactor::current(), conn_fd);
+        },
+        this, "iscsi");
+    acceptor->start();
+    listeners_.push_back(std::move(acceptor));
+  }
   balancer_.join(reactor);
   return {};
 }

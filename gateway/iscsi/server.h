@@ -1,4 +1,4 @@
-// iSCSI Server: the portal (listening sockets, one per reactor with SO_REUSEPORT; each accepted
+// iSCSI Server: the portal (one listening socket on the first reactor; each accepted
 // connection moves to the reactor with the fewest live connections), the targets it serves, and
 // the session registry used for TSIH allocation and session reinstatement. Shared by all reactor
 // threads: the registry is guarded by a mutex (login-time only, never per I/O).
@@ -45,7 +45,8 @@ class Server {
   const PortalConfig& portal() const noexcept { return portal_; }
   const ServerOptions& options() const noexcept { return options_; }
 
-  // Opens this reactor's listening socket and starts accepting. Call on the reactor thread.
+  // The reactor takes connections; the first one to call also opens the portal's listening
+  // socket and accepts (a port in use fails: Errc::exists). Call on the reactor thread.
   Result<void> start_listening(Reactor& reactor) noexcept;
   // Closes every connection of this reactor and the listener. Call on the reactor thread.
   void stop_listening(Reactor& reactor) noexcept;

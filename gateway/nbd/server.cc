@@ -1,4 +1,4 @@
-// NbdServer: listeners (multishot accept per reactor), export table, TLS context (see server.h).
+// NbdServer: listeners (one TCP and one Unix socket, on the first reactor), export table, TLS context (see server.h).
 #include "gateway/nbd/server.h"
 
 #include <arpa/inet.h>
@@ -108,10 +108,8 @@ void NbdServer::add_listener(Reactor& reactor, int fd) noexcept {
 }
 
 Result<void> NbdServer::listen_tcp(Reactor& reactor) noexcept {
-  // Every reactor listens on the port the first one bound (options.port may be 0).
-  const uint16_t port = bound_port_.load() != 0 ? bound_port_.load() : options_.port;
   std::string error;
-  auto fd = ferry::listen_tcp(options_.listen_address, port, error, options_.tcp_congestion);
+  auto fd = ferry::listen_tcp(options_.listen_address, options_.port, error, options_.tcp_congestion);
   if (!fd.ok()) {
     std::fprintf(stderr, "ferry: nbd: %s\n", error.c_str());
     return fd.error();
@@ -147,7 +145,7 @@ Result<void> NbdServer::start_listening(Reactor& reactor) noexcept {
     if (!r) return r;
     tls_initialised_ = true;
   }
-  if (options_.listen_tcp) {
+  if (options_.listen_tcp && bound_port_.load() == 0) {  // one listener, on the first reactor
     Result<void> r = listen_tcp(reactor);
     if (!r) return r;
   }

@@ -1,7 +1,7 @@
 // NbdServer: the NBD export server (fixed newstyle, structured replies, base:allocation,
 // STARTTLS). Owns the export table, the optional TLS context and the listeners: one TCP
-// listener per reactor (SO_REUSEPORT) and one Unix-socket listener on the first reactor that
-// starts. Each accepted connection moves to the reactor with the fewest live connections
+// listener and one Unix-socket listener, both on the first reactor that starts (a port in use
+// fails the start). Each accepted connection moves to the reactor with the fewest live connections
 // (ConnectionBalancer) and lives there (see connection.h).
 //
 // Threading: construct on any thread before the reactors run; start_listening/stop_listening

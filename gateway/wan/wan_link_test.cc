@@ -184,7 +184,8 @@ TEST_F(WanLinkTest, RequestsSurviveTheServerDroppingTheLink) {
     server_->stop();
   });
   std::string error;
-  // A second server on the same port (SO_REUSEPORT) stands in for the restarted edge.
+  // A second server on the same port (the first one's listener is shut) stands in for the
+  // restarted edge.
   const uint16_t port = server_->bound_port();
   WanServerOptions so;
   so.port = port;
