@@ -36,6 +36,7 @@ struct TargetFlags {
   uint32_t nop_interval_ms = 5000;
   uint32_t nop_timeout_ms = 15000;
   uint32_t login_timeout_ms = 15000;
+  PreAuthLimits pre_auth;
   uint32_t tx_batch_pdus = 256;
   uint32_t spin_us = uint32_t(Reactor::kSpinNsDefault / 1000);
   std::string tcp_congestion;  // "": the system's
@@ -87,6 +88,15 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                  "connect → full-feature phase deadline; silent peers are dropped after it")
       ->check(CLI::Range(100u, 600000u))
       ->capture_default_str();
+  app.add_option("--pre-auth-max", f.pre_auth.pending_max,
+                 "connections still in login (iSCSI) or handshake (NBD), per server; when full the "
+                 "oldest is dropped for the newcomer")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+  app.add_option("--pre-auth-per-source", f.pre_auth.per_source_max,
+                 "of those, from one source address; more are refused at once")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
   app.add_option("--tx-batch-pdus", f.tx_batch_pdus,
                  "iSCSI PDUs gathered into one sendmsg (1 = no batching; for benchmarks)")
       ->check(CLI::Range(1u, 256u))
@@ -116,6 +126,7 @@ int run_target(const TargetFlags& f, const char* banner) {
   options.nop_interval_ms = f.nop_interval_ms;
   options.nop_timeout_ms = f.nop_timeout_ms;
   options.login_timeout_ms = f.login_timeout_ms;
+  options.pre_auth = f.pre_auth;
   options.tx_batch_pdus_max = f.tx_batch_pdus;
   options.tcp_congestion = f.tcp_congestion;
 
@@ -160,6 +171,7 @@ int run_target(const TargetFlags& f, const char* banner) {
     return 2;
   }
   nbd_options.listen_tcp = nbd_tcp;
+  nbd_options.pre_auth = f.pre_auth;
   nbd_options.tcp_congestion = f.tcp_congestion;
   nbd_options.unix_path = f.nbd_unix;
   nbd_options.tls_cert_path = f.nbd_tls_cert;

@@ -386,6 +386,7 @@ bool Connection::handle_login(const Bhs& h, std::span<const uint8_t> data) noexc
 
 void Connection::enter_full_feature() noexcept {
   phase_ = Phase::full_feature;
+  server_.connection_authenticated(this);
   login_.reset();
   limits_.header_digest = params_.header_digest;
   limits_.data_digest = params_.data_digest;

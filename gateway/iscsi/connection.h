@@ -58,6 +58,7 @@ class Connection {
   // Closes the connection (idempotent); frees itself when nothing is in flight.
   void close(const char* why) noexcept;
   uint64_t id() const noexcept { return id_; }
+  bool logging_in() const noexcept { return phase_ == Phase::login; }
 
  private:
   enum class Phase : uint8_t { login, full_feature, logout_sent, closing };

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <unordered_map>
@@ -22,7 +23,7 @@ thread_local std::unordered_map<uint64_t, Connection*> t_connections;
 }  // namespace
 
 Server::Server(ServerOptions options, PortalConfig portal) noexcept
-    : options_(std::move(options)), portal_(std::move(portal)) {}
+    : options_(std::move(options)), portal_(std::move(portal)), pre_auth_(options_.pre_auth) {}
 
 Server::~Server() = default;
 
@@ -93,8 +94,30 @@ void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
 
 void Server::start_connection(Reactor& reactor, int fd) noexcept {
   const uint64_t id = next_connection_id_.fetch_add(1);
+  const std::string source = peer_address(fd);
+  std::optional<PreAuthGate::Eviction> evict;
+  if (pre_auth_.admit(id, source, reactor, evict) == PreAuthGate::Admit::source_limit) {
+    const uint64_t n = pre_auth_.refused_source_limit();
+    if ((n & (n - 1)) == 0)  // 1st, 2nd, 4th, ... refusal: a flood does not flood the log
+      std::fprintf(stderr, "ferry: iscsi %s: connection refused: %u connections from it still in login (%" PRIu64 " refused so far)\n",
+                   source.c_str(), pre_auth_.limits().per_source_max, n);
+    ::close(fd);
+    balancer_.release(reactor);
+    return;
+  }
+  if (evict) {
+    const uint64_t old_id = evict->connection_id;
+    auto close_old = [old_id] {
+      auto found = t_connections.find(old_id);
+      if (found != t_connections.end() && found->second->logging_in())
+        found->second->close("evicted: too many connections still in login");
+    };
+    if (evict->reactor == &reactor) reactor.defer(close_old);
+    else evict->reactor->post(close_old);
+  }
   auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
   if (c == nullptr) {
+    pre_auth_.leave(id);
     ::close(fd);
     balancer_.release(reactor);
     return;
@@ -102,12 +125,15 @@ void Server::start_connection(Reactor& reactor, int fd) noexcept {
   c->start();
 }
 
+void Server::connection_authenticated(Connection* c) noexcept { pre_auth_.leave(c->id()); }
+
 void Server::connection_opened(Connection* c) noexcept {
   t_connections.emplace(c->id(), c);
   connection_count_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Server::connection_closed(Connection* c) noexcept {
+  pre_auth_.leave(c->id());
   t_connections.erase(c->id());
   connection_count_.fetch_sub(1, std::memory_order_relaxed);
   if (Reactor* r = Reactor::current()) balancer_.release(*r);

@@ -14,6 +14,7 @@
 
 #include "datapath/acceptor.h"
 #include "datapath/connection_balancer.h"
+#include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
 #include "gateway/iscsi/portal_config.h"
 #include "gateway/scsi/logical_unit.h"
@@ -30,6 +31,7 @@ struct ServerOptions {
   uint32_t nop_interval_ms = 5000;        // idle time before the target pings with NOP-In
   uint32_t nop_timeout_ms = 15000;        // no answer to a ping → drop the connection
   uint32_t connections_max = 4096;        // per server; beyond that accept closes at once
+  PreAuthLimits pre_auth;                 // connections still in login (see pre_auth_gate.h)
   uint32_t tx_batch_pdus_max = 256;       // PDUs per sendmsg (1 = no batching; for measuring)
   std::string tcp_congestion;             // TCP congestion control of the portal ("": system's)
 };
@@ -68,6 +70,9 @@ class Server {
   // Per-thread connection table (id → Connection*), used by cross-thread closes.
   void connection_opened(Connection* c) noexcept;
   void connection_closed(Connection* c) noexcept;
+  // The connection finished login: it no longer counts against the pre-authentication bounds.
+  void connection_authenticated(Connection* c) noexcept;
+  const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   std::atomic<uint64_t>& connection_count() noexcept { return connection_count_; }
 
  private:
@@ -96,6 +101,7 @@ class Server {
   std::atomic<uint64_t> next_connection_id_{1};
   std::atomic<uint64_t> connection_count_{0};
   ConnectionBalancer balancer_;  // spreads connections over the reactors
+  PreAuthGate pre_auth_;         // bounds connections that have not logged in yet
 };
 
 }  // namespace ferry::iscsi

@@ -553,6 +553,7 @@ void Connection::enter_transmission(const NbdExport& e) noexcept {
   limits_.meta_context_base_allocation = meta_export_ == &e;
   phase_ = Phase::transmission;
   reactor_.cancel(timer_);
+  server_.connection_authenticated(this);
 }
 
 void Connection::start_tls() noexcept {

@@ -58,6 +58,7 @@ class Connection {
   // Closes the connection (idempotent); frees itself when nothing is in flight.
   void close(const char* why) noexcept;
   uint64_t id() const noexcept { return id_; }
+  bool in_handshake() const noexcept { return phase_ != Phase::transmission && phase_ != Phase::closing; }
 
  private:
   enum class Phase : uint8_t { greeting, options, tls_starting, tls_handshake, transmission, closing };

@@ -20,6 +20,7 @@
 #include "datapath/block_device.h"
 #include "datapath/acceptor.h"
 #include "datapath/connection_balancer.h"
+#include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
@@ -41,6 +42,7 @@ struct NbdOptions {
   uint32_t requests_in_flight_max = 128;     // per connection; reading pauses at the limit
   uint32_t handshake_timeout_ms = 10000;     // connect → transmission phase
   uint32_t connections_max = 4096;
+  PreAuthLimits pre_auth;                    // connections still in the handshake
 };
 
 struct NbdExport {
@@ -78,6 +80,9 @@ class NbdServer {
   // Per-thread connection table.
   void connection_opened(Connection* c) noexcept;
   void connection_closed(Connection* c) noexcept;
+  // The connection reached the transmission phase: it leaves the pre-authentication bounds.
+  void connection_authenticated(Connection* c) noexcept;
+  const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   uint64_t connection_count() const noexcept { return connection_count_.load(); }
   // Connections placed on a reactor (by the balancer) and not yet closed.
   uint32_t connections_on(const Reactor& reactor) const noexcept { return balancer_.live(reactor); }
@@ -102,6 +107,7 @@ class NbdServer {
   std::atomic<uint64_t> next_connection_id_{1};
   std::atomic<uint64_t> connection_count_{0};
   ConnectionBalancer balancer_;  // spreads connections over the reactors
+  PreAuthGate pre_auth_;         // bounds connections still in the handshake
 };
 
 }  // namespace ferry::nbd

@@ -1,0 +1,76 @@
+// PreAuthGate (see pre_auth_gate.h).
+#include "datapath/pre_auth_gate.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+namespace ferry {
+
+PreAuthGate::Admit PreAuthGate::admit(uint64_t id, const std::string& source, Reactor& reactor,
+                                      std::optional<Eviction>& evict) noexcept {
+  evict.reset();
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!source.empty()) {
+    auto it = per_source_.find(source);
+    if (it != per_source_.end() && it->second >= limits_.per_source_max) {
+      ++refused_source_limit_;
+      return Admit::source_limit;
+    }
+  }
+  if (limits_.pending_max > 0 && pending_.size() >= limits_.pending_max) {
+    auto oldest = pending_.begin();
+    evict = Eviction{oldest->second.reactor, oldest->first};
+    erase_locked(oldest);
+    ++evicted_;
+  }
+  pending_.emplace(id, Entry{source, &reactor});
+  if (!source.empty()) ++per_source_[source];
+  return Admit::admitted;
+}
+
+void PreAuthGate::erase_locked(std::map<uint64_t, Entry>::iterator it) noexcept {
+  if (!it->second.source.empty()) {
+    auto s = per_source_.find(it->second.source);
+    if (s != per_source_.end() && --s->second == 0) per_source_.erase(s);
+  }
+  pending_.erase(it);
+}
+
+void PreAuthGate::leave(uint64_t id) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = pending_.find(id);
+  if (it != pending_.end()) erase_locked(it);
+}
+
+size_t PreAuthGate::pending() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return pending_.size();
+}
+
+uint64_t PreAuthGate::refused_source_limit() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return refused_source_limit_;
+}
+
+uint64_t PreAuthGate::evicted() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return evicted_;
+}
+
+std::string peer_address(int fd) noexcept {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return {};
+  char text[INET6_ADDRSTRLEN] = {};
+  if (addr.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, text, sizeof text);
+  } else if (addr.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, text, sizeof text);
+  } else {
+    return {};
+  }
+  return text;
+}
+
+}  // namespace ferry
