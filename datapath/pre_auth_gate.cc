@@ -5,6 +5,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cinttypes>
+#include <cstdio>
+
 namespace ferry {
 
 PreAuthGate::Admit PreAuthGate::admit(uint64_t id, const std::string& source, Reactor& reactor,
@@ -27,6 +30,28 @@ PreAuthGate::Admit PreAuthGate::admit(uint64_t id, const std::string& source, Re
   pending_.emplace(id, Entry{source, &reactor});
   if (!source.empty()) ++per_source_[source];
   return Admit::admitted;
+}
+
+bool PreAuthGate::admit_connection(uint64_t id, int fd, Reactor& reactor, const char* name,
+                                   ClosePending close_pending) noexcept {
+  const std::string source = peer_address(fd);
+  std::optional<Eviction> evict;
+  if (admit(id, source, reactor, evict) == Admit::source_limit) {
+    const uint64_t n = refused_source_limit();
+    if ((n & (n - 1)) == 0)  // a flood does not flood the log
+      std::fprintf(stderr,
+                   "ferry: %s %s: connection refused: %u connections from it not yet authenticated "
+                   "(%" PRIu64 " refused so far)\n",
+                   name, source.c_str(), limits_.per_source_max, n);
+    return false;
+  }
+  if (evict) {
+    const uint64_t old_id = evict->connection_id;
+    auto close_old = [close_pending, old_id] { close_pending(old_id); };
+    if (evict->reactor == &reactor) reactor.defer(close_old);
+    else evict->reactor->post(close_old);
+  }
+  return true;
 }
 
 void PreAuthGate::erase_locked(std::map<uint64_t, Entry>::iterator it) noexcept {

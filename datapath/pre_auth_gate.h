@@ -43,6 +43,13 @@ class PreAuthGate {
   // oldest pending connection, which the caller must close on its reactor.
   Admit admit(uint64_t id, const std::string& source, Reactor& reactor,
               std::optional<Eviction>& evict) noexcept;
+  // admit() as a server uses it for a new connection on `reactor`: false when refused (logged
+  // as "ferry: NAME ADDRESS: connection refused ...", 1st, 2nd, 4th, ... time only; the caller
+  // closes fd); an evicted connection is closed by calling close_pending(its id) on its
+  // reactor's thread (the callee closes it only if it has still not authenticated).
+  using ClosePending = void (*)(uint64_t connection_id) noexcept;
+  bool admit_connection(uint64_t id, int fd, Reactor& reactor, const char* name,
+                        ClosePending close_pending) noexcept;
   // The connection authenticated or closed: it no longer counts. Idempotent.
   void leave(uint64_t id) noexcept;
 

@@ -88,26 +88,15 @@ void NbdServer::accepted(Reactor& reactor, int fd) noexcept {
 
 void NbdServer::start_connection(Reactor& reactor, int fd) noexcept {
   const uint64_t id = next_connection_id_.fetch_add(1);
-  const std::string source = peer_address(fd);
-  std::optional<PreAuthGate::Eviction> evict;
-  if (pre_auth_.admit(id, source, reactor, evict) == PreAuthGate::Admit::source_limit) {
-    const uint64_t n = pre_auth_.refused_source_limit();
-    if ((n & (n - 1)) == 0)  // 1st, 2nd, 4th, ... refusal: a flood does not flood the log
-      std::fprintf(stderr, "ferry: nbd %s: connection refused: %u connections from it still in the handshake (%" PRIu64 " refused so far)\n",
-                   source.c_str(), pre_auth_.limits().per_source_max, n);
+  auto close_pending = [](uint64_t old_id) noexcept {
+    auto found = t_connections.find(old_id);
+    if (found != t_connections.end() && found->second->in_handshake())
+      found->second->close("evicted: too many connections still in the handshake");
+  };
+  if (!pre_auth_.admit_connection(id, fd, reactor, "nbd", close_pending)) {
     ::close(fd);
     balancer_.release(reactor);
     return;
-  }
-  if (evict) {
-    const uint64_t old_id = evict->connection_id;
-    auto close_old = [old_id] {
-      auto found = t_connections.find(old_id);
-      if (found != t_connections.end() && found->second->in_handshake())
-        found->second->close("evicted: too many connections still in the handshake");
-    };
-    if (evict->reactor == &reactor) reactor.defer(close_old);
-    else evict->reactor->post(close_old);
   }
   auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
   if (c == nullptr) {
