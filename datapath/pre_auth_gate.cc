@@ -33,7 +33,7 @@ PreAuthGate::Admit PreAuthGate::admit(uint64_t id, const std::string& source, Re
 }
 
 bool PreAuthGate::admit_connection(uint64_t id, int fd, Reactor& reactor, const char* name,
-                                   ClosePending close_pending) noexcept {
+                                   ClosePending close_pending, void* context) noexcept {
   const std::string source = peer_address(fd);
   std::optional<Eviction> evict;
   if (admit(id, source, reactor, evict) == Admit::source_limit) {
@@ -47,7 +47,7 @@ bool PreAuthGate::admit_connection(uint64_t id, int fd, Reactor& reactor, const 
   }
   if (evict) {
     const uint64_t old_id = evict->connection_id;
-    auto close_old = [close_pending, old_id] { close_pending(old_id); };
+    auto close_old = [close_pending, context, old_id] { close_pending(context, old_id); };
     if (evict->reactor == &reactor) reactor.defer(close_old);
     else evict->reactor->post(close_old);
   }

@@ -47,9 +47,9 @@ class PreAuthGate {
   // as "ferry: NAME ADDRESS: connection refused ...", 1st, 2nd, 4th, ... time only; the caller
   // closes fd); an evicted connection is closed by calling close_pending(its id) on its
   // reactor's thread (the callee closes it only if it has still not authenticated).
-  using ClosePending = void (*)(uint64_t connection_id) noexcept;
+  using ClosePending = void (*)(void* context, uint64_t connection_id) noexcept;
   bool admit_connection(uint64_t id, int fd, Reactor& reactor, const char* name,
-                        ClosePending close_pending) noexcept;
+                        ClosePending close_pending, void* context) noexcept;
   // The connection authenticated or closed: it no longer counts. Idempotent.
   void leave(uint64_t id) noexcept;
 

@@ -148,13 +148,29 @@ int run_dc_edge_command(int argc, char** argv) {
                  "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps the link full without queueing background data ahead of demand reads");
   app.add_option("--nbd-connections", nbd_connections, "NBD connections per volume when multi-conn")
       ->capture_default_str();
+  wan::WanServerOptions options;
+  app.add_option("--connections-max", options.connections_max,
+                 "authenticated cloud-edge connections (past HELLO)")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+  app.add_option("--pre-auth-max", options.pre_auth.pending_max,
+                 "connections not yet past TLS + HELLO; when full the oldest is dropped for the newcomer")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+  app.add_option("--pre-auth-per-source", options.pre_auth.per_source_max,
+                 "of those, from one source address; more are refused at once")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+  app.add_option("--handshake-timeout-ms", options.handshake_timeout_ms,
+                 "TLS + HELLO must be done within this after the connect")
+      ->check(CLI::Range(100u, 600000u))
+      ->capture_default_str();
   app.add_option("--duration", duration_s, "stop after this many seconds");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  wan::WanServerOptions options;
   if (!split_host_port(listen, options.listen_address, options.port, true)) {
     std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT\n");
     return 2;

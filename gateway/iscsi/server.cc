@@ -94,12 +94,12 @@ void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
 
 void Server::start_connection(Reactor& reactor, int fd) noexcept {
   const uint64_t id = next_connection_id_.fetch_add(1);
-  auto close_pending = [](uint64_t old_id) noexcept {
+  auto close_pending = [](void*, uint64_t old_id) noexcept {
     auto found = t_connections.find(old_id);
     if (found != t_connections.end() && found->second->logging_in())
       found->second->close("evicted: too many connections still in login");
   };
-  if (!pre_auth_.admit_connection(id, fd, reactor, "iscsi", close_pending)) {
+  if (!pre_auth_.admit_connection(id, fd, reactor, "iscsi", close_pending, nullptr)) {
     ::close(fd);
     balancer_.release(reactor);
     return;

@@ -88,12 +88,12 @@ void NbdServer::accepted(Reactor& reactor, int fd) noexcept {
 
 void NbdServer::start_connection(Reactor& reactor, int fd) noexcept {
   const uint64_t id = next_connection_id_.fetch_add(1);
-  auto close_pending = [](uint64_t old_id) noexcept {
+  auto close_pending = [](void*, uint64_t old_id) noexcept {
     auto found = t_connections.find(old_id);
     if (found != t_connections.end() && found->second->in_handshake())
       found->second->close("evicted: too many connections still in the handshake");
   };
-  if (!pre_auth_.admit_connection(id, fd, reactor, "nbd", close_pending)) {
+  if (!pre_auth_.admit_connection(id, fd, reactor, "nbd", close_pending, nullptr)) {
     ::close(fd);
     balancer_.release(reactor);
     return;

@@ -25,7 +25,8 @@ bool low_priority(Priority p) { return p == Priority::prefetch || p == Priority:
 class ServerSession final : public WanStreamHandler {
  public:
   ServerSession(WanServer& server, Reactor& reactor, uint64_t id)
-      : server_(server), reactor_(reactor), id_(id), stream_(reactor, server.tls_, *this) {}
+      : server_(server), reactor_(reactor), id_(id), stream_(reactor, server.tls_, *this),
+        accepted_ns_(reactor.now_ns()) {}
   ~ServerSession() { reactor_.cancel(pace_timer_); }
 
   void start(int fd) {
@@ -34,6 +35,9 @@ class ServerSession final : public WanStreamHandler {
   }
   void close(const char* why) { stream_.close(why); }
   bool idle() const { return stream_.idle() && device_ios_ == 0; }
+  uint64_t id() const { return id_; }
+  bool authenticated() const { return hello_done_; }
+  uint64_t accepted_ns() const { return accepted_ns_; }
 
   void on_established() noexcept override {
     std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " from cloud edge '%s' (TLS 1.3)\n", id_,
@@ -146,6 +150,7 @@ class ServerSession final : public WanStreamHandler {
   bool codecs_ready_ = false;
   Buffer compress_buf_;
   Timer pace_timer_;
+  uint64_t accepted_ns_;
 };
 
 bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept {
@@ -181,6 +186,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
     a.type = FrameType::hello_ack;
     send_control(a, {body, sizeof body});
     hello_done_ = true;
+    server_.session_authenticated(this);
     return true;
   }
   size_t vol = 0;
@@ -617,7 +623,8 @@ WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
       tls_(tls),
       volumes_(std::move(volumes)),
       counters_(volumes_.size()),
-      rate_limit_(options_.rate_limit_bytes_per_s) {}
+      rate_limit_(options_.rate_limit_bytes_per_s),
+      pre_auth_(options_.pre_auth) {}
 
 WanServer::~WanServer() = default;
 
@@ -655,17 +662,40 @@ WanServer::DedupSet* WanServer::dedup_for(const std::string& client, uint64_t se
 }
 
 void WanServer::accepted(int fd) noexcept {
-  if (stopping_ || sessions_.size() >= options_.connections_max) {
+  // Only authenticated sessions count against connections_max: silent or slow peers are bounded
+  // by the pre-authentication gate and the handshake deadline instead (63 silent connections
+  // used to keep every real cloud edge out).
+  if (stopping_ || authenticated_count() >= options_.connections_max) {
     std::fprintf(stderr, "ferry: wan: connection refused (%s)\n",
                  stopping_ ? "stopping" : "connection limit");
     ::close(fd);
     return;
   }
-  sessions_.push_back(std::make_unique<ServerSession>(*this, *reactor_, next_session_id_++));
+  const uint64_t id = next_session_id_++;
+  auto close_pending = [](void* ctx, uint64_t old_id) noexcept {
+    ServerSession* victim = nullptr;
+    for (auto& s : static_cast<WanServer*>(ctx)->sessions_)
+      if (s->id() == old_id && !s->authenticated()) victim = s.get();
+    if (victim != nullptr) victim->close("evicted: too many connections not yet authenticated");
+  };
+  if (!pre_auth_.admit_connection(id, fd, *reactor_, "wan", close_pending, this)) {
+    ::close(fd);
+    return;
+  }
+  sessions_.push_back(std::make_unique<ServerSession>(*this, *reactor_, id));
   sessions_.back()->start(fd);
 }
 
+size_t WanServer::authenticated_count() const noexcept {
+  size_t n = 0;
+  for (const auto& s : sessions_) n += s->authenticated();
+  return n;
+}
+
+void WanServer::session_authenticated(ServerSession* s) noexcept { pre_auth_.leave(s->id()); }
+
 void WanServer::session_closed(ServerSession* s) noexcept {
+  pre_auth_.leave(s->id());
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
     if (it->get() == s) {
       closing_.push_back(std::move(*it));
@@ -677,6 +707,13 @@ void WanServer::session_closed(ServerSession* s) noexcept {
 
 void WanServer::on_sweep(void* ctx) noexcept {
   auto* self = static_cast<WanServer*>(ctx);
+  // Handshake deadline: TLS + HELLO within handshake_timeout_ms of the accept.
+  const uint64_t now = self->reactor_->now_ns();
+  const uint64_t deadline_ns = uint64_t(self->options_.handshake_timeout_ms) * 1'000'000;
+  std::vector<ServerSession*> late;
+  for (auto& s : self->sessions_)
+    if (!s->authenticated() && now - s->accepted_ns() > deadline_ns) late.push_back(s.get());
+  for (ServerSession* s : late) s->close("handshake timeout");
   self->closing_.erase(std::remove_if(self->closing_.begin(), self->closing_.end(),
                                       [](const std::unique_ptr<ServerSession>& s) { return s->idle(); }),
                        self->closing_.end());

@@ -20,6 +20,7 @@
 
 #include "datapath/acceptor.h"
 #include "datapath/block_device.h"
+#include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
 #include "datapath/wan/codec.h"
@@ -41,7 +42,11 @@ struct WanServerOptions {
   bool rate_limit_all = false;          // the cap also holds demand reads and write-back
   uint32_t chunk_reads_max = 32;        // device reads in flight per connection
   size_t dedup_entries_max = 1u << 20;  // content hashes remembered per client
-  uint32_t connections_max = 64;
+  uint32_t connections_max = 64;        // authenticated connections (past HELLO)
+  // Connections not past HELLO yet: at most 32 (8 per source address); the oldest is dropped
+  // for a newcomer when full, and each must finish TLS + HELLO within handshake_timeout_ms.
+  PreAuthLimits pre_auth{32, 8};
+  uint32_t handshake_timeout_ms = 10000;
   uint32_t socket_send_bytes = 0;       // SO_SNDBUF of WAN sockets (0: kernel autotuning)
 };
 
@@ -73,6 +78,7 @@ class WanServer {
   void set_rate_limit(uint64_t bytes_per_s) noexcept { rate_limit_.store(bytes_per_s); }
   uint64_t rate_limit() const noexcept { return rate_limit_.load(); }
   size_t connection_count() const noexcept { return sessions_.size(); }
+  const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   // Counters by volume index (reactor thread, or after stop).
   const WanVolumeCounters& counters(size_t volume_index) const noexcept { return counters_[volume_index]; }
   const std::vector<WanVolume>& volumes() const noexcept { return volumes_; }
@@ -89,6 +95,8 @@ class WanServer {
   };
   void accepted(int fd) noexcept;
   void session_closed(class ServerSession* s) noexcept;
+  void session_authenticated(class ServerSession* s) noexcept;
+  size_t authenticated_count() const noexcept;
   static void on_sweep(void* ctx) noexcept;
   // The dedup set of a client session: what this cloud edge process has received. A client
   // that resumes (HELLO with its previous session id, same certificate name) keeps its set; a
@@ -110,6 +118,7 @@ class WanServer {
   std::unordered_map<std::string, DedupSet> dedup_;  // key: client name + "/" + session id
   std::vector<std::string> dedup_order_;
   uint64_t next_session_id_ = 1;
+  PreAuthGate pre_auth_;
   Timer sweep_timer_;
   bool stopping_ = false;
 

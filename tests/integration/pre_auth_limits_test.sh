@@ -69,4 +69,49 @@ grep -q 'evicted: too many connections still in' "$TMP/target.log" && ok "evicti
   fail "no eviction log line"
 kill -0 "$FERRY_PID" 2>/dev/null && ok "target alive" || fail "target died"
 stop_pid "$FERRY_PID"
+
+# ---------------------------------------------------------------- dc-edge WAN port
+# The reported failure: 63 silent TCP connections kept every real cloud edge out of the
+# dc-edge (64 connections, never dropped). Now 300 silent ones (200 from one source, 100 from
+# 100 others) are held while a real cloud edge connects and reads.
+if command -v qemu-nbd >/dev/null && command -v openssl >/dev/null; then
+  SRC=${FERRY_SOURCE_DIR:-$(cd "$here/../.." && pwd)}
+  "$SRC/scripts/make-test-pki.sh" "$TMP/pki" >/dev/null || fail "make-test-pki"
+  PKI=$TMP/pki
+  dd if=/dev/urandom of="$TMP/disk.raw" bs=1M count=4 status=none
+  P_SRC=$(free_port)
+  qemu-nbd -f raw -r --shared=8 -b 127.0.0.1 -p "$P_SRC" -t -x disk "$TMP/disk.raw" >"$TMP/qemu-nbd.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_SRC))" 2>/dev/null && break; sleep 0.1; done
+  P_WAN=$(free_port)
+  "$FERRY" dc-edge --listen 127.0.0.1:$P_WAN --volume "disk=nbd://127.0.0.1:$P_SRC/disk" \
+    --tls-cert "$PKI/dc-edge-cert.pem" --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" \
+    >"$TMP/dc.log" 2>&1 &
+  DC_PID=$!; PIDS+=($DC_PID)
+  for _ in $(seq 100); do grep -q 'dc-edge listening' "$TMP/dc.log" && break; sleep 0.05; done
+  coproc SILENT { "$PY" "$TMP/silent.py" "$P_WAN"; }
+  read -r -t 30 line <&"${SILENT[0]}"
+  echo "   wan: $line"
+  read -r _ same _ others <<<"$line"
+  [ -n "$same" ] && [ "$same" -le 8 ] && [ -n "$others" ] && [ "$others" -le 32 ] &&
+    ok "wan: silent connections bounded: $same of 200 from one source (8), $others of 100 others (32)" ||
+    fail "wan: silent connections kept: $same from one source, $others from others"
+  P_ISCSI=$(free_port)
+  "$FERRY" cloud-edge --listen 127.0.0.1:$P_ISCSI --dc 127.0.0.1:$P_WAN --volume disk \
+    --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge --tls-cert "$PKI/cloud-edge-cert.pem" \
+    --tls-key "$PKI/cloud-edge-key.pem" >"$TMP/cloud.log" 2>&1 &
+  CLOUD_PID=$!; PIDS+=($CLOUD_PID)
+  if wait_listening "$TMP/cloud.log" "$CLOUD_PID" && need_qemu=1 &&
+     iscsi-inq "iscsi://127.0.0.1:$P_ISCSI/iqn.2026-11.io.ferry:cloud/0" >/dev/null 2>&1 &&
+     grep -q "from cloud edge" "$TMP/dc.log"; then
+    ok "wan: a real cloud edge got in past 300 silent connections"
+  else
+    fail "wan: cloud edge kept out: $(tail -3 "$TMP/cloud.log" | tr '\n' ' ') / $(grep -m2 'refused' "$TMP/dc.log" | tr '\n' ' ')"
+  fi
+  echo >&"${SILENT[1]}"
+  wait "$SILENT_PID" 2>/dev/null
+  stop_pid "$CLOUD_PID"; stop_pid "$DC_PID"
+else
+  echo "SKIP (part): qemu-nbd or openssl missing: dc-edge WAN port not checked"
+fi
 finish
