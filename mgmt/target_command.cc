@@ -44,6 +44,7 @@ struct TargetFlags {
   std::string nbd_unix;
   std::string nbd_tls_cert, nbd_tls_key, nbd_tls_ca;
   bool nbd_tls_required = false;
+  bool nbd_insecure = false;
   double duration_s = 0;  // 0: until a signal
 };
 
@@ -107,6 +108,9 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--nbd-tls-key", f.nbd_tls_key, "PEM private key for NBD STARTTLS");
   app.add_option("--nbd-tls-ca", f.nbd_tls_ca, "PEM CA: NBD clients must present a certificate from it");
   app.add_flag("--nbd-tls-required", f.nbd_tls_required, "refuse NBD clients that do not STARTTLS");
+  app.add_flag("--nbd-insecure", f.nbd_insecure,
+               "export CHAP-protected LUNs over NBD without client certificates (logged: anyone "
+               "who reaches the NBD port can read and write them)");
   app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)");
 }
 
@@ -186,6 +190,24 @@ int run_target(const TargetFlags& f, const char* banner) {
     std::fprintf(stderr, "ferry: --nbd-tls-required needs --nbd-tls-cert/--nbd-tls-key\n");
     return 2;
   }
+  // One access model for both front ends: a LUN that iSCSI protects with CHAP is exported over
+  // NBD only to clients with a certificate from --nbd-tls-ca (NBD has no CHAP), or with an
+  // explicit, logged opt-out. Before, the NBD export took unauthenticated writes.
+  const bool chap_protected = !f.chap.empty();
+  const bool nbd_client_certs = !f.nbd_tls_cert.empty() && !f.nbd_tls_ca.empty();
+  if (nbd_on && chap_protected && !nbd_client_certs) {
+    if (!f.nbd_insecure) {
+      std::fprintf(stderr,
+                   "ferry: the LUNs of %s are CHAP-protected: their NBD export needs TLS client "
+                   "certificates (--nbd-tls-cert, --nbd-tls-key, --nbd-tls-ca) or --nbd-insecure\n",
+                   f.iqn.c_str());
+      return 2;
+    }
+    std::fprintf(stderr,
+                 "ferry: WARNING: --nbd-insecure: the CHAP-protected LUNs of %s are exported over "
+                 "NBD without authentication\n",
+                 f.iqn.c_str());
+  }
 
   // Devices and logical units: the --lun LUNs on the main target, then --target IQN=SPEC ones.
   struct LunPlan {
@@ -244,7 +266,9 @@ int run_target(const TargetFlags& f, const char* banner) {
     const std::string export_name = plan[i].iqn == f.iqn
                                         ? "lun" + std::to_string(lun)
                                         : plan[i].iqn + "/" + std::to_string(lun);
-    exports.push_back(nbd::NbdExport{export_name, dev.get(), std::string(dev->describe()), false});
+    // A CHAP-protected LUN's export requires TLS (with the client certificate the CA checks).
+    const bool export_tls = chap_protected && nbd_client_certs && plan[i].iqn == f.iqn;
+    exports.push_back(nbd::NbdExport{export_name, dev.get(), std::string(dev->describe()), export_tls});
     devices.push_back(std::move(dev));
   }
   for (size_t i = 1; i < targets.size(); ++i) {

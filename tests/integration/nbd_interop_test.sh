@@ -176,5 +176,43 @@ h.pwrite(b'y' * (4 << 20), 1 << 20); assert h.pread(4 << 20, 1 << 20) == b'y' * 
   stop_ferry "$FERRY_PID"
 fi
 
+# ---------------------------------------------------------------- CHAP-protected LUN over NBD
+# `ferry target --chap` protected iSCSI only: the NBD export of the same LUN took an
+# unauthenticated write (issue 15, failure 3). Such a configuration must not start...
+P5=$(free_port); P6=$(free_port)
+timeout 10 "$FERRY" target --listen 127.0.0.1:$P5 --lun ram:16MiB --chap user:secretsecret \
+  --nbd 127.0.0.1:$P6 >"$TMP/ferry-chap-plain.log" 2>&1
+rc=$?
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -q 'CHAP-protected' "$TMP/ferry-chap-plain.log"; then
+  ok "CHAP LUN with a plaintext NBD export refused to start (rc $rc): $(head -1 "$TMP/ferry-chap-plain.log")"
+else fail "CHAP LUN with a plaintext NBD export: rc $rc (124 = it ran and served)"; fi
+# ... with client certificates it starts, and only a client with a certificate may write ...
+start_ferry "$TMP/ferry-chap-tls.log" --listen 127.0.0.1:$P5 --lun ram:16MiB --chap user:secretsecret \
+  --nbd 127.0.0.1:$P6 --nbd-tls-cert "$TMP/pki/server-cert.pem" --nbd-tls-key "$TMP/pki/server-key.pem" \
+  --nbd-tls-ca "$TMP/pki/ca-cert.pem"
+if ! wait_port "$P6" "$FERRY_PID"; then
+  cat "$TMP/ferry-chap-tls.log"; fail "CHAP LUN with NBD client certificates did not start"
+else
+  nbdsh -c "
+h.set_export_name('lun0'); h.connect_tcp('127.0.0.1', '$P6')
+h.pwrite(b'z' * 4096, 0)
+" >/dev/null 2>&1 && fail "CHAP LUN: unauthenticated NBD write accepted" ||
+    ok "CHAP LUN: NBD write without a client certificate refused"
+  nbdsh -c "
+import nbd
+h.set_tls(nbd.TLS_REQUIRE); h.set_tls_certificates('$TMP/good')
+h.set_export_name('lun0'); h.connect_tcp('127.0.0.1', '$P6')
+h.pwrite(b'z' * 4096, 0); assert h.pread(4096, 0) == b'z' * 4096
+" && ok "CHAP LUN: NBD write with a client certificate works" || fail "CHAP LUN: certified NBD write failed"
+  stop_ferry "$FERRY_PID"
+fi
+# ... and the explicit opt-out is logged.
+start_ferry "$TMP/ferry-chap-insecure.log" --listen 127.0.0.1:$P5 --lun ram:16MiB --chap user:secretsecret \
+  --nbd 127.0.0.1:$P6 --nbd-insecure
+if wait_port "$P6" "$FERRY_PID" && grep -q 'WARNING: --nbd-insecure' "$TMP/ferry-chap-insecure.log"; then
+  ok "--nbd-insecure starts and says so: $(grep -m1 WARNING "$TMP/ferry-chap-insecure.log")"
+else fail "--nbd-insecure: no warning or did not start"; fi
+stop_ferry "$FERRY_PID"
+
 [ "$FAILED" = 0 ] && echo "PASS" || echo "FAILED"
 exit "$FAILED"
