@@ -2,12 +2,14 @@
 #include "mgmt/edge_commands.h"
 
 #include <CLI/CLI.hpp>
+#include <openssl/sha.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
 
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <memory>
@@ -264,6 +266,21 @@ int run_dc_edge_command(int argc, char** argv) {
 
 // ---------------------------------------------------------------- cloud-edge
 
+// A WAN volume's identity, named after the datacenter edge (its certificate name, else its
+// address) and the volume: the same disk keeps the same NAA ID and serial on every cloud edge
+// and across restarts; two datacenters' volumes of one name differ. (Name-based, SHA-256,
+// RFC 9562 version 8 bits.)
+static Uuid wan_volume_uuid(const std::string& dc_identity, const std::string& volume) {
+  const std::string name = "ferry-wan-volume/" + dc_identity + "/" + volume;
+  uint8_t digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const uint8_t*>(name.data()), name.size(), digest);
+  Uuid u;
+  std::memcpy(u.bytes.data(), digest, u.bytes.size());
+  u.bytes[6] = uint8_t((u.bytes[6] & 0x0f) | 0x80);
+  u.bytes[8] = uint8_t((u.bytes[8] & 0x3f) | 0x80);
+  return u;
+}
+
 int run_cloud_edge_command(int argc, char** argv) {
   CLI::App app{"Cloud edge: serve datacenter volumes as iSCSI LUNs, fetched over the WAN link",
                "ferry cloud-edge"};
@@ -362,9 +379,9 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::vector<nbd::NbdExport> exports;
   for (size_t i = 0; i < volume_names.size(); ++i) {
     scsi::LuIdentity id;
-    id.serial = "FERRYC" + std::to_string(1000 + i);
+    id.uuid = wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
+    id.serial = scsi::serial_of(id.uuid);
     id.product = "WAN DISK";
-    id.device_id_seed = std::hash<std::string>{}(iqn + "/" + volume_names[i]);
     units.push_back(std::make_unique<scsi::LogicalUnit>(client.device(i), id));
     target.add_lun(uint16_t(i), units.back().get());
     exports.push_back({volume_names[i], &client.device(i), "wan volume " + volume_names[i], false});

@@ -4,6 +4,12 @@
 #include "datapath/file_device.h"
 #include "datapath/ram_device.h"
 
+#include <sys/xattr.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
 namespace ferry::mgmt {
 
 static bool parse_block_size(const std::string& s, uint32_t& out) {
@@ -40,13 +46,16 @@ std::string parse_lun_spec(const std::string& text, LunSpec& out) {
     while (comma != std::string::npos) {
       size_t next = rest.find(',', comma + 1);
       std::string opt = rest.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
-      if (opt == "direct") out.direct_io = true;
+      if (opt.rfind("uuid=", 0) == 0) {
+        out.uuid = Uuid::parse(opt.substr(5));
+        if (!out.uuid) return "bad uuid '" + opt.substr(5) + "' (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)";
+      } else if (opt == "direct") out.direct_io = true;
       else if (opt == "ro") out.read_only = true;
       else if (opt.rfind("bs=", 0) == 0) {
         if (!parse_block_size(opt.substr(3), out.block_size_bytes))
           return "bad block size '" + opt.substr(3) + "' (512 or 4096)";
       } else {
-        return "unknown file LUN option '" + opt + "' (bs=512|4096, direct, ro)";
+        return "unknown file LUN option '" + opt + "' (bs=512|4096, direct, ro, uuid=UUID)";
       }
       comma = next;
     }
@@ -74,6 +83,44 @@ std::unique_ptr<BlockDevice> open_lun(const LunSpec& spec, std::string& error) {
     return nullptr;
   }
   return std::move(r).value();
+}
+
+std::string lun_uuid(const LunSpec& spec, Uuid& out) {
+  if (spec.uuid) {
+    out = *spec.uuid;
+    return {};
+  }
+  if (spec.kind == LunSpec::Kind::ram) {
+    out = Uuid::random();
+    return {};
+  }
+  static constexpr const char* kXattr = "user.ferry.uuid";
+  char text[64] = {};
+  const ssize_t n = ::getxattr(spec.path.c_str(), kXattr, text, sizeof text - 1);
+  if (n > 0) {
+    auto u = Uuid::parse(std::string_view(text, size_t(n)));
+    if (!u) return "extended attribute " + std::string(kXattr) + " of " + spec.path + " is not a UUID";
+    out = *u;
+    return {};
+  }
+  const bool no_xattrs = n < 0 && (errno == ENOTSUP || errno == EPERM);
+  const std::string sidecar = spec.path + ".ferry-uuid";
+  if (std::ifstream in(sidecar); in) {
+    std::string line;
+    std::getline(in, line);
+    auto u = Uuid::parse(line);
+    if (!u) return sidecar + " does not hold a UUID";
+    out = *u;
+    return {};
+  }
+  out = Uuid::random();
+  const std::string t = out.to_string();
+  if (!no_xattrs && ::setxattr(spec.path.c_str(), kXattr, t.data(), t.size(), XATTR_CREATE) == 0)
+    return {};
+  std::ofstream o(sidecar);
+  o << t << "\n";
+  if (!o.flush()) return "cannot keep the LUN's UUID: " + sidecar + ": " + std::strerror(errno);
+  return {};
 }
 
 }  // namespace ferry::mgmt

@@ -254,13 +254,17 @@ int run_target(const TargetFlags& f, const char* banner) {
     }
     auto [target, lun] = target_for(plan[i].iqn);
     scsi::LuIdentity id;
-    id.serial = "FERRY" + std::to_string(1000 + i);
+    if (std::string uerr = lun_uuid(spec, id.uuid); !uerr.empty()) {
+      std::fprintf(stderr, "ferry: %s: %s\n", plan[i].flag.c_str(), uerr.c_str());
+      return 1;
+    }
+    id.serial = scsi::serial_of(id.uuid);
     id.product = spec.kind == LunSpec::Kind::ram ? "RAM DISK" : "FILE DISK";
-    id.device_id_seed = std::hash<std::string>{}(plan[i].iqn + "/" + std::to_string(lun));
     units.push_back(std::make_unique<scsi::LogicalUnit>(*dev, id));
     target->add_lun(lun, units.back().get());
-    std::fprintf(stderr, "ferry: %s LUN %u: %s (%llu blocks of %u bytes)\n", plan[i].iqn.c_str(),
-                 unsigned(lun), std::string(dev->describe()).c_str(),
+    std::fprintf(stderr, "ferry: %s LUN %u: %s, uuid %s (%llu blocks of %u bytes)\n",
+                 plan[i].iqn.c_str(), unsigned(lun), std::string(dev->describe()).c_str(),
+                 id.uuid.to_string().c_str(),
                  static_cast<unsigned long long>(dev->geometry().block_count),
                  dev->geometry().block_size_bytes);
     const std::string export_name = plan[i].iqn == f.iqn

@@ -3,12 +3,21 @@
 // Target LUN table. Threading: see logical_unit.h.
 #include "gateway/scsi/logical_unit.h"
 
+#include <openssl/sha.h>
+
 #include <algorithm>
 #include <cstring>
 
 #include "datapath/endian.h"
 
 namespace ferry::scsi {
+
+std::string serial_of(const Uuid& uuid) {
+  std::string s = uuid.to_string();
+  std::erase(s, '-');
+  return s;
+}
+
 namespace {
 
 void put_ascii(uint8_t* dst, std::string_view s, size_t n) noexcept {
@@ -290,8 +299,11 @@ void LogicalUnit::inquiry(ScsiTask& t) noexcept {
       break;
     }
     case 0x83: {
-      // NAA IEEE Registered Extended (6h) from the seed.
-      const uint64_t seed = identity_.device_id_seed;
+      // NAA IEEE Registered Extended (6h): a fixed company id, then 100 bits of the SHA-256 of
+      // the volume's UUID (stable across builds and restarts, distinct between volumes; before
+      // it came from std::hash of IQN/LUN and collided between two targets with one IQN).
+      uint8_t digest[SHA256_DIGEST_LENGTH];
+      SHA256(identity_.uuid.bytes.data(), identity_.uuid.bytes.size(), digest);
       uint8_t* d = b + n;
       d[0] = 0x01;
       d[1] = 0x03;
@@ -300,9 +312,8 @@ void LogicalUnit::inquiry(ScsiTask& t) noexcept {
       d[4] = static_cast<uint8_t>(0x60 | ((kOui >> 20) & 0x0f));
       d[5] = static_cast<uint8_t>(kOui >> 12);
       d[6] = static_cast<uint8_t>(kOui >> 4);
-      d[7] = static_cast<uint8_t>(((kOui & 0x0f) << 4) | ((seed >> 60) & 0x0f));
-      store_be32(d + 8, static_cast<uint32_t>(seed >> 28));
-      store_be64(d + 12, seed * 0x9e3779b97f4a7c15ull);
+      d[7] = static_cast<uint8_t>(((kOui & 0x0f) << 4) | (digest[0] & 0x0f));
+      std::memcpy(d + 8, digest + 1, 12);
       n += 20;
       // T10 vendor id: vendor + serial.
       d = b + n;

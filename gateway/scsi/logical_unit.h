@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "datapath/block_device.h"
+#include "datapath/uuid.h"
 #include "gateway/scsi/cdb.h"
 #include "gateway/scsi/sense.h"
 #include "gateway/scsi/task.h"
@@ -29,10 +30,13 @@ struct LuIdentity {
   std::string vendor = "FERRY";     // INQUIRY T10 vendor (8 chars, space padded)
   std::string product = "VIRTUAL DISK";  // 16 chars
   std::string revision = "0001";    // 4 chars
-  std::string serial;               // VPD 0x80
-  uint64_t device_id_seed = 0;      // makes the NAA designator unique
+  std::string serial;               // VPD 0x80 (serial_of(uuid) for a volume)
+  Uuid uuid;                        // the volume's identity: the NAA designator derives from it
   std::string lu_name;              // optional SCSI name string designator (VPD 0x83)
 };
+
+// The unit serial number of a volume: its UUID as 32 hex digits (stable wherever it is served).
+std::string serial_of(const Uuid& uuid);
 
 class LogicalUnit {
  public:

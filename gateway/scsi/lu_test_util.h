@@ -59,7 +59,7 @@ class LuTest : public ::testing::Test {
   void make_lu() {
     LuIdentity id;
     id.serial = "SN0001";
-    id.device_id_seed = 42;
+    id.uuid = *Uuid::parse("00000000-0000-4000-8000-00000000002a");
     lu_ = std::make_unique<LogicalUnit>(dev_, id);
     target_ = std::make_unique<Target>();
     target_->add_lun(0, lu_.get());

@@ -326,7 +326,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Fresh SCSI target and iSCSI server per input (see the file comment).
   scsi::LuIdentity id;
   id.serial = "FUZZ0001";
-  id.device_id_seed = 42;
+  id.uuid = *Uuid::parse("00000000-0000-4000-8000-00000000002a");
   scsi::LogicalUnit lu(*g.device, id);
   scsi::Target target;
   target.add_lun(0, &lu);

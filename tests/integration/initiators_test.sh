@@ -118,4 +118,47 @@ if timeout 30 iscsi-ls "iscsi://disco%wrong@127.0.0.1:$P" 2>&1 | grep -q "Target
 else ok "discovery CHAP: wrong secret refused"; fi
 stop_pid "$FERRY_PID"
 
+# ---------------------------------------------------------------- stable LU identity
+# The NAA ID came from std::hash of IQN/LUN (may change between builds, collided between two
+# targets with the default IQN) and the serial from flag order: a multipath hazard. Now both
+# derive from a UUID kept with the disk (user.ferry.uuid xattr or PATH.ferry-uuid).
+lu_identity() {  # lu_identity URL: "serial NAA-designator"
+  local serial naa
+  serial=$(iscsi-inq -e 1 -c 128 "$1" 2>/dev/null | sed -n 's/^Unit Serial Number:\[\(.*\)\]/\1/p')
+  # iscsi-inq prints the NAA designator's bytes raw: hex them.
+  naa=$(iscsi-inq -e 1 -c 131 "$1" 2>/dev/null | "$PY" -c '
+import re, sys
+m = re.search(rb"\(3\) NAA\nDesignator:\[(.{16})\]", sys.stdin.buffer.read(), re.S)
+print(m.group(1).hex() if m else "")')
+  echo "$serial $naa"
+}
+truncate -s 16M "$TMP/id-a.img" "$TMP/id-b.img"
+PA=$(free_port); PB=$(free_port)
+start_ferry id1 --listen 127.0.0.1:$PA --lun "file:$TMP/id-a.img" --lun "file:$TMP/id-b.img"
+ID1_PID=$FERRY_PID
+start_ferry id2 --listen 127.0.0.1:$PB --lun "file:$TMP/id-b.img" --lun "file:$TMP/id-a.img"
+a_first=$(lu_identity "iscsi://127.0.0.1:$PA/$IQN/0")
+a_second=$(lu_identity "iscsi://127.0.0.1:$PB/$IQN/1")
+b_first=$(lu_identity "iscsi://127.0.0.1:$PA/$IQN/1")
+echo "   disk a: $a_first; disk b: $b_first"
+stop_pid "$FERRY_PID"; stop_pid "$ID1_PID"
+[ -n "${a_first%% *}" ] && [ "$a_first" = "$a_second" ] &&
+  ok "a file LUN keeps its serial and NAA ID across targets and reordered --lun flags" ||
+  fail "file LUN identity changed: '$a_first' vs '$a_second'"
+[ "$a_first" != "$b_first" ] && [ "${a_first#* }" != "${b_first#* }" ] &&
+  ok "two disks behind the same default IQN have different serials and NAA IDs" ||
+  fail "two disks share an identity: '$a_first' / '$b_first'"
+start_ferry id3 --listen 127.0.0.1:$PA --lun "file:$TMP/id-a.img"
+a_restart=$(lu_identity "iscsi://127.0.0.1:$PA/$IQN/0")
+stop_pid "$FERRY_PID"
+[ "$a_restart" = "$a_first" ] && ok "the identity survives a restart" || fail "identity after restart: '$a_restart'"
+P_R1=$(free_port); P_R2=$(free_port)
+start_ferry id4 --listen 127.0.0.1:$P_R1 --lun ram:16MiB
+ID4_PID=$FERRY_PID
+start_ferry id5 --listen 127.0.0.1:$P_R2 --lun ram:16MiB
+r1=$(lu_identity "iscsi://127.0.0.1:$P_R1/$IQN/0"); r2=$(lu_identity "iscsi://127.0.0.1:$P_R2/$IQN/0")
+stop_pid "$FERRY_PID"; stop_pid "$ID4_PID"
+[ "${r1#* }" != "${r2#* }" ] && ok "two targets with the default IQN and a RAM LUN: different NAA IDs" ||
+  fail "RAM LUNs of two targets collide: '$r1' / '$r2'"
+
 finish
