@@ -2,7 +2,9 @@
 #include "mgmt/edge_commands.h"
 
 #include <CLI/CLI.hpp>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -63,7 +65,39 @@ void add_tls_flags(CLI::App& app, TlsFlags& t, bool client) {
                    "name the datacenter edge's certificate must carry (default: any from the CA)");
 }
 
+// This edge's own certificate must be valid now: an expired or not-yet-valid one is refused at
+// start (before, an edge started with it silently and every handshake failed later); one that
+// expires within 30 days is logged with the date. False on refusal (message printed).
+bool check_own_certificate(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (f == nullptr) return true;  // TlsContext::create reports the unreadable file
+  X509* cert = PEM_read_X509(f, nullptr, nullptr, nullptr);
+  std::fclose(f);
+  if (cert == nullptr) return true;
+  bool ok = true;
+  int days = 0, secs = 0;
+  const ASN1_TIME* not_after = X509_get0_notAfter(cert);
+  BIO* b = BIO_new(BIO_s_mem());
+  ASN1_TIME_print(b, not_after);
+  char when[64] = {};
+  BIO_read(b, when, sizeof when - 1);
+  BIO_free(b);
+  if (X509_cmp_current_time(X509_get0_notBefore(cert)) > 0) {
+    std::fprintf(stderr, "ferry: TLS: certificate %s is not valid yet\n", path.c_str());
+    ok = false;
+  } else if (X509_cmp_current_time(not_after) <= 0) {
+    std::fprintf(stderr, "ferry: TLS: certificate %s expired on %s\n", path.c_str(), when);
+    ok = false;
+  } else if (ASN1_TIME_diff(&days, &secs, nullptr, not_after) == 1 && days < 30) {
+    std::fprintf(stderr, "ferry: TLS: WARNING: certificate %s expires on %s (in %d days)\n",
+                 path.c_str(), when, days);
+  }
+  X509_free(cert);
+  return ok;
+}
+
 std::unique_ptr<tls::TlsContext> make_tls(const TlsFlags& t, bool server) {
+  if (!t.cert.empty() && !check_own_certificate(t.cert)) return nullptr;
   tls::TlsConfig c;
   c.cert_path = t.cert;
   c.key_path = t.key;
@@ -359,7 +393,26 @@ int run_cloud_edge_command(int argc, char** argv) {
     });
     reactor.run();
   });
-  const std::string error = ready.get_future().get();
+  // Wait for the link, but let SIGINT/SIGTERM stop the edge meanwhile (it ignored them while a
+  // refused certificate kept it retrying).
+  auto ready_future = ready.get_future();
+  while (ready_future.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+    timespec poll{0, 0};
+    const int sig = sigtimedwait(&set, nullptr, &poll);
+    if (sig == SIGINT || sig == SIGTERM) {
+      std::fprintf(stderr, "ferry: cloud-edge: stopped before the link to %s came up\n", dc.c_str());
+      std::promise<void> stopped;
+      reactor.post([&] {
+        client.stop();
+        stopped.set_value();
+      });
+      stopped.get_future().wait_for(std::chrono::seconds(2));
+      reactor.stop();
+      worker.join();
+      return 1;
+    }
+  }
+  const std::string error = ready_future.get();
   if (!error.empty()) {
     std::fprintf(stderr, "ferry: cloud-edge: %s\n", error.c_str());
     reactor.post([&] { client.stop(); });

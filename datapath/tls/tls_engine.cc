@@ -72,6 +72,8 @@ TlsEngine::TlsEngine(const TlsContext& context) noexcept {
     return;
   }
   SSL_set_bio(ssl_, rbio_, wbio_);  // ssl_ owns both now
+  SSL_set_app_data(ssl_, this);
+  SSL_set_info_callback(ssl_, &TlsEngine::on_info);
   const TlsConfig& cfg = context.config();
   if (cfg.server) {
     SSL_set_accept_state(ssl_);
@@ -82,6 +84,18 @@ TlsEngine::TlsEngine(const TlsContext& context) noexcept {
       SSL_set1_host(ssl_, cfg.expected_peer_name.c_str());
     }
   }
+}
+
+void TlsEngine::on_info(const SSL* ssl, int where, int ret) noexcept {
+  if ((where & SSL_CB_READ_ALERT) == 0 || (ret >> 8) != SSL3_AL_FATAL) return;
+  auto* self = static_cast<TlsEngine*>(SSL_get_app_data(ssl));
+  if (self != nullptr && self->peer_alert_.empty()) self->peer_alert_ = SSL_alert_desc_string_long(ret);
+}
+
+std::string TlsEngine::verify_error() const noexcept {
+  if (ssl_ == nullptr) return {};
+  const long verify = SSL_get_verify_result(ssl_);
+  return verify == X509_V_OK ? std::string() : std::string(X509_verify_cert_error_string(verify));
 }
 
 TlsEngine::~TlsEngine() {

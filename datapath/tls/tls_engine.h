@@ -63,6 +63,12 @@ class TlsEngine {
   const std::string& error() const noexcept { return error_; }
   // Common name of the verified peer certificate (after the handshake).
   const std::string& peer_name() const noexcept { return peer_name_; }
+  // The fatal alert the peer sent, e.g. "certificate expired", "unknown CA" ("" if none): why
+  // the other side refused this handshake.
+  const std::string& peer_alert() const noexcept { return peer_alert_; }
+  // Why this side refused the peer's certificate ("" if it did not), e.g. "certificate has
+  // expired".
+  std::string verify_error() const noexcept;
 
   // Bytes received from the socket. Drives the handshake. protocol_error/auth_failed on failure.
   Errc feed_ciphertext(std::span<const uint8_t> bytes) noexcept;
@@ -88,6 +94,8 @@ class TlsEngine {
   TlsState state_ = TlsState::handshaking;
   std::string error_;
   std::string peer_name_;
+  std::string peer_alert_;
+  static void on_info(const SSL* ssl, int where, int ret) noexcept;
 };
 
 }  // namespace ferry::tls

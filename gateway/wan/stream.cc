@@ -123,6 +123,14 @@ void WanStream::on_recv(int32_t res) noexcept {
   if (tls_.feed_ciphertext({reinterpret_cast<const uint8_t*>(cipher_in_.data()), size_t(res)}) !=
       Errc::ok) {
     std::fprintf(stderr, "ferry: wan: %s\n", tls_.error().c_str());
+    // The TLS alert saying why (bad certificate, unknown CA, expired, ...) is the peer's only
+    // clue: hand it to the kernel now, without waiting, since close() shuts the socket before a
+    // queued send would be submitted. Best effort: a few dozen bytes into an idle socket.
+    if (!send_in_flight_ && out_pos_ == out_len_) {
+      uint8_t alert[512];
+      const size_t n = tls_.take_ciphertext({alert, sizeof alert});
+      if (n > 0) (void)::send(fd_, alert, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
     return close("TLS handshake or record error");
   }
   flush();  // handshake replies

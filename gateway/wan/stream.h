@@ -63,6 +63,7 @@ class WanStream {
   // Before start(): SO_SNDBUF for the socket (0: the kernel's autotuning).
   void set_socket_send_bytes(uint32_t bytes) noexcept { socket_send_bytes_ = bytes; }
   const std::string& peer_name() const noexcept { return tls_.peer_name(); }
+  const tls::TlsEngine& tls() const noexcept { return tls_; }
   const WanStreamCounters& counters() const noexcept { return counters_; }
   // Closes (idempotent); on_closed runs from a deferred callback, never inside this call.
   void close(const char* why) noexcept;

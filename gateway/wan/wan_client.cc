@@ -138,10 +138,33 @@ void WanClient::on_closed(const char* why) noexcept {
     old_streams_.push_back(std::move(stream_));
   }
   const bool was_ready = ready_;
+  const bool handshake_done = hello_acked_;
   ready_ = false;
   hello_acked_ = false;
   if (down_since_ns_ == 0) down_since_ns_ = reactor_.now_ns_fresh();
   if (stopping_) return;
+  // A certificate refusal, by the datacenter edge (its fatal alert) or by us (our verify
+  // result): say why, and give up after auth_failures_max of them in a row before the link was
+  // ever up (retrying every 2 s forever with "peer closed the connection" told nobody anything).
+  std::string auth_reason;
+  if (!handshake_done && !old_streams_.empty()) {
+    const tls::TlsEngine& t = old_streams_.back()->tls();
+    if (!t.verify_error().empty())
+      auth_reason = "we refused the datacenter edge's certificate: " + t.verify_error();
+    else if (!t.peer_alert().empty())
+      auth_reason = "the datacenter edge refused our certificate (TLS alert: " + t.peer_alert() + ")";
+  }
+  if (!auth_reason.empty()) {
+    ++auth_failures_;
+    std::fprintf(stderr, "ferry: wan: %s:%u: %s (%u of %u tries)\n", options_.server_address.c_str(),
+                 options_.server_port, auth_reason.c_str(), auth_failures_, options_.auth_failures_max);
+    if (!ready_reported_ && auth_failures_ >= options_.auth_failures_max) {
+      ready_reported_ = true;
+      stopping_ = true;
+      on_ready_(Errc::auth_failed, auth_reason);
+      return;
+    }
+  }
   std::fprintf(stderr, "ferry: wan: link to %s:%u lost (%s); %zu request(s) in flight will be resent\n",
                options_.server_address.c_str(), options_.server_port, why != nullptr ? why : "",
                pending_.size());
@@ -437,6 +460,7 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
       return false;
     }
     hello_acked_ = true;
+    auth_failures_ = 0;
     caps_ = ack.value().capabilities;
     session_id_ = ack.value().session_id;
     for (size_t i = 0; i < names_.size(); ++i) {

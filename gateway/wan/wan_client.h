@@ -40,6 +40,9 @@ struct WanClientOptions {
   Compression compression{CompressAlgo::zstd, 3};  // measured choice: datapath/wan/DESIGN.md
   size_t content_store_bytes_max = 256u << 20;  // dedup: content received, by SHA-256
   uint32_t requests_max = 1024;                 // in flight; beyond: BUSY
+  // Handshakes in a row that end in a certificate refusal (by either side) before the link is
+  // first up: then the client reports auth_failed to on_ready with the reason and stops trying.
+  uint32_t auth_failures_max = 5;
 };
 
 struct WanClientVolumeCounters {
@@ -166,6 +169,7 @@ class WanClient final : public WanStreamHandler {
   uint64_t last_ping_ns_ = 0;
   uint64_t reconnects_ = 0;
   uint32_t backoff_ms_ = 100;
+  uint32_t auth_failures_ = 0;  // certificate refusals in a row
   Timer tick_timer_;
   Timer reconnect_timer_;
   Timer connect_deadline_;

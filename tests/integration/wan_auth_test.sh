@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Certificate failures of the WAN link end clearly (issue 15, failure 5): a cloud edge whose
+# certificate the dc-edge refuses used to retry every 2 s forever, log only "peer closed the
+# connection" and ignore SIGTERM. Now it logs the dc-edge's reason, gives up after 5 tries with a
+# non-zero exit, and SIGTERM stops it meanwhile; an edge with an expired certificate of its own
+# refuses to start.
+# Usage: wan_auth_test.sh /path/to/ferry
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+need qemu-nbd openssl
+SRC=${FERRY_SOURCE_DIR:-$(cd "$here/../.." && pwd)}
+"$SRC/scripts/make-test-pki.sh" "$TMP/pki" >/dev/null || { echo "FAIL: make-test-pki"; exit 1; }
+PKI=$TMP/pki
+dd if=/dev/urandom of="$TMP/disk.raw" bs=1M count=4 status=none
+P_SRC=$(free_port)
+qemu-nbd -f raw -r --shared=8 -b 127.0.0.1 -p "$P_SRC" -t -x disk "$TMP/disk.raw" >"$TMP/qemu-nbd.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_SRC))" 2>/dev/null && break; sleep 0.1; done
+P_WAN=$(free_port)
+"$FERRY" dc-edge --listen 127.0.0.1:$P_WAN --volume "disk=nbd://127.0.0.1:$P_SRC/disk" \
+  --tls-cert "$PKI/dc-edge-cert.pem" --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" \
+  >"$TMP/dc.log" 2>&1 &
+DC_PID=$!; PIDS+=($DC_PID)
+for _ in $(seq 100); do grep -q 'dc-edge listening' "$TMP/dc.log" && break; sleep 0.05; done
+
+cloud() {  # cloud NAME CERT KEY : starts a cloud edge in the background; sets CPID
+  "$FERRY" cloud-edge --listen 127.0.0.1:$(free_port) --dc 127.0.0.1:$P_WAN --volume disk \
+    --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge --tls-cert "$2" --tls-key "$3" >"$TMP/$1.log" 2>&1 &
+  CPID=$!; PIDS+=($CPID)
+}
+wait_exit() {  # wait_exit PID SECONDS : 0 if it exited within that time
+  local i
+  for i in $(seq $(( $2 * 10 ))); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  return 1
+}
+
+# A certificate from another CA: refused by the dc-edge, reason logged, bounded tries, exit != 0.
+t0=$(date +%s.%N)
+cloud rogue "$PKI/rogue-cert.pem" "$PKI/rogue-key.pem"
+if wait_exit "$CPID" 30; then
+  wait "$CPID"; rc=$?
+  t=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
+  if [ "$rc" -ne 0 ] && grep -q 'refused our certificate' "$TMP/rogue.log"; then
+    ok "rogue certificate: exit $rc after $t s: $(grep -m1 'refused our certificate' "$TMP/rogue.log")"
+  else fail "rogue certificate: rc $rc, log: $(tail -3 "$TMP/rogue.log" | tr '\n' ' ')"; fi
+  n=$(grep -c 'tries)' "$TMP/rogue.log")
+  [ "$n" -eq 5 ] && ok "gave up after $n tries" || fail "$n tries logged (want 5)"
+else
+  fail "rogue certificate: cloud edge still retrying after 30 s"; stop_pid "$CPID"
+fi
+
+# SIGTERM while it retries stops it within 2 s.
+cloud rogue2 "$PKI/rogue-cert.pem" "$PKI/rogue-key.pem"
+sleep 1
+kill -TERM "$CPID"
+if wait_exit "$CPID" 2; then ok "SIGTERM during certificate retries stopped the cloud edge within 2 s"
+else fail "SIGTERM ignored during certificate retries"; stop_pid "$CPID"; fi
+
+# An expired certificate of its own: refused at start, before any connection.
+cloud expired "$PKI/expired-cert.pem" "$PKI/expired-key.pem"
+if wait_exit "$CPID" 5; then
+  wait "$CPID"; rc=$?
+  [ "$rc" -ne 0 ] && grep -q 'expired on' "$TMP/expired.log" &&
+    ok "expired own certificate refused at start (rc $rc): $(grep -m1 'expired on' "$TMP/expired.log")" ||
+    fail "expired own certificate: rc $rc, log: $(tr '\n' ' ' <"$TMP/expired.log")"
+else fail "cloud edge started with an expired certificate"; stop_pid "$CPID"; fi
+"$FERRY" dc-edge --listen 127.0.0.1:$(free_port) --volume "disk=nbd://127.0.0.1:$P_SRC/disk" \
+  --tls-cert "$PKI/expired-cert.pem" --tls-key "$PKI/expired-key.pem" --tls-ca "$PKI/ca-cert.pem" \
+  >"$TMP/dc-expired.log" 2>&1 &
+pid=$!; PIDS+=($pid)
+if wait_exit "$pid" 5; then
+  wait "$pid"; rc=$?
+  [ "$rc" -ne 0 ] && grep -q 'expired on' "$TMP/dc-expired.log" && ok "dc-edge with an expired certificate refused to start (rc $rc)" ||
+    fail "dc-edge expired certificate: rc $rc"
+else fail "dc-edge started with an expired certificate"; stop_pid "$pid"; fi
+
+# And the right certificate still works, with no warning for a certificate valid 365 days.
+cloud good "$PKI/cloud-edge-cert.pem" "$PKI/cloud-edge-key.pem"
+if wait_listening "$TMP/good.log" "$CPID"; then ok "the right certificate connects"
+else fail "right certificate: $(tail -3 "$TMP/good.log" | tr '\n' ' ')"; fi
+grep -q 'WARNING' "$TMP/good.log" && fail "unexpected warning: $(grep -m1 WARNING "$TMP/good.log")"
+stop_pid "$CPID"; stop_pid "$DC_PID"
+finish
