@@ -27,6 +27,9 @@ struct Geometry {
   bool can_discard = false;     // deallocation (UNMAP / TRIM) frees space
   bool discard_zeroes = false;  // reads of discarded blocks return zeroes (LBPRZ)
   bool volatile_cache = false;  // acknowledged writes need FLUSH (or FUA) to be durable
+  // IoOp::block_status costs a round trip to another host (the WAN remote): front ends must not
+  // ask it before every READ just to send holes as holes, or each read miss pays twice.
+  bool block_status_remote = false;
   uint64_t size_bytes() const noexcept { return block_count * block_size_bytes; }
 };
 

@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "cache/ram_cache.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
 #include "gateway/iscsi/server.h"
@@ -329,6 +330,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::string compression = "zstd:3";
   bool stream = false;
   size_t content_store_mib = 256;
+  size_t ram_cache_mib = 0;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
                  "repeated options; see README)");
   app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
@@ -342,6 +344,9 @@ int run_cloud_edge_command(int argc, char** argv) {
       ->required();
   app.add_option("--iqn", iqn, "target name")->capture_default_str();
   app.add_option("--nbd", nbd_listen, "also export the volumes over NBD on ADDRESS:PORT");
+  app.add_option("--ram-cache-mib", ram_cache_mib,
+                 "RAM cache per volume in MiB, 64 KiB chunks, S3-FIFO (0 = no cache)")
+      ->capture_default_str();
   add_tls_flags(app, tls_flags, true);
   app.add_option("--give-up-s", give_up_s,
                  "fail I/O when the WAN link stays down this long (shorter than the initiator's "
@@ -428,16 +433,36 @@ int run_cloud_edge_command(int argc, char** argv) {
   target_cfg.iqn = iqn;
   portal.targets.push_back(target_cfg);
   scsi::Target target;
+  std::vector<std::unique_ptr<cache::RamCache>> caches;  // outlive the units and exports above them
   std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
   std::vector<nbd::NbdExport> exports;
   for (size_t i = 0; i < volume_names.size(); ++i) {
+    BlockDevice* dev = &client.device(i);
+    if (ram_cache_mib != 0) {
+      cache::RamCacheOptions co;
+      co.capacity_bytes = uint64_t(ram_cache_mib) << 20;
+      auto c = cache::RamCache::create(*dev, co);
+      if (!c) {
+        std::fprintf(stderr, "ferry: --ram-cache-mib %zu: cannot create the RAM cache: %s\n",
+                     ram_cache_mib, to_string(c.error()));
+        reactor.post([&] { client.stop(); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        reactor.stop();
+        worker.join();
+        return 1;
+      }
+      caches.push_back(std::move(c.value()));
+      dev = caches.back().get();
+      std::fprintf(stderr, "ferry: volume %s: %s\n", volume_names[i].c_str(),
+                   std::string(dev->describe()).c_str());
+    }
     scsi::LuIdentity id;
     id.uuid = wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
     id.serial = scsi::serial_of(id.uuid);
     id.product = "WAN DISK";
-    units.push_back(std::make_unique<scsi::LogicalUnit>(client.device(i), id));
+    units.push_back(std::make_unique<scsi::LogicalUnit>(*dev, id));
     target.add_lun(uint16_t(i), units.back().get());
-    exports.push_back({volume_names[i], &client.device(i), "wan volume " + volume_names[i], false});
+    exports.push_back({volume_names[i], dev, "wan volume " + volume_names[i], false});
     std::fprintf(stderr, "ferry: LUN %zu: volume %s (%llu bytes)\n", i, volume_names[i].c_str(),
                  static_cast<unsigned long long>(client.device(i).geometry().size_bytes()));
   }
@@ -479,6 +504,17 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::promise<std::string> stats;
   reactor.post([&] {
     std::string s = client.stats_text();
+    for (size_t i = 0; i < caches.size(); ++i) {
+      const auto& c = caches[i]->counters();
+      char line[320];
+      std::snprintf(line, sizeof line,
+                    "ram cache %s: %llu hits, %llu misses, %llu bypassed, %llu B fetched in %llu "
+                    "fetches, %llu evictions\n",
+                    volume_names[i].c_str(), (unsigned long long)c.hits, (unsigned long long)c.misses,
+                    (unsigned long long)c.bypassed, (unsigned long long)c.bytes_fetched,
+                    (unsigned long long)c.fetches, (unsigned long long)c.evictions);
+      s += line;
+    }
     client.stop();
     stats.set_value(s);
   });

@@ -653,8 +653,11 @@ void Connection::execute(NbdTask* t) noexcept {
   switch (r.type) {
     case kCmdRead:
       if (r.length_bytes == 0) return reply(t, 0);
-      t->stage = structured_ && !(r.flags & kCmdFlagDf) ? NbdTask::Stage::status
-                                                        : NbdTask::Stage::data;
+      // Holes go out as holes only when asking where they are is cheap: on a remote device
+      // BLOCK_STATUS is a second WAN round trip per READ (a cold read cost 2 RTT, not 1).
+      t->stage = structured_ && !(r.flags & kCmdFlagDf) && !geometry_.block_status_remote
+                     ? NbdTask::Stage::status
+                     : NbdTask::Stage::data;
       break;
     case kCmdWrite:
       if (r.length_bytes == 0) return reply(t, 0);

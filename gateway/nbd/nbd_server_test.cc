@@ -22,18 +22,44 @@ namespace {
 
 constexpr uint64_t kSize = 64ull << 20;
 
+// Counts the requests of each kind that reach `next`; its geometry can claim that block
+// status is remote (a WAN round trip), as RemoteDevice's does.
+class CountingDevice final : public BlockDevice {
+ public:
+  CountingDevice(BlockDevice& next, bool status_remote) : next_(next), remote_(status_remote) {}
+  Geometry geometry() const noexcept override {
+    Geometry g = next_.geometry();
+    g.block_status_remote = remote_;
+    return g;
+  }
+  void submit(IoRequest& r) noexcept override {
+    (r.op == IoOp::block_status ? status : r.op == IoOp::read ? reads : others)++;
+    next_.submit(r);
+  }
+  std::string_view describe() const noexcept override { return "counting"; }
+  std::atomic<int> reads{0}, status{0}, others{0};
+
+ private:
+  BlockDevice& next_;
+  bool remote_;
+};
+
 class NbdServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dev0_ = std::move(RamDevice::create(kSize).value());
     dev1_ = std::move(RamDevice::create(kSize / 2).value());
+    local_ = std::make_unique<CountingDevice>(*dev1_, false);
+    remote_ = std::make_unique<CountingDevice>(*dev1_, true);
     NbdOptions o;
     o.port = 0;
     o.unix_path = "/tmp/ferry-nbd-test-" + std::to_string(getpid()) + ".sock";
     unix_path_ = o.unix_path;
     server_ = std::make_unique<NbdServer>(
         o, std::vector<NbdExport>{{"lun0", dev0_.get(), "ram 0", false},
-                                  {"lun1", dev1_.get(), "", false}});
+                                  {"lun1", dev1_.get(), "", false},
+                                  {"local", local_.get(), "", false},
+                                  {"remote", remote_.get(), "", false}});
     reactor_ = std::make_unique<Reactor>(0, 256ull << 20);
     std::atomic<int> ready{0};
     thread_ = std::thread([&] {
@@ -71,6 +97,7 @@ class NbdServerTest : public ::testing::Test {
   }
 
   std::unique_ptr<RamDevice> dev0_, dev1_;
+  std::unique_ptr<CountingDevice> local_, remote_;
   std::unique_ptr<NbdServer> server_;
   std::unique_ptr<Reactor> reactor_;
   std::thread thread_;
@@ -147,6 +174,27 @@ TEST_F(NbdServerTest, WriteReadRoundTripBothReplyKinds) {
     for (size_t i = 64 << 10; i < mixed.size(); ++i) ASSERT_EQ(mixed[i], 0) << i;
     EXPECT_EQ(nbd_flush(h, 0), 0);
     EXPECT_EQ(nbd_cache(h, 65536, 0, 0), 0);
+    nbd_close(h);
+  }
+}
+
+// Regression: a structured READ asked the device for block status first; on the cloud edge that
+// device is the WAN remote, so every cold read cost two WAN round trips instead of one.
+TEST_F(NbdServerTest, StructuredReadOfRemoteDeviceAsksNoBlockStatus) {
+  for (const char* name : {"local", "remote"}) {
+    nbd_handle* h = connect(name, true);
+    ASSERT_NE(h, nullptr);
+    CountingDevice& d = std::string(name) == "remote" ? *remote_ : *local_;
+    std::vector<char> in(4096);
+    for (int i = 0; i < 8; ++i)
+      ASSERT_EQ(nbd_pread(h, in.data(), in.size(), uint64_t(i) << 20, 0), 0) << nbd_get_error();
+    EXPECT_EQ(d.reads.load() + d.status.load() > 0, true);
+    if (std::string(name) == "remote") {
+      EXPECT_EQ(d.status.load(), 0) << "a BLOCK_STATUS per READ is a second WAN round trip";
+      EXPECT_EQ(d.reads.load(), 8);  // one device request per NBD READ
+    } else {
+      EXPECT_GE(d.status.load(), 8);  // local device: holes still go out as holes
+    }
     nbd_close(h);
   }
 }
@@ -253,8 +301,8 @@ TEST_F(NbdServerTest, UnixSocketAndList) {
                             return 0;
                           },
                           &names, nullptr};
-  EXPECT_EQ(nbd_opt_list(h, cb), 2);
-  EXPECT_EQ(names, (std::vector<std::string>{"lun0", "lun1"}));
+  EXPECT_EQ(nbd_opt_list(h, cb), 4);
+  EXPECT_EQ(names, (std::vector<std::string>{"lun0", "lun1", "local", "remote"}));
   EXPECT_EQ(nbd_opt_abort(h), 0);
   nbd_close(h);
 }

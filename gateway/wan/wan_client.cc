@@ -499,6 +499,7 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
     g.block_count = info.value().size_bytes / g.block_size_bytes;
     g.read_only = (info.value().flags & kVolumeReadOnly) != 0;
     g.volatile_cache = true;  // durability needs FLUSH to reach the datacenter edge
+    g.block_status_remote = true;  // a WAN round trip: the NBD front end must not ask it per READ
     const Geometry old = devices_[vol]->geometry();
     if (ready_reported_ && old.size_bytes() != g.size_bytes()) {
       std::fprintf(stderr, "ferry: wan: volume '%s' changed size on the datacenter edge\n",

@@ -1,0 +1,125 @@
+// RamCache: the RAM cache tier, a BlockDevice over a `next` device (cache/DESIGN.md).
+// Chunked (64 KiB default) with a per-sector validity bitmap; write-through to `next`, so every
+// valid cached sector equals what `next` holds once the writes that touched it have completed,
+// and eviction is always safe. S3-FIFO eviction (small FIFO, main FIFO, ghost queue).
+// Memory is bounded and allocated at create(): chunk slots, fetch buffers, write ops.
+//
+// Threading: one reactor thread per RamCache (as other devices: submit() and every completion
+// from `next` run on that thread; no locks). Completions may run inside submit().
+// Lending: the cache never lends (`lent` stays null; bytes are always copied into `data`),
+// because it may evict and reuse a chunk slot as soon as the read completes.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "datapath/block_device.h"
+
+namespace ferry::cache {
+
+struct RamCacheOptions {
+  uint64_t capacity_bytes = 64ull << 20;  // chunk memory; rounded down to whole chunks (>= 2)
+  uint32_t chunk_bytes = 64 * 1024;       // multiple of the device's block size
+  uint32_t fetches_max = 32;              // chunk fetches in flight; more misses bypass
+  uint32_t writes_max = 256;              // writes/discards in flight; more answer busy
+  uint32_t waiters_max = 16;              // reads waiting on one chunk fetch; more bypass
+};
+
+struct RamCacheCounters {
+  uint64_t hits = 0;           // reads served from memory on arrival
+  uint64_t misses = 0;         // reads that needed (or waited on) a fetch
+  uint64_t bypassed = 0;       // reads sent straight to next (fetch/waiter/slot limit)
+  uint64_t fetches = 0;        // chunk fetches issued
+  uint64_t bytes_fetched = 0;  // bytes read from next by fetches
+  uint64_t evictions = 0;
+  uint64_t busy = 0;           // writes refused: writes_max in flight
+};
+
+class RamCache final : public BlockDevice {
+ public:
+  static Result<std::unique_ptr<RamCache>> create(BlockDevice& next, const RamCacheOptions& o) noexcept;
+  ~RamCache() override;
+
+  Geometry geometry() const noexcept override { return next_.geometry(); }
+  void submit(IoRequest& req) noexcept override;
+  std::string_view describe() const noexcept override { return description_; }
+  const RamCacheCounters& counters() const noexcept { return counters_; }
+  uint32_t slots() const noexcept { return slot_count_; }
+  uint32_t resident_chunks() const noexcept { return uint32_t(index_.size()); }
+
+ private:
+  struct Slot {
+    uint64_t chunk = 0;
+    uint64_t epoch = 0;  // bumped when a discard/write_zeroes drops sectors
+    uint8_t freq = 0;
+    bool used = false;
+    bool in_main = false;
+    bool fetching = false;
+    std::vector<IoRequest*> waiters;  // capacity waiters_max, reserved at create()
+  };
+  struct Fetch {
+    IoRequest io;
+    RamCache* cache = nullptr;
+    uint32_t slot = 0;
+    uint64_t epoch = 0;
+    uint32_t first_sector = 0;
+    std::byte* buf = nullptr;
+    std::vector<IoRequest*> woken;  // the slot's waiters, swapped out at completion
+  };
+  struct WriteOp {
+    IoRequest io;
+    IoRequest* user = nullptr;
+    RamCache* cache = nullptr;
+  };
+
+  RamCache(BlockDevice& next, const RamCacheOptions& o) noexcept;
+  void read(IoRequest& io, bool first) noexcept;
+  void write_through(IoRequest& io) noexcept;
+  static void on_fetched(IoRequest& io) noexcept;
+  static void on_written(IoRequest& io) noexcept;
+  void apply_write(const IoRequest& io) noexcept;
+  int64_t find(uint64_t chunk) const noexcept;
+  int64_t admit(uint64_t chunk) noexcept;  // a slot for chunk, evicting if needed; -1 if none
+  int64_t evict() noexcept;                // frees one slot; -1 if every slot is busy
+  void drop(uint32_t s) noexcept;
+  bool start_fetch(uint32_t s, uint32_t first, uint32_t last) noexcept;
+  uint64_t chunk_length(uint64_t chunk) const noexcept;
+  bool valid(uint32_t s, uint32_t sector) const noexcept {
+    return (bits_[size_t(s) * words_ + sector / 64] >> (sector % 64)) & 1;
+  }
+  void set_valid(uint32_t s, uint32_t sector, bool v) noexcept {
+    uint64_t& w = bits_[size_t(s) * words_ + sector / 64];
+    w = v ? (w | (1ull << (sector % 64))) : (w & ~(1ull << (sector % 64)));
+  }
+  std::byte* slot_data(uint32_t s) noexcept { return data_.get() + size_t(s) * opt_.chunk_bytes; }
+
+  BlockDevice& next_;
+  RamCacheOptions opt_;
+  std::string description_;
+  uint32_t sector_bytes_ = 512;
+  uint32_t sectors_per_chunk_ = 0;
+  uint32_t words_ = 0;
+  uint32_t slot_count_ = 0;
+  uint32_t small_target_ = 1;
+  std::unique_ptr<std::byte[]> data_;
+  std::vector<uint64_t> bits_;
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_slots_;
+  std::unordered_map<uint64_t, uint32_t> index_;  // chunk -> slot
+  std::deque<uint32_t> small_, main_;             // front = oldest
+  std::deque<uint64_t> ghost_order_;
+  std::unordered_set<uint64_t> ghost_;
+  std::unique_ptr<std::byte[]> fetch_mem_;
+  std::vector<Fetch> fetches_;
+  std::vector<Fetch*> free_fetches_;
+  std::vector<WriteOp> writes_;
+  std::vector<WriteOp*> free_writes_;
+  RamCacheCounters counters_;
+};
+
+}  // namespace ferry::cache
