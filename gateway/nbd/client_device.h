@@ -20,8 +20,9 @@
 // device when several reactors need one volume). submit() on a thread without a reactor
 // completes with Errc::unsupported.
 // Ownership: the submitter owns the IoRequest and its buffer until on_complete (block_device.h).
-// Destroy the device on its home thread with no request in flight, or after the home reactor
-// has stopped; armed polls are cancelled and freed by their final CQE.
+// Destroy the device on its home thread, or after the home reactor has stopped; armed polls are
+// cancelled and freed by their final CQE. Requests still in flight then are abandoned (logged,
+// their on_complete never runs): do it only at shutdown, when no submitter waits for them.
 #pragma once
 
 #include <atomic>

@@ -962,5 +962,29 @@ TEST_F(Nbdkit, ServerKilledWhileSubmitting) {
   rt.call([&] { dev = Errc::cancelled; });
 }
 
+// Shutdown with the source not answering (issue 15 item 6: SIGTERM of a dc-edge whose source
+// hung): destroying the device with a read in flight used to abort on an assertion. Now the
+// read is abandoned: no crash, and its on_complete never runs (its Op is gone).
+TEST_F(Nbdkit, DestroyWithReadInFlightToHungServerAbandonsIt) {
+  REQUIRE_TOOLS("nbdkit");
+  const std::string uri = serve({"--filter=delay", "memory", "size=16M", "rdelay=3"});
+  ASSERT_FALSE(uri.empty());
+  ReactorThread rt;
+  NbdClientOptions o;
+  o.connections = 1;
+  auto dev = NbdClientDevice::open(uri, o);
+  ASSERT_TRUE(dev.ok());
+  NbdClientDevice& d = **dev;
+  std::vector<char> buf(4096);
+  IoRequest req = make(IoOp::read, 0, buf.size(), buf.data());
+  Batch b;
+  req.owner = &b;
+  req.on_complete = &Batch::on_complete;
+  rt.call([&] { d.submit(req); });
+  rt.call([&] { dev = Errc::cancelled; });  // destroyed on its home thread, read in flight
+  std::lock_guard<std::mutex> lock(b.mu);
+  EXPECT_EQ(b.done, 0u) << "an abandoned request must not complete";
+}
+
 }  // namespace
 }  // namespace ferry::nbd
