@@ -29,6 +29,7 @@
 #include "gateway/wan/wan_client.h"
 #include "gateway/wan/wan_server.h"
 #include "mgmt/cli_util.h"
+#include "mgmt/target_auth.h"
 
 namespace ferry::mgmt {
 
@@ -344,6 +345,15 @@ int run_cloud_edge_command(int argc, char** argv) {
       ->required();
   app.add_option("--iqn", iqn, "target name")->capture_default_str();
   app.add_option("--nbd", nbd_listen, "also export the volumes over NBD on ADDRESS:PORT");
+  std::string chap, mutual_chap;
+  std::vector<std::string> allowed_initiators;
+  bool nbd_insecure = false;
+  app.add_option("--chap", chap, "require CHAP: USER:SECRET the initiator must present");
+  app.add_option("--mutual-chap", mutual_chap, "with --chap: USER:SECRET the target answers with");
+  app.add_option("--allow-initiator", allowed_initiators,
+                 "repeatable: only these initiator names may log in (ACL)");
+  app.add_flag("--nbd-insecure", nbd_insecure,
+               "with --chap: export the volumes over --nbd anyway (it has no authentication; logged)");
   app.add_option("--ram-cache-mib", ram_cache_mib,
                  "RAM cache per volume in MiB, 64 KiB chunks, S3-FIFO (0 = no cache)")
       ->capture_default_str();
@@ -380,6 +390,23 @@ int run_cloud_edge_command(int argc, char** argv) {
   if (!nbd_listen.empty() && !split_host_port(nbd_listen, noptions.listen_address, noptions.port)) {
     std::fprintf(stderr, "ferry: --nbd wants ADDRESS:PORT\n");
     return 2;
+  }
+  // The portal's access rules (the same model as `ferry target`); the NBD export has no
+  // authentication of its own yet, so CHAP-protected volumes go there only with --nbd-insecure.
+  iscsi::TargetAuthConfig target_cfg;
+  if (std::string e = make_target_auth(iqn, chap, mutual_chap, allowed_initiators, target_cfg);
+      !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
+  }
+  if (!nbd_listen.empty() && !chap.empty()) {
+    if (!nbd_insecure) {
+      std::fprintf(stderr, "ferry: the volumes are CHAP-protected but the NBD export (--nbd) has no "
+                           "authentication: drop --nbd or add --nbd-insecure\n");
+      return 2;
+    }
+    std::fprintf(stderr, "ferry: WARNING: --nbd-insecure: the CHAP-protected volumes are exported "
+                         "over NBD without authentication\n");
   }
   auto tls = make_tls(tls_flags, false);
   if (!tls) return 2;
@@ -429,8 +456,6 @@ int run_cloud_edge_command(int argc, char** argv) {
 
   iscsi::PortalConfig portal;
   portal.portal_address = ioptions.listen_address + ":" + std::to_string(ioptions.port) + ",1";
-  iscsi::TargetAuthConfig target_cfg;
-  target_cfg.iqn = iqn;
   portal.targets.push_back(target_cfg);
   scsi::Target target;
   std::vector<std::unique_ptr<cache::RamCache>> caches;  // outlive the units and exports above them

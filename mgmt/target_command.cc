@@ -18,6 +18,7 @@
 #include "gateway/scsi/logical_unit.h"
 #include "mgmt/cli_util.h"
 #include "mgmt/lun_spec.h"
+#include "mgmt/target_auth.h"
 
 namespace ferry::mgmt {
 
@@ -31,6 +32,7 @@ struct TargetFlags {
   std::vector<std::string> extra_target_luns;  // IQN=SPEC
   std::string iqn = "iqn.2026-11.io.ferry:target";
   std::string chap, mutual_chap, discovery_chap, discovery_mutual_chap;
+  std::vector<std::string> allowed_initiators;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   uint32_t queue_depth = 128;
   uint32_t nop_interval_ms = 5000;
@@ -61,6 +63,8 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--chap", f.chap, "require CHAP: USER:SECRET the initiator must present");
   app.add_option("--mutual-chap", f.mutual_chap,
                  "mutual CHAP: USER:SECRET the target answers the initiator's challenge with");
+  app.add_option("--allow-initiator", f.allowed_initiators,
+                 "repeatable: only these initiator names may log in to the --iqn target (ACL)");
   app.add_option("--discovery-chap", f.discovery_chap, "require CHAP for discovery: USER:SECRET");
   app.add_option("--discovery-mutual-chap", f.discovery_mutual_chap,
                  "mutual CHAP for discovery sessions: USER:SECRET");
@@ -137,21 +141,10 @@ int run_target(const TargetFlags& f, const char* banner) {
   iscsi::PortalConfig portal;
   portal.portal_address = options.listen_address + ":" + std::to_string(options.port) + ",1";
   iscsi::TargetAuthConfig target_cfg;
-  target_cfg.iqn = f.iqn;
-  if (!f.chap.empty() && !split_user_secret(f.chap, target_cfg.chap_user, target_cfg.chap_secret)) {
-    std::fprintf(stderr, "ferry: --chap wants USER:SECRET\n");
+  if (std::string e = make_target_auth(f.iqn, f.chap, f.mutual_chap, f.allowed_initiators, target_cfg);
+      !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
-  }
-  if (!f.mutual_chap.empty()) {
-    if (f.chap.empty()) {
-      std::fprintf(stderr, "ferry: --mutual-chap needs --chap as well\n");
-      return 2;
-    }
-    if (!split_user_secret(f.mutual_chap, target_cfg.mutual_chap_user,
-                           target_cfg.mutual_chap_secret)) {
-      std::fprintf(stderr, "ferry: --mutual-chap wants USER:SECRET\n");
-      return 2;
-    }
   }
   portal.targets.push_back(target_cfg);
   if (!f.discovery_chap.empty() &&

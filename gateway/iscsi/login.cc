@@ -123,6 +123,10 @@ LoginStatus LoginNegotiator::first_request(const std::vector<KeyValue>& pairs, c
       why = "login to an unknown target";
       return LoginStatus::not_found;
     }
+    if (!target_->initiator_allowed(params_.initiator_name)) {
+      why = "initiator not in the target's --allow-initiator list";
+      return LoginStatus::authorization_failure;
+    }
     params_.target_name = target_->iqn;
     chap_user_ = target_->chap_user;
     chap_secret_ = target_->chap_secret;

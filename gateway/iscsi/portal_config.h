@@ -2,6 +2,7 @@
 // they are reached, and what authentication each requires. Immutable once the server starts.
 #pragma once
 
+#include <cctype>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -18,8 +19,23 @@ struct TargetAuthConfig {
   // Mutual CHAP: the name/secret the target answers the initiator's challenge with.
   std::string mutual_chap_user;
   std::string mutual_chap_secret;
+  // Initiator ACL: the initiator names (compared case-insensitively) that may log in to this
+  // target; empty: any. Others are refused with "authorization failure" (0x0202).
+  std::vector<std::string> allowed_initiators;
 
   bool chap_required() const noexcept { return !chap_user.empty(); }
+  bool initiator_allowed(std::string_view name) const noexcept {
+    if (allowed_initiators.empty()) return true;
+    for (const auto& a : allowed_initiators) {
+      if (a.size() != name.size()) continue;
+      bool same = true;
+      for (size_t i = 0; i < a.size() && same; ++i)
+        same = std::tolower(static_cast<unsigned char>(a[i])) ==
+               std::tolower(static_cast<unsigned char>(name[i]));
+      if (same) return true;
+    }
+    return false;
+  }
 };
 
 struct PortalConfig {

@@ -161,4 +161,14 @@ stop_pid "$FERRY_PID"; stop_pid "$ID4_PID"
 [ "${r1#* }" != "${r2#* }" ] && ok "two targets with the default IQN and a RAM LUN: different NAA IDs" ||
   fail "RAM LUNs of two targets collide: '$r1' / '$r2'"
 
+# ---------------------------------------------------------------- initiator ACL
+P_ACL=$(free_port)
+start_ferry acl --listen 127.0.0.1:$P_ACL --lun ram:16MiB --allow-initiator iqn.2026-12.io.ferry.test:allowed
+iscsi-inq -i iqn.2026-12.io.ferry.test:ALLOWED "iscsi://127.0.0.1:$P_ACL/$IQN/0" >/dev/null 2>&1 &&
+  ok "ACL: a listed initiator logs in (names compare case-insensitively)" || fail "ACL: listed initiator refused"
+iscsi-inq -i iqn.2026-12.io.ferry.test:other "iscsi://127.0.0.1:$P_ACL/$IQN/0" >/dev/null 2>&1 &&
+  fail "ACL: an unlisted initiator logged in" || ok "ACL: an unlisted initiator is refused"
+grep -q 'status 0x0202' "$TMP/acl.log" && ok "ACL refusal logged with status 0x0202" || fail "ACL refusal not logged as 0x0202: $(grep -m1 refused "$TMP/acl.log")"
+stop_pid "$FERRY_PID"
+
 finish

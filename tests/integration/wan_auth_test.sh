@@ -7,7 +7,7 @@
 # Usage: wan_auth_test.sh /path/to/ferry
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
-need qemu-nbd openssl
+need qemu-nbd openssl iscsi-inq
 SRC=${FERRY_SOURCE_DIR:-$(cd "$here/../.." && pwd)}
 "$SRC/scripts/make-test-pki.sh" "$TMP/pki" >/dev/null || { echo "FAIL: make-test-pki"; exit 1; }
 PKI=$TMP/pki
@@ -79,5 +79,42 @@ cloud good "$PKI/cloud-edge-cert.pem" "$PKI/cloud-edge-key.pem"
 if wait_listening "$TMP/good.log" "$CPID"; then ok "the right certificate connects"
 else fail "right certificate: $(tail -3 "$TMP/good.log" | tr '\n' ' ')"; fi
 grep -q 'WARNING' "$TMP/good.log" && fail "unexpected warning: $(grep -m1 WARNING "$TMP/good.log")"
-stop_pid "$CPID"; stop_pid "$DC_PID"
+stop_pid "$CPID"
+
+# The cloud edge's portal has the same access model as ferry target: CHAP and an initiator ACL
+# (before, any IQN logged in without credentials; issue 15, failure 3).
+ALLOWED=iqn.2026-12.io.ferry.test:allowed
+P_CI=$(free_port)
+"$FERRY" cloud-edge --listen 127.0.0.1:$P_CI --dc 127.0.0.1:$P_WAN --volume disk \
+  --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge --tls-cert "$PKI/cloud-edge-cert.pem" \
+  --tls-key "$PKI/cloud-edge-key.pem" --chap vmuser:vmsecret123 --allow-initiator "$ALLOWED" \
+  >"$TMP/acl.log" 2>&1 &
+CPID=$!; PIDS+=($CPID)
+if wait_listening "$TMP/acl.log" "$CPID"; then
+  CURL="iqn.2026-11.io.ferry:cloud/0"
+  iscsi-inq -i "$ALLOWED" "iscsi://vmuser%vmsecret123@127.0.0.1:$P_CI/$CURL" >/dev/null 2>&1 &&
+    ok "cloud edge: allowed initiator with the right CHAP secret logs in" || fail "cloud edge: allowed initiator refused"
+  iscsi-inq -i iqn.2026-12.io.ferry.test:intruder "iscsi://vmuser%vmsecret123@127.0.0.1:$P_CI/$CURL" >/dev/null 2>&1 &&
+    fail "cloud edge: an initiator outside the ACL logged in" || ok "cloud edge: unknown IQN refused by the ACL"
+  iscsi-inq -i "$ALLOWED" "iscsi://vmuser%wrongsecret@127.0.0.1:$P_CI/$CURL" >/dev/null 2>&1 &&
+    fail "cloud edge: wrong CHAP secret accepted" || ok "cloud edge: wrong CHAP secret refused"
+  iscsi-inq -i "$ALLOWED" "iscsi://127.0.0.1:$P_CI/$CURL" >/dev/null 2>&1 &&
+    fail "cloud edge: login without CHAP accepted" || ok "cloud edge: login without credentials refused"
+  grep -q 'allow-initiator' "$TMP/acl.log" && ok "ACL refusal logged: $(grep -m1 'allow-initiator' "$TMP/acl.log")" ||
+    fail "no ACL refusal in the log"
+else
+  fail "cloud edge with CHAP and ACL did not start: $(tail -3 "$TMP/acl.log" | tr '\n' ' ')"
+fi
+stop_pid "$CPID"
+"$FERRY" cloud-edge --listen 127.0.0.1:$(free_port) --dc 127.0.0.1:$P_WAN --volume disk \
+  --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge --tls-cert "$PKI/cloud-edge-cert.pem" \
+  --tls-key "$PKI/cloud-edge-key.pem" --chap vmuser:vmsecret123 --nbd 127.0.0.1:$(free_port) \
+  >"$TMP/acl-nbd.log" 2>&1 &
+pid=$!; PIDS+=($pid)
+if wait_exit "$pid" 5; then
+  wait "$pid"; rc=$?
+  [ "$rc" -ne 0 ] && grep -q 'CHAP-protected' "$TMP/acl-nbd.log" &&
+    ok "cloud edge: CHAP volumes with an unauthenticated NBD export refused (rc $rc)" || fail "cloud edge CHAP+NBD: rc $rc"
+else fail "cloud edge started CHAP volumes with a plaintext NBD export"; stop_pid "$pid"; fi
+stop_pid "$DC_PID"
 finish
