@@ -402,6 +402,24 @@ TEST_F(LoginTest, UnknownTargetFailsWithNotFound) {
   EXPECT_EQ(status(), 0x0203);
 }
 
+// Any IQN could log in to a cloud edge: the initiator ACL refuses names not listed (0x0202).
+TEST_F(LoginTest, InitiatorOutsideTheAclFailsWithAuthorizationFailure) {
+  // The negotiator reads the portal (by reference) at the first request.
+  for (auto& t : portal_.targets)
+    if (t.iqn == kOpenIqn) t.allowed_initiators = {"iqn.2026-12.io.ferry.test:someone-else"};
+  EXPECT_EQ(send(kT | stages(kOperational, kFullFeature), first_text(kOpenIqn)),
+            LoginStep::failed);
+  EXPECT_EQ(status(), 0x0202);
+}
+
+TEST_F(LoginTest, InitiatorInTheAclLogsIn) {
+  for (auto& t : portal_.targets)
+    if (t.iqn == kOpenIqn)
+      t.allowed_initiators = {"iqn.2026-12.io.ferry.test:someone-else", std::string(kInitiator)};
+  EXPECT_EQ(send(kT | stages(kOperational, kFullFeature), first_text(kOpenIqn)),
+            LoginStep::login_complete);
+}
+
 TEST_F(LoginTest, UnknownSessionTypeFails) {
   EXPECT_EQ(send(kT | stages(kOperational, kFullFeature),
                  text({pair("InitiatorName", kInitiator), "SessionType=Bogus"})),
