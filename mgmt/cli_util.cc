@@ -27,4 +27,16 @@ bool split_user_secret(const std::string& text, std::string& user, std::string& 
   return true;
 }
 
+void add_pre_auth_flags(CLI::App& app, PreAuthLimits& limits, const char* what) {
+  app.add_option("--pre-auth-max", limits.pending_max,
+                 std::string("connections not yet ") + what +
+                     "; when full the oldest is dropped for the newcomer")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+  app.add_option("--pre-auth-per-source", limits.per_source_max,
+                 "of those, from one source address; more are refused at once")
+      ->check(CLI::Range(1u, 100000u))
+      ->capture_default_str();
+}
+
 }  // namespace ferry::mgmt

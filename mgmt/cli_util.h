@@ -1,8 +1,12 @@
 // Small parsing helpers shared by the ferry subcommands (command-line values only).
 #pragma once
 
+#include <CLI/CLI.hpp>
+
 #include <cstdint>
 #include <string>
+
+#include "datapath/pre_auth_gate.h"
 
 namespace ferry::mgmt {
 
@@ -11,5 +15,8 @@ bool split_host_port(const std::string& text, std::string& host, uint16_t& port,
                      bool allow_zero = false);
 // "USER:SECRET", both non-empty.
 bool split_user_secret(const std::string& text, std::string& user, std::string& secret);
+// --pre-auth-max and --pre-auth-per-source: the bounds on connections not yet authenticated
+// (`what` says what authenticated means for this daemon, e.g. "past TLS + HELLO").
+void add_pre_auth_flags(CLI::App& app, PreAuthLimits& limits, const char* what);
 
 }  // namespace ferry::mgmt

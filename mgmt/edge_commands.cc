@@ -191,14 +191,7 @@ int run_dc_edge_command(int argc, char** argv) {
                  "authenticated cloud-edge connections (past HELLO)")
       ->check(CLI::Range(1u, 100000u))
       ->capture_default_str();
-  app.add_option("--pre-auth-max", options.pre_auth.pending_max,
-                 "connections not yet past TLS + HELLO; when full the oldest is dropped for the newcomer")
-      ->check(CLI::Range(1u, 100000u))
-      ->capture_default_str();
-  app.add_option("--pre-auth-per-source", options.pre_auth.per_source_max,
-                 "of those, from one source address; more are refused at once")
-      ->check(CLI::Range(1u, 100000u))
-      ->capture_default_str();
+  add_pre_auth_flags(app, options.pre_auth, "past TLS + HELLO");
   app.add_option("--handshake-timeout-ms", options.handshake_timeout_ms,
                  "TLS + HELLO must be done within this after the connect")
       ->check(CLI::Range(100u, 600000u))

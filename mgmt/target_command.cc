@@ -93,15 +93,7 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                  "connect → full-feature phase deadline; silent peers are dropped after it")
       ->check(CLI::Range(100u, 600000u))
       ->capture_default_str();
-  app.add_option("--pre-auth-max", f.pre_auth.pending_max,
-                 "connections still in login (iSCSI) or handshake (NBD), per server; when full the "
-                 "oldest is dropped for the newcomer")
-      ->check(CLI::Range(1u, 100000u))
-      ->capture_default_str();
-  app.add_option("--pre-auth-per-source", f.pre_auth.per_source_max,
-                 "of those, from one source address; more are refused at once")
-      ->check(CLI::Range(1u, 100000u))
-      ->capture_default_str();
+  add_pre_auth_flags(app, f.pre_auth, "logged in (iSCSI) or past the handshake (NBD), per server");
   app.add_option("--tx-batch-pdus", f.tx_batch_pdus,
                  "iSCSI PDUs gathered into one sendmsg (1 = no batching; for benchmarks)")
       ->check(CLI::Range(1u, 256u))

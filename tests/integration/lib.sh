@@ -85,3 +85,38 @@ stop_tgtd() {
   kill -9 "$TGTD_PID" 2>/dev/null
   wait "$TGTD_PID" 2>/dev/null
 }
+
+# ---- WAN pipeline pieces shared by the edge tests
+# make_pki: a throw-away PKI in $TMP/pki (scripts/make-test-pki.sh); sets PKI.
+make_pki() {
+  local src=${FERRY_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+  PKI=$TMP/pki
+  "$src/scripts/make-test-pki.sh" "$PKI" >/dev/null || { echo "FAIL: make-test-pki"; exit 1; }
+}
+# start_nbd_source MIB: a MIB MiB random raw disk served read-only by qemu-nbd as export "disk";
+# sets P_SRC.
+start_nbd_source() {
+  dd if=/dev/urandom of="$TMP/disk.raw" bs=1M count="$1" status=none
+  P_SRC=$(free_port)
+  qemu-nbd -f raw -r --shared=8 -b 127.0.0.1 -p "$P_SRC" -t -x disk "$TMP/disk.raw" >"$TMP/qemu-nbd.log" 2>&1 &
+  PIDS+=($!)
+  local i
+  for i in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_SRC))" 2>/dev/null && return 0; sleep 0.1; done
+  echo "FAIL: qemu-nbd did not start"; exit 1
+}
+# DC_ARGS: a dc-edge's volume and certificates (after make_pki and start_nbd_source).
+dc_args() {
+  DC_ARGS=(--volume "disk=nbd://127.0.0.1:$P_SRC/disk" --tls-cert "$PKI/dc-edge-cert.pem"
+           --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem")
+}
+# start_dc_edge NAME [ARGS...]: a dc-edge on a free port, logging to $TMP/NAME.log; sets DC_PID, P_WAN.
+start_dc_edge() {
+  local name=$1; shift
+  dc_args
+  P_WAN=$(free_port)
+  "$FERRY" dc-edge --listen 127.0.0.1:$P_WAN "${DC_ARGS[@]}" "$@" >"$TMP/$name.log" 2>&1 &
+  DC_PID=$!; PIDS+=($DC_PID)
+  local i
+  for i in $(seq 100); do grep -q 'dc-edge listening' "$TMP/$name.log" && return 0; sleep 0.05; done
+  cat "$TMP/$name.log"; echo "FAIL: dc-edge did not start"; exit 1
+}

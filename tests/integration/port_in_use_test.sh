@@ -8,9 +8,7 @@
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 need qemu-nbd openssl iscsi-inq
-SRC=${FERRY_SOURCE_DIR:-$(cd "$here/../.." && pwd)}
-"$SRC/scripts/make-test-pki.sh" "$TMP/pki" >/dev/null || { echo "FAIL: make-test-pki"; exit 1; }
-PKI=$TMP/pki
+make_pki
 
 # second_exits NAME CMD... : the command must exit non-zero within 10 s, saying the address is in use.
 second_exits() {
@@ -45,18 +43,8 @@ for i in $(seq 8); do iscsi-inq "iscsi://127.0.0.1:$P1/$IQN/0" >/dev/null 2>&1 &
 kill -0 "$FIRST" 2>/dev/null && ok "first target still running" || fail "first target died"
 
 # ---------------------------------------------------------------- dc-edge (WAN) and cloud-edge
-dd if=/dev/urandom of="$TMP/disk.raw" bs=1M count=4 status=none
-P_SRC=$(free_port)
-qemu-nbd -f raw -r --shared=8 -b 127.0.0.1 -p "$P_SRC" -t -x disk "$TMP/disk.raw" >"$TMP/qemu-nbd.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_SRC))" 2>/dev/null && break; sleep 0.1; done
-DC_ARGS=(--volume "disk=nbd://127.0.0.1:$P_SRC/disk" --tls-cert "$PKI/dc-edge-cert.pem"
-         --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem")
-P_WAN=$(free_port)
-"$FERRY" dc-edge --listen 127.0.0.1:$P_WAN "${DC_ARGS[@]}" >"$TMP/dc1.log" 2>&1 &
-DC_PID=$!; PIDS+=($DC_PID)
-for _ in $(seq 100); do grep -q 'dc-edge listening' "$TMP/dc1.log" && break; sleep 0.05; done
-grep -q 'dc-edge listening' "$TMP/dc1.log" || { cat "$TMP/dc1.log"; echo "FAIL: dc-edge did not start"; exit 1; }
+start_nbd_source 4
+start_dc_edge dc1
 second_exits dc-edge-same-port "$FERRY" dc-edge --listen 127.0.0.1:$P_WAN "${DC_ARGS[@]}"
 
 P_ISCSI=$(free_port)

@@ -75,20 +75,9 @@ stop_pid "$FERRY_PID"
 # dc-edge (64 connections, never dropped). Now 300 silent ones (200 from one source, 100 from
 # 100 others) are held while a real cloud edge connects and reads.
 if command -v qemu-nbd >/dev/null && command -v openssl >/dev/null; then
-  SRC=${FERRY_SOURCE_DIR:-$(cd "$here/../.." && pwd)}
-  "$SRC/scripts/make-test-pki.sh" "$TMP/pki" >/dev/null || fail "make-test-pki"
-  PKI=$TMP/pki
-  dd if=/dev/urandom of="$TMP/disk.raw" bs=1M count=4 status=none
-  P_SRC=$(free_port)
-  qemu-nbd -f raw -r --shared=8 -b 127.0.0.1 -p "$P_SRC" -t -x disk "$TMP/disk.raw" >"$TMP/qemu-nbd.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_SRC))" 2>/dev/null && break; sleep 0.1; done
-  P_WAN=$(free_port)
-  "$FERRY" dc-edge --listen 127.0.0.1:$P_WAN --volume "disk=nbd://127.0.0.1:$P_SRC/disk" \
-    --tls-cert "$PKI/dc-edge-cert.pem" --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" \
-    >"$TMP/dc.log" 2>&1 &
-  DC_PID=$!; PIDS+=($DC_PID)
-  for _ in $(seq 100); do grep -q 'dc-edge listening' "$TMP/dc.log" && break; sleep 0.05; done
+  make_pki
+  start_nbd_source 4
+  start_dc_edge dc
   coproc SILENT { "$PY" "$TMP/silent.py" "$P_WAN"; }
   read -r -t 30 line <&"${SILENT[0]}"
   echo "   wan: $line"

@@ -8,20 +8,9 @@
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 need qemu-nbd openssl iscsi-inq
-SRC=${FERRY_SOURCE_DIR:-$(cd "$here/../.." && pwd)}
-"$SRC/scripts/make-test-pki.sh" "$TMP/pki" >/dev/null || { echo "FAIL: make-test-pki"; exit 1; }
-PKI=$TMP/pki
-dd if=/dev/urandom of="$TMP/disk.raw" bs=1M count=4 status=none
-P_SRC=$(free_port)
-qemu-nbd -f raw -r --shared=8 -b 127.0.0.1 -p "$P_SRC" -t -x disk "$TMP/disk.raw" >"$TMP/qemu-nbd.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_SRC))" 2>/dev/null && break; sleep 0.1; done
-P_WAN=$(free_port)
-"$FERRY" dc-edge --listen 127.0.0.1:$P_WAN --volume "disk=nbd://127.0.0.1:$P_SRC/disk" \
-  --tls-cert "$PKI/dc-edge-cert.pem" --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" \
-  >"$TMP/dc.log" 2>&1 &
-DC_PID=$!; PIDS+=($DC_PID)
-for _ in $(seq 100); do grep -q 'dc-edge listening' "$TMP/dc.log" && break; sleep 0.05; done
+make_pki
+start_nbd_source 4
+start_dc_edge dc
 
 cloud() {  # cloud NAME CERT KEY : starts a cloud edge in the background; sets CPID
   "$FERRY" cloud-edge --listen 127.0.0.1:$(free_port) --dc 127.0.0.1:$P_WAN --volume disk \
