@@ -1,5 +1,6 @@
 // `ferry demo` (see demo_command.h).
 #include "mgmt/demo_command.h"
+#include "mgmt/pki_script.h"
 
 #include <CLI/CLI.hpp>
 #include <arpa/inet.h>
@@ -177,14 +178,6 @@ bool wait_port(int port) {
   return false;
 }
 
-const char* kPkiScript = R"(set -e
-cd "$1"
-mk_ca() { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 -subj "/CN=$1" -keyout "$1-key.pem" -out "$1-cert.pem" 2>/dev/null; }
-mk_cert() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" -keyout "$1-key.pem" -out "$1.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:%s\n' "$1" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$2-cert.pem" -CAkey "$2-key.pem" -CAcreateserial -days 365 -extfile "$1.ext" -out "$1-cert.pem" 2>/dev/null; }
-mk_ca ca; mk_cert dc-edge ca; mk_cert cloud-edge ca
-)";
 
 }  // namespace
 

@@ -64,13 +64,15 @@ void add_tls_flags(CLI::App& app, TlsFlags& t, bool client) {
   app.add_option("--tls-ca", t.ca, "PEM CA the other edge's certificate must come from")->required();
   if (client)
     app.add_option("--dc-name", t.peer_name,
-                   "name the datacenter edge's certificate must carry (default: any from the CA)");
+                   "edge name the datacenter edge's certificate must carry (urn:ferry:dc-edge:NAME; default: "
+                   "any dc-edge from the CA)");
 }
 
-// This edge's own certificate must be valid now: an expired or not-yet-valid one is refused at
-// start (before, an edge started with it silently and every handshake failed later); one that
-// expires within 30 days is logged with the date. False on refusal (message printed).
-bool check_own_certificate(const std::string& path) {
+// This edge's own certificate must be valid now and carry this edge's role: an expired or
+// not-yet-valid one, or one for the other role, is refused at start (before, an edge started with
+// it silently and every handshake failed later); one that expires within 30 days is logged with
+// the date. False on refusal (message printed).
+bool check_own_certificate(const std::string& path, const std::string& role) {
   FILE* f = std::fopen(path.c_str(), "r");
   if (f == nullptr) return true;  // TlsContext::create reports the unreadable file
   X509* cert = PEM_read_X509(f, nullptr, nullptr, nullptr);
@@ -94,17 +96,29 @@ bool check_own_certificate(const std::string& path) {
     std::fprintf(stderr, "ferry: TLS: WARNING: certificate %s expires on %s (in %d days)\n",
                  path.c_str(), when, days);
   }
+  std::string name;
+  const std::string why = tls::check_edge_role(tls::edge_identity_of(cert), role, "", name);
+  if (ok && !why.empty()) {
+    std::fprintf(stderr,
+                 "ferry: TLS: certificate %s cannot serve as this %s: %s (see \"Certificates\" in "
+                 "gateway/wan/DESIGN.md; scripts/make-test-pki.sh makes such certificates)\n",
+                 path.c_str(), role.c_str(), why.c_str());
+    ok = false;
+  } else if (ok) {
+    std::fprintf(stderr, "ferry: TLS: this is %s '%s' (%s)\n", role.c_str(), name.c_str(), path.c_str());
+  }
   X509_free(cert);
   return ok;
 }
 
 std::unique_ptr<tls::TlsContext> make_tls(const TlsFlags& t, bool server) {
-  if (!t.cert.empty() && !check_own_certificate(t.cert)) return nullptr;
+  if (!t.cert.empty() && !check_own_certificate(t.cert, server ? "dc-edge" : "cloud-edge")) return nullptr;
   tls::TlsConfig c;
   c.cert_path = t.cert;
   c.key_path = t.key;
   c.ca_path = t.ca;
   c.server = server;
+  c.expected_peer_role = server ? "cloud-edge" : "dc-edge";
   c.expected_peer_name = t.peer_name;
   std::string error;
   auto ctx = tls::TlsContext::create(c, error);
@@ -195,6 +209,15 @@ int run_dc_edge_command(int argc, char** argv) {
   app.add_option("--handshake-timeout-ms", options.handshake_timeout_ms,
                  "TLS + HELLO must be done within this after the connect")
       ->check(CLI::Range(100u, 600000u))
+      ->capture_default_str();
+  app.add_option("--lease-ms", options.lease_ms,
+                 "a volume's lease outlives its cloud edge's lost connection by this much (no "
+                 "other cloud edge may attach it meanwhile)")
+      ->check(CLI::Range(100u, 3600000u))
+      ->capture_default_str();
+  app.add_option("--idle-timeout-ms", options.idle_timeout_ms,
+                 "close a cloud edge connection that sends nothing for this long (they ping every second)")
+      ->check(CLI::Range(2000u, 3600000u))
       ->capture_default_str();
   app.add_option("--duration", duration_s, "stop after this many seconds");
   try {
@@ -533,11 +556,22 @@ int run_cloud_edge_command(int argc, char** argv) {
                     (unsigned long long)c.fetches, (unsigned long long)c.evictions);
       s += line;
     }
-    client.stop();
     stats.set_value(s);
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // Release the volumes' leases (CLOSE_VOLUME) so another cloud edge may attach at once; a
+  // link that is down or a datacenter edge that does not answer leaves them to expire there.
+  auto released = std::make_shared<std::promise<void>>();
+  reactor.post([&client, released] { client.release([released] { released->set_value(); }); });
+  if (released->get_future().wait_for(std::chrono::seconds(3)) != std::future_status::ready)
+    std::fprintf(stderr, "ferry: cloud-edge: leases not released within 3 s (they expire on the "
+                         "datacenter edge)\n");
+  std::promise<void> client_stopped;
+  reactor.post([&] {
+    client.stop();
+    client_stopped.set_value();
+  });
+  client_stopped.get_future().wait();
   reactor.stop();
   worker.join();
   return 0;

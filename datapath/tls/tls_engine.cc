@@ -6,6 +6,7 @@
 #include <openssl/x509v3.h>
 
 #include <climits>
+#include <string_view>
 
 namespace ferry::tls {
 
@@ -22,6 +23,56 @@ std::string openssl_errors() {
   return out.empty() ? "unknown OpenSSL error" : out;
 }
 }  // namespace
+
+EdgeIdentity edge_identity_of(X509* cert) {
+  EdgeIdentity id;
+  if (cert == nullptr) return id;
+  const uint32_t ext = X509_get_extension_flags(cert);
+  if (ext & EXFLAG_XKUSAGE) {
+    const uint32_t xku = X509_get_extended_key_usage(cert);
+    id.client_auth = (xku & XKU_SSL_CLIENT) != 0;
+    id.server_auth = (xku & XKU_SSL_SERVER) != 0;
+  }
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (sans == nullptr) return id;
+  static constexpr std::string_view kPrefix = "urn:ferry:";
+  for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+    const GENERAL_NAME* n = sk_GENERAL_NAME_value(sans, i);
+    if (n->type != GEN_URI) continue;
+    const auto* s = n->d.uniformResourceIdentifier;
+    const std::string_view uri(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                               size_t(ASN1_STRING_length(s)));
+    if (uri.substr(0, kPrefix.size()) != kPrefix) continue;
+    const std::string_view rest = uri.substr(kPrefix.size());
+    const size_t colon = rest.find(':');
+    id.roles.emplace_back(rest.substr(0, colon));
+    id.names.emplace_back(colon == std::string_view::npos ? std::string_view() : rest.substr(colon + 1));
+  }
+  GENERAL_NAMES_free(sans);
+  return id;
+}
+
+std::string check_edge_role(const EdgeIdentity& id, const std::string& role, const std::string& name,
+                            std::string& name_out) {
+  const bool client = role == "cloud-edge";
+  if (client ? !id.client_auth : !id.server_auth)
+    return std::string("its extended key usage lacks ") +
+           (client ? "clientAuth (TLS Web Client Authentication)" : "serverAuth (TLS Web Server Authentication)") +
+           ", required of a " + role;
+  std::string found;
+  for (size_t i = 0; i < id.roles.size(); ++i) {
+    if (id.roles[i] != role)
+      return "it also carries the role '" + id.roles[i] + "' (urn:ferry:" + id.roles[i] + ":" + id.names[i] +
+             "): one certificate per role";
+    if (id.names[i].empty()) return "its role URI urn:ferry:" + role + ": has no edge name";
+    if (!found.empty() && found != id.names[i]) return "it names two " + role + "s";
+    found = id.names[i];
+  }
+  if (found.empty()) return "it carries no SAN URI urn:ferry:" + role + ":NAME (not a " + role + " certificate)";
+  if (!name.empty() && found != name) return "it belongs to " + role + " '" + found + "', not '" + name + "'";
+  name_out = found;
+  return {};
+}
 
 std::unique_ptr<TlsContext> TlsContext::create(const TlsConfig& config, std::string& error) {
   if (config.cert_path.empty() || config.key_path.empty() || config.ca_path.empty()) {
@@ -51,7 +102,7 @@ std::unique_ptr<TlsContext> TlsContext::create(const TlsConfig& config, std::str
     error = "CA " + config.ca_path + ": " + openssl_errors();
     return nullptr;
   }
-  SSL_CTX_set_verify(c->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  SSL_CTX_set_verify(c->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, &TlsEngine::on_verify);
   return c;
 }
 
@@ -59,7 +110,7 @@ TlsContext::~TlsContext() {
   if (ctx_ != nullptr) SSL_CTX_free(ctx_);
 }
 
-TlsEngine::TlsEngine(const TlsContext& context) noexcept {
+TlsEngine::TlsEngine(const TlsContext& context) noexcept : config_(context.config()) {
   ssl_ = SSL_new(context.native());
   if (ssl_ == nullptr) return;
   rbio_ = BIO_new(BIO_s_mem());
@@ -79,11 +130,34 @@ TlsEngine::TlsEngine(const TlsContext& context) noexcept {
     SSL_set_accept_state(ssl_);
   } else {
     SSL_set_connect_state(ssl_);
-    if (!cfg.expected_peer_name.empty()) {
+    if (!cfg.expected_peer_name.empty() && cfg.expected_peer_role.empty()) {
       SSL_set_hostflags(ssl_, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
       SSL_set1_host(ssl_, cfg.expected_peer_name.c_str());
     }
   }
+}
+
+// Chain verification done by OpenSSL; at the leaf we add the role check, so a certificate in the
+// wrong role fails the handshake itself (the peer gets an alert) rather than a later frame.
+int TlsEngine::on_verify(int preverify_ok, X509_STORE_CTX* store) noexcept {
+  if (X509_STORE_CTX_get_error_depth(store) != 0) return preverify_ok;
+  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* self = ssl != nullptr ? static_cast<TlsEngine*>(SSL_get_app_data(ssl)) : nullptr;
+  if (self == nullptr) return preverify_ok;
+  const TlsConfig& cfg = self->config_;
+  if (cfg.expected_peer_role.empty()) return preverify_ok;
+  // OpenSSL's own purpose check (the extended key usage of the peer's side) failed: say which
+  // role was wanted, in the same words as ours.
+  if (preverify_ok != 1 && X509_STORE_CTX_get_error(store) != X509_V_ERR_INVALID_PURPOSE) return preverify_ok;
+  X509* cert = X509_STORE_CTX_get_current_cert(store);
+  char cn[256] = "?";
+  X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn);
+  const std::string why = check_edge_role(edge_identity_of(cert), cfg.expected_peer_role,
+                                          cfg.expected_peer_name, self->role_name_);
+  if (why.empty()) return preverify_ok;  // never overrides a failure of OpenSSL's own checks
+  self->role_error_ = std::string("certificate '") + cn + "' refused as " + cfg.expected_peer_role + ": " + why;
+  X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+  return 0;
 }
 
 void TlsEngine::on_info(const SSL* ssl, int where, int ret) noexcept {
@@ -93,6 +167,7 @@ void TlsEngine::on_info(const SSL* ssl, int where, int ret) noexcept {
 }
 
 std::string TlsEngine::verify_error() const noexcept {
+  if (!role_error_.empty()) return role_error_;
   if (ssl_ == nullptr) return {};
   const long verify = SSL_get_verify_result(ssl_);
   return verify == X509_V_OK ? std::string() : std::string(X509_verify_cert_error_string(verify));
@@ -106,7 +181,9 @@ Errc TlsEngine::fail(Errc e, const char* what) noexcept {
   state_ = TlsState::failed;
   const long verify = SSL_get_verify_result(ssl_);
   error_ = what;
-  if (verify != X509_V_OK) {
+  if (!role_error_.empty()) {
+    error_ += ": " + role_error_;
+  } else if (verify != X509_V_OK) {
     error_ += ": peer certificate: ";
     error_ += X509_verify_cert_error_string(verify);
   } else {
@@ -130,7 +207,7 @@ Errc TlsEngine::drive_handshake() noexcept {
     if (X509* peer = SSL_get_peer_certificate(ssl_)) {
       char cn[256] = {};
       X509_NAME_get_text_by_NID(X509_get_subject_name(peer), NID_commonName, cn, sizeof cn);
-      peer_name_ = cn;
+      peer_name_ = role_name_.empty() ? std::string(cn) : role_name_;
       X509_free(peer);
     }
     return Errc::ok;

@@ -12,12 +12,15 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "datapath/result.h"
 
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct ssl_st SSL;
 typedef struct bio_st BIO;
+typedef struct x509_st X509;
+typedef struct x509_store_ctx_st X509_STORE_CTX;
 
 namespace ferry::tls {
 
@@ -26,10 +29,28 @@ struct TlsConfig {
   std::string key_path;   // PEM: its private key
   std::string ca_path;    // PEM: the CA the peer's certificate must chain to (required)
   bool server = false;
-  // Client side: the name the server's certificate must carry (SAN DNS or CN); empty = any
-  // certificate from the CA.
+  // The role the peer's certificate must carry (see "Certificates" in gateway/wan/DESIGN.md):
+  // the extended key usage of its side (clientAuth for a cloud edge, serverAuth for a datacenter
+  // edge) and a SAN URI urn:ferry:ROLE:NAME, and no other Ferry role. Empty: any certificate
+  // from the CA (tests of the engine itself).
+  std::string expected_peer_role;
+  // The edge name the peer's certificate must carry (NAME of its role URI); empty = any.
   std::string expected_peer_name;
 };
+
+// What a certificate says about the Ferry edge holding it. Roles: "cloud-edge" (a client of the
+// WAN link) and "dc-edge" (its server).
+struct EdgeIdentity {
+  std::vector<std::string> roles;  // one per urn:ferry:ROLE:NAME SAN URI
+  std::vector<std::string> names;  // the NAME of each, same order
+  bool client_auth = false;        // extended key usage TLS Web Client Authentication
+  bool server_auth = false;        // ... Server Authentication
+};
+EdgeIdentity edge_identity_of(X509* cert);
+// Why `id` cannot act as `role` (and be named `name` when not empty); "" when it can. On
+// success `name_out` is the certificate's edge name for that role.
+std::string check_edge_role(const EdgeIdentity& id, const std::string& role, const std::string& name,
+                            std::string& name_out);
 
 class TlsContext {
  public:
@@ -61,7 +82,8 @@ class TlsEngine {
   TlsState state() const noexcept { return state_; }
   // Why the engine failed (certificate refused, protocol error, ...), for logs.
   const std::string& error() const noexcept { return error_; }
-  // Common name of the verified peer certificate (after the handshake).
+  // The verified peer's edge name (from its role URI when a role is required, else the
+  // certificate's common name), after the handshake.
   const std::string& peer_name() const noexcept { return peer_name_; }
   // The fatal alert the peer sent, e.g. "certificate expired", "unknown CA" ("" if none): why
   // the other side refused this handshake.
@@ -83,11 +105,14 @@ class TlsEngine {
   Errc start() noexcept;
   // Queues a close_notify.
   void shutdown() noexcept;
+  // OpenSSL's verify callback (set by TlsContext): adds the role check at the leaf.
+  static int on_verify(int preverify_ok, X509_STORE_CTX* store) noexcept;
 
  private:
   Errc drive_handshake() noexcept;
   Errc fail(Errc e, const char* what) noexcept;
 
+  const TlsConfig& config_;  // the context's, which outlives its engines
   SSL* ssl_ = nullptr;
   BIO* rbio_ = nullptr;  // owned by ssl_
   BIO* wbio_ = nullptr;  // owned by ssl_
@@ -95,6 +120,8 @@ class TlsEngine {
   std::string error_;
   std::string peer_name_;
   std::string peer_alert_;
+  std::string role_error_;  // why the peer's certificate does not carry the required role
+  std::string role_name_;   // the peer's edge name from its role URI
   static void on_info(const SSL* ssl, int where, int ret) noexcept;
 };
 

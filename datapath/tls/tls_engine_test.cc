@@ -1,6 +1,7 @@
 // TlsEngine: two engines pumped into each other in memory (no sockets): mutual TLS 1.3 works
-// with certificates from the test PKI; a wrong CA, a missing client certificate or a wrong
-// server name is refused; data flows both ways; garbage ciphertext fails cleanly.
+// with certificates from the test PKI; a wrong CA, a missing client certificate, a wrong server
+// name or a certificate in the wrong role is refused; data flows both ways; garbage ciphertext
+// fails cleanly.
 #include "datapath/tls/tls_engine.h"
 
 #include <gtest/gtest.h>
@@ -26,8 +27,9 @@ class TlsEngineTest : public ::testing::Test {
   }
   static std::string f(const std::string& name) { return *dir_ + "/" + name; }
   static std::unique_ptr<TlsContext> ctx(bool server, const std::string& who, const std::string& ca,
-                                         const std::string& expect = "") {
+                                         const std::string& expect = "", const char* role = nullptr) {
     TlsConfig c;
+    c.expected_peer_role = role != nullptr ? role : server ? "cloud-edge" : "dc-edge";
     c.server = server;
     c.cert_path = f(who + "-cert.pem");
     c.key_path = f(who + "-key.pem");
@@ -116,6 +118,47 @@ TEST_F(TlsEngineTest, WrongServerNameIsRefused) {
   ASSERT_EQ(client.start(), Errc::ok);
   EXPECT_FALSE(pump(client, server));
   EXPECT_EQ(client.state(), TlsState::failed);
+}
+
+// Issue 15, failure 4: any certificate from the CA was accepted in any role; the dc-edge's own
+// server certificate worked as a client.
+TEST_F(TlsEngineTest, DcEdgeServerCertificateIsRefusedAsACloudEdge) {
+  auto server_ctx = ctx(true, "dc-edge", "ca");
+  auto client_ctx = ctx(false, "dc-edge", "ca");
+  TlsEngine server(*server_ctx), client(*client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  EXPECT_FALSE(pump(client, server));
+  EXPECT_NE(server.state(), TlsState::established);
+  EXPECT_NE(server.verify_error().find("clientAuth"), std::string::npos) << server.verify_error();
+}
+
+TEST_F(TlsEngineTest, CloudEdgeCertificateIsRefusedAsADatacenterEdge) {
+  auto server_ctx = ctx(true, "cloud-edge-2", "ca");
+  auto client_ctx = ctx(false, "cloud-edge", "ca");
+  TlsEngine server(*server_ctx), client(*client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  EXPECT_FALSE(pump(client, server));
+  EXPECT_EQ(client.state(), TlsState::failed);
+  EXPECT_NE(client.verify_error().find("serverAuth"), std::string::npos) << client.verify_error();
+}
+
+TEST_F(TlsEngineTest, CertificateWithoutARoleUriIsRefused) {
+  auto server_ctx = ctx(true, "dc-edge", "ca");
+  auto client_ctx = ctx(false, "norole", "ca");
+  TlsEngine server(*server_ctx), client(*client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  EXPECT_FALSE(pump(client, server));
+  EXPECT_NE(server.verify_error().find("urn:ferry:cloud-edge"), std::string::npos) << server.verify_error();
+}
+
+TEST_F(TlsEngineTest, PeerNameIsTheEdgeNameOfItsRole) {
+  auto server_ctx = ctx(true, "dc-edge", "ca");
+  auto client_ctx = ctx(false, "cloud-edge-2", "ca", "dc-edge");
+  TlsEngine server(*server_ctx), client(*client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  ASSERT_TRUE(pump(client, server)) << client.error() << " / " << server.error();
+  EXPECT_EQ(server.peer_name(), "cloud-edge-2");
+  EXPECT_EQ(client.peer_name(), "dc-edge");
 }
 
 TEST_F(TlsEngineTest, MissingFilesAreReportedByName) {

@@ -35,6 +35,8 @@ bool known_type(uint8_t t) noexcept {
     case FrameType::hello_ack:
     case FrameType::open_volume:
     case FrameType::volume_info:
+    case FrameType::close_volume:
+    case FrameType::volume_closed:
     case FrameType::read:
     case FrameType::read_data:
     case FrameType::read_done:
@@ -131,6 +133,8 @@ const char* check_header(const FrameHeader& h) noexcept {
       return check_data(h, kDataEncodingFlags);
     case FrameType::write:
       return check_data(h, kDataEncodingFlags | kFlagFinal | kFlagFua);
+    case FrameType::close_volume:
+    case FrameType::volume_closed:
     case FrameType::read_done:
     case FrameType::write_ack:
     case FrameType::flush:
@@ -440,6 +444,7 @@ Errc from_wire_error(uint16_t code) noexcept {
     case WireError::dedup_miss: return Errc::not_found;
     case WireError::shutting_down: return Errc::closed;
     case WireError::medium_error: return Errc::medium_error;
+    case WireError::lease_held: return Errc::busy;
   }
   return Errc::io_error;
 }
@@ -476,6 +481,8 @@ const char* to_string(FrameType t) noexcept {
     case FrameType::hello_ack: return "HELLO_ACK";
     case FrameType::open_volume: return "OPEN_VOLUME";
     case FrameType::volume_info: return "VOLUME_INFO";
+    case FrameType::close_volume: return "CLOSE_VOLUME";
+    case FrameType::volume_closed: return "VOLUME_CLOSED";
     case FrameType::read: return "READ";
     case FrameType::read_data: return "READ_DATA";
     case FrameType::read_done: return "READ_DONE";

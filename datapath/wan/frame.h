@@ -42,6 +42,8 @@ enum class FrameType : uint8_t {
   hello_ack = 0x02,           // server → client: the negotiated link
   open_volume = 0x03,         // payload: volume name
   volume_info = 0x04,         // reply: header volume_id = assigned id, payload VolumeInfo
+  close_volume = 0x05,        // the client is done with volume_id: release its lease
+  volume_closed = 0x06,       // reply: released
   read = 0x10,                // offset, length; no payload
   read_data = 0x11,           // one chunk of a READ's data (raw / zero / compressed / dedup)
   read_done = 0x12,           // the READ completed successfully (after all its READ_DATA)
@@ -207,6 +209,7 @@ enum class WireError : uint16_t {
   dedup_miss = 12,        // a DEDUP_REF the receiver cannot resolve: resend with kFlagNoDedup
   shutting_down = 13,
   medium_error = 14,
+  lease_held = 15,        // OPEN_VOLUME: another cloud edge holds the volume; I/O: lease lost
 };
 WireError to_wire_error(Errc e) noexcept;
 Errc from_wire_error(uint16_t code) noexcept;  // unknown codes → Errc::io_error

@@ -145,7 +145,7 @@ TEST(WanFrame, ZeroCompressedAndDedupFramesRoundTrip) {
 TEST(WanFrame, ControlFramesRoundTrip) {
   FrameHeader h;
   for (FrameType t : {FrameType::read_done, FrameType::write_ack, FrameType::flush,
-                      FrameType::flush_ack}) {
+                      FrameType::flush_ack, FrameType::close_volume, FrameType::volume_closed}) {
     h = FrameHeader{};
     h.type = t;
     h.volume_id = 3;

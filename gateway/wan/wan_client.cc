@@ -9,6 +9,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 namespace ferry::wan {
 
@@ -16,8 +17,10 @@ namespace {
 constexpr uint64_t kMs = 1'000'000;
 constexpr uint64_t kTickNs = 200 * kMs;
 constexpr uint32_t kBackoffMaxMs = 2000;
-// Request ids at or above this are control requests (open volume, ping).
+// Request ids at or above this are control requests: | 1 ping, | 2 + i open volume i,
+// | kCloseIdBase + i close volume i.
 constexpr uint64_t kControlIdBase = 1ull << 62;
+constexpr uint64_t kCloseIdBase = 1ull << 32;
 }  // namespace
 
 WanClient::WanClient(Reactor& reactor, WanClientOptions options, const tls::TlsContext& tls,
@@ -54,7 +57,31 @@ void WanClient::start(std::function<void(Errc, const std::string&)> on_ready) {
   connect();
 }
 
+void WanClient::release(std::function<void()> done) {
+  if (!ready_ || !stream_ || stopping_) {
+    done();
+    return;
+  }
+  release_done_ = std::move(done);
+  send_closes_when_idle();
+}
+
+void WanClient::send_closes_when_idle() noexcept {
+  if (!release_done_ || closes_sent_ || !pending_.empty() || !ready_ || !stream_) return;
+  closes_sent_ = true;
+  for (size_t i = 0; i < names_.size(); ++i) {
+    if (volume_ids_[i] == 0) continue;
+    FrameHeader c;
+    c.type = FrameType::close_volume;
+    c.volume_id = volume_ids_[i];
+    c.request_id = kControlIdBase | (kCloseIdBase + i);
+    if (stream_->send_frame(c, {})) ++closes_pending_;
+  }
+  if (closes_pending_ == 0) std::exchange(release_done_, nullptr)();
+}
+
 void WanClient::stop() {
+  release_done_ = nullptr;
   stopping_ = true;
   reactor_.cancel(tick_timer_);
   reactor_.cancel(reconnect_timer_);
@@ -203,6 +230,7 @@ void WanClient::on_tick(void* ctx) noexcept {
                  self->options_.give_up_ms, self->pending_.size());
     self->fail_all(Errc::timed_out, "WAN link down");
   }
+  self->send_closes_when_idle();
   if (!self->stopping_) self->reactor_.arm(self->tick_timer_, kTickNs, &WanClient::on_tick, self);
 }
 
@@ -474,6 +502,15 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
   if (h.request_id >= kControlIdBase) {
     const uint64_t idx = (h.request_id & ~kControlIdBase);
     if (h.type == FrameType::pong) return true;
+    if (idx >= kCloseIdBase) {
+      if (h.type == FrameType::error) {
+        auto e = parse_error(payload);
+        std::fprintf(stderr, "ferry: wan: releasing volume %" PRIu64 ": %.*s\n", idx - kCloseIdBase,
+                     e ? int(e.value().message.size()) : 0, e ? e.value().message.data() : "");
+      }
+      if (closes_pending_ > 0 && --closes_pending_ == 0 && release_done_) std::exchange(release_done_, nullptr)();
+      return true;
+    }
     if (idx < 2 || idx - 2 >= names_.size()) return true;
     const size_t vol = size_t(idx - 2);
     if (h.type == FrameType::error) {
@@ -482,7 +519,13 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
       std::fprintf(stderr, "ferry: wan: cannot open volume '%s': %s\n", names_[vol].c_str(), msg.c_str());
       if (!ready_reported_) {
         ready_reported_ = true;
-        on_ready_(Errc::not_found, "volume '" + names_[vol] + "': " + msg);
+        on_ready_(e ? from_wire_error(e.value().code) : Errc::not_found, "volume '" + names_[vol] + "': " + msg);
+      } else {
+        // Refused on a reconnect (another edge took the lease after ours expired): this edge
+        // must not touch the volume again; everything in flight and after fails.
+        std::fprintf(stderr, "ferry: wan: volume '%s' lost; every request fails from now on\n",
+                     names_[vol].c_str());
+        fail_all(Errc::io_error, "volume refused on reconnect");
       }
       stopping_ = true;
       stream_->close("volume refused");

@@ -69,6 +69,10 @@ class WanClient final : public WanStreamHandler {
   // On the reactor thread: connect, HELLO, open every volume. `on_ready` runs once, on the
   // reactor thread, when all volumes are open (ok) or the first attempt failed (error + text).
   void start(std::function<void(Errc, const std::string&)> on_ready);
+  // On the reactor thread: once nothing is in flight, CLOSE_VOLUME every volume so the
+  // datacenter edge releases their leases at once (else they are kept for its lease time);
+  // `done` runs when all are released, or at once when the link is down. Before stop().
+  void release(std::function<void()> done);
   // On the reactor thread: fail everything in flight, close the link.
   void stop();
   // After on_ready(ok): the device serving volume i (same order as the names).
@@ -164,6 +168,10 @@ class WanClient final : public WanStreamHandler {
                              // still knows what our content store holds)
   size_t volumes_opened_ = 0;
   bool stopping_ = false;
+  std::function<void()> release_done_;  // set while release() waits
+  bool closes_sent_ = false;
+  size_t closes_pending_ = 0;
+  void send_closes_when_idle() noexcept;
   uint64_t down_since_ns_ = 0;  // 0 while connected
   uint64_t last_rx_ns_ = 0;
   uint64_t last_ping_ns_ = 0;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <future>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -68,6 +69,7 @@ class WanLinkTest : public ::testing::Test {
     c.cert_path = dir_ + "/" + who + "-cert.pem";
     c.key_path = dir_ + "/" + who + "-key.pem";
     c.ca_path = dir_ + "/ca-cert.pem";
+    c.expected_peer_role = server ? "cloud-edge" : "dc-edge";
     std::string err;
     auto ctx = tls::TlsContext::create(c, err);
     EXPECT_NE(ctx, nullptr) << err;
@@ -108,7 +110,7 @@ class WanLinkTest : public ::testing::Test {
     return e;
   }
   Errc start(std::vector<std::string> names) {
-    WanServerOptions so;
+    WanServerOptions so = server_options_;
     so.port = 0;
     server_ = std::make_unique<WanServer>(so, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
     std::promise<Errc> ready;
@@ -125,6 +127,31 @@ class WanLinkTest : public ::testing::Test {
     return fut.get();
   }
 
+  // Another cloud edge process (certificate `who`) attaching "vol" to the running server.
+  Errc attach(const std::string& who, std::unique_ptr<WanClient>& out, std::string* why = nullptr) {
+    auto& tls = other_tls_[who];
+    if (!tls) tls = make_tls(false, who);
+    std::promise<std::pair<Errc, std::string>> ready;
+    on_reactor([&] {
+      WanClientOptions co;
+      co.server_port = server_->bound_port();
+      out = std::make_unique<WanClient>(reactor_, co, *tls, std::vector<std::string>{"vol"});
+      out->start([&](Errc e, const std::string& w) { ready.set_value({e, w}); });
+    });
+    auto fut = ready.get_future();
+    if (fut.wait_for(std::chrono::seconds(20)) != std::future_status::ready) return Errc::timed_out;
+    auto [e, w] = fut.get();
+    if (why != nullptr) *why = w;
+    return e;
+  }
+  void stop_client(std::unique_ptr<WanClient>& c) {
+    on_reactor([&] { c->stop(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    on_reactor([&] { c.reset(); });
+  }
+
+  WanServerOptions server_options_;
+  std::map<std::string, std::unique_ptr<tls::TlsContext>> other_tls_;
   std::string dir_;
   std::unique_ptr<tls::TlsContext> server_tls_, client_tls_;
   std::unique_ptr<RamDevice> device_;
@@ -170,6 +197,54 @@ TEST_F(WanLinkTest, WritesFlushAndBlockStatusReachTheDevice) {
   IoRequest status;
   ASSERT_EQ(io(IoOp::block_status, 6u << 20, nullptr, 1u << 20, remote, &status), Errc::ok);
   EXPECT_GT(status.status_length_bytes, 0u);
+}
+
+// Issue 15, failure 4: two cloud edges served the same volume at once (split brain with a
+// journal). The dc-edge now leases each volume to one edge.
+TEST_F(WanLinkTest, SecondCloudEdgeAttachingTheSameVolumeIsRefused) {
+  server_options_.lease_ms = 400;
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  std::unique_ptr<WanClient> other;
+  std::string why;
+  EXPECT_EQ(attach("cloud-edge-2", other, &why), Errc::busy);
+  EXPECT_NE(why.find("attached by cloud edge 'cloud-edge'"), std::string::npos) << why;
+  stop_client(other);
+  // Another process with the first edge's own certificate is refused too while it is connected.
+  EXPECT_EQ(attach("cloud-edge", other, &why), Errc::busy);
+  EXPECT_NE(why.find("another process"), std::string::npos) << why;
+  stop_client(other);
+  std::string holder;
+  on_reactor([&] { holder = server_->lease_holder(0); });
+  EXPECT_EQ(holder, "cloud-edge");
+}
+
+TEST_F(WanLinkTest, ReleasedLeaseLetsAnotherCloudEdgeAttachAtOnce) {
+  server_options_.lease_ms = 60000;
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  std::promise<void> released;
+  on_reactor([&] { client_->release([&] { released.set_value(); }); });
+  ASSERT_EQ(released.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  stop_client(client_);
+  std::unique_ptr<WanClient> other;
+  ASSERT_EQ(attach("cloud-edge-2", other), Errc::ok);
+  std::vector<std::byte> got(65536);
+  ASSERT_EQ(io(IoOp::read, 0, got.data(), got.size(), other->device(0)), Errc::ok);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), image_.begin()));
+  stop_client(other);
+}
+
+TEST_F(WanLinkTest, LostCloudEdgeKeepsItsLeaseUntilItExpires) {
+  server_options_.lease_ms = 1000;
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  stop_client(client_);  // no release: as if the edge died
+  std::unique_ptr<WanClient> other;
+  std::string why;
+  EXPECT_EQ(attach("cloud-edge-2", other, &why), Errc::busy);
+  EXPECT_NE(why.find("expires in"), std::string::npos) << why;
+  stop_client(other);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  EXPECT_EQ(attach("cloud-edge-2", other), Errc::ok);
+  stop_client(other);
 }
 
 TEST_F(WanLinkTest, UnknownVolumeIsRefused) {

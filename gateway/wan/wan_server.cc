@@ -38,6 +38,9 @@ class ServerSession final : public WanStreamHandler {
   uint64_t id() const { return id_; }
   bool authenticated() const { return hello_done_; }
   uint64_t accepted_ns() const { return accepted_ns_; }
+  uint64_t last_rx_ns() const { return last_rx_ns_; }
+  const std::string& edge_name() const { return stream_.peer_name(); }
+  uint64_t session() const { return dedup_session_; }
 
   void on_established() noexcept override {
     std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " from cloud edge '%s' (TLS 1.3)\n", id_,
@@ -56,6 +59,7 @@ class ServerSession final : public WanStreamHandler {
       job->ready.clear();
     }
     jobs_.clear();
+    server_.connection_lost(*this);
     server_.session_closed(this);
   }
 
@@ -102,9 +106,20 @@ class ServerSession final : public WanStreamHandler {
     Priority priority = Priority::write_back;
   };
 
-  bool volume_of(uint16_t id, size_t& index) const {
-    if (id == 0 || id > volumes_.size()) return false;
-    index = volumes_[id - 1];
+  // The server volume behind a request's volume id, or false after answering the request with
+  // ERROR: not open (never opened / closed) or fenced (its lease was taken over).
+  bool volume_of(const FrameHeader& h, size_t& index) {
+    const uint16_t id = h.volume_id;
+    if (id == 0 || id > volumes_.size() || !volumes_[id - 1].open) {
+      send_error(h.request_id, id, WireError::not_found, "volume not open", h.priority);
+      return false;
+    }
+    index = volumes_[id - 1].index;
+    if (!server_.lease_valid(*this, index, volumes_[id - 1].generation)) {
+      send_error(h.request_id, id, WireError::lease_held,
+                 "lease of volume " + server_.volumes_[index].name + " lost (taken over)", h.priority);
+      return false;
+    }
     return true;
   }
   void send_error(uint64_t request_id, uint16_t volume_id, WireError code, const std::string& msg,
@@ -140,7 +155,13 @@ class ServerSession final : public WanStreamHandler {
   uint32_t caps_ = 0;
   uint64_t dedup_session_ = 0;
   bool pump_scheduled_ = false;
-  std::vector<size_t> volumes_;  // volume_id - 1 → server volume index
+  struct OpenHandle {
+    size_t index = 0;         // server volume index
+    uint64_t generation = 0;  // of the lease it was opened under
+    bool open = true;
+  };
+  std::vector<OpenHandle> volumes_;  // volume_id - 1 → handle
+  uint64_t last_rx_ns_ = 0;
   std::list<std::unique_ptr<ReadJob>> jobs_;
   std::unordered_map<uint64_t, WriteJob> writes_;
   uint32_t chunk_reads_ = 0, low_chunk_reads_ = 0;
@@ -154,6 +175,7 @@ class ServerSession final : public WanStreamHandler {
 };
 
 bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept {
+  last_rx_ns_ = reactor_.now_ns();
   if (!hello_done_) {
     if (h.type != FrameType::hello) {
       close("first frame is not HELLO");
@@ -207,7 +229,14 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
         send_error(h.request_id, 0, WireError::busy, "too many open volumes");
         return true;
       }
-      volumes_.push_back(i);
+      uint64_t generation = 0;
+      if (std::string why = server_.acquire_lease(*this, i, generation); !why.empty()) {
+        std::fprintf(stderr, "ferry: wan: refused volume '%s' to cloud edge '%s': %s\n",
+                     vols[i].name.c_str(), stream_.peer_name().c_str(), why.c_str());
+        send_error(h.request_id, 0, WireError::lease_held, why);
+        return true;
+      }
+      volumes_.push_back({i, generation, true});
       const Geometry g = vols[i].device->geometry();
       VolumeInfo info;
       info.size_bytes = g.size_bytes();
@@ -223,6 +252,17 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       send_control(r, {body, sizeof body});
       return true;
     }
+    case FrameType::close_volume: {
+      if (!volume_of(h, vol)) return true;
+      volumes_[h.volume_id - 1].open = false;
+      server_.release_lease(*this, vol, true);
+      FrameHeader r;
+      r.type = FrameType::volume_closed;
+      r.request_id = h.request_id;
+      r.volume_id = h.volume_id;
+      send_control(r, {});
+      return true;
+    }
     case FrameType::ping: {
       FrameHeader r;
       r.type = FrameType::pong;
@@ -231,10 +271,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       return true;
     }
     case FrameType::read: {
-      if (!volume_of(h.volume_id, vol)) {
-        send_error(h.request_id, h.volume_id, WireError::not_found, "volume not open", h.priority);
-        return true;
-      }
+      if (!volume_of(h, vol)) return true;
       const Geometry g = server_.volumes_[vol].device->geometry();
       if (h.offset_bytes + h.length_bytes > g.size_bytes()) {
         send_error(h.request_id, h.volume_id, WireError::out_of_range, "read beyond the end", h.priority);
@@ -258,10 +295,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       return true;
     }
     case FrameType::write: {
-      if (!volume_of(h.volume_id, vol)) {
-        send_error(h.request_id, h.volume_id, WireError::not_found, "volume not open", h.priority);
-        return true;
-      }
+      if (!volume_of(h, vol)) return true;
       auto& dev = *server_.volumes_[vol].device;
       if (writes_.size() >= kRequestsMax && writes_.count(h.request_id) == 0) {
         send_error(h.request_id, h.volume_id, WireError::busy, "too many write requests", h.priority);
@@ -321,10 +355,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
     }
     case FrameType::flush:
     case FrameType::block_status: {
-      if (!volume_of(h.volume_id, vol)) {
-        send_error(h.request_id, h.volume_id, WireError::not_found, "volume not open", h.priority);
-        return true;
-      }
+      if (!volume_of(h, vol)) return true;
       auto* op = new (std::nothrow) DeviceOp();
       if (op == nullptr) {
         send_error(h.request_id, h.volume_id, WireError::busy, "out of memory", h.priority);
@@ -623,6 +654,7 @@ WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
       tls_(tls),
       volumes_(std::move(volumes)),
       counters_(volumes_.size()),
+      leases_(volumes_.size()),
       rate_limit_(options_.rate_limit_bytes_per_s),
       pre_auth_(options_.pre_auth) {}
 
@@ -659,6 +691,86 @@ uint64_t WanServer::resume_or_new_session(const std::string& client, uint64_t wa
 WanServer::DedupSet* WanServer::dedup_for(const std::string& client, uint64_t session) noexcept {
   auto it = dedup_.find(client + "/" + std::to_string(session));
   return it == dedup_.end() ? nullptr : &it->second;
+}
+
+std::string WanServer::acquire_lease(ServerSession& s, size_t v, uint64_t& generation) noexcept {
+  VolumeLease& l = leases_[v];
+  const uint64_t now = reactor_->now_ns();
+  const std::string& name = volumes_[v].name;
+  if (!l.holder.empty() && l.owner == nullptr && now >= l.expires_ns) {
+    std::fprintf(stderr, "ferry: wan: lease of volume '%s' by cloud edge '%s' expired\n", name.c_str(),
+                 l.holder.c_str());
+    l.holder.clear();
+  }
+  const char* how = "granted";
+  if (!l.holder.empty()) {
+    if (l.owner == &s) {  // opened twice on one connection: the same lease
+      generation = l.generation;
+      return {};
+    }
+    if (l.holder != s.edge_name()) {
+      char why[320];
+      if (l.owner != nullptr)
+        std::snprintf(why, sizeof why, "volume '%s' is attached by cloud edge '%s' (lease held for %.0f s)",
+                      name.c_str(), l.holder.c_str(), double(now - l.since_ns) / 1e9);
+      else
+        std::snprintf(why, sizeof why,
+                      "volume '%s' is leased to cloud edge '%s', disconnected; the lease expires in %.0f s",
+                      name.c_str(), l.holder.c_str(), double(l.expires_ns - now) / 1e9);
+      return why;
+    }
+    // The same edge. Its previous connection is gone, or it is the same process (same session)
+    // back before we noticed the old connection die: it takes over and the old handle is fenced.
+    // Another process with the same certificate while the first is connected is refused.
+    if (l.owner != nullptr && l.holder_session != s.session()) {
+      char why[320];
+      std::snprintf(why, sizeof why,
+                    "volume '%s' is attached by another process of cloud edge '%s' (same certificate, "
+                    "another session)",
+                    name.c_str(), l.holder.c_str());
+      return why;
+    }
+    how = l.owner != nullptr ? "taken over from its previous connection" : "resumed";
+  }
+  if (l.holder.empty()) l.since_ns = now;
+  l.holder = s.edge_name();
+  l.holder_session = s.session();
+  l.owner = &s;
+  generation = ++l.generation;
+  std::fprintf(stderr, "ferry: wan: lease of volume '%s' %s: cloud edge '%s' (generation %" PRIu64 ")\n",
+               name.c_str(), how, l.holder.c_str(), l.generation);
+  return {};
+}
+
+bool WanServer::lease_valid(const ServerSession& s, size_t v, uint64_t generation) const noexcept {
+  const VolumeLease& l = leases_[v];
+  return l.owner == &s && l.generation == generation;
+}
+
+void WanServer::release_lease(ServerSession& s, size_t v, bool closed_cleanly) noexcept {
+  VolumeLease& l = leases_[v];
+  if (l.owner != &s) return;
+  l.owner = nullptr;
+  if (closed_cleanly) {
+    std::fprintf(stderr, "ferry: wan: lease of volume '%s' released by cloud edge '%s'\n",
+                 volumes_[v].name.c_str(), l.holder.c_str());
+    l.holder.clear();
+  } else {
+    l.expires_ns = reactor_->now_ns() + uint64_t(options_.lease_ms) * 1'000'000;
+    std::fprintf(stderr, "ferry: wan: cloud edge '%s' lost; its lease of volume '%s' is kept %u ms\n",
+                 l.holder.c_str(), volumes_[v].name.c_str(), options_.lease_ms);
+  }
+}
+
+void WanServer::connection_lost(ServerSession& s) noexcept {
+  for (size_t v = 0; v < leases_.size(); ++v) release_lease(s, v, false);
+}
+
+std::string WanServer::lease_holder(size_t v) const {
+  const VolumeLease& l = leases_[v];
+  if (l.holder.empty()) return {};
+  if (l.owner == nullptr && reactor_ != nullptr && reactor_->now_ns() >= l.expires_ns) return {};
+  return l.holder;
 }
 
 void WanServer::accepted(int fd) noexcept {
@@ -714,6 +826,13 @@ void WanServer::on_sweep(void* ctx) noexcept {
   for (auto& s : self->sessions_)
     if (!s->authenticated() && now - s->accepted_ns() > deadline_ns) late.push_back(s.get());
   for (ServerSession* s : late) s->close("handshake timeout");
+  // Dead links: an authenticated cloud edge pings every second.
+  const uint64_t idle_ns = uint64_t(self->options_.idle_timeout_ms) * 1'000'000;
+  late.clear();
+  for (auto& s : self->sessions_)
+    if (s->authenticated() && now - std::max(s->last_rx_ns(), s->accepted_ns()) > idle_ns)
+      late.push_back(s.get());
+  for (ServerSession* s : late) s->close("nothing received within the idle timeout (link dead)");
   self->closing_.erase(std::remove_if(self->closing_.begin(), self->closing_.end(),
                                       [](const std::unique_ptr<ServerSession>& s) { return s->idle(); }),
                        self->closing_.end());

@@ -48,6 +48,13 @@ struct WanServerOptions {
   PreAuthLimits pre_auth{32, 8};
   uint32_t handshake_timeout_ms = 10000;
   uint32_t socket_send_bytes = 0;       // SO_SNDBUF of WAN sockets (0: kernel autotuning)
+  // A volume is owned by one cloud edge at a time (see "Leases" in gateway/wan/DESIGN.md): its
+  // lease outlives the holder's connection by lease_ms, so the same edge can reconnect and
+  // resume while no other edge can attach.
+  uint32_t lease_ms = 30000;
+  // An authenticated connection that sends nothing (cloud edges ping every second) for this
+  // long is dead: it is closed, which starts its leases' lease_ms.
+  uint32_t idle_timeout_ms = 15000;
 };
 
 // Per-volume counters (what crossed the WAN for it, from this server's side).
@@ -83,6 +90,8 @@ class WanServer {
   const WanVolumeCounters& counters(size_t volume_index) const noexcept { return counters_[volume_index]; }
   const std::vector<WanVolume>& volumes() const noexcept { return volumes_; }
   std::string stats_text() const;
+  // The edge holding volume i's lease ("" when free or expired), for tests and stats.
+  std::string lease_holder(size_t volume_index) const;
 
  private:
   friend class ServerSession;
@@ -105,10 +114,29 @@ class WanServer {
   uint64_t resume_or_new_session(const std::string& client, uint64_t wanted) noexcept;
   DedupSet* dedup_for(const std::string& client, uint64_t session) noexcept;
 
+  // Volume leases, one per volume, held by an edge name (its certificate's) and the session id
+  // of the holding process. `generation` is the fencing token: bumped at every grant, so a
+  // connection whose lease was taken over can no longer touch the volume.
+  struct VolumeLease {
+    std::string holder;             // "" = free
+    uint64_t holder_session = 0;
+    uint64_t generation = 0;
+    class ServerSession* owner = nullptr;  // the connection that opened it; nullptr: gone
+    uint64_t expires_ns = 0;               // when owner == nullptr
+    uint64_t since_ns = 0;
+  };
+  // Grants volume i's lease to the session (or refuses: returns why, for the ERROR and the log).
+  std::string acquire_lease(class ServerSession& s, size_t volume_index, uint64_t& generation) noexcept;
+  bool lease_valid(const class ServerSession& s, size_t volume_index, uint64_t generation) const noexcept;
+  // The session let go (CLOSE_VOLUME: free now) or disconnected (kept for lease_ms).
+  void release_lease(class ServerSession& s, size_t volume_index, bool closed_cleanly) noexcept;
+  void connection_lost(class ServerSession& s) noexcept;
+
   WanServerOptions options_;
   const tls::TlsContext& tls_;
   std::vector<WanVolume> volumes_;
   std::vector<WanVolumeCounters> counters_;
+  std::vector<VolumeLease> leases_;
   std::atomic<uint64_t> rate_limit_;
   Reactor* reactor_ = nullptr;
   std::unique_ptr<Acceptor> acceptor_;

@@ -44,7 +44,7 @@ kill -0 "$FIRST" 2>/dev/null && ok "first target still running" || fail "first t
 
 # ---------------------------------------------------------------- dc-edge (WAN) and cloud-edge
 start_nbd_source 4
-start_dc_edge dc1
+start_dc_edge dc1 --nbd-connections 1 --volume "disk2=nbd://127.0.0.1:$P_SRC/disk"  # a second volume for the second cloud edge (one edge per volume)
 second_exits dc-edge-same-port "$FERRY" dc-edge --listen 127.0.0.1:$P_WAN "${DC_ARGS[@]}"
 
 P_ISCSI=$(free_port)
@@ -53,6 +53,7 @@ CLOUD_ARGS=(--dc 127.0.0.1:$P_WAN --volume disk --tls-ca "$PKI/ca-cert.pem" --dc
 "$FERRY" cloud-edge --listen 127.0.0.1:$P_ISCSI "${CLOUD_ARGS[@]}" >"$TMP/cloud1.log" 2>&1 &
 CLOUD_PID=$!; PIDS+=($CLOUD_PID)
 wait_listening "$TMP/cloud1.log" "$CLOUD_PID" || { cat "$TMP/cloud1.log"; echo "FAIL: cloud-edge did not start"; exit 1; }
+CLOUD_ARGS[3]=disk2
 second_exits cloud-edge-same-port "$FERRY" cloud-edge --listen 127.0.0.1:$P_ISCSI "${CLOUD_ARGS[@]}"
 good=0
 for i in $(seq 4); do

@@ -1,4 +1,9 @@
 #!/usr/bin/env bash
+# Certificate roles and volume leases (issue 15, failure 4): any certificate from the CA worked in
+# any role (the dc-edge's own server certificate as a client) and two cloud edges served one
+# volume at once. Now the role (extended key usage + SAN URI urn:ferry:ROLE:NAME) is checked by
+# both ends and the dc-edge leases each volume to one cloud edge; a second one is refused with the
+# holder's name until the lease is released (clean stop) or expires.
 # Certificate failures of the WAN link end clearly (issue 15, failure 5): a cloud edge whose
 # certificate the dc-edge refuses used to retry every 2 s forever, log only "peer closed the
 # connection" and ignore SIGTERM. Now it logs the dc-edge's reason, gives up after 5 tries with a
@@ -10,7 +15,7 @@ source "$here/lib.sh"
 need qemu-nbd openssl iscsi-inq
 make_pki
 start_nbd_source 4
-start_dc_edge dc
+start_dc_edge dc --lease-ms 3000
 
 cloud() {  # cloud NAME CERT KEY : starts a cloud edge in the background; sets CPID
   "$FERRY" cloud-edge --listen 127.0.0.1:$(free_port) --dc 127.0.0.1:$P_WAN --volume disk \
@@ -68,7 +73,61 @@ cloud good "$PKI/cloud-edge-cert.pem" "$PKI/cloud-edge-key.pem"
 if wait_listening "$TMP/good.log" "$CPID"; then ok "the right certificate connects"
 else fail "right certificate: $(tail -3 "$TMP/good.log" | tr '\n' ' ')"; fi
 grep -q 'WARNING' "$TMP/good.log" && fail "unexpected warning: $(grep -m1 WARNING "$TMP/good.log")"
-stop_pid "$CPID"
+FIRST=$CPID
+
+# Roles. The dc-edge's own certificate presented by a client: refused by the dc-edge in the
+# handshake, with the reason in its log.
+"$PY" - "$PKI" "$P_WAN" >"$TMP/role-client.log" 2>&1 <<'PYEOF' && fail "dc-edge certificate accepted as a cloud edge" || ok "dc-edge's own certificate refused as a client by the dc-edge"
+import socket, ssl, sys
+pki, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(f"{pki}/ca-cert.pem")
+ctx.check_hostname = False
+ctx.load_cert_chain(f"{pki}/dc-edge-cert.pem", f"{pki}/dc-edge-key.pem")
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5))
+s.sendall(b"x" * 64)   # TLS 1.3: the server's verdict on our certificate arrives after the handshake
+s.settimeout(5)
+sys.exit(0 if s.recv(1) else 1)
+PYEOF
+for _ in $(seq 20); do grep -q 'refused as cloud-edge' "$TMP/dc.log" && break; sleep 0.1; done
+grep -q 'refused as cloud-edge' "$TMP/dc.log" && ok "dc-edge log: $(grep -m1 -o 'refused as cloud-edge.*' "$TMP/dc.log")" ||
+  fail "no role refusal in the dc-edge log"
+# Our own certificate in the wrong role (or without a role) is refused at start (exit 2).
+cloud wrongrole "$PKI/dc-edge-cert.pem" "$PKI/dc-edge-key.pem"
+if wait_exit "$CPID" 5; then wait "$CPID"; rc=$?
+  [ "$rc" -eq 2 ] && grep -q 'cannot serve as this cloud-edge' "$TMP/wrongrole.log" &&
+    ok "cloud edge with a dc-edge certificate refused at start (rc 2)" || fail "wrong role: rc $rc: $(tr '\n' ' ' <"$TMP/wrongrole.log")"
+else fail "cloud edge started with a dc-edge certificate"; stop_pid "$CPID"; fi
+cloud norole "$PKI/norole-cert.pem" "$PKI/norole-key.pem"
+if wait_exit "$CPID" 5; then wait "$CPID"; rc=$?
+  [ "$rc" -eq 2 ] && grep -q 'urn:ferry:cloud-edge' "$TMP/norole.log" &&
+    ok "certificate without a role URI refused at start (rc 2)" || fail "no role: rc $rc"
+else fail "cloud edge started with a certificate without a role"; stop_pid "$CPID"; fi
+
+# Leases. "good" (cloud-edge) holds the volume: a second cloud edge is refused, naming the holder.
+cloud second "$PKI/cloud-edge-2-cert.pem" "$PKI/cloud-edge-2-key.pem"
+if wait_exit "$CPID" 10; then wait "$CPID"; rc=$?
+  [ "$rc" -ne 0 ] && grep -q "attached by cloud edge 'cloud-edge'" "$TMP/second.log" &&
+    ok "second cloud edge refused (rc $rc): $(grep -m1 -o "volume 'disk' is attached.*" "$TMP/second.log")" ||
+    fail "second cloud edge: rc $rc: $(tail -2 "$TMP/second.log" | tr '\n' ' ')"
+else fail "a second cloud edge attached a volume that another one serves"; stop_pid "$CPID"; fi
+# A clean stop of the holder releases the lease: the second edge gets in at once.
+stop_pid "$FIRST"
+grep -q "lease of volume 'disk' released" "$TMP/dc.log" && ok "clean stop released the lease" ||
+  fail "lease not released by a clean stop: $(grep -m2 lease "$TMP/dc.log" | tr '\n' ' ')"
+cloud second2 "$PKI/cloud-edge-2-cert.pem" "$PKI/cloud-edge-2-key.pem"
+if wait_listening "$TMP/second2.log" "$CPID"; then ok "after the release the second cloud edge attaches"
+else fail "second cloud edge after release: $(tail -3 "$TMP/second2.log" | tr '\n' ' ')"; fi
+# Killed (no release): its lease is kept for --lease-ms (3 s here): the first edge is refused
+# meanwhile, and gets in once it expired (the ACL cloud edges below).
+kill -9 "$CPID"; wait "$CPID" 2>/dev/null
+cloud first-again "$PKI/cloud-edge-cert.pem" "$PKI/cloud-edge-key.pem"
+if wait_exit "$CPID" 10; then wait "$CPID"; rc=$?
+  [ "$rc" -ne 0 ] && grep -q "leased to cloud edge 'cloud-edge-2', disconnected" "$TMP/first-again.log" &&
+    ok "lease of a killed cloud edge kept: $(grep -m1 -o "leased to.*" "$TMP/first-again.log")" ||
+    fail "after kill -9: rc $rc: $(tail -2 "$TMP/first-again.log" | tr '\n' ' ')"
+else fail "another cloud edge attached while a killed edge's lease was live"; stop_pid "$CPID"; fi
+sleep 3.2
 
 # The cloud edge's portal has the same access model as ferry target: CHAP and an initiator ACL
 # (before, any IQN logged in without credentials; issue 15, failure 3).
