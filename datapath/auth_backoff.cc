@@ -79,8 +79,10 @@ uint64_t AuthBackoff::record_failure(const std::string& source) noexcept {
   if (!logged_ || now - last_log_ns_ >= kLogIntervalNs) {
     char unlogged[64] = "";
     if (unlogged_ > 0)
-      std::snprintf(unlogged, sizeof unlogged, " (%" PRIu64 " more back-offs not logged)", unlogged_);
-    std::fprintf(stderr, "ferry: %s %s: %u failed authentications: refusing it for %" PRIu64 " s%s\n",
+      std::snprintf(unlogged, sizeof unlogged, " (%" PRIu64 " more back-offs not logged)",
+                    unlogged_);
+    std::fprintf(stderr,
+                 "ferry: %s %s: %u failed authentications: refusing it for %" PRIu64 " s%s\n",
                  name_, source.c_str(), e.failures, delay / (1000 * kMs), unlogged);
     logged_ = true;
     last_log_ns_ = now;

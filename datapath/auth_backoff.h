@@ -24,11 +24,11 @@
 namespace ferry {
 
 struct AuthBackoffLimits {
-  uint32_t free_failures = 1;          // failures before the back-off starts
-  uint32_t initial_ms = 1000;          // first back-off
-  uint32_t max_ms = 60000;             // cap (doubling stops here)
-  uint32_t forget_after_ms = 300000;   // quiet period after which a source is forgotten
-  uint32_t sources_max = 4096;         // table bound
+  uint32_t free_failures = 1;         // failures before the back-off starts
+  uint32_t initial_ms = 1000;         // first back-off
+  uint32_t max_ms = 60000;            // cap (doubling stops here)
+  uint32_t forget_after_ms = 300000;  // quiet period after which a source is forgotten
+  uint32_t sources_max = 4096;        // table bound
 };
 
 struct AuthBackoffCounters {

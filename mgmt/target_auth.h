@@ -7,7 +7,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <string>
 #include <vector>
 
@@ -21,7 +20,7 @@ namespace ferry::mgmt {
 struct ChapFlags {
   std::string chap, chap_file;
   std::string mutual_chap, mutual_chap_file;
-  std::string discovery_chap, discovery_chap_file;                  // with discovery flags only
+  std::string discovery_chap, discovery_chap_file;  // with discovery flags only
   std::string discovery_mutual_chap, discovery_mutual_chap_file;
 };
 
