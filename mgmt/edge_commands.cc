@@ -361,15 +361,13 @@ int run_cloud_edge_command(int argc, char** argv) {
       ->required();
   app.add_option("--iqn", iqn, "target name")->capture_default_str();
   app.add_option("--nbd", nbd_listen, "also export the volumes over NBD on ADDRESS:PORT");
-  std::string chap, mutual_chap;
+  ChapFlags chap;
   std::vector<std::string> allowed_initiators;
-  bool nbd_insecure = false;
-  app.add_option("--chap", chap, "require CHAP: USER:SECRET the initiator must present");
-  app.add_option("--mutual-chap", mutual_chap, "with --chap: USER:SECRET the target answers with");
+  NbdTlsFlags nbd_tls;
+  add_chap_flags(app, chap, /*discovery=*/false);
   app.add_option("--allow-initiator", allowed_initiators,
                  "repeatable: only these initiator names may log in (ACL)");
-  app.add_flag("--nbd-insecure", nbd_insecure,
-               "with --chap: export the volumes over --nbd anyway (it has no authentication; logged)");
+  add_nbd_tls_flags(app, nbd_tls);
   app.add_option("--ram-cache-mib", ram_cache_mib,
                  "RAM cache per volume in MiB, 64 KiB chunks, S3-FIFO (0 = no cache)")
       ->capture_default_str();
@@ -407,22 +405,26 @@ int run_cloud_edge_command(int argc, char** argv) {
     std::fprintf(stderr, "ferry: --nbd wants ADDRESS:PORT\n");
     return 2;
   }
-  // The portal's access rules (the same model as `ferry target`); the NBD export has no
-  // authentication of its own yet, so CHAP-protected volumes go there only with --nbd-insecure.
+  // The portal's and the NBD export's access rules: the same model, flags and checks as
+  // `ferry target` (CHAP-protected volumes go to NBD clients with certificates only, or with
+  // --nbd-insecure).
+  if (std::string e = load_chap_secrets(chap); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
+  }
   iscsi::TargetAuthConfig target_cfg;
-  if (std::string e = make_target_auth(iqn, chap, mutual_chap, allowed_initiators, target_cfg);
+  if (std::string e = make_target_auth(iqn, chap.chap, chap.mutual_chap, allowed_initiators,
+                                       target_cfg);
       !e.empty()) {
     std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
   }
-  if (!nbd_listen.empty() && !chap.empty()) {
-    if (!nbd_insecure) {
-      std::fprintf(stderr, "ferry: the volumes are CHAP-protected but the NBD export (--nbd) has no "
-                           "authentication: drop --nbd or add --nbd-insecure\n");
-      return 2;
-    }
-    std::fprintf(stderr, "ferry: WARNING: --nbd-insecure: the CHAP-protected volumes are exported "
-                         "over NBD without authentication\n");
+  bool chap_exports_tls = false;
+  if (std::string e = apply_nbd_tls(nbd_tls, !nbd_listen.empty(), !chap.chap.empty(),
+                                    "volumes of " + iqn, noptions, chap_exports_tls);
+      !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
   }
   auto tls = make_tls(tls_flags, false);
   if (!tls) return 2;
@@ -503,7 +505,7 @@ int run_cloud_edge_command(int argc, char** argv) {
     id.product = "WAN DISK";
     units.push_back(std::make_unique<scsi::LogicalUnit>(*dev, id));
     target.add_lun(uint16_t(i), units.back().get());
-    exports.push_back({volume_names[i], dev, "wan volume " + volume_names[i], false});
+    exports.push_back({volume_names[i], dev, "wan volume " + volume_names[i], chap_exports_tls});
     std::fprintf(stderr, "ferry: LUN %zu: volume %s (%llu bytes)\n", i, volume_names[i].c_str(),
                  static_cast<unsigned long long>(client.device(i).geometry().size_bytes()));
   }

@@ -31,7 +31,7 @@ struct TargetFlags {
   std::vector<std::string> luns;
   std::vector<std::string> extra_target_luns;  // IQN=SPEC
   std::string iqn = "iqn.2026-11.io.ferry:target";
-  std::string chap, mutual_chap, discovery_chap, discovery_mutual_chap;
+  ChapFlags chap;
   std::vector<std::string> allowed_initiators;
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   uint32_t queue_depth = 128;
@@ -44,9 +44,7 @@ struct TargetFlags {
   std::string tcp_congestion;  // "": the system's
   std::string nbd;  // ADDRESS:PORT
   std::string nbd_unix;
-  std::string nbd_tls_cert, nbd_tls_key, nbd_tls_ca;
-  bool nbd_tls_required = false;
-  bool nbd_insecure = false;
+  NbdTlsFlags nbd_tls;
   double duration_s = 0;  // 0: until a signal
 };
 
@@ -60,14 +58,9 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--target", f.extra_target_luns,
                  "IQN=SPEC: one more LUN (same SPEC forms as --lun) on another target, numbered "
                  "from 0 per target in order; repeatable (no CHAP on these targets)");
-  app.add_option("--chap", f.chap, "require CHAP: USER:SECRET the initiator must present");
-  app.add_option("--mutual-chap", f.mutual_chap,
-                 "mutual CHAP: USER:SECRET the target answers the initiator's challenge with");
+  add_chap_flags(app, f.chap, /*discovery=*/true);
   app.add_option("--allow-initiator", f.allowed_initiators,
                  "repeatable: only these initiator names may log in to the --iqn target (ACL)");
-  app.add_option("--discovery-chap", f.discovery_chap, "require CHAP for discovery: USER:SECRET");
-  app.add_option("--discovery-mutual-chap", f.discovery_mutual_chap,
-                 "mutual CHAP for discovery sessions: USER:SECRET");
   app.add_option("--threads", f.threads, "reactor threads (default: one per core)")
       ->check(CLI::Range(1u, 256u));
   app.add_option("--spin-us", f.spin_us,
@@ -100,13 +93,7 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
       ->capture_default_str();
   app.add_option("--nbd", f.nbd, "also export every LUN over NBD on ADDRESS:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
-  app.add_option("--nbd-tls-cert", f.nbd_tls_cert, "PEM certificate for NBD STARTTLS");
-  app.add_option("--nbd-tls-key", f.nbd_tls_key, "PEM private key for NBD STARTTLS");
-  app.add_option("--nbd-tls-ca", f.nbd_tls_ca, "PEM CA: NBD clients must present a certificate from it");
-  app.add_flag("--nbd-tls-required", f.nbd_tls_required, "refuse NBD clients that do not STARTTLS");
-  app.add_flag("--nbd-insecure", f.nbd_insecure,
-               "export CHAP-protected LUNs over NBD without client certificates (logged: anyone "
-               "who reaches the NBD port can read and write them)");
+  add_nbd_tls_flags(app, f.nbd_tls);
   app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)");
 }
 
@@ -116,7 +103,7 @@ int64_t now_ns() {
   return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-int run_target(const TargetFlags& f, const char* banner) {
+int run_target(TargetFlags& f, const char* banner) {
   iscsi::ServerOptions options;
   if (!split_host_port(f.listen, options.listen_address, options.port)) {
     std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT, got '%s'\n", f.listen.c_str());
@@ -132,21 +119,27 @@ int run_target(const TargetFlags& f, const char* banner) {
 
   iscsi::PortalConfig portal;
   portal.portal_address = options.listen_address + ":" + std::to_string(options.port) + ",1";
+  if (std::string e = load_chap_secrets(f.chap); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
+  }
   iscsi::TargetAuthConfig target_cfg;
-  if (std::string e = make_target_auth(f.iqn, f.chap, f.mutual_chap, f.allowed_initiators, target_cfg);
+  if (std::string e = make_target_auth(f.iqn, f.chap.chap, f.chap.mutual_chap, f.allowed_initiators,
+                                       target_cfg);
       !e.empty()) {
     std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
   }
   portal.targets.push_back(target_cfg);
-  if (!f.discovery_chap.empty() &&
-      !split_user_secret(f.discovery_chap, portal.discovery_chap_user, portal.discovery_chap_secret)) {
+  if (!f.chap.discovery_chap.empty() &&
+      !split_user_secret(f.chap.discovery_chap, portal.discovery_chap_user,
+                         portal.discovery_chap_secret)) {
     std::fprintf(stderr, "ferry: --discovery-chap wants USER:SECRET\n");
     return 2;
   }
-  if (!f.discovery_mutual_chap.empty()) {
-    if (f.discovery_chap.empty() ||
-        !split_user_secret(f.discovery_mutual_chap, portal.discovery_mutual_chap_user,
+  if (!f.chap.discovery_mutual_chap.empty()) {
+    if (f.chap.discovery_chap.empty() ||
+        !split_user_secret(f.chap.discovery_mutual_chap, portal.discovery_mutual_chap_user,
                            portal.discovery_mutual_chap_secret)) {
       std::fprintf(stderr, "ferry: --discovery-mutual-chap wants USER:SECRET and --discovery-chap\n");
       return 2;
@@ -163,35 +156,13 @@ int run_target(const TargetFlags& f, const char* banner) {
   nbd_options.pre_auth = f.pre_auth;
   nbd_options.tcp_congestion = f.tcp_congestion;
   nbd_options.unix_path = f.nbd_unix;
-  nbd_options.tls_cert_path = f.nbd_tls_cert;
-  nbd_options.tls_key_path = f.nbd_tls_key;
-  nbd_options.tls_ca_path = f.nbd_tls_ca;
-  nbd_options.tls_required = f.nbd_tls_required;
-  if (f.nbd_tls_cert.empty() != f.nbd_tls_key.empty()) {
-    std::fprintf(stderr, "ferry: --nbd-tls-cert and --nbd-tls-key go together\n");
+  const bool chap_protected = !f.chap.chap.empty();
+  bool chap_exports_tls = false;
+  if (std::string e = apply_nbd_tls(f.nbd_tls, nbd_on, chap_protected, "LUNs of " + f.iqn,
+                                    nbd_options, chap_exports_tls);
+      !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
-  }
-  if (f.nbd_tls_required && f.nbd_tls_cert.empty()) {
-    std::fprintf(stderr, "ferry: --nbd-tls-required needs --nbd-tls-cert/--nbd-tls-key\n");
-    return 2;
-  }
-  // One access model for both front ends: a LUN that iSCSI protects with CHAP is exported over
-  // NBD only to clients with a certificate from --nbd-tls-ca (NBD has no CHAP), or with an
-  // explicit, logged opt-out. Before, the NBD export took unauthenticated writes.
-  const bool chap_protected = !f.chap.empty();
-  const bool nbd_client_certs = !f.nbd_tls_cert.empty() && !f.nbd_tls_ca.empty();
-  if (nbd_on && chap_protected && !nbd_client_certs) {
-    if (!f.nbd_insecure) {
-      std::fprintf(stderr,
-                   "ferry: the LUNs of %s are CHAP-protected: their NBD export needs TLS client "
-                   "certificates (--nbd-tls-cert, --nbd-tls-key, --nbd-tls-ca) or --nbd-insecure\n",
-                   f.iqn.c_str());
-      return 2;
-    }
-    std::fprintf(stderr,
-                 "ferry: WARNING: --nbd-insecure: the CHAP-protected LUNs of %s are exported over "
-                 "NBD without authentication\n",
-                 f.iqn.c_str());
   }
 
   // Devices and logical units: the --lun LUNs on the main target, then --target IQN=SPEC ones.
@@ -256,7 +227,7 @@ int run_target(const TargetFlags& f, const char* banner) {
                                         ? "lun" + std::to_string(lun)
                                         : plan[i].iqn + "/" + std::to_string(lun);
     // A CHAP-protected LUN's export requires TLS (with the client certificate the CA checks).
-    const bool export_tls = chap_protected && nbd_client_certs && plan[i].iqn == f.iqn;
+    const bool export_tls = chap_exports_tls && plan[i].iqn == f.iqn;
     exports.push_back(nbd::NbdExport{export_name, dev.get(), std::string(dev->describe()), export_tls});
     devices.push_back(std::move(dev));
   }

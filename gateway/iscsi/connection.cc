@@ -110,7 +110,8 @@ void Connection::start() noexcept {
   last_rx_ns_ = connected_ns_;
   rx_ = reactor_.pool().allocate(kLoginRxBytes);
   if (!rx_) return close("no receive buffer");
-  login_ = std::make_unique<LoginNegotiator>(server_.portal());
+  login_ = std::make_unique<LoginNegotiator>(server_.portal(), &server_.auth_backoff(),
+                                             peer_address(fd_));
   arm_timer();
   post_recv();
 }

@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstring>
 #include <optional>
+#include <utility>
 
 #include "gateway/iscsi/chap.h"
 
@@ -79,7 +80,13 @@ bool irrelevant_for_discovery(std::string_view k) {
 
 }  // namespace
 
-LoginNegotiator::LoginNegotiator(const PortalConfig& portal) noexcept : portal_(portal) {}
+LoginNegotiator::LoginNegotiator(const PortalConfig& portal, AuthBackoff* backoff,
+                                 std::string source) noexcept
+    : portal_(portal), backoff_(backoff), source_(std::move(source)) {}
+
+bool LoginNegotiator::backed_off() noexcept {
+  return backoff_ != nullptr && backoff_->remaining_ns(source_) > 0;
+}
 
 LoginStep LoginNegotiator::fail(LoginStatus status, const char* why, const Bhs& request,
                                 LoginReply& reply) {
@@ -139,6 +146,10 @@ LoginStatus LoginNegotiator::first_request(const std::vector<KeyValue>& pairs, c
     mutual_secret_ = portal_.discovery_mutual_chap_secret;
   }
   auth_ = chap_user_.empty() ? Auth::not_required : Auth::want_method;
+  if (auth_ == Auth::want_method && backed_off()) {
+    why = "CHAP refused: failed-authentication back-off for this address";
+    return LoginStatus::service_unavailable;
+  }
   return LoginStatus::success;
 }
 
@@ -204,6 +215,12 @@ LoginStatus LoginNegotiator::security_key(const KeyValue& kv, const std::vector<
       why = "CHAP_N without CHAP_R";
       return LoginStatus::authentication_failure;
     }
+    // Checked again here: a guesser's parallel connections all got their challenge before the
+    // first of them failed.
+    if (backed_off()) {
+      why = "CHAP refused: failed-authentication back-off for this address";
+      return LoginStatus::service_unavailable;
+    }
     auto response = decode_binary_value(r->value);
     const auto expected = chap_md5_response(challenge_id_, chap_secret_, challenge_);
     const bool user_ok = kv.value.size() == chap_user_.size() &&
@@ -212,6 +229,7 @@ LoginStatus LoginNegotiator::security_key(const KeyValue& kv, const std::vector<
                                      chap_user_.size());
     if (!response || response->size() != expected.size() || !user_ok ||
         !bytes_equal(response->data(), expected.data(), expected.size())) {
+      if (backoff_ != nullptr) backoff_->record_failure(source_);
       why = "CHAP authentication failed (wrong name or secret)";
       return LoginStatus::authentication_failure;
     }

@@ -3,6 +3,9 @@
 // stage (digests, burst lengths, R2T, ordering, timers, ERL 0, MaxConnections 1), then reports
 // the negotiated SessionParams. Pure protocol logic: no I/O; the connection sends the replies.
 // Bounded: at most kLoginPdusMax requests and kLoginTextMax bytes of accumulated text.
+// Failed-authentication back-off: given the server's AuthBackoff and the peer's address, a wrong
+// CHAP name or secret is recorded there, and while that address is backed off a login that needs
+// CHAP is refused with 0x0301 (service unavailable) before any secret is checked.
 #pragma once
 
 #include <array>
@@ -12,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "datapath/auth_backoff.h"
 #include "gateway/iscsi/pdu.h"
 #include "gateway/iscsi/portal_config.h"
 #include "gateway/iscsi/text_kv.h"
@@ -62,6 +66,7 @@ enum class LoginStatus : uint16_t {
   session_does_not_exist = 0x020a,
   invalid_during_login = 0x020b,
   target_error = 0x0300,
+  service_unavailable = 0x0301,  // also: CHAP refused while the source is backed off
   out_of_resources = 0x0302,
 };
 
@@ -75,7 +80,10 @@ struct LoginReply {
 
 class LoginNegotiator {
  public:
-  explicit LoginNegotiator(const PortalConfig& portal) noexcept;
+  // `backoff` (may be null: no back-off) outlives the negotiator; `source` is the peer's
+  // address without the port ("" for none).
+  explicit LoginNegotiator(const PortalConfig& portal, AuthBackoff* backoff = nullptr,
+                           std::string source = {}) noexcept;
 
   LoginStep on_request(const Bhs& request, std::span<const uint8_t> data, LoginReply& reply);
 
@@ -93,8 +101,11 @@ class LoginNegotiator {
                            std::string& out, const char*& why);
   void operational_key(const KeyValue& kv, std::string& out);
   void declare_target_keys(std::string& out);
+  bool backed_off() noexcept;
 
   const PortalConfig& portal_;
+  AuthBackoff* backoff_;
+  std::string source_;
   SessionParams params_;
   const TargetAuthConfig* target_ = nullptr;
   Auth auth_ = Auth::undecided;

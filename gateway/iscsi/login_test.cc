@@ -1,7 +1,8 @@
 // Unit tests for the login negotiator: login request PDUs built by hand (BHS + text), replies
 // decoded and checked against RFC 7143 §6, §11.12-13 and §13 — stage transitions, operational
 // negotiation results, login status codes, continued text, and CHAP (one-way and mutual) with
-// the responses computed here with OpenSSL EVP. Single-threaded, no I/O.
+// the responses computed here with OpenSSL EVP, and the failed-authentication back-off (with a
+// simulated clock). Single-threaded, no I/O.
 #include "gateway/iscsi/login.h"
 
 #include <gtest/gtest.h>
@@ -724,6 +725,131 @@ TEST_F(LoginTest, DiscoveryChapRequiredWhenConfigured) {
                  text({pair("InitiatorName", kInitiator), "SessionType=Discovery"})),
             LoginStep::failed);
   EXPECT_EQ(status(), 0x0201);
+}
+
+// ---- failed-authentication back-off (CHAP allowed unlimited fast guesses, issue 15) ----
+
+uint64_t g_clock_ns = 1000000000000ull;
+uint64_t test_clock() noexcept { return g_clock_ns; }
+
+// One whole CHAP login to `iqn` through a fresh negotiator for `source`, answering the challenge
+// with `secret`: 0 when it got past the security stage, else the refusal's status. `why` gets
+// the failure reason.
+uint16_t chap_login(const PortalConfig& portal, AuthBackoff& backoff, const std::string& source,
+                    const char* secret, std::string_view iqn = kChapIqn,
+                    std::string* why = nullptr) {
+  LoginNegotiator n(portal, &backoff, source);
+  LoginReply r;
+  uint32_t itt = 1;
+  auto send = [&](const std::string& d) {
+    r = LoginReply{};
+    return n.on_request(login_bhs(kT | stages(kSecurity, kOperational), itt++),
+                        {reinterpret_cast<const uint8_t*>(d.data()), d.size()}, r);
+  };
+  auto refused = [&] {
+    if (why != nullptr) *why = n.failure_reason();
+    return uint16_t(r.bhs.b[36] << 8 | r.bhs.b[37]);
+  };
+  if (send(text({pair("InitiatorName", kInitiator), pair("TargetName", iqn), "SessionType=Normal",
+                 "AuthMethod=CHAP,None"})) == LoginStep::failed)
+    return refused();
+  if (r.bhs.flags() & kT) return 0;  // no CHAP on this target
+  if (send(text({"CHAP_A=5"})) == LoginStep::failed) return refused();
+  std::vector<KeyValue> kv;
+  EXPECT_EQ(parse_text_pairs({r.data.data(), r.data_length}, kv), TextParse::ok);
+  std::map<std::string, std::string> m;
+  for (auto& p : kv) m[p.key] = p.value;
+  const uint8_t id = uint8_t(std::stoi(m["CHAP_I"]));
+  if (send(text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, secret, unhex(m["CHAP_C"])))})) ==
+      LoginStep::failed)
+    return refused();
+  return 0;
+}
+
+TEST(LoginBackoff, RepeatedWrongSecretsBackTheSourceOffWithServiceUnavailable) {
+  const PortalConfig portal = test_portal();
+  AuthBackoff backoff({}, "iscsi", &test_clock);
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", kChapSecret), 0);
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", "guess-1"), 0x0201);
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", kChapSecret), 0) << "first failure is free";
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", "guess-2"), 0x0201);  // 1 s back-off
+  std::string why;
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", kChapSecret, kChapIqn, &why), 0x0301)
+      << "while backed off even the right secret is refused (and not checked)";
+  EXPECT_NE(why.find("back-off"), std::string::npos) << why;
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.10", kChapSecret), 0) << "another source logs in";
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", "no-secret-needed", kOpenIqn), 0)
+      << "a target without CHAP is not held back";
+  g_clock_ns += 1000000000ull;
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", kChapSecret), 0) << "back-off over";
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", "guess-3"), 0x0201);  // 2 s now
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", "guess-4"), 0x0301);
+  g_clock_ns += 1000000000ull;
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", "guess-4"), 0x0301) << "2 s, not 1 s";
+  g_clock_ns += 1000000000ull;
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.9", kChapSecret), 0);
+  EXPECT_EQ(backoff.counters().failures, 3u) << "refusals are not counted as guesses";
+  EXPECT_EQ(backoff.counters().refused, 3u);
+}
+
+TEST(LoginBackoff, ParallelLoginChallengedBeforeTheBackOffIsRefusedAtItsResponse) {
+  const PortalConfig portal = test_portal();
+  AuthBackoff backoff({}, "iscsi", &test_clock);
+  // A guesser opens a connection and gets its challenge first...
+  LoginNegotiator early(portal, &backoff, "192.0.2.20");
+  LoginReply r;
+  const std::string first = text({pair("InitiatorName", kInitiator), pair("TargetName", kChapIqn),
+                                  "SessionType=Normal", "AuthMethod=CHAP"});
+  const std::string chap_a = text({"CHAP_A=5"});
+  auto bytes = [](const std::string& s) {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  };
+  const uint8_t flags = kT | stages(kSecurity, kOperational);
+  ASSERT_EQ(early.on_request(login_bhs(flags, 1), bytes(first), r), LoginStep::continue_login);
+  ASSERT_EQ(early.on_request(login_bhs(flags, 2), bytes(chap_a), r), LoginStep::continue_login);
+  std::vector<KeyValue> kv;
+  ASSERT_EQ(parse_text_pairs({r.data.data(), r.data_length}, kv), TextParse::ok);
+  std::map<std::string, std::string> m;
+  for (auto& p : kv) m[p.key] = p.value;
+  // ... then fails twice on other connections ...
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.20", "guess-1"), 0x0201);
+  EXPECT_EQ(chap_login(portal, backoff, "192.0.2.20", "guess-2"), 0x0201);
+  // ... and the early connection's answer is not checked while the back-off lasts.
+  const std::string answer =
+      text({pair("CHAP_N", kChapUser),
+            pair("CHAP_R", chap_response(uint8_t(std::stoi(m["CHAP_I"])), kChapSecret, unhex(m["CHAP_C"])))});
+  EXPECT_EQ(early.on_request(login_bhs(flags, 3), bytes(answer), r), LoginStep::failed);
+  EXPECT_EQ(early.failure_status(), LoginStatus::service_unavailable);
+}
+
+TEST(LoginBackoff, DiscoveryChapFailuresCountToo) {
+  PortalConfig portal = test_portal();
+  portal.discovery_chap_user = kChapUser;
+  portal.discovery_chap_secret = kChapSecret;
+  AuthBackoff backoff({}, "iscsi", &test_clock);
+  auto discovery = [&](const char* secret) {
+    LoginNegotiator n(portal, &backoff, "192.0.2.30");
+    LoginReply r;
+    auto send = [&](uint32_t itt, const std::string& d) {
+      return n.on_request(login_bhs(kT | stages(kSecurity, kOperational), itt),
+                          {reinterpret_cast<const uint8_t*>(d.data()), d.size()}, r);
+    };
+    if (send(1, text({pair("InitiatorName", kInitiator), "SessionType=Discovery",
+                      "AuthMethod=CHAP"})) == LoginStep::failed ||
+        send(2, text({"CHAP_A=5"})) == LoginStep::failed)
+      return uint16_t(n.failure_status());
+    std::vector<KeyValue> kv;
+    EXPECT_EQ(parse_text_pairs({r.data.data(), r.data_length}, kv), TextParse::ok);
+    std::map<std::string, std::string> m;
+    for (auto& p : kv) m[p.key] = p.value;
+    const std::string answer = text({pair("CHAP_N", kChapUser),
+                                     pair("CHAP_R", chap_response(uint8_t(std::stoi(m["CHAP_I"])),
+                                                                  secret, unhex(m["CHAP_C"])))});
+    return send(3, answer) == LoginStep::failed ? uint16_t(n.failure_status()) : uint16_t(0);
+  };
+  EXPECT_EQ(discovery("guess-1"), 0x0201);
+  EXPECT_EQ(discovery("guess-2"), 0x0201);
+  EXPECT_EQ(discovery(kChapSecret), 0x0301);
 }
 
 }  // namespace

@@ -23,7 +23,10 @@ thread_local std::unordered_map<uint64_t, Connection*> t_connections;
 }  // namespace
 
 Server::Server(ServerOptions options, PortalConfig portal) noexcept
-    : options_(std::move(options)), portal_(std::move(portal)), pre_auth_(options_.pre_auth) {}
+    : options_(std::move(options)),
+      portal_(std::move(portal)),
+      pre_auth_(options_.pre_auth),
+      auth_backoff_(options_.auth_backoff, "iscsi") {}
 
 Server::~Server() = default;
 

@@ -1,7 +1,9 @@
 // iSCSI Server: the portal (one listening socket on the first reactor; each accepted
 // connection moves to the reactor with the fewest live connections), the targets it serves, and
-// the session registry used for TSIH allocation and session reinstatement. Shared by all reactor
-// threads: the registry is guarded by a mutex (login-time only, never per I/O).
+// the session registry used for TSIH allocation and session reinstatement, and the
+// failed-authentication back-off of CHAP logins per source address. Shared by all reactor
+// threads: the registry and the back-off table are guarded by mutexes (login-time only, never
+// per I/O).
 #pragma once
 
 #include <atomic>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "datapath/acceptor.h"
+#include "datapath/auth_backoff.h"
 #include "datapath/connection_balancer.h"
 #include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
@@ -32,6 +35,7 @@ struct ServerOptions {
   uint32_t nop_timeout_ms = 15000;        // no answer to a ping → drop the connection
   uint32_t connections_max = 4096;        // per server; beyond that accept closes at once
   PreAuthLimits pre_auth;                 // connections still in login (see pre_auth_gate.h)
+  AuthBackoffLimits auth_backoff;         // failed CHAP logins per source (see auth_backoff.h)
   uint32_t tx_batch_pdus_max = 256;       // PDUs per sendmsg (1 = no batching; for measuring)
   std::string tcp_congestion;             // TCP congestion control of the portal ("": system's)
 };
@@ -73,6 +77,7 @@ class Server {
   // The connection finished login: it no longer counts against the pre-authentication bounds.
   void connection_authenticated(Connection* c) noexcept;
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
+  AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
   std::atomic<uint64_t>& connection_count() noexcept { return connection_count_; }
 
  private:
@@ -102,6 +107,7 @@ class Server {
   std::atomic<uint64_t> connection_count_{0};
   ConnectionBalancer balancer_;  // spreads connections over the reactors
   PreAuthGate pre_auth_;         // bounds connections that have not logged in yet
+  AuthBackoff auth_backoff_;     // failed CHAP logins per source address
 };
 
 }  // namespace ferry::iscsi

@@ -73,6 +73,7 @@ Connection::Connection(NbdServer& server, Reactor& reactor, int fd, uint64_t id)
       reactor_(reactor),
       fd_(fd),
       id_(id),
+      source_(peer_address(fd)),
       in_flight_max_(std::max<uint32_t>(1, server.options().requests_in_flight_max)) {
   recv_op_.c = this;
   send_op_.c = this;
@@ -418,6 +419,8 @@ bool Connection::handle_option(uint32_t option, std::span<const uint8_t> data) n
         queue_option_reply(option, kRepErrInvalid, {});
       } else if (server_.tls_context() == nullptr) {
         queue_option_reply(option, kRepErrPolicy, {});
+      } else if (server_.auth_backoff().remaining_ns(source_) > 0) {
+        queue_option_reply(option, kRepErrPolicy, {});  // failed-authentication back-off
       } else {
         queue_option_reply(option, kRepAck, {});
         if (phase_ == Phase::closing) return false;
@@ -594,6 +597,12 @@ void Connection::tls_handshake_step() noexcept {
   }
   const int err = SSL_get_error(ssl_, r);
   if (err == SSL_ERROR_WANT_READ) return;
+  // The client's certificate was refused (none sent, or not from the CA): an authentication
+  // failure for the back-off. A client refusing our certificate is not.
+  const int reason = ERR_GET_REASON(ERR_peek_last_error());
+  if (SSL_get_verify_result(ssl_) != X509_V_OK || reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ||
+      reason == SSL_R_CERTIFICATE_VERIFY_FAILED)
+    server_.auth_backoff().record_failure(source_);
   char msg[160];
   std::snprintf(msg, sizeof msg, "TLS handshake failed: %s",
                 ERR_reason_error_string(ERR_peek_last_error()) ? ERR_reason_error_string(ERR_peek_last_error()) : "?");

@@ -12,7 +12,10 @@
 //
 // TLS: OpenSSL over a memory BIO pair, so socket I/O stays on io_uring: raw bytes received are
 // written into the read BIO and decrypted with SSL_read; replies are encrypted with SSL_write
-// into the write BIO, drained into a pooled buffer and sent.
+// into the write BIO, drained into a pooled buffer and sent. A handshake that fails on the
+// client's certificate (none, or not from the CA) counts against the server's failed-
+// authentication back-off for the peer's address; while it is backed off, STARTTLS is answered
+// NBD_REP_ERR_POLICY (no handshake is attempted).
 //
 // Threading: everything runs on the owning reactor thread. The connection frees itself once
 // closing and no receive, send or device I/O is in flight.
@@ -120,6 +123,7 @@ class Connection {
   Reactor& reactor_;
   int fd_;
   uint64_t id_;
+  std::string source_;  // peer address without the port ("" for a Unix socket)
   Phase phase_ = Phase::greeting;
   uint32_t in_flight_max_;
 

@@ -25,7 +25,10 @@ thread_local std::unordered_map<uint64_t, Connection*> t_connections;
 }  // namespace
 
 NbdServer::NbdServer(NbdOptions options, std::vector<NbdExport> exports) noexcept
-    : options_(std::move(options)), exports_(std::move(exports)), pre_auth_(options_.pre_auth) {}
+    : options_(std::move(options)),
+      exports_(std::move(exports)),
+      pre_auth_(options_.pre_auth),
+      auth_backoff_(options_.auth_backoff, "nbd") {}
 
 NbdServer::~NbdServer() {
   listeners_.clear();  // closes the listening sockets

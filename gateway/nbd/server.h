@@ -1,12 +1,14 @@
 // NbdServer: the NBD export server (fixed newstyle, structured replies, base:allocation,
-// STARTTLS). Owns the export table, the optional TLS context and the listeners: one TCP
+// STARTTLS). Owns the export table, the optional TLS context, the failed-authentication back-off
+// (TLS client certificates refused, per source address) and the listeners: one TCP
 // listener and one Unix-socket listener, both on the first reactor that starts (a port in use
 // fails the start). Each accepted connection moves to the reactor with the fewest live connections
 // (ConnectionBalancer) and lives there (see connection.h).
 //
 // Threading: construct on any thread before the reactors run; start_listening/stop_listening
 // run on each reactor thread. Shared state after start (exports, SSL_CTX, counters) is
-// read-only or atomic; the listener table is guarded by a mutex (start/stop only).
+// read-only or atomic (the back-off table has its own mutex, handshake time only); the listener
+// table is guarded by a mutex (start/stop only).
 #pragma once
 
 #include <atomic>
@@ -19,6 +21,7 @@
 
 #include "datapath/block_device.h"
 #include "datapath/acceptor.h"
+#include "datapath/auth_backoff.h"
 #include "datapath/connection_balancer.h"
 #include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
@@ -43,6 +46,7 @@ struct NbdOptions {
   uint32_t handshake_timeout_ms = 10000;     // connect → transmission phase
   uint32_t connections_max = 4096;
   PreAuthLimits pre_auth;                    // connections still in the handshake
+  AuthBackoffLimits auth_backoff;            // refused TLS client certificates per source
 };
 
 struct NbdExport {
@@ -83,6 +87,7 @@ class NbdServer {
   // The connection reached the transmission phase: it leaves the pre-authentication bounds.
   void connection_authenticated(Connection* c) noexcept;
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
+  AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
   uint64_t connection_count() const noexcept { return connection_count_.load(); }
   // Connections placed on a reactor (by the balancer) and not yet closed.
   uint32_t connections_on(const Reactor& reactor) const noexcept { return balancer_.live(reactor); }
@@ -108,6 +113,7 @@ class NbdServer {
   std::atomic<uint64_t> connection_count_{0};
   ConnectionBalancer balancer_;  // spreads connections over the reactors
   PreAuthGate pre_auth_;         // bounds connections still in the handshake
+  AuthBackoff auth_backoff_;     // refused client certificates per source address
 };
 
 }  // namespace ferry::nbd
