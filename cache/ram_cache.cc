@@ -9,6 +9,12 @@
 
 namespace ferry::cache {
 
+namespace {
+bool prefetching(const IoRequest& io) {
+  return io.priority == IoPriority::prefetch || io.priority == IoPriority::background;
+}
+}  // namespace
+
 Result<std::unique_ptr<RamCache>> RamCache::create(BlockDevice& next, const RamCacheOptions& o) noexcept {
   const Geometry g = next.geometry();
   if (o.chunk_bytes == 0 || o.chunk_bytes % g.block_size_bytes != 0 || o.fetches_max == 0 ||
@@ -115,14 +121,14 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
                   piece_end - off);
       off = piece_end;
     }
-    if (first) ++counters_.hits;
+    if (first) ++(prefetching(io) ? counters_.prefetch_cached : counters_.hits);
     return io.complete(Errc::ok);
   }
   if (!first) {
     ++counters_.bypassed;  // lost its chunk again while waiting (eviction, discard): go below
     return next_.submit(io);
   }
-  ++counters_.misses;
+  ++(prefetching(io) ? counters_.prefetch_misses : counters_.misses);
   // Fetch every missing chunk of the request; wait on the last one that needs fetching.
   int64_t wait_slot = -1;
   const uint64_t first_chunk = io.offset_bytes / cb, last_chunk = (end - 1) / cb;
@@ -150,9 +156,9 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
     if (chunk == last_chunk) {
       // Register before submitting: the fetch may complete inside next_.submit().
       sl.waiters.push_back(&io);
-      if (start_fetch(uint32_t(s), lo, hi)) return;
+      if (start_fetch(uint32_t(s), lo, hi, io.priority)) return;
       sl.waiters.pop_back();
-    } else if (start_fetch(uint32_t(s), lo, hi)) {
+    } else if (start_fetch(uint32_t(s), lo, hi, io.priority)) {
       wait_slot = s;
     }
   }
@@ -165,7 +171,7 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
   return read(io, false);
 }
 
-bool RamCache::start_fetch(uint32_t s, uint32_t lo, uint32_t hi) noexcept {
+bool RamCache::start_fetch(uint32_t s, uint32_t lo, uint32_t hi, IoPriority priority) noexcept {
   if (free_fetches_.empty()) return false;
   Fetch* f = free_fetches_.back();
   free_fetches_.pop_back();
@@ -174,6 +180,7 @@ bool RamCache::start_fetch(uint32_t s, uint32_t lo, uint32_t hi) noexcept {
   f->epoch = sl.epoch;
   f->first_sector = lo;
   f->io.op = IoOp::read;
+  f->io.priority = priority;
   f->io.may_lend = false;
   f->io.lent = nullptr;
   f->io.offset_bytes = sl.chunk * opt_.chunk_bytes + uint64_t(lo) * sector_bytes_;
@@ -226,6 +233,7 @@ void RamCache::write_through(IoRequest& io) noexcept {
   w->io.op = io.op;
   w->io.fua = io.fua;
   w->io.may_deallocate = io.may_deallocate;
+  w->io.priority = io.priority;
   w->io.offset_bytes = io.offset_bytes;
   w->io.length_bytes = io.length_bytes;
   w->io.data = io.data;

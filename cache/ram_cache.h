@@ -31,8 +31,10 @@ struct RamCacheOptions {
 };
 
 struct RamCacheCounters {
-  uint64_t hits = 0;           // reads served from memory on arrival
-  uint64_t misses = 0;         // reads that needed (or waited on) a fetch
+  uint64_t hits = 0;           // demand reads served from memory on arrival
+  uint64_t misses = 0;         // demand reads that needed (or waited on) a fetch
+  uint64_t prefetch_cached = 0;  // prefetch reads (IoPriority prefetch/background) already here
+  uint64_t prefetch_misses = 0;  // prefetch reads that fetched
   uint64_t bypassed = 0;       // reads sent straight to next (fetch/waiter/slot limit)
   uint64_t fetches = 0;        // chunk fetches issued
   uint64_t bytes_fetched = 0;  // bytes read from next by fetches
@@ -87,7 +89,7 @@ class RamCache final : public BlockDevice {
   int64_t admit(uint64_t chunk) noexcept;  // a slot for chunk, evicting if needed; -1 if none
   int64_t evict() noexcept;                // frees one slot; -1 if every slot is busy
   void drop(uint32_t s) noexcept;
-  bool start_fetch(uint32_t s, uint32_t first, uint32_t last) noexcept;
+  bool start_fetch(uint32_t s, uint32_t first, uint32_t last, IoPriority priority) noexcept;
   uint64_t chunk_length(uint64_t chunk) const noexcept;
   bool valid(uint32_t s, uint32_t sector) const noexcept {
     return (bits_[size_t(s) * words_ + sector / 64] >> (sector % 64)) & 1;

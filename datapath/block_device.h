@@ -46,6 +46,11 @@ enum class IoOp : uint8_t {
 inline constexpr uint32_t kStatusHole = 1u << 0;  // not allocated
 inline constexpr uint32_t kStatusZero = 1u << 1;  // reads as zeroes
 
+// How urgent a request is, for layers that schedule (the WAN link has one class per value, same
+// order: datapath/wan/frame.h Priority). A cache passes its caller's priority to the fetch it
+// starts; a prefetcher marks its own reads `prefetch`, a full-disk streamer `background`.
+enum class IoPriority : uint8_t { demand = 0, write_back = 1, prefetch = 2, background = 3 };
+
 struct IoRequest;
 using IoCallback = void (*)(IoRequest&) noexcept;
 
@@ -53,6 +58,7 @@ struct IoRequest {
   IoOp op = IoOp::read;
   bool fua = false;             // write / write_zeroes: durable before completion
   bool may_deallocate = false;  // write_zeroes: the device may punch a hole
+  IoPriority priority = IoPriority::demand;
   uint64_t offset_bytes = 0;
   uint64_t length_bytes = 0;
   std::byte* data = nullptr;  // read destination / write source, length_bytes long

@@ -237,9 +237,13 @@ void WanClient::on_tick(void* ctx) noexcept {
 // ---------------------------------------------------------------- requests
 
 void WanClient::submit(size_t volume, IoRequest& io) noexcept {
-  enqueue(volume, io,
-          io.op == IoOp::write || io.op == IoOp::write_zeroes ? Priority::write_back
-                                                              : Priority::demand_read);
+  static_assert(uint8_t(IoPriority::prefetch) == uint8_t(Priority::prefetch) &&
+                uint8_t(IoPriority::background) == uint8_t(Priority::background));
+  Priority p = static_cast<Priority>(io.priority);
+  // The initiator's own writes travel in the write-back class (they do not hold demand reads).
+  if (io.priority == IoPriority::demand && (io.op == IoOp::write || io.op == IoOp::write_zeroes))
+    p = Priority::write_back;
+  enqueue(volume, io, p);
 }
 
 void WanClient::stream(size_t volume, uint32_t request_bytes, uint32_t outstanding) {

@@ -1,0 +1,253 @@
+// Volume stack parsing and composition (see volume.h). Start-up only, main thread.
+#include "gateway/volume.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cinttypes>
+#include <cstdio>
+
+#include "datapath/ram_device.h"
+
+namespace ferry {
+
+namespace {
+
+std::string trim(const std::string& s) {
+  const size_t a = s.find_first_not_of(" \t");
+  if (a == std::string::npos) return {};
+  const size_t b = s.find_last_not_of(" \t");
+  return s.substr(a, b - a + 1);
+}
+
+bool parse_u64(const std::string& s, uint64_t& out) {
+  if (s.empty() || s.size() > 19) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + uint64_t(c - '0');
+  }
+  out = v;
+  return true;
+}
+
+// "500us", "2ms", "1s"; a bare number is microseconds.
+bool parse_duration_us(const std::string& s, uint64_t& us) {
+  struct Unit {
+    const char* suffix;
+    uint64_t scale;
+  };
+  for (const Unit u : {Unit{"us", 1}, Unit{"ms", 1000}, Unit{"s", 1000000}}) {
+    const std::string suf = u.suffix;
+    if (s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0) {
+      uint64_t v = 0;
+      if (!parse_u64(s.substr(0, s.size() - suf.size()), v) || v > 60'000'000 / u.scale) return false;
+      us = v * u.scale;
+      return true;
+    }
+  }
+  return parse_u64(s, us) && us <= 60'000'000;
+}
+
+bool parse_op(const std::string& s, IoOp& op) {
+  if (s == "read") op = IoOp::read;
+  else if (s == "write") op = IoOp::write;
+  else if (s == "flush") op = IoOp::flush;
+  else if (s == "discard") op = IoOp::discard;
+  else if (s == "write_zeroes") op = IoOp::write_zeroes;
+  else return false;
+  return true;
+}
+
+bool parse_errc(const std::string& s, Errc& e) {
+  for (Errc c : {Errc::io_error, Errc::medium_error, Errc::no_space, Errc::timed_out, Errc::busy,
+                 Errc::write_protected, Errc::closed, Errc::unsupported}) {
+    std::string name = to_string(c);
+    for (char& ch : name) ch = ch == ' ' ? '_' : char(std::tolower(static_cast<unsigned char>(ch)));
+    if (name == s) {
+      e = c;
+      return true;
+    }
+  }
+  return false;
+}
+
+// fault:OP[@OFF[+LEN]][=ERROR][*COUNT]
+std::string parse_fault(const std::string& arg, FaultRule& r) {
+  std::string rest = arg;
+  if (size_t star = rest.find('*'); star != std::string::npos) {
+    uint64_t n = 0;
+    if (!parse_u64(rest.substr(star + 1), n) || n == 0 || n > INT64_MAX) return "bad count";
+    r.remaining = int64_t(n);
+    rest.resize(star);
+  }
+  if (size_t eq = rest.find('='); eq != std::string::npos) {
+    if (!parse_errc(rest.substr(eq + 1), r.error))
+      return "unknown error '" + rest.substr(eq + 1) + "' (io_error, medium_error, no_space, timed_out, busy, "
+             "write_protected, closed, unsupported)";
+    rest.resize(eq);
+  }
+  if (size_t at = rest.find('@'); at != std::string::npos) {
+    std::string range = rest.substr(at + 1);
+    rest.resize(at);
+    std::string len;
+    if (size_t plus = range.find('+'); plus != std::string::npos) {
+      len = range.substr(plus + 1);
+      range.resize(plus);
+    }
+    auto off = parse_size_bytes(range);
+    if (!off.ok()) return "bad offset '" + range + "'";
+    r.offset_bytes = off.value();
+    if (!len.empty()) {
+      auto l = parse_size_bytes(len);
+      if (!l.ok() || l.value() == 0) return "bad length '" + len + "'";
+      r.length_bytes = l.value();
+    }
+  }
+  if (!parse_op(rest, r.op)) return "unknown operation '" + rest + "' (read, write, flush, discard, write_zeroes)";
+  return {};
+}
+
+}  // namespace
+
+std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
+  out.clear();
+  if (trim(text).empty()) return {};
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t gt = text.find('>', start);
+    const std::string item = trim(text.substr(start, gt == std::string::npos ? std::string::npos : gt - start));
+    start = gt == std::string::npos ? text.size() + 1 : gt + 1;
+    if (item.empty()) return "empty layer in '" + text + "'";
+    LayerSpec l;
+    l.text = item;
+    const size_t colon = item.find(':');
+    const std::string kind = item.substr(0, colon);
+    const std::string arg = colon == std::string::npos ? std::string() : item.substr(colon + 1);
+    if (kind == "readahead") {
+      l.kind = LayerSpec::Kind::readahead;
+      l.size_bytes = cache::ReadAheadOptions{}.window_max_bytes;
+      if (!arg.empty()) {
+        auto v = parse_size_bytes(arg);
+        if (!v.ok() || v.value() < (64u << 10) || v.value() > (1ull << 30))
+          return "readahead: bad window '" + arg + "' (64KiB .. 1GiB)";
+        l.size_bytes = v.value();
+      }
+    } else if (kind == "ram-cache") {
+      l.kind = LayerSpec::Kind::ram_cache;
+      auto v = parse_size_bytes(arg);
+      if (!v.ok() || v.value() < (1u << 20))
+        return "ram-cache: needs a size of at least 1MiB, e.g. ram-cache:256MiB (got '" + arg + "')";
+      l.size_bytes = v.value();
+    } else if (kind == "delay") {
+      l.kind = LayerSpec::Kind::delay;
+      if (!parse_duration_us(arg, l.delay_us)) return "delay: bad time '" + arg + "' (e.g. 500us, 2ms, at most 60s)";
+    } else if (kind == "fault") {
+      l.kind = LayerSpec::Kind::fault;
+      if (std::string e = parse_fault(arg, l.fault); !e.empty())
+        return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
+    } else {
+      return "unknown layer '" + kind + "' (readahead, ram-cache, delay, fault)";
+    }
+    out.push_back(std::move(l));
+  }
+  return {};
+}
+
+std::string to_string(const std::vector<LayerSpec>& stack) {
+  std::string s;
+  for (const LayerSpec& l : stack) s += (s.empty() ? "" : " > ") + l.text;
+  return s;
+}
+
+std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
+                                        const std::vector<LayerSpec>& stack, bool shared_by_reactors,
+                                        std::string& error) {
+  std::unique_ptr<Volume> v(new Volume());
+  v->name_ = std::move(name);
+  BlockDevice* below = &base;
+  // Built bottom up: the last layer written sits on the base.
+  for (auto it = stack.rbegin(); it != stack.rend(); ++it) {
+    const LayerSpec& l = *it;
+    if (shared_by_reactors && l.single_reactor()) {
+      error = "volume " + v->name_ + ": layer '" + l.text +
+              "' runs on one reactor thread, but this volume is served by several (use --threads 1)";
+      return nullptr;
+    }
+    std::unique_ptr<BlockDevice> dev;
+    switch (l.kind) {
+      case LayerSpec::Kind::readahead: {
+        cache::ReadAheadOptions o;
+        o.window_max_bytes = l.size_bytes;
+        o.window_min_bytes = std::min(o.window_min_bytes, o.window_max_bytes);
+        auto r = cache::ReadAhead::create(*below, o);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": " + to_string(r.error());
+          return nullptr;
+        }
+        v->readaheads_.push_back(r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
+      case LayerSpec::Kind::ram_cache: {
+        cache::RamCacheOptions o;
+        o.capacity_bytes = l.size_bytes;
+        auto r = cache::RamCache::create(*below, o);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": cannot create the RAM cache: " + to_string(r.error());
+          return nullptr;
+        }
+        v->ram_caches_.push_back(r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
+      case LayerSpec::Kind::delay:
+        dev = std::make_unique<DelayDevice>(*below, l.delay_us);
+        break;
+      case LayerSpec::Kind::fault: {
+        auto f = std::make_unique<FaultDevice>(*below);
+        f->add_rule(l.fault);
+        dev = std::move(f);
+        break;
+      }
+    }
+    below = dev.get();
+    v->layers_.push_back(std::move(dev));
+  }
+  v->top_ = below;
+  return v;
+}
+
+Volume::~Volume() {
+  while (!layers_.empty()) layers_.pop_back();  // top first: nothing points at a freed layer
+}
+
+std::string Volume::describe() const { return std::string(top_->describe()); }
+
+std::string Volume::stats_text() const {
+  std::string out;
+  char line[512];
+  for (const cache::ReadAhead* r : readaheads_) {
+    const auto& c = r->counters();
+    const double accuracy = c.prefetch_bytes ? 100.0 * double(c.prefetch_used_bytes) / double(c.prefetch_bytes) : 0;
+    std::snprintf(line, sizeof line,
+                  "readahead %s: %" PRIu64 " demand reads (%" PRIu64 " sequential); %" PRIu64
+                  " prefetch reads, %" PRIu64 " B ahead, %" PRIu64 " B of it used (%.1f %%), %" PRIu64
+                  " errors, %" PRIu64 " throttled\n",
+                  name_.c_str(), c.demand_reads, c.sequential_reads, c.prefetch_reads, c.prefetch_bytes,
+                  c.prefetch_used_bytes, accuracy, c.prefetch_errors, c.throttled);
+    out += line;
+  }
+  for (const cache::RamCache* rc : ram_caches_) {
+    const auto& c = rc->counters();
+    std::snprintf(line, sizeof line,
+                  "ram cache %s: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " bypassed; prefetch: %" PRIu64
+                  " already cached, %" PRIu64 " fetched; %" PRIu64 " B fetched in %" PRIu64 " fetches, %" PRIu64
+                  " evictions\n",
+                  name_.c_str(), c.hits, c.misses, c.bypassed, c.prefetch_cached, c.prefetch_misses,
+                  c.bytes_fetched, c.fetches, c.evictions);
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace ferry

@@ -1,0 +1,75 @@
+// Volume: the one place a volume's device stack is composed, from a one-line description, for
+// every daemon (`ferry target`, `ferry dc-edge`, `ferry cloud-edge`; later the management API).
+// The stack is read top first, as nbdkit's `--filter=a --filter=b plugin`:
+//
+//   readahead > ram-cache:256MiB > (base)         the cloud edge's default, base = WAN remote
+//   delay:2ms > fault:write@0+4096=medium_error*1 > (base)     tests
+//
+// Layers (each a BlockDevice over the next one; docs in cache/DESIGN.md, datapath/test_devices.h):
+//   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (8MiB)
+//   ram-cache:SIZE         RAM tier (cache/ram_cache.h), SIZE like 256MiB
+//   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
+//   fault:OP[@OFF[+LEN]][=ERROR][*COUNT]   fails OP (read|write|flush|discard|write_zeroes)
+//                          on [OFF, OFF+LEN) with ERROR (io_error, medium_error, ...) COUNT times (tests)
+// The base device (file, RAM, NBD source, WAN remote) is opened by its transport and owned by the
+// caller; the Volume owns the layers above it and must be destroyed after every user of top() and
+// before the base. Composition runs at start-up on the main thread; the layers then follow the
+// BlockDevice threading rule: the caches and readahead are single-reactor devices, so a stack
+// shared by several reactor threads (`ferry target --threads N>1`) refuses them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/ram_cache.h"
+#include "cache/readahead.h"
+#include "datapath/block_device.h"
+#include "datapath/test_devices.h"
+
+namespace ferry {
+
+struct LayerSpec {
+  enum class Kind : uint8_t { readahead, ram_cache, delay, fault } kind = Kind::delay;
+  uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap
+  uint64_t delay_us = 0;
+  FaultRule fault;
+  std::string text;         // as written, for messages
+  bool single_reactor() const noexcept { return kind == Kind::readahead || kind == Kind::ram_cache; }
+};
+
+// Parses "a > b:arg > c" (top first; empty = no layers). Empty string on success, else a
+// message naming the layer that is wrong.
+std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out);
+std::string to_string(const std::vector<LayerSpec>& stack);
+
+class Volume {
+ public:
+  // Builds `stack` over `base`. `shared_by_reactors`: the stack will be used from several
+  // reactor threads (refuses single-reactor layers). nullptr and `error` set on failure.
+  static std::unique_ptr<Volume> compose(std::string name, BlockDevice& base,
+                                         const std::vector<LayerSpec>& stack, bool shared_by_reactors,
+                                         std::string& error);
+  ~Volume();
+  Volume(const Volume&) = delete;
+  Volume& operator=(const Volume&) = delete;
+
+  const std::string& name() const noexcept { return name_; }
+  BlockDevice& top() noexcept { return *top_; }
+  // "readahead:8192KiB>ram-cache:256MiB/64KiB>wan volume vm1"
+  std::string describe() const;
+  // One line per layer that counts something (cache hits, prefetch accuracy, ...), for the
+  // daemon's stop report and later the metrics registry. Reactor thread or after it stopped.
+  std::string stats_text() const;
+
+ private:
+  Volume() = default;
+  std::string name_;
+  BlockDevice* top_ = nullptr;
+  std::vector<std::unique_ptr<BlockDevice>> layers_;  // bottom first: destroyed top first
+  std::vector<const cache::RamCache*> ram_caches_;
+  std::vector<const cache::ReadAhead*> readaheads_;
+};
+
+}  // namespace ferry
