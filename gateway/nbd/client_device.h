@@ -106,6 +106,19 @@ struct NbdClientOptions {
   size_t extent_cache_entries_max = 65536;
   // Serve the volume read-only even if the server allows writes.
   bool read_only = false;
+  // Reconnecting (DESIGN.md "Reconnecting"): a lost handle is reopened with back-off
+  // (reconnect_delay_ms_min doubling to reconnect_delay_ms_max); requests wait for it in the
+  // wait queue. Once no handle has been up for source_give_up_ms, waiting and new requests fail
+  // with closed (reconnecting goes on). The WAN link's give-up rule (dc-edge --source-give-up-s).
+  uint32_t source_give_up_ms = 60000;
+  uint32_t reconnect_delay_ms_min = 100;
+  uint32_t reconnect_delay_ms_max = 5000;
+  // Copies of writes acknowledged but not yet covered by a completed FLUSH, replayed to a
+  // restarted server before anything else (servers with can_flush only). Bounded: at half full
+  // an internal FLUSH is sent; when full, new writes wait for it. A write larger than half of
+  // it is sent with FUA instead of being copied.
+  size_t replay_bytes_max = 32u << 20;
+  size_t replay_entries_max = 4096;
 };
 
 // Counters, updated on the home thread (read them there, or after synchronising with it).
@@ -126,6 +139,11 @@ struct NbdClientStats {
   uint64_t would_block = 0;             // requests refused: wait queue full
   uint64_t forwarded = 0;               // submitted from another reactor thread
   uint64_t connections_lost = 0;
+  uint64_t reconnects = 0;         // handles reopened after a loss
+  uint64_t requests_reissued = 0;  // requests re-sent after their handle was lost
+  uint64_t writes_replayed = 0;    // acknowledged, unflushed writes re-sent after a source restart
+  uint64_t internal_flushes = 0;   // FLUSHes sent to free the replay copies
+  uint64_t replay_waits = 0;       // writes that waited for replay space
 };
 
 // errno from a libnbd callback (or nbd_get_errno()) to Errc. One table, used everywhere.
