@@ -1,6 +1,6 @@
 // NbdClientDevice against real NBD servers started here (qemu-nbd on raw and VMDK images, nbdkit
-// memory with its log and delay filters) on free 127.0.0.1 ports or Unix sockets, each stopped
-// by PID. The device runs on a Reactor on a test thread; the test thread submits through
+// memory / file with its log, delay and cache filters) on free 127.0.0.1 ports or Unix sockets,
+// each stopped by PID; reconnect tests kill a server and start a new one on the same port. The device runs on a Reactor on a test thread; the test thread submits through
 // Reactor::post and waits (with a deadline: a hang aborts the run). Servers die with the test
 // process (PR_SET_PDEATHSIG). Skips when qemu-nbd / qemu-img / nbdkit are missing.
 #include "gateway/nbd/client_device.h"
@@ -1091,7 +1091,82 @@ TEST_F(Nbdkit, FlushAfterRestartReplaysAcknowledgedUnflushedWrites) {
   EXPECT_EQ(std::memcmp(head.data(), a.data(), 32 << 10), 0);
   EXPECT_EQ(read_file(disk, 2 << 20, c.size()), c);
   EXPECT_EQ(d.stats().writes_replayed, 2u);  // the write and the write_zeroes, not the FUA one
-  EXPECT_EQ(d.stats().reconnects, 1u);
+  EXPECT_EQ(d.stats().reconnects, d.connection_count());  // every handle came back
+  rt.call([&] { dev = Errc::cancelled; });
+}
+
+// Replay off (replay_bytes_max 0): the same loss cannot be repaired, so the first FLUSH after
+// the reconnect fails with io_error — never a false success — and the one after it succeeds.
+TEST_F(Nbdkit, FlushAfterRestartFailsWhenUnflushedWritesWereNotKept) {
+  REQUIRE_TOOLS("nbdkit");
+  const std::string disk = dir_ / "disk";
+  make_sparse_raw(disk, 16 << 20, {});
+  const uint16_t port = free_port();
+  const std::vector<std::string> args = {"--filter=cache", "file", disk, "cache=writeback"};
+  ASSERT_TRUE(serve_on(port, args));
+  ReactorThread rt;
+  NbdClientOptions o;
+  o.replay_bytes_max = 0;
+  auto dev = NbdClientDevice::open("nbd://127.0.0.1:" + std::to_string(port), o);
+  ASSERT_TRUE(dev.ok());
+  NbdClientDevice& d = **dev;
+  const auto data = pattern(64 << 10, 51);
+  ASSERT_EQ(do_write(rt, d, 1 << 20, data.data(), data.size()), Errc::ok);
+  server_.stop(SIGKILL);
+  ASSERT_TRUE(serve_on(port, args));
+  IoRequest flush = make(IoOp::flush, 0, 0);
+  EXPECT_EQ(io(rt, d, flush), Errc::io_error);
+  IoRequest flush2 = make(IoOp::flush, 0, 0);
+  EXPECT_EQ(io(rt, d, flush2), Errc::ok);
+  EXPECT_EQ(d.stats().writes_replayed, 0u);
+  rt.call([&] { dev = Errc::cancelled; });
+}
+
+// The source comes back with another size: nothing is served at the wrong geometry — waiting
+// and later requests fail with io_error (logged once), no reconnect loop.
+TEST_F(Nbdkit, SourceBackWithAnotherSizeFailsEverythingWithIoError) {
+  REQUIRE_TOOLS("nbdkit");
+  const uint16_t port = free_port();
+  ASSERT_TRUE(serve_on(port, {"memory", "size=16M"}));
+  ReactorThread rt;
+  NbdClientOptions o;
+  o.connections = 1;
+  auto dev = NbdClientDevice::open("nbd://127.0.0.1:" + std::to_string(port), o);
+  ASSERT_TRUE(dev.ok());
+  NbdClientDevice& d = **dev;
+  std::vector<char> buf(4096);
+  ASSERT_EQ(do_read(rt, d, 0, buf.data(), buf.size()), Errc::ok);
+  server_.stop(SIGKILL);
+  ASSERT_TRUE(serve_on(port, {"memory", "size=32M"}));
+  EXPECT_EQ(do_read(rt, d, 0, buf.data(), buf.size()), Errc::io_error);
+  EXPECT_EQ(do_write(rt, d, 0, buf.data(), buf.size()), Errc::io_error);
+  EXPECT_EQ(d.stats().reconnects, 0u);
+  rt.call([&] { dev = Errc::cancelled; });
+}
+
+// dc-edge shutdown with the source hung (SIGSTOP-like: a 3 s delay): shutdown() completes the
+// stuck read with closed at once, so its submitter can release what it holds; later submits
+// answer closed.
+TEST_F(Nbdkit, ShutdownCompletesRequestsStuckOnAHungServerWithClosed) {
+  REQUIRE_TOOLS("nbdkit");
+  const std::string uri = serve({"--filter=delay", "memory", "size=16M", "rdelay=3"});
+  ASSERT_FALSE(uri.empty());
+  ReactorThread rt;
+  auto dev = NbdClientDevice::open(uri, {});
+  ASSERT_TRUE(dev.ok());
+  NbdClientDevice& d = **dev;
+  std::vector<char> buf(4096);
+  IoRequest req = make(IoOp::read, 0, buf.size(), buf.data());
+  Batch b;
+  req.owner = &b;
+  req.on_complete = &Batch::on_complete;
+  const auto t0 = std::chrono::steady_clock::now();
+  rt.call([&] { d.submit(req); });
+  rt.call([&] { d.shutdown(); });
+  b.wait(1, 1s);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  EXPECT_EQ(req.result, Errc::closed);
+  EXPECT_EQ(do_read(rt, d, 0, buf.data(), buf.size()), Errc::closed);
   rt.call([&] { dev = Errc::cancelled; });
 }
 
