@@ -178,6 +178,8 @@ int run_dc_edge_command(int argc, char** argv) {
   double rate_mbit = 0;
   std::string rate_file;
   unsigned nbd_connections = 4;
+  double source_give_up_s = 60;
+  unsigned source_replay_mib = 32;
   uint32_t sndbuf_kib = 0;
   double duration_s = 0;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
@@ -199,6 +201,17 @@ int run_dc_edge_command(int argc, char** argv) {
   app.add_option("--wan-sndbuf-kib", sndbuf_kib,
                  "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps the link full without queueing background data ahead of demand reads");
   app.add_option("--nbd-connections", nbd_connections, "NBD connections per volume when multi-conn")
+      ->capture_default_str();
+  app.add_option("--source-give-up-s", source_give_up_s,
+                 "when an NBD source is lost, I/O waits this long for the reconnect (with "
+                 "back-off), then fails; shorter outages (a qemu-nbd restart) are invisible")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  app.add_option("--source-replay-mib", source_replay_mib,
+                 "per volume: copies of writes acknowledged but not yet flushed, re-sent to a "
+                 "restarted NBD source (an internal FLUSH frees them at half full; 0 = off: the "
+                 "next FLUSH after such a restart fails instead)")
+      ->check(CLI::Range(0u, 4096u))
       ->capture_default_str();
   wan::WanServerOptions options;
   app.add_option("--connections-max", options.connections_max,
@@ -250,6 +263,8 @@ int run_dc_edge_command(int argc, char** argv) {
     const std::string name = spec.substr(0, eq), uri = spec.substr(eq + 1);
     nbd::NbdClientOptions nopt;
     nopt.connections = nbd_connections;
+    nopt.source_give_up_ms = uint32_t(source_give_up_s * 1000);
+    nopt.replay_bytes_max = size_t(source_replay_mib) << 20;
     nopt.skip_unallocated_reads = true;  // only in-use blocks are read (and cross the WAN)
     auto dev = nbd::NbdClientDevice::open(uri, nopt);
     if (!dev.ok()) {
@@ -304,8 +319,11 @@ int run_dc_edge_command(int argc, char** argv) {
   reactor.post([&] { stats.set_value(server.stats_text()); });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
   // NBD devices close on their home reactor (their polls are cancelled through its ring).
+  // shutdown() first: requests stuck on a hung source complete (closed), so the WAN sessions
+  // give their pool buffers back before the reactor and its pool go.
   std::promise<void> closed;
   reactor.post([&] {
+    for (auto& d : devices) d->shutdown();
     devices.clear();
     closed.set_value();
   });

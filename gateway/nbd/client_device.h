@@ -3,7 +3,8 @@
 // reactor: every command is an nbd_aio_* call with a completion callback, the socket's
 // readiness comes from IORING_OP_POLL_ADD on nbd_aio_get_fd() (POLLIN / POLLOUT as
 // nbd_aio_get_direction() asks), then nbd_aio_notify_read/write. No thread per request and no
-// blocking call on a reactor thread once open() has returned.
+// blocking call on a reactor thread once open() has returned: a lost handle is reopened with
+// nbd_aio_connect_uri on the same polls, after a back-off Timer (DESIGN.md "Reconnecting").
 //
 //   open() (blocking, start-up or management thread): nbd_connect_uri × N, base:allocation
 //      │
@@ -11,8 +12,13 @@
 //   submit ─▶ [cache hit: zero fill / status answer] ─────────────────────────────▶ complete
 //      │                                                                              ▲
 //      ├─▶ slot on the least busy live handle ─▶ nbd_aio_* ─▶ poll CQE ─▶ notify ─▶ libnbd
-//      │   (≤ requests_in_flight_max per handle)                  completion callback ─┘
-//      └─▶ all handles full: FIFO wait queue (≤ requests_queued_max), then would_block
+//      │   (≤ requests_in_flight_max per handle;                  completion callback ─┘
+//      │    a write is copied to the replay set first)                  │ handle lost
+//      └─▶ FIFO wait queue (≤ requests_queued_max, then would_block) ◀──┘ (re-sent; replay
+//          — no slot, no handle (source down), no replay space          first after a restart)
+//
+//   handle: up ─(lost)─▶ waiting ─(back-off 100 ms..5 s)─▶ connecting ─▶ up (same geometry)
+//   device: up ─(all lost)─▶ down ─(source_give_up_ms)─▶ waiting requests fail with closed
 //
 // Threading: all libnbd calls and all device state live on the home reactor's thread. A
 // submit() from another reactor thread is forwarded with Reactor::post() and its completion
@@ -21,8 +27,9 @@
 // completes with Errc::unsupported.
 // Ownership: the submitter owns the IoRequest and its buffer until on_complete (block_device.h).
 // Destroy the device on its home thread, or after the home reactor has stopped; armed polls are
-// cancelled and freed by their final CQE. Requests still in flight then are abandoned (logged,
-// their on_complete never runs): do it only at shutdown, when no submitter waits for them.
+// cancelled and freed by their final CQE, timers cancelled. Requests still in flight then are
+// abandoned (logged, their on_complete never runs): do it only at shutdown, when no submitter
+// waits for them — or call shutdown() first, which completes them with closed.
 #pragma once
 
 #include <atomic>
@@ -41,7 +48,8 @@ struct nbd_handle;
 
 namespace ferry {
 class Reactor;
-}
+class Timer;
+}  // namespace ferry
 
 namespace ferry::nbd {
 
@@ -106,6 +114,20 @@ struct NbdClientOptions {
   size_t extent_cache_entries_max = 65536;
   // Serve the volume read-only even if the server allows writes.
   bool read_only = false;
+  // Reconnecting (DESIGN.md "Reconnecting"): a lost handle is reopened with back-off
+  // (reconnect_delay_ms_min doubling to reconnect_delay_ms_max); requests wait for it in the
+  // wait queue. Once no handle has been up for source_give_up_ms, waiting and new requests fail
+  // with closed (reconnecting goes on). The WAN link's give-up rule (dc-edge --source-give-up-s).
+  uint32_t source_give_up_ms = 60000;
+  uint32_t reconnect_delay_ms_min = 100;
+  uint32_t reconnect_delay_ms_max = 5000;
+  // Copies of writes acknowledged but not yet covered by a completed FLUSH, replayed to a
+  // restarted server before anything else (servers with can_flush only). Bounded: at half full
+  // an internal FLUSH is sent; when full, new writes wait for it. A write larger than half of
+  // it is sent with FUA instead of being copied. 0: replay off (nothing copied; after a restart
+  // that may have lost acknowledged writes the next FLUSH fails with io_error).
+  size_t replay_bytes_max = 32u << 20;
+  size_t replay_entries_max = 4096;
 };
 
 // Counters, updated on the home thread (read them there, or after synchronising with it).
@@ -126,6 +148,11 @@ struct NbdClientStats {
   uint64_t would_block = 0;             // requests refused: wait queue full
   uint64_t forwarded = 0;               // submitted from another reactor thread
   uint64_t connections_lost = 0;
+  uint64_t reconnects = 0;         // handles reopened after a loss
+  uint64_t requests_reissued = 0;  // requests re-sent after their handle was lost
+  uint64_t writes_replayed = 0;    // acknowledged, unflushed writes re-sent after a source restart
+  uint64_t internal_flushes = 0;   // FLUSHes sent to free the replay copies
+  uint64_t replay_waits = 0;       // writes that waited for replay space
 };
 
 // errno from a libnbd callback (or nbd_get_errno()) to Errc. One table, used everywhere.
@@ -152,6 +179,12 @@ class NbdClientDevice final : public BlockDevice {
   void read_allocated(IoRequest& req) noexcept;
   // Home thread only (or before the first submit).
   void set_skip_unallocated_reads(bool on) noexcept { options_.skip_unallocated_reads = on; }
+
+  // Shutdown (home thread): stops reconnecting, drops the connections (nbd_close) and
+  // completes every request in flight or waiting with closed; later submits answer closed.
+  // For a server that has stopped answering, so that submitters release what those requests
+  // hold before they go away (the destructor instead abandons such requests).
+  void shutdown() noexcept;
 
   // Server facts learned at open time.
   uint32_t preferred_block_size_bytes() const noexcept { return preferred_block_bytes_; }
@@ -202,6 +235,33 @@ class NbdClientDevice final : public BlockDevice {
   void arm_poll(Conn& c, PollOp& p, bool read) noexcept;
   void connection_lost(Conn& c, const char* why) noexcept;
 
+  // Reconnecting (home thread; DESIGN.md "Reconnecting").
+  struct Facts;  // what open() learned from the server; a reconnect must find the same
+  void release_handle(Conn& c) noexcept;
+  void schedule_reconnect(Conn& c) noexcept;
+  static void on_reconnect_timer(void* conn) noexcept;
+  static void on_give_up_timer(void* dev) noexcept;
+  void start_connect(Conn& c) noexcept;
+  void connect_done(Conn& c) noexcept;
+  void device_down(const char* why) noexcept;
+  void device_up(Conn& c) noexcept;
+  size_t fail_waiting(int err) noexcept;
+  void requeue_lost(Op& op) noexcept;
+  Op* pop_waiting() noexcept;
+
+  // Replay copies of acknowledged, unflushed writes (home thread).
+  struct ReplayEntry;
+  std::optional<size_t> alloc_replay_bytes(size_t length_bytes) noexcept;
+  size_t replay_used_bytes() const noexcept;
+  bool reserve_replay(Op& op) noexcept;
+  void replay_settle(Op& op, Errc e) noexcept;
+  void free_covered() noexcept;
+  void request_internal_flush() noexcept;
+  static void on_internal_flush_done(IoRequest& req) noexcept;
+  void start_replay() noexcept;
+  void continue_replay() noexcept;
+  static int on_replay_done(void* dev, int* error);
+
   // Cache coherence: claims learned at `epoch` are applied, then every mutation submitted
   // since is re-applied over them (see DESIGN.md "Client device").
   uint64_t note_mutation(uint64_t offset_bytes, uint64_t length_bytes) noexcept;
@@ -236,6 +296,54 @@ class NbdClientDevice final : public BlockDevice {
   Op* work_tail_ = nullptr;
   bool in_work_ = false;
   std::vector<std::unique_ptr<Op>> all_ops_;
+  // Requests whose handle was lost, re-sent before the wait queue (≤ handles × in-flight max).
+  Op* retry_head_ = nullptr;
+  Op* retry_tail_ = nullptr;
+
+  // Device state: up (some handle up) / down (none; requests wait) / gave_up (down longer than
+  // source_give_up_ms: requests fail with closed) / geometry_changed (final: io_error).
+  std::unique_ptr<Facts> facts_;
+  bool down_ = false;
+  bool reconnecting_logged_ = false;
+  bool gave_up_ = false;
+  bool geometry_changed_ = false;
+  bool shut_down_ = false;
+  uint64_t down_since_ns_ = 0;
+  size_t resumed_ = 0;  // requests that waited through the current outage
+  std::unique_ptr<Timer> give_up_timer_;
+
+  // Replay set: a ring of entries in submission order over a ring of bytes, both allocated once
+  // (at the first write). ack stamps order acknowledgements against FLUSH submissions.
+  std::unique_ptr<ReplayEntry[]> replay_entries_;
+  std::unique_ptr<std::byte[]> replay_bytes_;
+  uint64_t replay_first_ = 1;  // sequence number of the oldest entry
+  uint64_t replay_end_ = 1;    // next sequence number
+  size_t bytes_head_ = 0, bytes_tail_ = 0;
+  bool bytes_wrapped_ = false;
+  uint64_t ack_clock_ = 0;        // acknowledged writes so far
+  uint64_t covered_ = 0;          // ack stamps ≤ this are covered by a completed FLUSH
+  uint64_t unprotected_ack_ = 0;  // last ack stamp of a write not copied (replay off)
+  bool replay_space_wanted_ = false;
+  bool unflushed_lost_ = false;  // the next FLUSH fails with io_error
+  IoRequest internal_flush_;
+  bool internal_flush_busy_ = false;
+  // Replay in progress (after a source restart): nothing else is sent until it is done.
+  bool replaying_ = false;
+  bool replay_wakeup_ = false;
+  Conn* replay_conn_ = nullptr;
+  uint64_t replay_next_ = 0;
+  uint64_t replay_cursor_bytes_ = 0;
+  unsigned replay_pieces_ = 0;
+  int replay_err_ = 0;
+  // Entries being replayed now: an entry overlapping one of them waits for the batch to finish
+  // (the server may run concurrent commands in any order).
+  static constexpr size_t kReplayBatchMax = 16;
+  struct Range {
+    uint64_t start_bytes, end_bytes;
+  };
+  Range replay_batch_[kReplayBatchMax] = {};
+  size_t replay_batch_n_ = 0;
+  uint64_t replayed_now_ = 0;
 
   ExtentCache cache_;
   static constexpr size_t kMutationRing = 64;

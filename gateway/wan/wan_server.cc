@@ -658,7 +658,12 @@ WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
       rate_limit_(options_.rate_limit_bytes_per_s),
       pre_auth_(options_.pre_auth) {}
 
-WanServer::~WanServer() = default;
+// The sweep re-arms itself while a closing session is not idle; at shutdown one can stay busy
+// for good (a request stuck on a hung NBD source), so the timer may still be armed here. The
+// reactor has stopped by now (or runs on this thread).
+WanServer::~WanServer() {
+  if (reactor_ != nullptr) reactor_->cancel(sweep_timer_);
+}
 
 Result<void> WanServer::start(Reactor& reactor, std::string& error) noexcept {
   reactor_ = &reactor;

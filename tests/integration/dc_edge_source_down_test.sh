@@ -3,10 +3,13 @@
 # killed under the dc-edge; SIGTERM must still stop the dc-edge within 2 s (it was seen alive
 # 1.5 s after SIGTERM). Catches: a shutdown path that waits on a dead NBD source. Second case:
 # the source hung (SIGSTOP) with a read in flight from a cloud-edge: SIGTERM must stop the
-# dc-edge cleanly (exit 0) within 2 s. Case 2 is opt-in (FERRY_TEST_HUNG_SOURCE=1) because it
-# still FAILS: past the NbdClientDevice assertion (removed) the dc-edge aborts on
-# "!armed() at datapath/reactor.cc" (a Timer destroyed armed at shutdown, WAN server side).
-# Not yet here: the reconnect-under-load test (see gateway/nbd/DESIGN.md "Reconnecting").
+# dc-edge cleanly (exit 0) within 2 s. Case 2 failed twice before it passed: on an assertion in
+# NbdClientDevice (removed), then on "!armed()" (WanServer's sweep timer, re-arming itself for a
+# session whose request never completed, destroyed armed) and "bytes_in_use == 0" (that
+# request's pool buffer never returned): the dc-edge now calls NbdClientDevice::shutdown(),
+# which completes stuck requests with closed, and ~WanServer cancels the sweep. Case 2 runs
+# when qemu-io has iSCSI (FERRY_TEST_HUNG_SOURCE=0 skips it). The reconnect-under-load test is
+# nbd_source_restart_test.sh.
 # Usage: dc_edge_source_down_test.sh /path/to/ferry
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -51,7 +54,7 @@ kill "$NBD_PID"; wait "$NBD_PID" 2>/dev/null
 term_within_2s down
 
 # Case 2: source hung with a read in flight (needs qemu-io with iSCSI to drive the cloud edge).
-if [ "${FERRY_TEST_HUNG_SOURCE:-0}" = 1 ] && command -v qemu-io >/dev/null &&
+if [ "${FERRY_TEST_HUNG_SOURCE:-1}" = 1 ] && command -v qemu-io >/dev/null &&
    qemu-img --help 2>/dev/null | grep -q iscsi; then
   qemu-nbd -f raw -b 127.0.0.1 -p "$P_NBD" -t -x disk "$TMP/disk.raw" >"$TMP/qemu-nbd2.log" 2>&1 &
   NBD_PID=$!; PIDS+=($NBD_PID)
@@ -78,6 +81,6 @@ if [ "${FERRY_TEST_HUNG_SOURCE:-0}" = 1 ] && command -v qemu-io >/dev/null &&
   term_within_2s "hung with a read in flight"; tail -4 "$TMP/dc2.log"
   kill -CONT "$NBD_PID"
 else
-  echo "skip case 2: opt-in (FERRY_TEST_HUNG_SOURCE=1; known to fail, see header)"
+  echo "skip case 2: FERRY_TEST_HUNG_SOURCE=0, or no qemu-io with iSCSI"
 fi
 finish
