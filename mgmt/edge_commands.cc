@@ -19,13 +19,13 @@
 #include <thread>
 #include <vector>
 
-#include "cache/ram_cache.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
 #include "gateway/iscsi/server.h"
 #include "gateway/nbd/client_device.h"
 #include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
+#include "gateway/volume.h"
 #include "gateway/wan/wan_client.h"
 #include "gateway/wan/wan_server.h"
 #include "mgmt/cli_util.h"
@@ -178,6 +178,7 @@ int run_dc_edge_command(int argc, char** argv) {
   double rate_mbit = 0;
   std::string rate_file;
   unsigned nbd_connections = 4;
+  std::string layers_text;
   double source_give_up_s = 60;
   unsigned source_replay_mib = 32;
   uint32_t sndbuf_kib = 0;
@@ -200,6 +201,9 @@ int run_dc_edge_command(int argc, char** argv) {
                  "file holding a new cap in Mbit/s, re-read on SIGUSR1 (runtime change)");
   app.add_option("--wan-sndbuf-kib", sndbuf_kib,
                  "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps the link full without queueing background data ahead of demand reads");
+  app.add_option("--layers", layers_text,
+                 "each volume's stack above its NBD source, top first (e.g. 'delay:2ms' in tests; "
+                 "see gateway/volume.h)");
   app.add_option("--nbd-connections", nbd_connections, "NBD connections per volume when multi-conn")
       ->capture_default_str();
   app.add_option("--source-give-up-s", source_give_up_s,
@@ -252,7 +256,13 @@ int run_dc_edge_command(int argc, char** argv) {
   auto tls = make_tls(tls_flags, true);
   if (!tls) return 2;
 
+  std::vector<LayerSpec> stack;
+  if (std::string e = parse_stack(layers_text, stack); !e.empty()) {
+    std::fprintf(stderr, "ferry: --layers: %s\n", e.c_str());
+    return 2;
+  }
   std::vector<std::unique_ptr<nbd::NbdClientDevice>> devices;
+  std::vector<std::unique_ptr<Volume>> stacks;  // over devices; destroyed before them
   std::vector<wan::WanVolume> volumes;
   for (const auto& spec : volume_specs) {
     const auto eq = spec.find('=');
@@ -274,8 +284,16 @@ int run_dc_edge_command(int argc, char** argv) {
     }
     std::fprintf(stderr, "ferry: volume %s: %s (%llu bytes)\n", name.c_str(), uri.c_str(),
                  static_cast<unsigned long long>(dev.value()->geometry().size_bytes()));
-    volumes.push_back({name, dev.value().get()});
+    std::string error;
+    auto vol = Volume::compose(name, *dev.value(), stack, false, error);
+    if (!vol) {
+      std::fprintf(stderr, "ferry: %s\n", error.c_str());
+      return 2;
+    }
+    if (!stack.empty()) std::fprintf(stderr, "ferry: volume %s: %s\n", name.c_str(), vol->describe().c_str());
+    volumes.push_back({name, &vol->top()});
     devices.push_back(std::move(dev.value()));
+    stacks.push_back(std::move(vol));
   }
 
   sigset_t set = block_signals();
@@ -365,7 +383,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::string compression = "zstd:3";
   bool stream = false;
   size_t content_store_mib = 256;
-  size_t ram_cache_mib = 0;
+  size_t ram_cache_mib = 256;
+  std::string layers_text;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
                  "repeated options; see README)");
   app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
@@ -387,8 +406,12 @@ int run_cloud_edge_command(int argc, char** argv) {
                  "repeatable: only these initiator names may log in (ACL)");
   add_nbd_tls_flags(app, nbd_tls);
   app.add_option("--ram-cache-mib", ram_cache_mib,
-                 "RAM cache per volume in MiB, 64 KiB chunks, S3-FIFO (0 = no cache)")
+                 "RAM cache per volume in MiB (64 KiB chunks, S3-FIFO) under adaptive read-ahead: "
+                 "the default stack 'readahead > ram-cache:NMiB'; 0 = neither")
       ->capture_default_str();
+  app.add_option("--layers", layers_text,
+                 "each volume's stack above the WAN remote, top first, instead of the default "
+                 "(e.g. 'readahead > ram-cache:1GiB'; see gateway/volume.h)");
   add_tls_flags(app, tls_flags, true);
   app.add_option("--give-up-s", give_up_s,
                  "fail I/O when the WAN link stays down this long (shorter than the initiator's "
@@ -444,6 +467,15 @@ int run_cloud_edge_command(int argc, char** argv) {
     std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
   }
+  std::vector<LayerSpec> stack;
+  const std::string stack_text =
+      !layers_text.empty() ? layers_text
+      : ram_cache_mib != 0 ? "readahead > ram-cache:" + std::to_string(ram_cache_mib) + "MiB"
+                           : std::string();
+  if (std::string e = parse_stack(stack_text, stack); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s: %s\n", layers_text.empty() ? "--ram-cache-mib" : "--layers", e.c_str());
+    return 2;
+  }
   auto tls = make_tls(tls_flags, false);
   if (!tls) return 2;
 
@@ -463,6 +495,18 @@ int run_cloud_edge_command(int argc, char** argv) {
   });
   // Wait for the link, but let SIGINT/SIGTERM stop the edge meanwhile (it ignored them while a
   // refused certificate kept it retrying).
+  // Stops the link and the reactor thread (after the stop ran on it); exit status 1.
+  auto stop_early = [&] {
+    std::promise<void> stopped;
+    reactor.post([&] {
+      client.stop();
+      stopped.set_value();
+    });
+    stopped.get_future().wait();
+    reactor.stop();
+    worker.join();
+    return 1;
+  };
   auto ready_future = ready.get_future();
   while (ready_future.wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
     timespec poll{0, 0};
@@ -483,40 +527,26 @@ int run_cloud_edge_command(int argc, char** argv) {
   const std::string error = ready_future.get();
   if (!error.empty()) {
     std::fprintf(stderr, "ferry: cloud-edge: %s\n", error.c_str());
-    reactor.post([&] { client.stop(); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    reactor.stop();
-    worker.join();
-    return 1;
+    return stop_early();
   }
 
   iscsi::PortalConfig portal;
   portal.portal_address = ioptions.listen_address + ":" + std::to_string(ioptions.port) + ",1";
   portal.targets.push_back(target_cfg);
   scsi::Target target;
-  std::vector<std::unique_ptr<cache::RamCache>> caches;  // outlive the units and exports above them
+  std::vector<std::unique_ptr<Volume>> volumes;  // outlive the units and exports above them
   std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
   std::vector<nbd::NbdExport> exports;
   for (size_t i = 0; i < volume_names.size(); ++i) {
-    BlockDevice* dev = &client.device(i);
-    if (ram_cache_mib != 0) {
-      cache::RamCacheOptions co;
-      co.capacity_bytes = uint64_t(ram_cache_mib) << 20;
-      auto c = cache::RamCache::create(*dev, co);
-      if (!c) {
-        std::fprintf(stderr, "ferry: --ram-cache-mib %zu: cannot create the RAM cache: %s\n",
-                     ram_cache_mib, to_string(c.error()));
-        reactor.post([&] { client.stop(); });
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        reactor.stop();
-        worker.join();
-        return 1;
-      }
-      caches.push_back(std::move(c.value()));
-      dev = caches.back().get();
-      std::fprintf(stderr, "ferry: volume %s: %s\n", volume_names[i].c_str(),
-                   std::string(dev->describe()).c_str());
+    std::string error;
+    auto vol = Volume::compose(volume_names[i], client.device(i), stack, false, error);
+    if (!vol) {
+      std::fprintf(stderr, "ferry: %s\n", error.c_str());
+      return stop_early();
     }
+    BlockDevice* dev = &vol->top();
+    std::fprintf(stderr, "ferry: volume %s: %s\n", volume_names[i].c_str(), vol->describe().c_str());
+    volumes.push_back(std::move(vol));
     scsi::LuIdentity id;
     id.uuid = wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
     id.serial = scsi::serial_of(id.uuid);
@@ -540,11 +570,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   });
   if (!listening.get_future().get()) {
     std::fprintf(stderr, "ferry: cloud-edge: cannot listen (port in use?)\n");
-    reactor.post([&] { client.stop(); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    reactor.stop();
-    worker.join();
-    return 1;
+    return stop_early();
   }
   std::fprintf(stderr, "ferry: cloud-edge connected to %s; target %s\n", dc.c_str(), iqn.c_str());
   if (stream)
@@ -565,17 +591,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::promise<std::string> stats;
   reactor.post([&] {
     std::string s = client.stats_text();
-    for (size_t i = 0; i < caches.size(); ++i) {
-      const auto& c = caches[i]->counters();
-      char line[320];
-      std::snprintf(line, sizeof line,
-                    "ram cache %s: %llu hits, %llu misses, %llu bypassed, %llu B fetched in %llu "
-                    "fetches, %llu evictions\n",
-                    volume_names[i].c_str(), (unsigned long long)c.hits, (unsigned long long)c.misses,
-                    (unsigned long long)c.bypassed, (unsigned long long)c.bytes_fetched,
-                    (unsigned long long)c.fetches, (unsigned long long)c.evictions);
-      s += line;
-    }
+    for (const auto& v : volumes) s += v->stats_text();
     stats.set_value(s);
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());

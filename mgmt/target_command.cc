@@ -17,6 +17,7 @@
 #include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
 #include "mgmt/cli_util.h"
+#include "gateway/volume.h"
 #include "mgmt/lun_spec.h"
 #include "mgmt/target_auth.h"
 
@@ -44,6 +45,7 @@ struct TargetFlags {
   std::string tcp_congestion;  // "": the system's
   std::string nbd;  // ADDRESS:PORT
   std::string nbd_unix;
+  std::string layers;
   NbdTlsFlags nbd_tls;
   double duration_s = 0;  // 0: until a signal
 };
@@ -91,6 +93,9 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                  "iSCSI PDUs gathered into one sendmsg (1 = no batching; for benchmarks)")
       ->check(CLI::Range(1u, 256u))
       ->capture_default_str();
+  app.add_option("--layers", f.layers,
+                 "each LUN's stack above its device, top first (e.g. 'delay:2ms > fault:write@0+4096'; "
+                 "caches need --threads 1; see gateway/volume.h)");
   app.add_option("--nbd", f.nbd, "also export every LUN over NBD on ADDRESS:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
   add_nbd_tls_flags(app, f.nbd_tls);
@@ -185,7 +190,13 @@ int run_target(TargetFlags& f, const char* banner) {
     std::fprintf(stderr, "ferry: at most 16384 LUNs\n");
     return 2;
   }
+  std::vector<LayerSpec> stack;
+  if (std::string e = parse_stack(f.layers, stack); !e.empty()) {
+    std::fprintf(stderr, "ferry: --layers: %s\n", e.c_str());
+    return 2;
+  }
   std::vector<std::unique_ptr<BlockDevice>> devices;
+  std::vector<std::unique_ptr<Volume>> volumes;  // above devices, below units: destroyed between
   std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
   std::vector<nbd::NbdExport> exports;
   std::vector<std::pair<std::string, std::unique_ptr<scsi::Target>>> targets;
@@ -203,11 +214,19 @@ int run_target(TargetFlags& f, const char* banner) {
       std::fprintf(stderr, "ferry: %s: %s\n", plan[i].flag.c_str(), err.c_str());
       return 2;
     }
-    auto dev = open_lun(spec, err);
-    if (!dev) {
+    auto base = open_lun(spec, err);
+    if (!base) {
       std::fprintf(stderr, "ferry: %s: %s\n", plan[i].flag.c_str(), err.c_str());
       return 1;
     }
+    auto vol = Volume::compose(plan[i].spec, *base, stack, f.threads > 1, err);
+    if (!vol) {
+      std::fprintf(stderr, "ferry: %s: %s\n", plan[i].flag.c_str(), err.c_str());
+      return 2;
+    }
+    BlockDevice* dev = &vol->top();
+    devices.push_back(std::move(base));
+    volumes.push_back(std::move(vol));
     auto [target, lun] = target_for(plan[i].iqn);
     scsi::LuIdentity id;
     if (std::string uerr = lun_uuid(spec, id.uuid); !uerr.empty()) {
@@ -228,8 +247,7 @@ int run_target(TargetFlags& f, const char* banner) {
                                         : plan[i].iqn + "/" + std::to_string(lun);
     // A CHAP-protected LUN's export requires TLS (with the client certificate the CA checks).
     const bool export_tls = chap_exports_tls && plan[i].iqn == f.iqn;
-    exports.push_back(nbd::NbdExport{export_name, dev.get(), std::string(dev->describe()), export_tls});
-    devices.push_back(std::move(dev));
+    exports.push_back(nbd::NbdExport{export_name, dev, std::string(dev->describe()), export_tls});
   }
   for (size_t i = 1; i < targets.size(); ++i) {
     iscsi::TargetAuthConfig extra;
