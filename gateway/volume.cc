@@ -123,7 +123,16 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
     const size_t colon = item.find(':');
     const std::string kind = item.substr(0, colon);
     const std::string arg = colon == std::string::npos ? std::string() : item.substr(colon + 1);
-    if (kind == "readahead") {
+    if (kind == "stream") {
+      l.kind = LayerSpec::Kind::stream;
+      if (!arg.empty()) {  // NMbit
+        uint64_t mbit = 0;
+        if (arg.size() < 5 || arg.compare(arg.size() - 4, 4, "Mbit") != 0 ||
+            !parse_u64(arg.substr(0, arg.size() - 4), mbit) || mbit == 0 || mbit > 100000)
+          return "stream: bad rate '" + arg + "' (e.g. stream:40Mbit)";
+        l.size_bytes = mbit * 1000000 / 8;
+      }
+    } else if (kind == "readahead") {
       l.kind = LayerSpec::Kind::readahead;
       l.size_bytes = cache::ReadAheadOptions{}.window_max_bytes;
       if (!arg.empty()) {
@@ -146,7 +155,7 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (std::string e = parse_fault(arg, l.fault); !e.empty())
         return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
     } else {
-      return "unknown layer '" + kind + "' (readahead, ram-cache, delay, fault)";
+      return "unknown layer '" + kind + "' (stream, readahead, ram-cache, delay, fault)";
     }
     out.push_back(std::move(l));
   }
@@ -175,6 +184,18 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
     }
     std::unique_ptr<BlockDevice> dev;
     switch (l.kind) {
+      case LayerSpec::Kind::stream: {
+        cache::BackgroundStreamOptions o;
+        o.rate_bytes_per_s = l.size_bytes;
+        auto r = cache::BackgroundStream::create(*below, v->name_, o);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": " + to_string(r.error());
+          return nullptr;
+        }
+        v->streams_.push_back(r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
       case LayerSpec::Kind::readahead: {
         cache::ReadAheadOptions o;
         o.window_max_bytes = l.size_bytes;
@@ -223,6 +244,18 @@ Volume::~Volume() {
 
 std::string Volume::describe() const { return std::string(top_->describe()); }
 
+void Volume::start(Reactor& reactor) noexcept {
+  for (cache::BackgroundStream* s : streams_) s->start(reactor);
+}
+
+void Volume::stop() noexcept {
+  for (cache::BackgroundStream* s : streams_) s->stop();
+}
+
+cache::StreamProgress Volume::stream_progress() const noexcept {
+  return streams_.empty() ? cache::StreamProgress{} : streams_.front()->progress();
+}
+
 std::string Volume::stats_text() const {
   std::string out;
   char line[512];
@@ -235,6 +268,14 @@ std::string Volume::stats_text() const {
                   " errors, %" PRIu64 " throttled\n",
                   name_.c_str(), c.demand_reads, c.sequential_reads, c.prefetch_reads, c.prefetch_bytes,
                   c.prefetch_used_bytes, accuracy, c.prefetch_errors, c.throttled);
+    out += line;
+  }
+  for (const cache::BackgroundStream* st : streams_) {
+    const cache::StreamProgress p = st->progress();
+    std::snprintf(line, sizeof line,
+                  "stream %s: %.1f %% (%" PRIu64 " of %" PRIu64 " B) in %.1f s, %.1f MB/s, %" PRIu64 " failed reads%s\n",
+                  name_.c_str(), p.percent(), p.done_bytes, p.size_bytes, p.elapsed_s, p.rate_bytes_per_s / 1e6,
+                  p.errors, p.finished ? "" : p.started ? " (not finished)" : " (not started)");
     out += line;
   }
   for (const cache::RamCache* rc : ram_caches_) {

@@ -6,6 +6,8 @@
 //   delay:2ms > fault:write@0+4096=medium_error*1 > (base)     tests
 //
 // Layers (each a BlockDevice over the next one; docs in cache/DESIGN.md, datapath/test_devices.h):
+//   stream[:RATE]          reads the whole volume in the background (cache/background_stream.h),
+//                          optionally capped, e.g. stream:40Mbit; started by Volume::start()
 //   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (8MiB)
 //   ram-cache:SIZE         RAM tier (cache/ram_cache.h), SIZE like 256MiB
 //   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
@@ -23,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/background_stream.h"
 #include "cache/ram_cache.h"
 #include "cache/readahead.h"
 #include "datapath/block_device.h"
@@ -31,12 +34,12 @@
 namespace ferry {
 
 struct LayerSpec {
-  enum class Kind : uint8_t { readahead, ram_cache, delay, fault } kind = Kind::delay;
-  uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap
+  enum class Kind : uint8_t { stream, readahead, ram_cache, delay, fault } kind = Kind::delay;
+  uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; stream: bytes/s cap
   uint64_t delay_us = 0;
   FaultRule fault;
   std::string text;         // as written, for messages
-  bool single_reactor() const noexcept { return kind == Kind::readahead || kind == Kind::ram_cache; }
+  bool single_reactor() const noexcept { return kind != Kind::delay && kind != Kind::fault; }
 };
 
 // Parses "a > b:arg > c" (top first; empty = no layers). Empty string on success, else a
@@ -62,6 +65,12 @@ class Volume {
   // One line per layer that counts something (cache hits, prefetch accuracy, ...), for the
   // daemon's stop report and later the metrics registry. Reactor thread or after it stopped.
   std::string stats_text() const;
+  // On the reactor thread: start the layers that work on their own (background streams), and
+  // stop them (before the link below goes away).
+  void start(Reactor& reactor) noexcept;
+  void stop() noexcept;
+  // The background stream's progress (started == false when the stack has none).
+  cache::StreamProgress stream_progress() const noexcept;
 
  private:
   Volume() = default;
@@ -70,6 +79,7 @@ class Volume {
   std::vector<std::unique_ptr<BlockDevice>> layers_;  // bottom first: destroyed top first
   std::vector<const cache::RamCache*> ram_caches_;
   std::vector<const cache::ReadAhead*> readaheads_;
+  std::vector<cache::BackgroundStream*> streams_;
 };
 
 }  // namespace ferry

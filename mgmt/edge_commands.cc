@@ -382,6 +382,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   double duration_s = 0;
   std::string compression = "zstd:3";
   bool stream = false;
+  unsigned stream_mbit = 0;
   size_t content_store_mib = 256;
   size_t ram_cache_mib = 256;
   std::string layers_text;
@@ -389,7 +390,10 @@ int run_cloud_edge_command(int argc, char** argv) {
                  "repeated options; see README)");
   app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
   app.add_flag("--stream", stream,
-               "stream every volume in the background (lowest priority) so later reads are local");
+               "stream every volume in the background (lowest priority) through its cache so later "
+               "reads are local: puts 'stream' on top of the stack (progress logged every 10 %)");
+  app.add_option("--stream-mbit", stream_mbit, "cap for that background stream in Mbit/s (0 = none)")
+      ->check(CLI::Range(0u, 100000u));
   app.add_option("--content-store-mib", content_store_mib,
                  "memory for content already received (dedup by SHA-256; acts as the read cache)")
       ->capture_default_str();
@@ -472,7 +476,13 @@ int run_cloud_edge_command(int argc, char** argv) {
       !layers_text.empty() ? layers_text
       : ram_cache_mib != 0 ? "readahead > ram-cache:" + std::to_string(ram_cache_mib) + "MiB"
                            : std::string();
-  if (std::string e = parse_stack(stack_text, stack); !e.empty()) {
+  const std::string stream_layer =
+      stream ? (stream_mbit ? "stream:" + std::to_string(stream_mbit) + "Mbit" : std::string("stream")) : "";
+  if (std::string e = parse_stack(stream_layer.empty()   ? stack_text
+                                  : stack_text.empty() ? stream_layer
+                                                       : stream_layer + " > " + stack_text,
+                                  stack);
+      !e.empty()) {
     std::fprintf(stderr, "ferry: %s: %s\n", layers_text.empty() ? "--ram-cache-mib" : "--layers", e.c_str());
     return 2;
   }
@@ -573,10 +583,9 @@ int run_cloud_edge_command(int argc, char** argv) {
     return stop_early();
   }
   std::fprintf(stderr, "ferry: cloud-edge connected to %s; target %s\n", dc.c_str(), iqn.c_str());
-  if (stream)
-    reactor.post([&] {
-      for (size_t i = 0; i < volume_names.size(); ++i) client.stream(i);
-    });
+  reactor.post([&] {
+    for (auto& v : volumes) v->start(reactor);
+  });
   std::fprintf(stderr, "ferry: listening on %s:%u\n", ioptions.listen_address.c_str(), ioptions.port);
   wait_for_stop(set, duration_s, [] {});
   std::fprintf(stderr, "ferry: cloud-edge stopping\n");
@@ -584,6 +593,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   reactor.post([&] {
     server.stop_listening(reactor);
     if (nbd_server) nbd_server->stop_listening(reactor);
+    for (auto& v : volumes) v->stop();
     stopped.set_value();
   });
   stopped.get_future().wait();

@@ -246,68 +246,6 @@ void WanClient::submit(size_t volume, IoRequest& io) noexcept {
   enqueue(volume, io, p);
 }
 
-void WanClient::stream(size_t volume, uint32_t request_bytes, uint32_t outstanding) {
-  auto s = std::make_unique<Streamer>();
-  s->client = this;
-  s->volume = volume;
-  s->request_bytes = std::min<uint32_t>(request_bytes, kRequestBytesMax);
-  s->started_ns = reactor_.now_ns_fresh();
-  for (uint32_t i = 0; i < outstanding; ++i) {
-    auto slot = std::make_unique<Streamer::Slot>();
-    slot->streamer = s.get();
-    slot->buf = reactor_.pool().allocate(s->request_bytes);
-    if (!slot->buf) break;
-    slot->io.owner = slot.get();
-    slot->io.on_complete = &WanClient::on_streamed;
-    s->slots.push_back(std::move(slot));
-  }
-  Streamer& ref = *s;
-  streamers_.push_back(std::move(s));
-  std::fprintf(stderr, "ferry: wan: streaming volume '%s' in the background\n", names_[volume].c_str());
-  for (auto& slot : ref.slots) stream_next(ref, *slot);
-}
-
-bool WanClient::streaming_done(size_t volume) const noexcept {
-  for (const auto& s : streamers_)
-    if (s->volume == volume && !s->done) return false;
-  return true;
-}
-
-void WanClient::stream_next(Streamer& s, Streamer::Slot& slot) noexcept {
-  const uint64_t size = devices_[s.volume]->geometry().size_bytes();
-  if (s.next_offset >= size || stopping_) {
-    if (s.in_flight == 0 && !s.done) {
-      s.done = true;
-      if (s.next_offset != UINT64_MAX)
-        std::fprintf(stderr, "ferry: wan: volume '%s' streamed in %.1f s\n", names_[s.volume].c_str(),
-                     double(reactor_.now_ns_fresh() - s.started_ns) / 1e9);
-    }
-    return;
-  }
-  slot.io.op = IoOp::read;
-  slot.io.offset_bytes = s.next_offset;
-  slot.io.length_bytes = std::min<uint64_t>(s.request_bytes, size - s.next_offset);
-  slot.io.data = slot.buf.data();
-  s.next_offset += slot.io.length_bytes;
-  ++s.in_flight;
-  enqueue(s.volume, slot.io, Priority::background);
-}
-
-void WanClient::on_streamed(IoRequest& io) noexcept {
-  auto* slot = static_cast<Streamer::Slot*>(io.owner);
-  Streamer& s = *slot->streamer;
-  --s.in_flight;
-  if (io.result != Errc::ok && !s.done) {
-    // Only after the give-up time or at shutdown: stop streaming (demand reads still work).
-    if (io.result != Errc::cancelled)
-      std::fprintf(stderr, "ferry: wan: background streaming of '%s' stopped at %llu: %s\n",
-                 s.client->names_[s.volume].c_str(), static_cast<unsigned long long>(io.offset_bytes),
-                 to_string(io.result));
-    s.next_offset = UINT64_MAX;
-  }
-  s.client->stream_next(s, *slot);
-}
-
 void WanClient::enqueue(size_t volume, IoRequest& io, Priority priority) noexcept {
   if (stopping_) return io.complete(Errc::cancelled);
   const Geometry& g = devices_[volume]->geometry();

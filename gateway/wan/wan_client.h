@@ -85,11 +85,7 @@ class WanClient final : public WanStreamHandler {
   std::string stats_text() const;
 
   void submit(size_t volume, IoRequest& io) noexcept;
-  // Background streaming (full migration): reads the whole volume at the lowest priority, a few
-  // requests at a time, so its content lands in the content store and later demand reads are
-  // answered by reference. Demand reads overtake it on the link. Reactor thread.
-  void stream(size_t volume, uint32_t request_bytes = 1u << 20, uint32_t outstanding = 4);
-  bool streaming_done(size_t volume) const noexcept;
+  // (Background streaming is the `stream` layer of the volume stack: cache/background_stream.h.)
 
   // WanStreamHandler
   void on_established() noexcept override;
@@ -114,23 +110,6 @@ class WanClient final : public WanStreamHandler {
     uint32_t length = 0;
   };
 
-  struct Streamer {
-    WanClient* client = nullptr;
-    size_t volume = 0;
-    uint64_t next_offset = 0;
-    uint32_t request_bytes = 0;
-    uint32_t in_flight = 0;
-    uint64_t started_ns = 0;
-    bool done = false;
-    struct Slot {
-      Streamer* streamer = nullptr;
-      IoRequest io;
-      Buffer buf;
-    };
-    std::vector<std::unique_ptr<Slot>> slots;
-  };
-  void stream_next(Streamer& s, Streamer::Slot& slot) noexcept;
-  static void on_streamed(IoRequest& io) noexcept;
   void enqueue(size_t volume, IoRequest& io, Priority priority) noexcept;
 
   void connect() noexcept;
@@ -191,7 +170,6 @@ class WanClient final : public WanStreamHandler {
   ChunkDecoder decoder_;
   Buffer scratch_;  // compression output for writes
 
-  std::vector<std::unique_ptr<Streamer>> streamers_;
 
   std::unordered_map<ContentHash, Stored, ContentHashHasher> store_;
   std::list<ContentHash> store_order_;
