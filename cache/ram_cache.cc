@@ -79,6 +79,7 @@ void RamCache::submit(IoRequest& io) noexcept {
       return write_through(io);
     case IoOp::flush:
     case IoOp::block_status:
+    case IoOp::access_map:
       return next_.submit(io);  // nothing cached is dirty: flush is next's business alone
   }
 }

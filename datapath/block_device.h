@@ -40,6 +40,11 @@ enum class IoOp : uint8_t {
   discard,       // deallocate; contents afterwards are zero if discard_zeroes, else undefined
   write_zeroes,  // make the range read as zeroes; may deallocate if may_deallocate
   block_status,  // describe the extent starting at offset_bytes (see status_* fields)
+  // The device's learned access map (the order in which its volume's chunks were first read,
+  // e.g. while a VM booted; the WAN remote fetches it from the datacenter edge): `data`
+  // receives up to length_bytes / 8 big-endian u64 byte offsets, status_length_bytes says how
+  // many bytes were filled. Devices without one answer unsupported; layers pass it down.
+  access_map,
 };
 
 // Flags reported by IoOp::block_status.

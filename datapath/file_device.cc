@@ -78,6 +78,8 @@ void FileOp::issue() noexcept {
   const uint64_t left = q.length_bytes - done_bytes_;
   const unsigned len = static_cast<unsigned>(std::min<uint64_t>(left, 1u << 30));
   switch (q.op) {
+    case IoOp::access_map:  // answered in submit()
+      break;
     case IoOp::read:
       io_uring_prep_read(sqe, fd_, q.data + done_bytes_, len, off);
       break;
@@ -225,6 +227,8 @@ void FileDevice::submit_sync(IoRequest& req) noexcept {
   uint64_t done = 0;
   int rc = 0;
   switch (req.op) {
+    case IoOp::access_map:  // answered in submit()
+      break;
     case IoOp::read:
     case IoOp::write:
       while (done < req.length_bytes) {
@@ -262,6 +266,7 @@ void FileDevice::submit_sync(IoRequest& req) noexcept {
 }
 
 void FileDevice::submit(IoRequest& req) noexcept {
+  if (req.op == IoOp::access_map) return req.complete(Errc::unsupported);  // learns nothing
   if (req.op != IoOp::flush) {
     Errc e = check_range(geometry_, req.offset_bytes, req.length_bytes);
     if (e != Errc::ok) return req.complete(e);

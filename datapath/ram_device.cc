@@ -84,11 +84,14 @@ void RamDevice::block_status(IoRequest& req) noexcept {
 }
 
 void RamDevice::submit(IoRequest& req) noexcept {
+  if (req.op == IoOp::access_map) return req.complete(Errc::unsupported);  // learns nothing
   if (req.op != IoOp::flush) {
     Errc e = check_range(geometry_, req.offset_bytes, req.length_bytes);
     if (e != Errc::ok) return req.complete(e);
   }
   switch (req.op) {
+    case IoOp::access_map:  // answered in submit()
+      break;
     case IoOp::read:
       if (req.may_lend) req.lent = base_ + req.offset_bytes;  // no copy: the caller reads ours
       else std::memcpy(req.data, base_ + req.offset_bytes, req.length_bytes);

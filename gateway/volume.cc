@@ -132,6 +132,14 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
           return "stream: bad rate '" + arg + "' (e.g. stream:40Mbit)";
         l.size_bytes = mbit * 1000000 / 8;
       }
+    } else if (kind == "prefetch-map") {
+      l.kind = LayerSpec::Kind::prefetch_map;
+      l.size_bytes = cache::MapPrefetchOptions{}.bytes_max;
+      if (!arg.empty()) {
+        auto v = parse_size_bytes(arg);
+        if (!v.ok() || v.value() < (1u << 20)) return "prefetch-map: bad size '" + arg + "' (at least 1MiB)";
+        l.size_bytes = v.value();
+      }
     } else if (kind == "readahead") {
       l.kind = LayerSpec::Kind::readahead;
       l.size_bytes = cache::ReadAheadOptions{}.window_max_bytes;
@@ -155,7 +163,7 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (std::string e = parse_fault(arg, l.fault); !e.empty())
         return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
     } else {
-      return "unknown layer '" + kind + "' (stream, readahead, ram-cache, delay, fault)";
+      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, delay, fault)";
     }
     out.push_back(std::move(l));
   }
@@ -193,6 +201,18 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
           return nullptr;
         }
         v->streams_.push_back(r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
+      case LayerSpec::Kind::prefetch_map: {
+        cache::MapPrefetchOptions o;
+        o.bytes_max = l.size_bytes;
+        auto r = cache::MapPrefetch::create(*below, v->name_, o);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": " + to_string(r.error());
+          return nullptr;
+        }
+        v->map_prefetches_.push_back(r.value().get());
         dev = std::move(r).value();
         break;
       }
@@ -245,10 +265,12 @@ Volume::~Volume() {
 std::string Volume::describe() const { return std::string(top_->describe()); }
 
 void Volume::start(Reactor& reactor) noexcept {
+  for (cache::MapPrefetch* m : map_prefetches_) m->start();
   for (cache::BackgroundStream* s : streams_) s->start(reactor);
 }
 
 void Volume::stop() noexcept {
+  for (cache::MapPrefetch* m : map_prefetches_) m->stop();
   for (cache::BackgroundStream* s : streams_) s->stop();
 }
 
@@ -259,6 +281,14 @@ cache::StreamProgress Volume::stream_progress() const noexcept {
 std::string Volume::stats_text() const {
   std::string out;
   char line[512];
+  for (const cache::MapPrefetch* m : map_prefetches_) {
+    const auto& c = m->counters();
+    std::snprintf(line, sizeof line,
+                  "prefetch-map %s: %" PRIu64 " chunks in the map, %" PRIu64 " replayed (%" PRIu64 " B), %" PRIu64
+                  " errors%s\n",
+                  name_.c_str(), c.entries, c.reads, c.bytes, c.errors, c.map_unsupported ? " (no map below)" : "");
+    out += line;
+  }
   for (const cache::ReadAhead* r : readaheads_) {
     const auto& c = r->counters();
     const double accuracy = c.prefetch_bytes ? 100.0 * double(c.prefetch_used_bytes) / double(c.prefetch_bytes) : 0;

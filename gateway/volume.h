@@ -8,6 +8,8 @@
 // Layers (each a BlockDevice over the next one; docs in cache/DESIGN.md, datapath/test_devices.h):
 //   stream[:RATE]          reads the whole volume in the background (cache/background_stream.h),
 //                          optionally capped, e.g. stream:40Mbit; started by Volume::start()
+//   prefetch-map[:MAX]     at start, replays the volume's learned access map (from the datacenter
+//                          edge) as prefetches, up to MAX bytes (256MiB) (cache/map_prefetch.h)
 //   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (8MiB)
 //   ram-cache:SIZE         RAM tier (cache/ram_cache.h), SIZE like 256MiB
 //   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "cache/background_stream.h"
+#include "cache/map_prefetch.h"
 #include "cache/ram_cache.h"
 #include "cache/readahead.h"
 #include "datapath/block_device.h"
@@ -34,8 +37,9 @@
 namespace ferry {
 
 struct LayerSpec {
-  enum class Kind : uint8_t { stream, readahead, ram_cache, delay, fault } kind = Kind::delay;
-  uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; stream: bytes/s cap
+  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, delay, fault } kind = Kind::delay;
+  uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; stream: bytes/s cap;
+                            // prefetch-map: bytes to replay
   uint64_t delay_us = 0;
   FaultRule fault;
   std::string text;         // as written, for messages
@@ -80,6 +84,7 @@ class Volume {
   std::vector<const cache::RamCache*> ram_caches_;
   std::vector<const cache::ReadAhead*> readaheads_;
   std::vector<cache::BackgroundStream*> streams_;
+  std::vector<cache::MapPrefetch*> map_prefetches_;
 };
 
 }  // namespace ferry

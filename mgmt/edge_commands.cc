@@ -232,6 +232,9 @@ int run_dc_edge_command(int argc, char** argv) {
                  "other cloud edge may attach it meanwhile)")
       ->check(CLI::Range(100u, 3600000u))
       ->capture_default_str();
+  app.add_option("--access-map-dir", options.access_map_dir,
+                 "keep each volume's learned access map (first-read order of its chunks, replayed "
+                 "to cloud edges at attach) in DIR/<volume>.map across restarts (default: memory only)");
   app.add_option("--idle-timeout-ms", options.idle_timeout_ms,
                  "close a cloud edge connection that sends nothing for this long (they ping every second)")
       ->check(CLI::Range(2000u, 3600000u))
@@ -334,7 +337,10 @@ int run_dc_edge_command(int argc, char** argv) {
   stopped.get_future().wait();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   std::promise<std::string> stats;
-  reactor.post([&] { stats.set_value(server.stats_text()); });
+  reactor.post([&] {
+    server.save_access_maps();  // at shutdown: the reactor serves nothing any more
+    stats.set_value(server.stats_text());
+  });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
   // NBD devices close on their home reactor (their polls are cancelled through its ring).
   // shutdown() first: requests stuck on a hung source complete (closed), so the WAN sessions
@@ -474,7 +480,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::vector<LayerSpec> stack;
   const std::string stack_text =
       !layers_text.empty() ? layers_text
-      : ram_cache_mib != 0 ? "readahead > ram-cache:" + std::to_string(ram_cache_mib) + "MiB"
+      : ram_cache_mib != 0 ? "prefetch-map:" + std::to_string(ram_cache_mib) + "MiB > readahead > ram-cache:" +
+                                 std::to_string(ram_cache_mib) + "MiB"
                            : std::string();
   const std::string stream_layer =
       stream ? (stream_mbit ? "stream:" + std::to_string(stream_mbit) + "Mbit" : std::string("stream")) : "";

@@ -5,8 +5,10 @@
 #   local      qemu-nbd on this machine (the VM's disk is local)
 #   naive      the same qemu-nbd through ferry-wan-emu (remote block access across the WAN)
 #   ferry-nc   qemu-nbd → dc-edge → WAN → cloud-edge without cache or read-ahead (--ram-cache-mib 0)
-#   ferry      the default cloud edge (readahead > ram-cache:256MiB): first boot, then a second
-#              boot through the same edges
+#   ferry      the default cloud edge (prefetch-map > readahead > ram-cache:256MiB): first boot,
+#              then a second boot through the same edges, then a boot through a fresh cloud edge
+#              (empty cache) that replays the access map the dc-edge learned during the first
+# Each Ferry case starts on a fresh dc-edge (no access map yet), so "first boot" is one.
 # Every replayed byte is checked against the image. The disk is a 4 GiB sparse raw image with
 # random (incompressible) data wherever the trace reads. Writes perf/results/boot-latest.md.
 # Usage: perf/boot_bench.sh   (FERRY=path, RATE_MBIT=100, RTT_MS=40, TRACE=..., LIMIT=N reads)
@@ -40,11 +42,14 @@ PY
 P_NBD=$(free_port)
 qemu-nbd -f raw -r --shared=16 -b 127.0.0.1 -p "$P_NBD" -t -x disk "$TMP/disk.raw" >"$TMP/qnbd.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do $PY -c "import socket; socket.create_connection(('127.0.0.1',$P_NBD))" 2>/dev/null && break; sleep 0.1; done
-P_WAN=$(free_port)
-"$FERRY" dc-edge --listen 127.0.0.1:$P_WAN --volume "disk=nbd://127.0.0.1:$P_NBD/disk" \
-  --tls-cert "$PKI/dc-edge-cert.pem" --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" \
-  --lease-ms 1000 >"$TMP/dc.log" 2>&1 & PIDS+=($!)
-wait_log "$TMP/dc.log" 'dc-edge listening'
+start_dc() {  # a fresh dc-edge (in-memory access maps: none yet); sets P_WAN DC_PID
+  P_WAN=$(free_port)
+  "$FERRY" dc-edge --listen 127.0.0.1:$P_WAN --volume "disk=nbd://127.0.0.1:$P_NBD/disk" \
+    --tls-cert "$PKI/dc-edge-cert.pem" --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" \
+    --lease-ms 1000 >"$TMP/dc-$1.log" 2>&1 & DC_PID=$!; PIDS+=($DC_PID)
+  wait_log "$TMP/dc-$1.log" 'dc-edge listening'
+}
+stop_dc() { kill "$DC_PID"; wait "$DC_PID" 2>/dev/null || true; }
 
 replay() {  # replay NAME URI → JSON line in $TMP/NAME.json
   $PY perf/boot_replay.py "$TRACE" "$1" --verify "$TMP/disk.raw" --limit "$LIMIT" >"$TMP/$2.json"
@@ -74,23 +79,31 @@ start_emu naive "$P_NBD"
 replay "nbd://127.0.0.1:$P_EMU/disk" naive
 stop_emu
 
+start_dc nc
 start_emu ferry-nc "$P_WAN"
 start_cloud ferry-nc --ram-cache-mib 0
 replay "nbd://127.0.0.1:$P_CN/disk" ferry-nc
-stop_cloud; stop_emu
+stop_cloud; stop_emu; stop_dc
 
+start_dc cold
 start_emu ferry-cold "$P_WAN"
 start_cloud ferry-cold
 replay "nbd://127.0.0.1:$P_CN/disk" ferry-cold
-stop_cloud; stop_emu
+stop_cloud; stop_emu; stop_dc
 cold_stats=$(grep -E '^(readahead|ram cache) disk' "$TMP/ferry-cold-cloud.log" || true)
 
+start_dc chain
 start_emu ferry "$P_WAN"
 start_cloud ferry
 replay "nbd://127.0.0.1:$P_CN/disk" ferry-first
 replay "nbd://127.0.0.1:$P_CN/disk" ferry-second
 stop_cloud; stop_emu
 warm_stats=$(grep -E '^(readahead|ram cache) disk' "$TMP/ferry-cloud.log" || true)
+start_emu ferry-fresh "$P_WAN"
+start_cloud ferry-fresh
+replay "nbd://127.0.0.1:$P_CN/disk" ferry-fresh
+stop_cloud; stop_emu; stop_dc
+fresh_stats=$(grep -E '^(prefetch-map|readahead|ram cache) disk' "$TMP/ferry-fresh-cloud.log" || true)
 
 j() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$TMP/$1.json" "$2"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
@@ -106,11 +119,12 @@ mkdir -p perf/results
   echo "| case | total s | boot loader s (first 2,466 reads) | rest s | × local | WAN bytes dc → cloud |"
   echo "|---|---:|---:|---:|---:|---:|"
   for c in local naive ferry-nc ferry-cold; do
-    case $c in local) w="—";; naive) w=$(emu_down naive);; *) w=$(emu_down "$c");; esac
+    case $c in local) w="—";; *) w=$(emu_down "$c");; esac
     echo "| $c | $(j $c total_s) | $(j $c loader_s) | $(j $c rest_s) | $(ratio "$(j $c total_s)" "$L") | $w |"
   done
   echo "| ferry, first boot (same chain as below) | $(j ferry-first total_s) | $(j ferry-first loader_s) | $(j ferry-first rest_s) | $(ratio "$(j ferry-first total_s)" "$L") | |"
   echo "| ferry, second boot, same edges | $(j ferry-second total_s) | $(j ferry-second loader_s) | $(j ferry-second rest_s) | $(ratio "$(j ferry-second total_s)" "$L") | both boots: $(emu_down ferry) |"
+  echo "| ferry, boot through a fresh cloud edge (access map replayed) | $(j ferry-fresh total_s) | $(j ferry-fresh loader_s) | $(j ferry-fresh rest_s) | $(ratio "$(j ferry-fresh total_s)" "$L") | $(emu_down ferry-fresh) |"
   echo
   echo "Cloud-edge counters, first boot alone:"
   echo
@@ -122,6 +136,12 @@ mkdir -p perf/results
   echo
   echo '```'
   echo "$warm_stats"
+  echo '```'
+  echo
+  echo "Fresh cloud edge (the dc-edge's access map replayed at attach):"
+  echo
+  echo '```'
+  echo "$fresh_stats"
   echo '```'
 } >"$out"
 cat "$out"

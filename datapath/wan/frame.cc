@@ -46,6 +46,8 @@ bool known_type(uint8_t t) noexcept {
     case FrameType::flush_ack:
     case FrameType::block_status:
     case FrameType::block_status_reply:
+    case FrameType::access_map:
+    case FrameType::access_map_reply:
     case FrameType::ping:
     case FrameType::pong:
     case FrameType::error:
@@ -150,6 +152,12 @@ const char* check_header(const FrameHeader& h) noexcept {
       if (h.volume_id == 0) return "block status without volume";
       if (h.payload_bytes == 0 || h.payload_bytes % kExtentBytes) return "bad extent list size";
       return check_range(h, kRequestBytesMax);
+    case FrameType::access_map:
+      return check_bare(h, true);
+    case FrameType::access_map_reply:
+      if (h.flags || h.volume_id == 0 || h.offset_bytes || h.length_bytes) return "bad access map header";
+      if (h.payload_bytes % 8 != 0) return "bad access map size";
+      return nullptr;
     case FrameType::ping:
     case FrameType::pong:
       return check_bare(h, false);
@@ -492,6 +500,8 @@ const char* to_string(FrameType t) noexcept {
     case FrameType::flush_ack: return "FLUSH_ACK";
     case FrameType::block_status: return "BLOCK_STATUS";
     case FrameType::block_status_reply: return "BLOCK_STATUS_REPLY";
+    case FrameType::access_map: return "ACCESS_MAP";
+    case FrameType::access_map_reply: return "ACCESS_MAP_REPLY";
     case FrameType::ping: return "PING";
     case FrameType::pong: return "PONG";
     case FrameType::error: return "ERROR";

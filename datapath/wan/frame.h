@@ -36,6 +36,7 @@ inline constexpr size_t kVolumeNameBytesMax = 255;
 inline constexpr size_t kErrorMessageBytesMax = 256;
 inline constexpr uint16_t kVolumeIdMax = 0xFFFF;  // 0 = no volume
 inline constexpr size_t kContentHashBytes = 32;   // SHA-256
+inline constexpr size_t kAccessMapEntriesMax = kFramePayloadBytesMax / 8;  // one reply frame
 
 enum class FrameType : uint8_t {
   hello = 0x01,               // client → server, first frame: versions, capabilities, limits
@@ -53,6 +54,8 @@ enum class FrameType : uint8_t {
   flush_ack = 0x16,
   block_status = 0x17,        // offset, length: allocation of a range
   block_status_reply = 0x18,  // payload: extents from offset
+  access_map = 0x19,          // the volume's learned access map (IoOp::access_map)
+  access_map_reply = 0x1A,    // payload: 0..32768 big-endian u64 chunk offsets, in first-read order
   ping = 0x20,                // keepalive; request_id is the token PONG echoes
   pong = 0x21,
   error = 0x30,               // ends request request_id (0: the connection) with a WireError

@@ -445,6 +445,7 @@ uint64_t NbdClientDevice::requests_sent_on(size_t i) const noexcept {
 // ---- submission ----
 
 void NbdClientDevice::submit(IoRequest& req) noexcept {
+  if (req.op == IoOp::access_map) return req.complete(Errc::unsupported);  // NBD has none
   submit_from(req, options_.skip_unallocated_reads, Reactor::current());
 }
 
@@ -775,6 +776,9 @@ bool NbdClientDevice::issue_piece(Op& op) noexcept {
     cookie = issue_status_query(op, q.offset_bytes, end);
   } else {
     switch (q.op) {
+      case IoOp::access_map:
+        FERRY_ASSERT(false && "access_map is answered in submit()");
+        return false;
       case IoOp::read: {
         uint64_t limit = std::min(end, pos + piece_bytes_max_);
         if (op.skip_zero) {

@@ -63,6 +63,8 @@ class MemDevice final : public BlockDevice {
     }
     uint8_t* p = bytes_.data() + req.offset_bytes;
     switch (req.op) {
+      case IoOp::access_map:
+        return req.complete(Errc::unsupported);
       case IoOp::read:
         std::memcpy(req.data, p, req.length_bytes);
         break;

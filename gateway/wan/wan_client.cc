@@ -249,7 +249,7 @@ void WanClient::submit(size_t volume, IoRequest& io) noexcept {
 void WanClient::enqueue(size_t volume, IoRequest& io, Priority priority) noexcept {
   if (stopping_) return io.complete(Errc::cancelled);
   const Geometry& g = devices_[volume]->geometry();
-  if (io.op != IoOp::flush) {
+  if (io.op != IoOp::flush && io.op != IoOp::access_map) {
     const Errc e = check_range(g, io.offset_bytes, io.length_bytes);
     if (e != Errc::ok) return io.complete(e);
     if (io.length_bytes == 0) return io.complete(Errc::ok);
@@ -311,6 +311,9 @@ bool WanClient::send_request(Pending& p) noexcept {
       return stream_->send_frame(f, {});
     case IoOp::flush:
       f.type = FrameType::flush;
+      return stream_->send_frame(f, {});
+    case IoOp::access_map:
+      f.type = FrameType::access_map;
       return stream_->send_frame(f, {});
     case IoOp::block_status:
       f.type = FrameType::block_status;
@@ -561,6 +564,17 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
     case FrameType::flush_ack:
       complete(p, Errc::ok);
       return true;
+    case FrameType::access_map_reply: {
+      if (io.op != IoOp::access_map) {
+        stream_->close("ACCESS_MAP_REPLY for another request");
+        return false;
+      }
+      const size_t n = std::min<size_t>(payload.size(), io.length_bytes / 8 * 8);
+      if (n != 0) std::memcpy(io.data, payload.data(), n);
+      io.status_length_bytes = n;
+      complete(p, Errc::ok);
+      return true;
+    }
     case FrameType::block_status_reply: {
       const Extent e = extent_at(payload, 0);
       io.status_length_bytes = e.length_bytes;

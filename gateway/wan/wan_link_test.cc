@@ -247,6 +247,34 @@ TEST_F(WanLinkTest, LostCloudEdgeKeepsItsLeaseUntilItExpires) {
   stop_client(other);
 }
 
+// Issue 10: the datacenter edge learns the order in which a volume's chunks are first read and
+// hands it to the next cloud edge, which replays it as prefetches (cache/map_prefetch.h).
+TEST_F(WanLinkTest, AccessMapRecordsFirstReadOrderAndServesItToTheNextEdge) {
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  RemoteDevice& remote = client_->device(0);
+  std::vector<std::byte> buf(4096);
+  for (uint64_t off : {3u << 20, 1u << 20, (3u << 20) + 8192, 0u, 69632u})
+    ASSERT_EQ(io(IoOp::read, off, buf.data(), buf.size(), remote), Errc::ok);
+  std::promise<void> released;
+  on_reactor([&] { client_->release([&] { released.set_value(); }); });
+  ASSERT_EQ(released.get_future().wait_for(std::chrono::seconds(5)), std::future_status::ready);
+  stop_client(client_);
+  std::unique_ptr<WanClient> fresh;
+  ASSERT_EQ(attach("cloud-edge-2", fresh), Errc::ok);
+  std::vector<std::byte> map(256 * 1024);
+  IoRequest status;
+  ASSERT_EQ(io(IoOp::access_map, 0, map.data(), map.size(), fresh->device(0), &status), Errc::ok);
+  ASSERT_EQ(status.status_length_bytes, 4u * 8);
+  std::vector<uint64_t> got;
+  for (size_t i = 0; i < 4; ++i) {
+    uint64_t x = 0;
+    for (size_t b = 0; b < 8; ++b) x = (x << 8) | uint8_t(map[i * 8 + b]);
+    got.push_back(x);
+  }
+  EXPECT_EQ(got, (std::vector<uint64_t>{3u << 20, 1u << 20, 0, 65536}));
+  stop_client(fresh);
+}
+
 TEST_F(WanLinkTest, UnknownVolumeIsRefused) {
   EXPECT_EQ(start({"nope"}), Errc::not_found);
 }

@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
+#include <cerrno>
+#include <cstring>
 #include <list>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -252,6 +255,21 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       send_control(r, {body, sizeof body});
       return true;
     }
+    case FrameType::access_map: {
+      if (!volume_of(h, vol)) return true;
+      const auto& offsets = server_.maps_[vol].offsets;
+      const size_t n = std::min(offsets.size(), kAccessMapEntriesMax);
+      std::vector<uint8_t> body(n * 8);  // one control request per attach: not the hot path
+      for (size_t i = 0; i < n; ++i)
+        for (int b = 0; b < 8; ++b) body[i * 8 + size_t(b)] = uint8_t(offsets[i] >> (56 - 8 * b));
+      FrameHeader r;
+      r.type = FrameType::access_map_reply;
+      r.request_id = h.request_id;
+      r.volume_id = h.volume_id;
+      r.priority = h.priority;
+      send_control(r, body);
+      return true;
+    }
     case FrameType::close_volume: {
       if (!volume_of(h, vol)) return true;
       volumes_[h.volume_id - 1].open = false;
@@ -290,6 +308,8 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       job->next_offset = h.offset_bytes;
       job->end = h.offset_bytes + h.length_bytes;
       server_.counters_[vol].bytes_requested += h.length_bytes;
+      if (h.priority == Priority::demand_read || h.priority == Priority::prefetch)
+        server_.record_access(vol, h.offset_bytes, h.length_bytes);
       jobs_.push_back(std::move(job));
       pump();
       return true;
@@ -655,6 +675,7 @@ WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
       volumes_(std::move(volumes)),
       counters_(volumes_.size()),
       leases_(volumes_.size()),
+      maps_(volumes_.size()),
       rate_limit_(options_.rate_limit_bytes_per_s),
       pre_auth_(options_.pre_auth) {}
 
@@ -667,6 +688,7 @@ WanServer::~WanServer() {
 
 Result<void> WanServer::start(Reactor& reactor, std::string& error) noexcept {
   reactor_ = &reactor;
+  load_access_maps();
   auto fd = listen_tcp(options_.listen_address, options_.port, error);
   if (!fd.ok()) return fd.error();
   bound_port_ = local_port(fd.value());
@@ -771,6 +793,91 @@ void WanServer::connection_lost(ServerSession& s) noexcept {
   for (size_t v = 0; v < leases_.size(); ++v) release_lease(s, v, false);
 }
 
+void WanServer::record_access(size_t v, uint64_t offset, uint64_t length) noexcept {
+  AccessMap& m = maps_[v];
+  if (m.offsets.size() >= kAccessMapEntriesMax || length == 0) return;
+  const uint64_t chunk = options_.chunk_bytes;
+  if (m.seen.empty()) {  // sized once (start-up of the first read), one bit per chunk
+    const uint64_t chunks = (volumes_[v].device->geometry().size_bytes() + chunk - 1) / chunk;
+    m.seen.assign(size_t((chunks + 63) / 64), 0);
+    for (uint64_t o : m.offsets) m.seen[size_t(o / chunk / 64)] |= 1ull << (o / chunk % 64);
+  }
+  for (uint64_t c = offset / chunk; c <= (offset + length - 1) / chunk; ++c) {
+    uint64_t& w = m.seen[size_t(c / 64)];
+    if (w & (1ull << (c % 64))) continue;
+    w |= 1ull << (c % 64);
+    if (m.offsets.size() == m.offsets.capacity()) m.offsets.reserve(std::min(kAccessMapEntriesMax, m.offsets.size() * 2 + 64));
+    m.offsets.push_back(c * chunk);
+    m.dirty = true;
+    if (m.offsets.size() >= kAccessMapEntriesMax) return;
+  }
+}
+
+// Access map file (gateway/wan/DESIGN.md "Access maps"): "FERRYMAP" u32 version 1, u32 chunk
+// bytes, u64 count, count × u64 offsets (little endian), u32 CRC32C of everything before it.
+void WanServer::load_access_maps() {
+  if (options_.access_map_dir.empty()) return;
+  for (size_t v = 0; v < volumes_.size(); ++v) {
+    const std::string path = options_.access_map_dir + "/" + volumes_[v].name + ".map";
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (f == nullptr) continue;
+    std::vector<uint8_t> b;
+    uint8_t buf[65536];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0 && b.size() < (kAccessMapEntriesMax + 4) * 8) b.insert(b.end(), buf, buf + n);
+    std::fclose(f);
+    auto le = [&](size_t at, int bytes) {
+      uint64_t x = 0;
+      for (int i = bytes - 1; i >= 0; --i) x = (x << 8) | b[at + size_t(i)];
+      return x;
+    };
+    const char* why = nullptr;
+    if (b.size() < 28 || std::memcmp(b.data(), "FERRYMAP", 8) != 0) why = "not an access map";
+    else if (le(8, 4) != 1) why = "unknown version";
+    else if (le(12, 4) != options_.chunk_bytes) why = "made with another chunk size";
+    else if (const uint64_t count = le(16, 8); count > kAccessMapEntriesMax || b.size() != 24 + count * 8 + 4) why = "truncated";
+    else if (crc32c({b.data(), b.size() - 4}) != uint32_t(le(b.size() - 4, 4))) why = "checksum mismatch";
+    if (why != nullptr) {
+      std::fprintf(stderr, "ferry: wan: access map %s ignored: %s\n", path.c_str(), why);
+      continue;
+    }
+    const uint64_t size = volumes_[v].device->geometry().size_bytes();
+    for (uint64_t i = 0; i < le(16, 8); ++i)
+      if (const uint64_t o = le(24 + size_t(i) * 8, 8); o < size && o % options_.chunk_bytes == 0) maps_[v].offsets.push_back(o);
+    std::fprintf(stderr, "ferry: wan: volume '%s': access map of %zu chunks from %s\n", volumes_[v].name.c_str(),
+                 maps_[v].offsets.size(), path.c_str());
+  }
+}
+
+void WanServer::save_access_maps() const {
+  if (options_.access_map_dir.empty()) return;
+  for (size_t v = 0; v < volumes_.size(); ++v) {
+    const AccessMap& m = maps_[v];
+    if (!m.dirty) continue;
+    std::vector<uint8_t> b(24 + m.offsets.size() * 8 + 4);
+    auto put = [&](size_t at, uint64_t x, int bytes) {
+      for (int i = 0; i < bytes; ++i) b[at + size_t(i)] = uint8_t(x >> (8 * i));
+    };
+    std::memcpy(b.data(), "FERRYMAP", 8);
+    put(8, 1, 4);
+    put(12, options_.chunk_bytes, 4);
+    put(16, m.offsets.size(), 8);
+    for (size_t i = 0; i < m.offsets.size(); ++i) put(24 + i * 8, m.offsets[i], 8);
+    put(b.size() - 4, crc32c({b.data(), b.size() - 4}), 4);
+    const std::string path = options_.access_map_dir + "/" + volumes_[v].name + ".map";
+    const std::string tmp = path + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "wb");
+    const bool ok = f != nullptr && std::fwrite(b.data(), 1, b.size(), f) == b.size() && std::fflush(f) == 0 &&
+                    ::fsync(fileno(f)) == 0;
+    if (f != nullptr) std::fclose(f);
+    if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0)
+      std::fprintf(stderr, "ferry: wan: cannot save the access map %s: %s\n", path.c_str(), std::strerror(errno));
+    else
+      std::fprintf(stderr, "ferry: wan: volume '%s': access map of %zu chunks saved to %s\n",
+                   volumes_[v].name.c_str(), m.offsets.size(), path.c_str());
+  }
+}
+
 std::string WanServer::lease_holder(size_t v) const {
   const VolumeLease& l = leases_[v];
   if (l.holder.empty()) return {};
@@ -859,10 +966,10 @@ std::string WanServer::stats_text() const {
     std::snprintf(line, sizeof line,
                   "volume %s: requested %" PRIu64 " B; sent %" PRIu64 " B of payload in %" PRIu64
                   " frames (zero %" PRIu64 " B, dedup %" PRIu64 " B, compressed %" PRIu64 " -> %" PRIu64
-                  " B, raw %" PRIu64 " B); written %" PRIu64 " B\n",
+                  " B, raw %" PRIu64 " B); written %" PRIu64 " B; access map %zu chunks\n",
                   volumes_[i].name.c_str(), c.bytes_requested, c.payload_bytes_sent, c.frames_sent,
                   c.bytes_zero, c.bytes_dedup, c.bytes_compressed_in, c.bytes_compressed_out,
-                  c.bytes_raw, c.bytes_written);
+                  c.bytes_raw, c.bytes_written, maps_[i].offsets.size());
     out += line;
   }
   return out;

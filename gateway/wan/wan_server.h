@@ -55,6 +55,9 @@ struct WanServerOptions {
   // An authenticated connection that sends nothing (cloud edges ping every second) for this
   // long is dead: it is closed, which starts its leases' lease_ms.
   uint32_t idle_timeout_ms = 15000;
+  // Learned access maps (see "Access maps" in gateway/wan/DESIGN.md): kept in DIR/<volume>.map
+  // across restarts when set ("" = in memory only).
+  std::string access_map_dir;
 };
 
 // Per-volume counters (what crossed the WAN for it, from this server's side).
@@ -92,6 +95,10 @@ class WanServer {
   std::string stats_text() const;
   // The edge holding volume i's lease ("" when free or expired), for tests and stats.
   std::string lease_holder(size_t volume_index) const;
+  // Chunks in volume i's access map.
+  size_t access_map_entries(size_t volume_index) const noexcept { return maps_[volume_index].offsets.size(); }
+  // Writes the maps to access_map_dir (after stop; main thread). Errors are logged.
+  void save_access_maps() const;
 
  private:
   friend class ServerSession;
@@ -137,6 +144,16 @@ class WanServer {
   std::vector<WanVolume> volumes_;
   std::vector<WanVolumeCounters> counters_;
   std::vector<VolumeLease> leases_;
+  // A volume's access map: the chunk offsets demand and prefetch reads first touched, in that
+  // order, at most kAccessMapEntriesMax; `seen` has one bit per chunk of the volume.
+  struct AccessMap {
+    std::vector<uint64_t> offsets;
+    std::vector<uint64_t> seen;
+    bool dirty = false;
+  };
+  std::vector<AccessMap> maps_;
+  void record_access(size_t volume_index, uint64_t offset_bytes, uint64_t length_bytes) noexcept;
+  void load_access_maps();
   std::atomic<uint64_t> rate_limit_;
   Reactor* reactor_ = nullptr;
   std::unique_ptr<Acceptor> acceptor_;
