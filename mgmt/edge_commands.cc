@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cache/ram_cache.h"
+#include "cache/ssd_cache.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
 #include "gateway/iscsi/server.h"
@@ -348,6 +349,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   bool stream = false;
   size_t content_store_mib = 256;
   size_t ram_cache_mib = 0;
+  std::string ssd_cache_path, ssd_cache_key;
+  size_t ssd_cache_mib = 1024;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
                  "repeated options; see README)");
   app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
@@ -371,6 +374,13 @@ int run_cloud_edge_command(int argc, char** argv) {
   app.add_option("--ram-cache-mib", ram_cache_mib,
                  "RAM cache per volume in MiB, 64 KiB chunks, S3-FIFO (0 = no cache)")
       ->capture_default_str();
+  app.add_option("--ssd-cache", ssd_cache_path,
+                 "SSD cache file or block device (created if missing; PATH.VOLUME when several "
+                 "volumes), under the RAM cache; survives restarts");
+  app.add_option("--ssd-cache-mib", ssd_cache_mib, "size of the SSD cache file in MiB")
+      ->capture_default_str();
+  app.add_option("--ssd-cache-key", ssd_cache_key,
+                 "AES-256-XTS key file for the SSD cache (64 bytes, mode 0600; none = plaintext)");
   add_tls_flags(app, tls_flags, true);
   app.add_option("--give-up-s", give_up_s,
                  "fail I/O when the WAN link stays down this long (shorter than the initiator's "
@@ -476,11 +486,37 @@ int run_cloud_edge_command(int argc, char** argv) {
   portal.portal_address = ioptions.listen_address + ":" + std::to_string(ioptions.port) + ",1";
   portal.targets.push_back(target_cfg);
   scsi::Target target;
+  std::vector<std::unique_ptr<cache::SsdCache>> ssd_caches;  // below the RAM caches: die last
   std::vector<std::unique_ptr<cache::RamCache>> caches;  // outlive the units and exports above them
   std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
   std::vector<nbd::NbdExport> exports;
   for (size_t i = 0; i < volume_names.size(); ++i) {
     BlockDevice* dev = &client.device(i);
+    const Uuid volume_uuid =
+        wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
+    if (!ssd_cache_path.empty()) {  // stack: ram-cache > ssd-cache > remote
+      cache::SsdCacheOptions so;
+      so.path = volume_names.size() == 1 ? ssd_cache_path : ssd_cache_path + "." + volume_names[i];
+      so.size_bytes = uint64_t(ssd_cache_mib) << 20;
+      so.key_file = ssd_cache_key;
+      so.volume_uuid = volume_uuid;
+      so.volume_name = volume_names[i];
+      std::string why;
+      auto c = cache::SsdCache::create(*dev, so, &why);
+      if (!c) {
+        std::fprintf(stderr, "ferry: --ssd-cache %s: %s\n", so.path.c_str(),
+                     why.empty() ? to_string(c.error()) : why.c_str());
+        reactor.post([&] { client.stop(); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        reactor.stop();
+        worker.join();
+        return 1;
+      }
+      ssd_caches.push_back(std::move(c.value()));
+      dev = ssd_caches.back().get();
+      std::fprintf(stderr, "ferry: volume %s: %s\n", volume_names[i].c_str(),
+                   std::string(dev->describe()).c_str());
+    }
     if (ram_cache_mib != 0) {
       cache::RamCacheOptions co;
       co.capacity_bytes = uint64_t(ram_cache_mib) << 20;
@@ -500,7 +536,7 @@ int run_cloud_edge_command(int argc, char** argv) {
                    std::string(dev->describe()).c_str());
     }
     scsi::LuIdentity id;
-    id.uuid = wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
+    id.uuid = volume_uuid;
     id.serial = scsi::serial_of(id.uuid);
     id.product = "WAN DISK";
     units.push_back(std::make_unique<scsi::LogicalUnit>(*dev, id));
@@ -556,6 +592,23 @@ int run_cloud_edge_command(int argc, char** argv) {
                     volume_names[i].c_str(), (unsigned long long)c.hits, (unsigned long long)c.misses,
                     (unsigned long long)c.bypassed, (unsigned long long)c.bytes_fetched,
                     (unsigned long long)c.fetches, (unsigned long long)c.evictions);
+      s += line;
+    }
+    for (size_t i = 0; i < ssd_caches.size(); ++i) {
+      const auto& c = ssd_caches[i]->counters();
+      char line[512];
+      std::snprintf(line, sizeof line,
+                    "ssd cache %s: %llu hits, %llu misses, %llu bypassed, %llu B fetched on demand "
+                    "in %llu fetches, %llu B prefetched, %llu fills, %llu evictions, %llu restored "
+                    "at open, %llu corrupt dropped, %llu writes waited for invalidation, %llu "
+                    "cache-file errors\n",
+                    volume_names[i].c_str(), (unsigned long long)c.hits,
+                    (unsigned long long)c.misses, (unsigned long long)c.bypassed,
+                    (unsigned long long)c.bytes_fetched, (unsigned long long)c.fetches,
+                    (unsigned long long)c.bytes_prefetched, (unsigned long long)c.fills,
+                    (unsigned long long)c.evictions, (unsigned long long)c.restored_chunks,
+                    (unsigned long long)c.corrupt_dropped, (unsigned long long)c.write_waits,
+                    (unsigned long long)c.ssd_errors);
       s += line;
     }
     stats.set_value(s);
