@@ -155,6 +155,26 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (!v.ok() || v.value() < (1u << 20))
         return "ram-cache: needs a size of at least 1MiB, e.g. ram-cache:256MiB (got '" + arg + "')";
       l.size_bytes = v.value();
+    } else if (kind == "ssd-cache") {
+      l.kind = LayerSpec::Kind::ssd_cache;
+      size_t comma = arg.find(',');
+      l.path = arg.substr(0, comma);
+      if (l.path.empty()) return "ssd-cache: needs a path, e.g. ssd-cache:/var/cache/ferry/{volume}.cache,size=8GiB";
+      l.size_bytes = 1ull << 30;
+      while (comma != std::string::npos) {
+        const size_t next = arg.find(',', comma + 1);
+        const std::string opt = arg.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+        if (opt.rfind("size=", 0) == 0) {
+          auto v = parse_size_bytes(opt.substr(5));
+          if (!v.ok() || v.value() < (4u << 20)) return "ssd-cache: bad size '" + opt.substr(5) + "' (at least 4MiB)";
+          l.size_bytes = v.value();
+        } else if (opt.rfind("key=", 0) == 0 && opt.size() > 4) {
+          l.key_file = opt.substr(4);
+        } else {
+          return "ssd-cache: unknown option '" + opt + "' (size=SIZE, key=FILE)";
+        }
+        comma = next;
+      }
     } else if (kind == "delay") {
       l.kind = LayerSpec::Kind::delay;
       if (!parse_duration_us(arg, l.delay_us)) return "delay: bad time '" + arg + "' (e.g. 500us, 2ms, at most 60s)";
@@ -163,7 +183,7 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (std::string e = parse_fault(arg, l.fault); !e.empty())
         return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
     } else {
-      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, delay, fault)";
+      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, ssd-cache, delay, fault)";
     }
     out.push_back(std::move(l));
   }
@@ -178,7 +198,7 @@ std::string to_string(const std::vector<LayerSpec>& stack) {
 
 std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
                                         const std::vector<LayerSpec>& stack, bool shared_by_reactors,
-                                        std::string& error) {
+                                        std::string& error, const Uuid& uuid) {
   std::unique_ptr<Volume> v(new Volume());
   v->name_ = std::move(name);
   BlockDevice* below = &base;
@@ -238,6 +258,27 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
           return nullptr;
         }
         v->ram_caches_.push_back(r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
+      case LayerSpec::Kind::ssd_cache: {
+        cache::SsdCacheOptions o;
+        o.path = l.path;
+        if (const size_t at = o.path.find("{volume}"); at != std::string::npos) o.path.replace(at, 8, v->name_);
+        o.size_bytes = l.size_bytes;
+        o.key_file = l.key_file;
+        o.volume_uuid = uuid;
+        o.volume_name = v->name_;
+        std::string why;
+        auto r = cache::SsdCache::create(*below, o, &why);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": " + (why.empty() ? to_string(r.error()) : why);
+          return nullptr;
+        }
+        if (!r.value()->open_note().empty())
+          std::fprintf(stderr, "ferry: volume %s: ssd cache %s: %s\n", v->name_.c_str(), o.path.c_str(),
+                       r.value()->open_note().c_str());
+        v->ssd_caches_.push_back(r.value().get());
         dev = std::move(r).value();
         break;
       }
@@ -316,6 +357,17 @@ std::string Volume::stats_text() const {
                   " evictions\n",
                   name_.c_str(), c.hits, c.misses, c.bypassed, c.prefetch_cached, c.prefetch_misses,
                   c.bytes_fetched, c.fetches, c.evictions);
+    out += line;
+  }
+  for (const cache::SsdCache* sc : ssd_caches_) {
+    const auto& c = sc->counters();
+    std::snprintf(line, sizeof line,
+                  "ssd cache %s: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " bypassed, %" PRIu64
+                  " B fetched in %" PRIu64 " fetches, %" PRIu64 " fills, %" PRIu64 " evictions, %" PRIu64
+                  " restored at open, %" PRIu64 " corrupt dropped, %" PRIu64 " writes waited for invalidation, %" PRIu64
+                  " cache-file errors\n",
+                  name_.c_str(), c.hits, c.misses, c.bypassed, c.bytes_fetched, c.fetches, c.fills, c.evictions,
+                  c.restored_chunks, c.corrupt_dropped, c.write_waits, c.ssd_errors);
     out += line;
   }
   return out;

@@ -12,6 +12,9 @@
 //                          edge) as prefetches, up to MAX bytes (256MiB) (cache/map_prefetch.h)
 //   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (8MiB)
 //   ram-cache:SIZE         RAM tier (cache/ram_cache.h), SIZE like 256MiB
+//   ssd-cache:PATH[,size=SIZE][,key=FILE]   SSD tier (cache/ssd_cache.h): a cache file (created)
+//                          or block device, survives restarts; `{volume}` in PATH is replaced by
+//                          the volume's name; key = AES-256-XTS key file (none: plaintext)
 //   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
 //   fault:OP[@OFF[+LEN]][=ERROR][*COUNT]   fails OP (read|write|flush|discard|write_zeroes)
 //                          on [OFF, OFF+LEN) with ERROR (io_error, medium_error, ...) COUNT times (tests)
@@ -31,17 +34,19 @@
 #include "cache/map_prefetch.h"
 #include "cache/ram_cache.h"
 #include "cache/readahead.h"
+#include "cache/ssd_cache.h"
 #include "datapath/block_device.h"
 #include "datapath/test_devices.h"
 
 namespace ferry {
 
 struct LayerSpec {
-  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, delay, fault } kind = Kind::delay;
+  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, ssd_cache, delay, fault } kind = Kind::delay;
   uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; stream: bytes/s cap;
                             // prefetch-map: bytes to replay
   uint64_t delay_us = 0;
   FaultRule fault;
+  std::string path, key_file;  // ssd-cache
   std::string text;         // as written, for messages
   bool single_reactor() const noexcept { return kind != Kind::delay && kind != Kind::fault; }
 };
@@ -55,9 +60,11 @@ class Volume {
  public:
   // Builds `stack` over `base`. `shared_by_reactors`: the stack will be used from several
   // reactor threads (refuses single-reactor layers). nullptr and `error` set on failure.
+  // `uuid` identifies the volume to layers that persist (the SSD tier never serves a cache file
+  // written for another volume).
   static std::unique_ptr<Volume> compose(std::string name, BlockDevice& base,
                                          const std::vector<LayerSpec>& stack, bool shared_by_reactors,
-                                         std::string& error);
+                                         std::string& error, const Uuid& uuid = Uuid{});
   ~Volume();
   Volume(const Volume&) = delete;
   Volume& operator=(const Volume&) = delete;
@@ -82,6 +89,7 @@ class Volume {
   BlockDevice* top_ = nullptr;
   std::vector<std::unique_ptr<BlockDevice>> layers_;  // bottom first: destroyed top first
   std::vector<const cache::RamCache*> ram_caches_;
+  std::vector<const cache::SsdCache*> ssd_caches_;
   std::vector<const cache::ReadAhead*> readaheads_;
   std::vector<cache::BackgroundStream*> streams_;
   std::vector<cache::MapPrefetch*> map_prefetches_;

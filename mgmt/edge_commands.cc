@@ -392,6 +392,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   size_t content_store_mib = 256;
   size_t ram_cache_mib = 256;
   std::string layers_text;
+  std::string ssd_cache_path, ssd_cache_key;
+  size_t ssd_cache_mib = 1024;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
                  "repeated options; see README)");
   app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
@@ -422,6 +424,13 @@ int run_cloud_edge_command(int argc, char** argv) {
   app.add_option("--layers", layers_text,
                  "each volume's stack above the WAN remote, top first, instead of the default "
                  "(e.g. 'readahead > ram-cache:1GiB'; see gateway/volume.h)");
+  app.add_option("--ssd-cache", ssd_cache_path,
+                 "SSD cache file or block device (created if missing; PATH.VOLUME when several "
+                 "volumes), under the RAM cache; survives restarts");
+  app.add_option("--ssd-cache-mib", ssd_cache_mib, "size of the SSD cache file in MiB")
+      ->capture_default_str();
+  app.add_option("--ssd-cache-key", ssd_cache_key,
+                 "AES-256-XTS key file for the SSD cache (64 bytes, mode 0600; none = plaintext)");
   add_tls_flags(app, tls_flags, true);
   app.add_option("--give-up-s", give_up_s,
                  "fail I/O when the WAN link stays down this long (shorter than the initiator's "
@@ -478,10 +487,20 @@ int run_cloud_edge_command(int argc, char** argv) {
     return 2;
   }
   std::vector<LayerSpec> stack;
+  std::string ssd_layer;
+  if (!ssd_cache_path.empty()) {
+    ssd_layer = " > ssd-cache:" + (volume_names.size() == 1 ? ssd_cache_path : ssd_cache_path + ".{volume}") +
+                ",size=" + std::to_string(ssd_cache_mib) + "MiB" + (ssd_cache_key.empty() ? "" : ",key=" + ssd_cache_key);
+    if (!layers_text.empty()) {
+      std::fprintf(stderr, "ferry: --ssd-cache and --layers: put the ssd-cache layer into --layers\n");
+      return 2;
+    }
+  }
   const std::string stack_text =
       !layers_text.empty() ? layers_text
-      : ram_cache_mib != 0 ? "prefetch-map:" + std::to_string(ram_cache_mib) + "MiB > readahead > ram-cache:" +
-                                 std::to_string(ram_cache_mib) + "MiB"
+: ram_cache_mib != 0 ? "prefetch-map:" + std::to_string(ram_cache_mib) + "MiB > readahead > ram-cache:" +
+                                 std::to_string(ram_cache_mib) + "MiB" + ssd_layer
+      : !ssd_layer.empty() ? "readahead" + ssd_layer
                            : std::string();
   const std::string stream_layer =
       stream ? (stream_mbit ? "stream:" + std::to_string(stream_mbit) + "Mbit" : std::string("stream")) : "";
@@ -556,7 +575,9 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::vector<nbd::NbdExport> exports;
   for (size_t i = 0; i < volume_names.size(); ++i) {
     std::string error;
-    auto vol = Volume::compose(volume_names[i], client.device(i), stack, false, error);
+    const Uuid volume_uuid =
+        wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
+    auto vol = Volume::compose(volume_names[i], client.device(i), stack, false, error, volume_uuid);
     if (!vol) {
       std::fprintf(stderr, "ferry: %s\n", error.c_str());
       return stop_early();
@@ -565,7 +586,7 @@ int run_cloud_edge_command(int argc, char** argv) {
     std::fprintf(stderr, "ferry: volume %s: %s\n", volume_names[i].c_str(), vol->describe().c_str());
     volumes.push_back(std::move(vol));
     scsi::LuIdentity id;
-    id.uuid = wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
+    id.uuid = volume_uuid;
     id.serial = scsi::serial_of(id.uuid);
     id.product = "WAN DISK";
     units.push_back(std::make_unique<scsi::LogicalUnit>(*dev, id));
