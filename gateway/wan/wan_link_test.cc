@@ -275,6 +275,45 @@ TEST_F(WanLinkTest, AccessMapRecordsFirstReadOrderAndServesItToTheNextEdge) {
   stop_client(fresh);
 }
 
+// --access-map-dir: the map survives a dc-edge restart; a damaged file is ignored, never trusted.
+TEST_F(WanLinkTest, AccessMapIsKeptAcrossADatacenterEdgeRestart) {
+  server_options_.access_map_dir = dir_;
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  std::vector<std::byte> buf(4096);
+  for (uint64_t off : {2u << 20, 0u})
+    ASSERT_EQ(io(IoOp::read, off, buf.data(), buf.size(), client_->device(0)), Errc::ok);
+  stop_client(client_);
+  on_reactor([&] {
+    server_->stop();
+    server_->save_access_maps();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto again = std::make_unique<WanServer>(server_options_, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
+  std::string error;
+  on_reactor([&] { ASSERT_TRUE(again->start(reactor_, error).ok()) << error; });
+  size_t n = 0;
+  on_reactor([&] { n = again->access_map_entries(0); });
+  EXPECT_EQ(n, 2u);
+  on_reactor([&] { again->stop(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  on_reactor([&] { again.reset(); });
+  // Flip a byte: the checksum refuses the file.
+  {
+    FILE* f = std::fopen((dir_ + "/vol.map").c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    std::fseek(f, 30, SEEK_SET);
+    std::fputc(0x55, f);
+    std::fclose(f);
+  }
+  auto third = std::make_unique<WanServer>(server_options_, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
+  on_reactor([&] { ASSERT_TRUE(third->start(reactor_, error).ok()) << error; });
+  on_reactor([&] { n = third->access_map_entries(0); });
+  EXPECT_EQ(n, 0u);
+  on_reactor([&] { third->stop(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  on_reactor([&] { third.reset(); });
+}
+
 TEST_F(WanLinkTest, UnknownVolumeIsRefused) {
   EXPECT_EQ(start({"nope"}), Errc::not_found);
 }

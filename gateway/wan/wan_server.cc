@@ -677,7 +677,14 @@ WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
       leases_(volumes_.size()),
       maps_(volumes_.size()),
       rate_limit_(options_.rate_limit_bytes_per_s),
-      pre_auth_(options_.pre_auth) {}
+      pre_auth_(options_.pre_auth) {
+  // Access maps are bounded and allocated here, not on the read path.
+  for (size_t v = 0; v < volumes_.size(); ++v) {
+    const uint64_t chunks = (volumes_[v].device->geometry().size_bytes() + options_.chunk_bytes - 1) / options_.chunk_bytes;
+    maps_[v].seen.assign(size_t((chunks + 63) / 64), 0);
+    maps_[v].offsets.reserve(std::min<uint64_t>(kAccessMapEntriesMax, chunks));
+  }
+}
 
 // The sweep re-arms itself while a closing session is not idle; at shutdown one can stay busy
 // for good (a request stuck on a hung NBD source), so the timer may still be armed here. The
@@ -795,21 +802,15 @@ void WanServer::connection_lost(ServerSession& s) noexcept {
 
 void WanServer::record_access(size_t v, uint64_t offset, uint64_t length) noexcept {
   AccessMap& m = maps_[v];
-  if (m.offsets.size() >= kAccessMapEntriesMax || length == 0) return;
+  if (m.offsets.size() >= m.offsets.capacity() || length == 0) return;
   const uint64_t chunk = options_.chunk_bytes;
-  if (m.seen.empty()) {  // sized once (start-up of the first read), one bit per chunk
-    const uint64_t chunks = (volumes_[v].device->geometry().size_bytes() + chunk - 1) / chunk;
-    m.seen.assign(size_t((chunks + 63) / 64), 0);
-    for (uint64_t o : m.offsets) m.seen[size_t(o / chunk / 64)] |= 1ull << (o / chunk % 64);
-  }
   for (uint64_t c = offset / chunk; c <= (offset + length - 1) / chunk; ++c) {
     uint64_t& w = m.seen[size_t(c / 64)];
     if (w & (1ull << (c % 64))) continue;
     w |= 1ull << (c % 64);
-    if (m.offsets.size() == m.offsets.capacity()) m.offsets.reserve(std::min(kAccessMapEntriesMax, m.offsets.size() * 2 + 64));
-    m.offsets.push_back(c * chunk);
+    m.offsets.push_back(c * chunk);  // within the capacity reserved at construction
     m.dirty = true;
-    if (m.offsets.size() >= kAccessMapEntriesMax) return;
+    if (m.offsets.size() >= m.offsets.capacity()) return;
   }
 }
 
@@ -843,7 +844,13 @@ void WanServer::load_access_maps() {
     }
     const uint64_t size = volumes_[v].device->geometry().size_bytes();
     for (uint64_t i = 0; i < le(16, 8); ++i)
-      if (const uint64_t o = le(24 + size_t(i) * 8, 8); o < size && o % options_.chunk_bytes == 0) maps_[v].offsets.push_back(o);
+      if (const uint64_t o = le(24 + size_t(i) * 8, 8);
+          o < size && o % options_.chunk_bytes == 0 && maps_[v].offsets.size() < maps_[v].offsets.capacity()) {
+        const uint64_t c = o / options_.chunk_bytes;
+        if (maps_[v].seen[size_t(c / 64)] & (1ull << (c % 64))) continue;  // duplicate entry
+        maps_[v].seen[size_t(c / 64)] |= 1ull << (c % 64);
+        maps_[v].offsets.push_back(o);
+      }
     std::fprintf(stderr, "ferry: wan: volume '%s': access map of %zu chunks from %s\n", volumes_[v].name.c_str(),
                  maps_[v].offsets.size(), path.c_str());
   }
