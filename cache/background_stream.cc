@@ -28,9 +28,15 @@ Result<std::unique_ptr<BackgroundStream>> BackgroundStream::create(BlockDevice& 
     op.io.on_complete = &BackgroundStream::on_read;
     s->free_ops_.push_back(&op);
   }
-  s->description_ = "stream" +
-                    (o.rate_bytes_per_s ? ":" + std::to_string(o.rate_bytes_per_s * 8 / 1000000) + "Mbit" : std::string()) +
-                    ">" + std::string(next.describe());
+  // Appends, not one `a + b + c` expression: g++ 12 -O3 warns -Wrestrict on that (false positive).
+  s->description_ = "stream";
+  if (o.rate_bytes_per_s != 0) {
+    s->description_ += ':';
+    s->description_ += std::to_string(o.rate_bytes_per_s * 8 / 1000000);
+    s->description_ += "Mbit";
+  }
+  s->description_ += '>';
+  s->description_ += next.describe();
   return s;
 }
 
