@@ -20,6 +20,10 @@ RATE=${RATE_MBIT:-100}
 RTT=${RTT_MS:-40}
 TRACE=$(readlink -f "${TRACE:-../shared/traces/debian12-boot-reads.csv}")
 LIMIT=${LIMIT:-0}
+# THINK=1: replay with the recorded think time (closest to a real boot; the naive and no-cache
+# cases are skipped, they take minutes); default: back to back (worst case for latency).
+THINK=${THINK:-0}
+THINK_ARG=(); [ "$THINK" = 1 ] && THINK_ARG=(--think)
 PY=/usr/bin/python3
 TMP=$(mktemp -d /tmp/ferry-bootbench.XXXXXX)
 PIDS=()
@@ -52,7 +56,7 @@ start_dc() {  # a fresh dc-edge (in-memory access maps: none yet); sets P_WAN DC
 stop_dc() { kill "$DC_PID"; wait "$DC_PID" 2>/dev/null || true; }
 
 replay() {  # replay NAME URI → JSON line in $TMP/NAME.json
-  $PY perf/boot_replay.py "$TRACE" "$1" --verify "$TMP/disk.raw" --limit "$LIMIT" >"$TMP/$2.json"
+  $PY perf/boot_replay.py "$TRACE" "$1" --verify "$TMP/disk.raw" --limit "$LIMIT" "${THINK_ARG[@]}" >"$TMP/$2.json"
   echo "$2: $(cat "$TMP/$2.json")" >&2
 }
 start_emu() {  # start_emu NAME TARGET_PORT; sets P_EMU EMU_PID
@@ -75,15 +79,17 @@ stop_cloud() { kill "$CLOUD_PID"; wait "$CLOUD_PID" 2>/dev/null || true; }
 
 replay "nbd://127.0.0.1:$P_NBD/disk" local
 
-start_emu naive "$P_NBD"
-replay "nbd://127.0.0.1:$P_EMU/disk" naive
-stop_emu
+if [ "$THINK" != 1 ]; then
+  start_emu naive "$P_NBD"
+  replay "nbd://127.0.0.1:$P_EMU/disk" naive
+  stop_emu
 
-start_dc nc
-start_emu ferry-nc "$P_WAN"
-start_cloud ferry-nc --ram-cache-mib 0
-replay "nbd://127.0.0.1:$P_CN/disk" ferry-nc
-stop_cloud; stop_emu; stop_dc
+  start_dc nc
+  start_emu ferry-nc "$P_WAN"
+  start_cloud ferry-nc --ram-cache-mib 0
+  replay "nbd://127.0.0.1:$P_CN/disk" ferry-nc
+  stop_cloud; stop_emu; stop_dc
+fi
 
 start_dc cold
 start_emu ferry-cold "$P_WAN"
@@ -109,16 +115,18 @@ j() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])'
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 L=$(j local total_s)
 out=perf/results/boot-latest.md
+[ "$THINK" = 1 ] && out=perf/results/boot-think-latest.md
 mkdir -p perf/results
 {
   echo "# Boot-trace replay ($RATE Mbit/s, $RTT ms RTT, ferry-wan-emu)"
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); machine: $(nproc) CPUs, kernel $(uname -r)"
-  echo "- command: \`perf/boot_bench.sh\`; trace $(basename "$TRACE") ($(j local reads) reads, $(j local bytes) B), replayed in order at QD 1, every byte verified"
+  echo "- command: \`THINK=$THINK perf/boot_bench.sh\`; trace $(basename "$TRACE") ($(j local reads) reads, $(j local bytes) B), replayed in order at QD 1$([ "$THINK" = 1 ] && echo " with the recorded think time"), every byte verified"
   echo
   echo "| case | total s | boot loader s (first 2,466 reads) | rest s | × local | WAN bytes dc → cloud |"
   echo "|---|---:|---:|---:|---:|---:|"
-  for c in local naive ferry-nc ferry-cold; do
+  cases=(local naive ferry-nc ferry-cold); [ "$THINK" = 1 ] && cases=(local ferry-cold)
+  for c in "${cases[@]}"; do
     case $c in local) w="—";; *) w=$(emu_down "$c");; esac
     echo "| $c | $(j $c total_s) | $(j $c loader_s) | $(j $c rest_s) | $(ratio "$(j $c total_s)" "$L") | $w |"
   done
