@@ -138,6 +138,18 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (!v.ok() || v.value() < (1u << 20))
         return "ram-cache: needs a size of at least 1MiB, e.g. ram-cache:256MiB (got '" + arg + "')";
       l.size_bytes = v.value();
+    } else if (kind == "journal") {
+      l.kind = LayerSpec::Kind::journal;
+      l.size_bytes = journal::JournalOptions{}.size_bytes;
+      l.path = arg;
+      if (size_t c = arg.rfind(':'); c != std::string::npos) {
+        auto v = parse_size_bytes(arg.substr(c + 1));
+        if (!v.ok() || v.value() < (1u << 20))
+          return "journal: bad size '" + arg.substr(c + 1) + "' (at least 1MiB, e.g. journal:PATH:1GiB)";
+        l.size_bytes = v.value();
+        l.path = arg.substr(0, c);
+      }
+      if (l.path.empty()) return "journal: needs a file, e.g. journal:/var/lib/ferry/vm1.journal:1GiB";
     } else if (kind == "delay") {
       l.kind = LayerSpec::Kind::delay;
       if (!parse_duration_us(arg, l.delay_us)) return "delay: bad time '" + arg + "' (e.g. 500us, 2ms, at most 60s)";
@@ -146,7 +158,7 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (std::string e = parse_fault(arg, l.fault); !e.empty())
         return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
     } else {
-      return "unknown layer '" + kind + "' (readahead, ram-cache, delay, fault)";
+      return "unknown layer '" + kind + "' (readahead, ram-cache, journal, delay, fault)";
     }
     out.push_back(std::move(l));
   }
@@ -200,6 +212,19 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         dev = std::move(r).value();
         break;
       }
+      case LayerSpec::Kind::journal: {
+        journal::JournalOptions o;
+        o.path = l.path;
+        o.size_bytes = l.size_bytes;
+        auto r = journal::JournalDevice::open(*below, o);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": cannot open the journal: " + to_string(r.error());
+          return nullptr;
+        }
+        v->journals_.insert(v->journals_.begin(), r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
       case LayerSpec::Kind::delay:
         dev = std::make_unique<DelayDevice>(*below, l.delay_us);
         break;
@@ -237,6 +262,7 @@ std::string Volume::stats_text() const {
                   c.prefetch_used_bytes, accuracy, c.prefetch_errors, c.throttled);
     out += line;
   }
+  for (const journal::JournalDevice* j : journals_) out += j->stats_text(name_);
   for (const cache::RamCache* rc : ram_caches_) {
     const auto& c = rc->counters();
     std::snprintf(line, sizeof line,

@@ -8,6 +8,8 @@
 // Layers (each a BlockDevice over the next one; docs in cache/DESIGN.md, datapath/test_devices.h):
 //   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (8MiB)
 //   ram-cache:SIZE         RAM tier (cache/ram_cache.h), SIZE like 256MiB
+//   journal:PATH[:SIZE]    write-back journal in file PATH (journal/journal_device.h), SIZE when
+//                          created (1GiB); writes are acknowledged once durable there
 //   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
 //   fault:OP[@OFF[+LEN]][=ERROR][*COUNT]   fails OP (read|write|flush|discard|write_zeroes)
 //                          on [OFF, OFF+LEN) with ERROR (io_error, medium_error, ...) COUNT times (tests)
@@ -27,16 +29,20 @@
 #include "cache/readahead.h"
 #include "datapath/block_device.h"
 #include "datapath/test_devices.h"
+#include "journal/journal_device.h"
 
 namespace ferry {
 
 struct LayerSpec {
-  enum class Kind : uint8_t { readahead, ram_cache, delay, fault } kind = Kind::delay;
-  uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap
+  enum class Kind : uint8_t { readahead, ram_cache, delay, fault, journal } kind = Kind::delay;
+  uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; journal: file size
+  std::string path;         // journal: its file
   uint64_t delay_us = 0;
   FaultRule fault;
   std::string text;         // as written, for messages
-  bool single_reactor() const noexcept { return kind == Kind::readahead || kind == Kind::ram_cache; }
+  bool single_reactor() const noexcept {
+    return kind == Kind::readahead || kind == Kind::ram_cache || kind == Kind::journal;
+  }
 };
 
 // Parses "a > b:arg > c" (top first; empty = no layers). Empty string on success, else a
@@ -62,6 +68,8 @@ class Volume {
   // One line per layer that counts something (cache hits, prefetch accuracy, ...), for the
   // daemon's stop report and later the metrics registry. Reactor thread or after it stopped.
   std::string stats_text() const;
+  // The stack's journals (top first): the daemon starts, drains and shuts them down on the reactor.
+  const std::vector<journal::JournalDevice*>& journals() const noexcept { return journals_; }
 
  private:
   Volume() = default;
@@ -70,6 +78,7 @@ class Volume {
   std::vector<std::unique_ptr<BlockDevice>> layers_;  // bottom first: destroyed top first
   std::vector<const cache::RamCache*> ram_caches_;
   std::vector<const cache::ReadAhead*> readaheads_;
+  std::vector<journal::JournalDevice*> journals_;
 };
 
 }  // namespace ferry
