@@ -47,8 +47,8 @@ struct JournalOptions {
   uint32_t flush_waiters_max = 1024;           // FLUSHes waiting for earlier writes; more answer busy
   uint32_t reads_max = 256;                    // reads touching the journal in flight; more wait
   uint32_t read_waiters_max = 4096;            // reads waiting for a read op; more answer busy
-  uint32_t write_back_ops_max = 16;            // write-back writes to next in flight
-  uint32_t write_back_piece_bytes_max = 256u << 10;  // one write-back write (and its buffer)
+  uint32_t write_back_ops_max = 128;           // write-back writes to next in flight (a WAN RTT each)
+  uint32_t write_back_piece_bytes_max = 64u << 10;   // one write-back write (and its buffer)
   uint32_t retry_ms_min = 50;                  // back-off when next (or the journal file) fails
   uint32_t retry_ms_max = 5000;
   bool write_back = true;                      // false: records only pile up (replay tests)
