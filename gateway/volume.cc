@@ -175,6 +175,18 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
         }
         comma = next;
       }
+    } else if (kind == "journal") {
+      l.kind = LayerSpec::Kind::journal;
+      l.size_bytes = journal::JournalOptions{}.size_bytes;
+      l.path = arg;
+      if (size_t c = arg.rfind(':'); c != std::string::npos) {
+        auto v = parse_size_bytes(arg.substr(c + 1));
+        if (!v.ok() || v.value() < (1u << 20))
+          return "journal: bad size '" + arg.substr(c + 1) + "' (at least 1MiB, e.g. journal:PATH:1GiB)";
+        l.size_bytes = v.value();
+        l.path = arg.substr(0, c);
+      }
+      if (l.path.empty()) return "journal: needs a file, e.g. journal:/var/lib/ferry/vm1.journal:1GiB";
     } else if (kind == "delay") {
       l.kind = LayerSpec::Kind::delay;
       if (!parse_duration_us(arg, l.delay_us)) return "delay: bad time '" + arg + "' (e.g. 500us, 2ms, at most 60s)";
@@ -183,7 +195,7 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (std::string e = parse_fault(arg, l.fault); !e.empty())
         return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
     } else {
-      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, ssd-cache, delay, fault)";
+      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, ssd-cache, journal, delay, fault)";
     }
     out.push_back(std::move(l));
   }
@@ -282,6 +294,19 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         dev = std::move(r).value();
         break;
       }
+      case LayerSpec::Kind::journal: {
+        journal::JournalOptions o;
+        o.path = l.path;
+        o.size_bytes = l.size_bytes;
+        auto r = journal::JournalDevice::open(*below, o);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": cannot open the journal: " + to_string(r.error());
+          return nullptr;
+        }
+        v->journals_.insert(v->journals_.begin(), r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
       case LayerSpec::Kind::delay:
         dev = std::make_unique<DelayDevice>(*below, l.delay_us);
         break;
@@ -349,6 +374,7 @@ std::string Volume::stats_text() const {
                   p.errors, p.finished ? "" : p.started ? " (not finished)" : " (not started)");
     out += line;
   }
+  for (const journal::JournalDevice* j : journals_) out += j->stats_text(name_);
   for (const cache::RamCache* rc : ram_caches_) {
     const auto& c = rc->counters();
     std::snprintf(line, sizeof line,

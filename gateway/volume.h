@@ -15,6 +15,8 @@
 //   ssd-cache:PATH[,size=SIZE][,key=FILE]   SSD tier (cache/ssd_cache.h): a cache file (created)
 //                          or block device, survives restarts; `{volume}` in PATH is replaced by
 //                          the volume's name; key = AES-256-XTS key file (none: plaintext)
+//   journal:PATH[:SIZE]    write-back journal in file PATH (journal/journal_device.h), SIZE when
+//                          created (1GiB); writes are acknowledged once durable there
 //   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
 //   fault:OP[@OFF[+LEN]][=ERROR][*COUNT]   fails OP (read|write|flush|discard|write_zeroes)
 //                          on [OFF, OFF+LEN) with ERROR (io_error, medium_error, ...) COUNT times (tests)
@@ -37,16 +39,18 @@
 #include "cache/ssd_cache.h"
 #include "datapath/block_device.h"
 #include "datapath/test_devices.h"
+#include "journal/journal_device.h"
 
 namespace ferry {
 
 struct LayerSpec {
-  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, ssd_cache, delay, fault } kind = Kind::delay;
+  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, ssd_cache, journal, delay, fault } kind =
+      Kind::delay;
   uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; stream: bytes/s cap;
-                            // prefetch-map: bytes to replay
+                            // prefetch-map: bytes to replay; journal: file size
   uint64_t delay_us = 0;
   FaultRule fault;
-  std::string path, key_file;  // ssd-cache
+  std::string path, key_file;  // ssd-cache, journal: the file (ssd-cache: its key)
   std::string text;         // as written, for messages
   bool single_reactor() const noexcept { return kind != Kind::delay && kind != Kind::fault; }
 };
@@ -82,6 +86,8 @@ class Volume {
   void stop() noexcept;
   // The background stream's progress (started == false when the stack has none).
   cache::StreamProgress stream_progress() const noexcept;
+  // The stack's journals (top first): the daemon starts, drains and shuts them down on the reactor.
+  const std::vector<journal::JournalDevice*>& journals() const noexcept { return journals_; }
 
  private:
   Volume() = default;
@@ -93,6 +99,7 @@ class Volume {
   std::vector<const cache::ReadAhead*> readaheads_;
   std::vector<cache::BackgroundStream*> streams_;
   std::vector<cache::MapPrefetch*> map_prefetches_;
+  std::vector<journal::JournalDevice*> journals_;
 };
 
 }  // namespace ferry

@@ -50,6 +50,20 @@ TEST(VolumeStack, ParsesTopFirstAndNamesTheBadLayer) {
   EXPECT_NE(parse_stack("fault:read=oops", s).find("unknown error"), std::string::npos);
 }
 
+TEST(VolumeStack, ParsesAJournalLayerWithPathAndSize) {
+  std::vector<LayerSpec> st;
+  ASSERT_EQ(parse_stack("journal:/var/lib/ferry/vm1.journal:1GiB > readahead > ram-cache:256MiB", st), "");
+  ASSERT_EQ(st.size(), 3u);
+  EXPECT_EQ(st[0].kind, LayerSpec::Kind::journal);
+  EXPECT_EQ(st[0].path, "/var/lib/ferry/vm1.journal");
+  EXPECT_EQ(st[0].size_bytes, 1ull << 30);
+  EXPECT_TRUE(st[0].single_reactor());
+  ASSERT_EQ(parse_stack("journal:/tmp/x.journal", st), "");
+  EXPECT_EQ(st[0].path, "/tmp/x.journal");
+  EXPECT_NE(parse_stack("journal:", st), "");
+  EXPECT_NE(parse_stack("journal:/tmp/x:12", st), "");  // a size below 1MiB
+}
+
 TEST(VolumeStack, ComposesInTheOrderWrittenAndServesIo) {
   auto base = RamDevice::create(8u << 20, 512);
   ASSERT_TRUE(base.ok());

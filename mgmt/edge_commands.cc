@@ -375,6 +375,64 @@ static Uuid wan_volume_uuid(const std::string& dc_identity, const std::string& v
   return u;
 }
 
+// Clean stop with journals: write back what they hold (progress every second, at most timeout_s),
+// then shut them down. What is left stays in the journal files and goes at the next start.
+static void drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>>& volumes, double timeout_s) {
+  std::vector<journal::JournalDevice*> js;
+  for (const auto& v : volumes)
+    for (journal::JournalDevice* j : v->journals()) js.push_back(j);
+  if (js.empty()) return;
+  auto left = std::make_shared<size_t>(js.size());  // reactor thread
+  auto drained = std::make_shared<std::promise<void>>();
+  auto drained_future = drained->get_future();
+  reactor.post([js, left, drained] {
+    for (journal::JournalDevice* j : js)
+      j->drain([left, drained] {
+        if (--*left == 0) drained->set_value();
+      });
+  });
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  for (;;) {
+    std::promise<std::string> p;
+    reactor.post([&] {
+      uint64_t dirty = 0, used = 0, lag = 0;
+      for (journal::JournalDevice* j : js) {
+        const journal::JournalState s = j->state();
+        dirty += s.dirty_bytes;
+        used += s.journal_bytes_used;
+        lag = std::max(lag, s.write_back_lag_ms);
+      }
+      char line[160];
+      std::snprintf(line, sizeof line, "%llu B dirty, %llu B of journal in use, lag %llu ms",
+                    static_cast<unsigned long long>(dirty), static_cast<unsigned long long>(used),
+                    static_cast<unsigned long long>(lag));
+      p.set_value(line);
+    });
+    const std::string progress = p.get_future().get();
+    if (drained_future.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+      std::fprintf(stderr, "ferry: cloud-edge: journals drained to the datacenter edge\n");
+      break;
+    }
+    if (std::chrono::steady_clock::now() >= until) {
+      std::fprintf(stderr, "ferry: cloud-edge: journals not drained within %.0f s (%s); the rest is "
+                           "written back at the next start\n", timeout_s, progress.c_str());
+      break;
+    }
+    std::fprintf(stderr, "ferry: cloud-edge: draining journals: %s\n", progress.c_str());
+    (void)drained_future.wait_for(std::chrono::seconds(1));
+  }
+  auto down = std::make_shared<std::atomic<size_t>>(js.size());
+  auto all_down = std::make_shared<std::promise<void>>();
+  reactor.post([js, down, all_down] {
+    for (journal::JournalDevice* j : js)
+      j->shutdown([down, all_down] {
+        if (--*down == 0) all_down->set_value();
+      });
+  });
+  if (all_down->get_future().wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+    std::fprintf(stderr, "ferry: cloud-edge: journal I/O still in flight after 10 s\n");
+}
+
 int run_cloud_edge_command(int argc, char** argv) {
   CLI::App app{"Cloud edge: serve datacenter volumes as iSCSI LUNs, fetched over the WAN link",
                "ferry cloud-edge"};
@@ -394,6 +452,9 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::string layers_text;
   std::string ssd_cache_path, ssd_cache_key;
   size_t ssd_cache_mib = 1024;
+  std::string journal_dir;
+  size_t journal_mib = 1024;
+  double journal_drain_s = 60;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
                  "repeated options; see README)");
   app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
@@ -431,6 +492,13 @@ int run_cloud_edge_command(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--ssd-cache-key", ssd_cache_key,
                  "AES-256-XTS key file for the SSD cache (64 bytes, mode 0600; none = plaintext)");
+  app.add_option("--journal-dir", journal_dir,
+                 "write-back journal per volume in DIR/<volume>.journal on top of the stack: writes are "
+                 "acknowledged once durable there and shipped to the datacenter edge in the background");
+  app.add_option("--journal-mib", journal_mib, "size of a new journal file in MiB")->capture_default_str();
+  app.add_option("--journal-drain-s", journal_drain_s,
+                 "at a clean stop, wait this long for the journals to reach the datacenter edge")
+      ->capture_default_str();
   add_tls_flags(app, tls_flags, true);
   app.add_option("--give-up-s", give_up_s,
                  "fail I/O when the WAN link stays down this long (shorter than the initiator's "
@@ -498,19 +566,31 @@ int run_cloud_edge_command(int argc, char** argv) {
   }
   const std::string stack_text =
       !layers_text.empty() ? layers_text
-: ram_cache_mib != 0 ? "prefetch-map:" + std::to_string(ram_cache_mib) + "MiB > readahead > ram-cache:" +
+      : ram_cache_mib != 0 ? "prefetch-map:" + std::to_string(ram_cache_mib) + "MiB > readahead > ram-cache:" +
                                  std::to_string(ram_cache_mib) + "MiB" + ssd_layer
       : !ssd_layer.empty() ? "readahead" + ssd_layer
                            : std::string();
   const std::string stream_layer =
       stream ? (stream_mbit ? "stream:" + std::to_string(stream_mbit) + "Mbit" : std::string("stream")) : "";
-  if (std::string e = parse_stack(stream_layer.empty()   ? stack_text
-                                  : stack_text.empty() ? stream_layer
-                                                       : stream_layer + " > " + stack_text,
-                                  stack);
-      !e.empty()) {
+  const std::string base_text = stream_layer.empty() ? stack_text
+                                : stack_text.empty()  ? stream_layer
+                                                      : stream_layer + " > " + stack_text;
+  if (std::string e = parse_stack(base_text, stack); !e.empty()) {
     std::fprintf(stderr, "ferry: %s: %s\n", layers_text.empty() ? "--ram-cache-mib" : "--layers", e.c_str());
     return 2;
+  }
+  // --journal-dir: each volume's stack gets its own journal on top.
+  auto volume_stack = [&](const std::string& volume, std::vector<LayerSpec>& out) {
+    if (journal_dir.empty()) return parse_stack(base_text, out);
+    const std::string j = "journal:" + journal_dir + "/" + volume + ".journal:" + std::to_string(journal_mib) + "MiB";
+    return parse_stack(base_text.empty() ? j : j + " > " + base_text, out);
+  };
+  if (!journal_dir.empty()) {
+    std::vector<LayerSpec> probe;
+    if (std::string e = volume_stack("probe", probe); !e.empty()) {
+      std::fprintf(stderr, "ferry: --journal-dir/--journal-mib: %s\n", e.c_str());
+      return 2;
+    }
   }
   auto tls = make_tls(tls_flags, false);
   if (!tls) return 2;
@@ -577,7 +657,9 @@ int run_cloud_edge_command(int argc, char** argv) {
     std::string error;
     const Uuid volume_uuid =
         wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
-    auto vol = Volume::compose(volume_names[i], client.device(i), stack, false, error, volume_uuid);
+    std::vector<LayerSpec> vstack;
+    (void)volume_stack(volume_names[i], vstack);  // checked above
+    auto vol = Volume::compose(volume_names[i], client.device(i), vstack, false, error, volume_uuid);
     if (!vol) {
       std::fprintf(stderr, "ferry: %s\n", error.c_str());
       return stop_early();
@@ -610,6 +692,10 @@ int run_cloud_edge_command(int argc, char** argv) {
     std::fprintf(stderr, "ferry: cloud-edge: cannot listen (port in use?)\n");
     return stop_early();
   }
+  reactor.post([&] {
+    for (const auto& v : volumes)
+      for (journal::JournalDevice* j : v->journals()) j->start();  // resumes replayed write-back
+  });
   std::fprintf(stderr, "ferry: cloud-edge connected to %s; target %s\n", dc.c_str(), iqn.c_str());
   reactor.post([&] {
     for (auto& v : volumes) v->start(reactor);
@@ -626,6 +712,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   });
   stopped.get_future().wait();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  drain_journals(reactor, volumes, journal_drain_s);
   std::promise<std::string> stats;
   reactor.post([&] {
     std::string s = client.stats_text();
