@@ -115,7 +115,7 @@ j() { $PY -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])'
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 L=$(j local total_s)
 out=perf/results/boot-latest.md
-[ "$THINK" = 1 ] && out=perf/results/boot-think-latest.md
+[ "$THINK" = 1 ] && out=perf/results/boot-think-${RATE}mbit-${RTT}ms.md
 mkdir -p perf/results
 {
   echo "# Boot-trace replay ($RATE Mbit/s, $RTT ms RTT, ferry-wan-emu)"
