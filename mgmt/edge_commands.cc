@@ -377,11 +377,13 @@ static Uuid wan_volume_uuid(const std::string& dc_identity, const std::string& v
 
 // Clean stop with journals: write back what they hold (progress every second, at most timeout_s),
 // then shut them down. What is left stays in the journal files and goes at the next start.
-static void drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>>& volumes, double timeout_s) {
+// True when every journal reached the datacenter edge (or there are none).
+static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>>& volumes, double timeout_s) {
   std::vector<journal::JournalDevice*> js;
   for (const auto& v : volumes)
     for (journal::JournalDevice* j : v->journals()) js.push_back(j);
-  if (js.empty()) return;
+  if (js.empty()) return true;
+  bool all_drained = false;
   auto left = std::make_shared<size_t>(js.size());  // reactor thread
   auto drained = std::make_shared<std::promise<void>>();
   auto drained_future = drained->get_future();
@@ -411,6 +413,7 @@ static void drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
     const std::string progress = p.get_future().get();
     if (drained_future.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
       std::fprintf(stderr, "ferry: cloud-edge: journals drained to the datacenter edge\n");
+      all_drained = true;
       break;
     }
     if (std::chrono::steady_clock::now() >= until) {
@@ -431,6 +434,7 @@ static void drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
   });
   if (all_down->get_future().wait_for(std::chrono::seconds(10)) != std::future_status::ready)
     std::fprintf(stderr, "ferry: cloud-edge: journal I/O still in flight after 10 s\n");
+  return all_drained;
 }
 
 int run_cloud_edge_command(int argc, char** argv) {
@@ -712,7 +716,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   });
   stopped.get_future().wait();
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  drain_journals(reactor, volumes, journal_drain_s);
+  const bool drained = drain_journals(reactor, volumes, journal_drain_s);
   std::promise<std::string> stats;
   reactor.post([&] {
     std::string s = client.stats_text();
@@ -722,9 +726,15 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
   // Release the volumes' leases (CLOSE_VOLUME) so another cloud edge may attach at once; a
   // link that is down or a datacenter edge that does not answer leaves them to expire there.
+  // Not while a journal still holds writes the datacenter edge lacks: another cloud edge must
+  // not attach before this one comes back (same certificate) and finishes the write-back.
   auto released = std::make_shared<std::promise<void>>();
-  reactor.post([&client, released] { client.release([released] { released->set_value(); }); });
-  if (released->get_future().wait_for(std::chrono::seconds(3)) != std::future_status::ready)
+  if (!drained)
+    std::fprintf(stderr, "ferry: cloud-edge: leases kept (journals not drained): restart this edge "
+                         "to finish the write-back; other edges are refused until the lease expires\n");
+  else
+    reactor.post([&client, released] { client.release([released] { released->set_value(); }); });
+  if (drained && released->get_future().wait_for(std::chrono::seconds(3)) != std::future_status::ready)
     std::fprintf(stderr, "ferry: cloud-edge: leases not released within 3 s (they expire on the "
                          "datacenter edge)\n");
   std::promise<void> client_stopped;
