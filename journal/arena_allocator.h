@@ -18,7 +18,10 @@ struct NodeArena {
   std::unique_ptr<std::byte[]> mem;
   std::vector<void*> free;
   void init(size_t slots) {
-    mem.reset(new (std::align_val_t(alignof(std::max_align_t))) std::byte[slots * kSlotBytes]);
+    // Plain new[]: its alignment (__STDCPP_DEFAULT_NEW_ALIGNMENT__) already covers max_align_t,
+    // and unique_ptr<byte[]> frees with plain delete[] (an aligned new[] would mismatch it).
+    static_assert(__STDCPP_DEFAULT_NEW_ALIGNMENT__ >= alignof(std::max_align_t));
+    mem.reset(new std::byte[slots * kSlotBytes]);
     free.reserve(slots);
     for (size_t i = slots; i-- > 0;) free.push_back(mem.get() + i * kSlotBytes);
   }
