@@ -8,6 +8,8 @@
 // Layers (each a BlockDevice over the next one; docs in cache/DESIGN.md, datapath/test_devices.h):
 //   stream[:RATE]          reads the whole volume in the background (cache/background_stream.h),
 //                          optionally capped, e.g. stream:40Mbit; started by Volume::start()
+//                          (only `ferry cloud-edge` starts its volumes: stream and prefetch-map
+//                          do nothing in the other daemons' stacks)
 //   prefetch-map[:MAX]     at start, replays the volume's learned access map (from the datacenter
 //                          edge) as prefetches, up to MAX bytes (256MiB) (cache/map_prefetch.h)
 //   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (8MiB)
