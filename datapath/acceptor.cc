@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include "datapath/net_address.h"
+
 namespace ferry {
 
 namespace {
@@ -28,43 +30,47 @@ std::string available_congestion_controls() {
 
 Result<int> listen_tcp(const std::string& address, uint16_t port, std::string& error,
                        const std::string& congestion) noexcept {
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  if (inet_pton(AF_INET, address.c_str(), &addr.sin_addr) != 1) {
-    error = "bad listen address " + address + " (IPv4 literal expected)";
+  auto addresses =
+      resolve_tcp(HostPort{address, port}, /*passive=*/true, /*numeric_only=*/false, error);
+  if (!addresses.ok()) {
+    error = "bad listen address: " + error;
     return Errc::invalid_argument;
   }
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    error = std::string("socket: ") + std::strerror(errno);
-    return Errc::io_error;
-  }
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (!congestion.empty() && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, congestion.data(),
-                                        socklen_t(congestion.size())) != 0) {
-    error = "TCP congestion control '" + congestion + "': " + std::strerror(errno) +
-            " (allowed without CAP_NET_ADMIN: " + available_congestion_controls() +
-            "; loaded: see /proc/sys/net/ipv4/tcp_available_congestion_control)";
-    ::close(fd);
-    return Errc::invalid_argument;
-  }
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 1024) != 0) {
+  // The first address that binds (a name such as localhost may stand for ::1 and 127.0.0.1).
+  Errc last = Errc::io_error;
+  for (const SocketAddress& addr : addresses.value()) {
+    const int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      error = std::string("socket: ") + std::strerror(errno);
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (!congestion.empty() && setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, congestion.data(),
+                                          socklen_t(congestion.size())) != 0) {
+      error = "TCP congestion control '" + congestion + "': " + std::strerror(errno) +
+              " (allowed without CAP_NET_ADMIN: " + available_congestion_controls() +
+              "; loaded: see /proc/sys/net/ipv4/tcp_available_congestion_control)";
+      ::close(fd);
+      return Errc::invalid_argument;
+    }
+    if (::bind(fd, addr.get(), addr.length) == 0 && ::listen(fd, 1024) == 0) return fd;
     const int err = errno;
-    error = "cannot listen on " + address + ":" + std::to_string(port) + ": " + std::strerror(err);
+    error = "cannot listen on " + addr.text() + ": " + std::strerror(err);
     if (err == EADDRINUSE) error += " (another process, or another server of this one, has it)";
+    last = err == EADDRINUSE ? Errc::exists : Errc::io_error;
     ::close(fd);
-    return err == EADDRINUSE ? Errc::exists : Errc::io_error;
   }
-  return fd;
+  return last;
 }
 
 uint16_t local_port(int fd) noexcept {
-  sockaddr_in addr{};
+  sockaddr_storage addr{};
   socklen_t len = sizeof addr;
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return 0;
-  return ntohs(addr.sin_port);
+  if (addr.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port);
+  if (addr.ss_family == AF_INET) return ntohs(reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  return 0;
 }
 
 Acceptor::Acceptor(Reactor& reactor, int listen_fd, OnAccept on_accept, void* context,
@@ -93,8 +99,10 @@ void Acceptor::stop() noexcept {
 void Acceptor::on_cqe(int32_t res, uint32_t flags) noexcept {
   if (!(flags & IORING_CQE_F_MORE)) accepting_ = false;
   if (res >= 0) {
-    if (stopping_) ::close(res);
-    else on_accept_(context_, res);
+    if (stopping_)
+      ::close(res);
+    else
+      on_accept_(context_, res);
   } else if (!stopping_ && res != -ECANCELED && res != -EINTR && res != -EAGAIN &&
              res != -ECONNABORTED) {
     std::fprintf(stderr, "ferry: %s: accept: %s\n", name_, std::strerror(-res));

@@ -15,10 +15,12 @@
 
 namespace ferry {
 
-// Binds and listens on IPv4 ADDRESS:PORT (port 0: ephemeral). Returns the fd or an error,
+// Binds and listens on ADDRESS:PORT (port 0: ephemeral); ADDRESS is a host name, an IPv4 or an
+// IPv6 literal (no brackets), resolved with getaddrinfo (blocks: start-up only), and the first of
+// its addresses that binds is used. Returns the fd or an error,
 // with a message naming the address in `error`; a port already in use (by this or another
-// process) is an error (Errc::exists, "address already in use"). A non-empty `congestion` names the TCP
-// congestion control for the listener, which accepted sockets inherit (TCP_CONGESTION; e.g.
+// process) is an error (Errc::exists, "address already in use"). A non-empty `congestion` names the
+// TCP congestion control for the listener, which accepted sockets inherit (TCP_CONGESTION; e.g.
 // "cubic" where the system default is "bbr" without an fq qdisc: BBR then paces every segment
 // with a timer, which costs a loopback or LAN front end a third of its 1 MiB read throughput,
 // perf/README.md). An unknown or not-permitted name fails with the available ones in `error`.

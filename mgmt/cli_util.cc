@@ -1,21 +1,22 @@
 // Command-line parsing helpers (see cli_util.h).
 #include "mgmt/cli_util.h"
 
-#include <charconv>
+#include <cstdio>
+#include <utility>
+
+#include "datapath/net_address.h"
 
 namespace ferry::mgmt {
 
 bool split_host_port(const std::string& text, std::string& host, uint16_t& port, bool allow_zero) {
-  const auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  unsigned value = 0;
-  const char* first = text.data() + colon + 1;
-  const char* last = text.data() + text.size();
-  auto [p, ec] = std::from_chars(first, last, value);
-  if (ec != std::errc{} || p != last || first == last || value > 65535 || (value == 0 && !allow_zero))
+  std::string error;
+  auto parsed = parse_host_port(text, error, allow_zero);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "ferry: %s\n", error.c_str());
     return false;
-  host = text.substr(0, colon);
-  port = uint16_t(value);
+  }
+  host = std::move(parsed.value().host);
+  port = parsed.value().port;
   return true;
 }
 

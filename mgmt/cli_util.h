@@ -2,7 +2,6 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <cstdint>
 #include <string>
 
@@ -10,7 +9,8 @@
 
 namespace ferry::mgmt {
 
-// "HOST:PORT" (the last colon splits). Port 0 allowed when allow_zero.
+// "HOST:PORT" or "[IPv6]:PORT" (datapath/net_address.h parse_host_port; the host comes back
+// without brackets); the reason for a refusal is printed. Port 0 allowed when allow_zero.
 bool split_host_port(const std::string& text, std::string& host, uint16_t& port,
                      bool allow_zero = false);
 // "USER:SECRET", both non-empty.

@@ -185,7 +185,7 @@ int run_dc_edge_command(int argc, char** argv) {
   double duration_s = 0;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
                  "repeated options; see README)");
-  app.add_option("--listen", listen, "ADDRESS:PORT of the WAN link (port 0: any)")->capture_default_str();
+  app.add_option("--listen", listen, "HOST:PORT of the WAN link (port 0: any)")->capture_default_str();
   app.add_option("--volume", volume_specs,
                  "NAME=URI: a volume and the NBD server holding it (nbd://, nbds://, nbd+unix://)")
       ->required();
@@ -246,7 +246,7 @@ int run_dc_edge_command(int argc, char** argv) {
     return app.exit(e);
   }
   if (!split_host_port(listen, options.listen_address, options.port, true)) {
-    std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT\n");
+    std::fprintf(stderr, "ferry: --listen wants HOST:PORT\n");
     return 2;
   }
   if (!parse_compression(compression, options.compression)) {
@@ -461,7 +461,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   double journal_drain_s = 60;
   app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
                  "repeated options; see README)");
-  app.add_option("--listen", listen, "iSCSI portal ADDRESS:PORT")->capture_default_str();
+  app.add_option("--listen", listen, "iSCSI portal HOST:PORT")->capture_default_str();
   app.add_flag("--stream", stream,
                "stream every volume in the background (lowest priority) through its cache so later "
                "reads are local: puts 'stream' on top of the stack (progress logged every 10 %)");
@@ -470,11 +470,11 @@ int run_cloud_edge_command(int argc, char** argv) {
   app.add_option("--content-store-mib", content_store_mib,
                  "memory for content already received (dedup by SHA-256; acts as the read cache)")
       ->capture_default_str();
-  app.add_option("--dc", dc, "datacenter edge ADDRESS:PORT")->capture_default_str();
+  app.add_option("--dc", dc, "datacenter edge HOST:PORT")->capture_default_str();
   app.add_option("--volume", volume_names, "volume name on the datacenter edge; LUNs in order")
       ->required();
   app.add_option("--iqn", iqn, "target name")->capture_default_str();
-  app.add_option("--nbd", nbd_listen, "also export the volumes over NBD on ADDRESS:PORT");
+  app.add_option("--nbd", nbd_listen, "also export the volumes over NBD on HOST:PORT");
   ChapFlags chap;
   std::vector<std::string> allowed_initiators;
   NbdTlsFlags nbd_tls;
@@ -518,7 +518,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   }
   wan::WanClientOptions copt;
   if (!split_host_port(dc, copt.server_address, copt.server_port)) {
-    std::fprintf(stderr, "ferry: --dc wants ADDRESS:PORT\n");
+    std::fprintf(stderr, "ferry: --dc wants HOST:PORT\n");
     return 2;
   }
   if (!parse_compression(compression, copt.compression)) {
@@ -529,12 +529,12 @@ int run_cloud_edge_command(int argc, char** argv) {
   copt.content_store_bytes_max = content_store_mib << 20;
   iscsi::ServerOptions ioptions;
   if (!split_host_port(listen, ioptions.listen_address, ioptions.port)) {
-    std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT\n");
+    std::fprintf(stderr, "ferry: --listen wants HOST:PORT\n");
     return 2;
   }
   nbd::NbdOptions noptions;
   if (!nbd_listen.empty() && !split_host_port(nbd_listen, noptions.listen_address, noptions.port)) {
-    std::fprintf(stderr, "ferry: --nbd wants ADDRESS:PORT\n");
+    std::fprintf(stderr, "ferry: --nbd wants HOST:PORT\n");
     return 2;
   }
   // The portal's and the NBD export's access rules: the same model, flags and checks as

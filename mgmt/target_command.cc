@@ -43,7 +43,7 @@ struct TargetFlags {
   uint32_t tx_batch_pdus = 256;
   uint32_t spin_us = uint32_t(Reactor::kSpinNsDefault / 1000);
   std::string tcp_congestion;  // "": the system's
-  std::string nbd;  // ADDRESS:PORT
+  std::string nbd;  // HOST:PORT
   std::string nbd_unix;
   std::string layers;
   NbdTlsFlags nbd_tls;
@@ -51,7 +51,7 @@ struct TargetFlags {
 };
 
 void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
-  app.add_option("--listen", f.listen, "ADDRESS:PORT of the iSCSI portal")->capture_default_str();
+  app.add_option("--listen", f.listen, "HOST:PORT of the iSCSI portal")->capture_default_str();
   auto* lun = app.add_option("--lun", f.luns,
                              "LUN, numbered from 0 in order: ram:SIZE[:512|4096] or "
                              "file:PATH[,bs=512|4096][,direct][,ro]");
@@ -96,7 +96,7 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--layers", f.layers,
                  "each LUN's stack above its device, top first (e.g. 'delay:2ms > fault:write@0+4096'; "
                  "caches need --threads 1; see gateway/volume.h)");
-  app.add_option("--nbd", f.nbd, "also export every LUN over NBD on ADDRESS:PORT (lun0, lun1, ...)");
+  app.add_option("--nbd", f.nbd, "also export every LUN over NBD on HOST:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
   add_nbd_tls_flags(app, f.nbd_tls);
   app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)");
@@ -111,7 +111,7 @@ int64_t now_ns() {
 int run_target(TargetFlags& f, const char* banner) {
   iscsi::ServerOptions options;
   if (!split_host_port(f.listen, options.listen_address, options.port)) {
-    std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT, got '%s'\n", f.listen.c_str());
+    std::fprintf(stderr, "ferry: --listen wants HOST:PORT, got '%s'\n", f.listen.c_str());
     return 2;
   }
   options.queue_depth_max = f.queue_depth;
@@ -154,7 +154,7 @@ int run_target(TargetFlags& f, const char* banner) {
   const bool nbd_tcp = !f.nbd.empty();
   const bool nbd_on = nbd_tcp || !f.nbd_unix.empty();
   if (nbd_tcp && !split_host_port(f.nbd, nbd_options.listen_address, nbd_options.port)) {
-    std::fprintf(stderr, "ferry: --nbd wants ADDRESS:PORT, got '%s'\n", f.nbd.c_str());
+    std::fprintf(stderr, "ferry: --nbd wants HOST:PORT, got '%s'\n", f.nbd.c_str());
     return 2;
   }
   nbd_options.listen_tcp = nbd_tcp;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -25,7 +26,11 @@ constexpr uint64_t kCloseIdBase = 1ull << 32;
 
 WanClient::WanClient(Reactor& reactor, WanClientOptions options, const tls::TlsContext& tls,
                      std::vector<std::string> volume_names)
-    : reactor_(reactor), options_(std::move(options)), tls_(tls), names_(std::move(volume_names)) {
+    : reactor_(reactor),
+      options_(std::move(options)),
+      tls_(tls),
+      names_(std::move(volume_names)),
+      resolver_(reactor) {
   for (size_t i = 0; i < names_.size(); ++i)
     devices_.push_back(std::make_unique<RemoteDevice>(*this, i, names_[i]));
   counters_.resize(names_.size());
@@ -39,13 +44,11 @@ WanClient::~WanClient() {
 
 void WanClient::start(std::function<void(Errc, const std::string&)> on_ready) {
   on_ready_ = std::move(on_ready);
-  addr_.sin_family = AF_INET;
-  addr_.sin_port = htons(options_.server_port);
-  if (inet_pton(AF_INET, options_.server_address.c_str(), &addr_.sin_addr) != 1) {
-    ready_reported_ = true;
-    on_ready_(Errc::invalid_argument, "bad datacenter edge address " + options_.server_address);
-    return;
-  }
+  std::string error;
+  auto literal = resolve_tcp(HostPort{options_.server_address, options_.server_port},
+                             /*passive=*/false, /*numeric_only=*/true, error);
+  server_is_literal_ = literal.ok();
+  if (server_is_literal_) addresses_ = std::move(literal.value());
   if (!encoder_.init().ok() || !decoder_.init().ok() ||
       !(scratch_ = reactor_.pool().allocate(kChunkBytesMax))) {
     ready_reported_ = true;
@@ -86,6 +89,7 @@ void WanClient::stop() {
   reactor_.cancel(tick_timer_);
   reactor_.cancel(reconnect_timer_);
   reactor_.cancel(connect_deadline_);
+  resolver_.cancel();
   fail_all(Errc::cancelled, "cloud edge stopping");
   if (stream_) stream_->close("cloud edge stopping");
   if (connecting_fd_ >= 0) ::shutdown(connecting_fd_, SHUT_RDWR);
@@ -93,21 +97,58 @@ void WanClient::stop() {
 
 // ---------------------------------------------------------------- connection
 
+// A round of attempts: resolve the name (on a helper thread; literals need no lookup), then try
+// its addresses in order; when every one failed, back off and start a new round.
 void WanClient::connect() noexcept {
   if (stopping_) return;
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return schedule_reconnect();
+  if (server_is_literal_) return connect_to(0);
+  const bool started = resolver_.resolve(
+      HostPort{options_.server_address, options_.server_port},
+      [this](Result<std::vector<SocketAddress>> addresses, const std::string& error) noexcept {
+        on_resolved(std::move(addresses), error);
+      });
+  if (!started) connect_failed("cannot start the name lookup");
+}
+
+void WanClient::on_resolved(Result<std::vector<SocketAddress>> addresses,
+                            const std::string& error) noexcept {
+  if (stopping_) return;
+  if (!addresses.ok()) return connect_failed(error);
+  addresses_ = std::move(addresses.value());
+  connect_to(0);
+}
+
+void WanClient::connect_to(size_t index) noexcept {
+  address_index_ = index;
+  const SocketAddress& to = addresses_[index];
+  const int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return connect_failed(std::string("socket: ") + std::strerror(errno));
   connecting_fd_ = fd;
-  connect_op_.set([](void* ctx, int32_t res, uint32_t) noexcept {
-    static_cast<WanClient*>(ctx)->on_connected(res);
-  }, this);
+  connect_op_.set([](void* ctx, int32_t res,
+                     uint32_t) noexcept { static_cast<WanClient*>(ctx)->on_connected(res); },
+                  this);
   io_uring_sqe* sqe = reactor_.get_sqe();
-  io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(&addr_), sizeof addr_);
+  io_uring_prep_connect(sqe, fd, to.get(), to.length);
   Reactor::prepare(sqe, &connect_op_);
-  reactor_.arm(connect_deadline_, options_.connect_timeout_ms * kMs, [](void* ctx) noexcept {
-    auto* self = static_cast<WanClient*>(ctx);
-    if (self->connecting_fd_ >= 0) ::shutdown(self->connecting_fd_, SHUT_RDWR);
-  }, this);
+  reactor_.arm(
+      connect_deadline_, options_.connect_timeout_ms * kMs,
+      [](void* ctx) noexcept {
+        auto* self = static_cast<WanClient*>(ctx);
+        if (self->connecting_fd_ >= 0) ::shutdown(self->connecting_fd_, SHUT_RDWR);
+      },
+      this);
+}
+
+// Every address of this round failed (or the lookup did): report once the back-off has reached
+// its maximum before the link was ever up, and try again later.
+void WanClient::connect_failed(const std::string& why) noexcept {
+  if (!ready_reported_ && !stopping_ && backoff_ms_ >= kBackoffMaxMs) {
+    ready_reported_ = true;
+    on_ready_(Errc::closed, "cannot connect to the datacenter edge " +
+                                format_host_port(options_.server_address, options_.server_port) +
+                                ": " + why);
+  }
+  schedule_reconnect();
 }
 
 void WanClient::on_connected(int32_t res) noexcept {
@@ -116,13 +157,9 @@ void WanClient::on_connected(int32_t res) noexcept {
   connecting_fd_ = -1;
   if (res < 0 || stopping_) {
     ::close(fd);
-    if (!ready_reported_ && !stopping_ && backoff_ms_ >= kBackoffMaxMs) {
-      ready_reported_ = true;
-      on_ready_(Errc::closed, std::string("cannot connect to the datacenter edge ") +
-                                  options_.server_address + ":" + std::to_string(options_.server_port) +
-                                  ": " + std::strerror(-res));
-    }
-    return schedule_reconnect();
+    if (stopping_) return;
+    if (address_index_ + 1 < addresses_.size()) return connect_to(address_index_ + 1);
+    return connect_failed(addresses_[address_index_].text() + ": " + std::strerror(-res));
   }
   if (stream_) old_streams_.push_back(std::move(stream_));
   stream_ = std::make_unique<WanStream>(reactor_, tls_, *this);
@@ -179,12 +216,14 @@ void WanClient::on_closed(const char* why) noexcept {
     if (!t.verify_error().empty())
       auth_reason = "we refused the datacenter edge's certificate: " + t.verify_error();
     else if (!t.peer_alert().empty())
-      auth_reason = "the datacenter edge refused our certificate (TLS alert: " + t.peer_alert() + ")";
+      auth_reason =
+          "the datacenter edge refused our certificate (TLS alert: " + t.peer_alert() + ")";
   }
   if (!auth_reason.empty()) {
     ++auth_failures_;
-    std::fprintf(stderr, "ferry: wan: %s:%u: %s (%u of %u tries)\n", options_.server_address.c_str(),
-                 options_.server_port, auth_reason.c_str(), auth_failures_, options_.auth_failures_max);
+    std::fprintf(stderr, "ferry: wan: %s:%u: %s (%u of %u tries)\n",
+                 options_.server_address.c_str(), options_.server_port, auth_reason.c_str(),
+                 auth_failures_, options_.auth_failures_max);
     if (!ready_reported_ && auth_failures_ >= options_.auth_failures_max) {
       ready_reported_ = true;
       stopping_ = true;
@@ -192,7 +231,8 @@ void WanClient::on_closed(const char* why) noexcept {
       return;
     }
   }
-  std::fprintf(stderr, "ferry: wan: link to %s:%u lost (%s); %zu request(s) in flight will be resent\n",
+  std::fprintf(stderr,
+               "ferry: wan: link to %s:%u lost (%s); %zu request(s) in flight will be resent\n",
                options_.server_address.c_str(), options_.server_port, why != nullptr ? why : "",
                pending_.size());
   // Everything goes out again on the next connection.
@@ -212,7 +252,8 @@ void WanClient::on_tick(void* ctx) noexcept {
   const uint64_t now = self->reactor_.now_ns_fresh();
   // Old streams are freed once their socket operations are done.
   auto& old = self->old_streams_;
-  old.erase(std::remove_if(old.begin(), old.end(), [](const auto& s) { return s->idle(); }), old.end());
+  old.erase(std::remove_if(old.begin(), old.end(), [](const auto& s) { return s->idle(); }),
+            old.end());
   if (self->ready_ && self->stream_) {
     if (now - self->last_rx_ns_ > self->options_.dead_after_ms * kMs) {
       self->stream_->close("no answer to keepalive (link dead)");
@@ -337,7 +378,8 @@ bool WanClient::send_request(Pending& p) noexcept {
         if (io.op == IoOp::write_zeroes) {
           f.flags = kFlagZero;
         } else {
-          const std::span<const uint8_t> data{reinterpret_cast<const uint8_t*>(io.data) + p.sent_bytes, len};
+          const std::span<const uint8_t> data{
+              reinterpret_cast<const uint8_t*>(io.data) + p.sent_bytes, len};
           Compression comp = options_.compression;
           if (!(caps_ & capability_for(comp.algo))) comp.algo = CompressAlgo::none;
           const EncodedChunk enc = encoder_.encode(
@@ -427,7 +469,8 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
       stream_->close("HELLO refused");
       return false;
     }
-    auto ack = h.type == FrameType::hello_ack ? parse_hello(payload) : Result<Hello>(Errc::protocol_error);
+    auto ack =
+        h.type == FrameType::hello_ack ? parse_hello(payload) : Result<Hello>(Errc::protocol_error);
     if (!ack) {
       stream_->close("expected HELLO_ACK");
       return false;
@@ -440,7 +483,8 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
       FrameHeader o;
       o.type = FrameType::open_volume;
       o.request_id = kControlIdBase | (2 + i);
-      stream_->send_frame(o, {reinterpret_cast<const uint8_t*>(names_[i].data()), names_[i].size()});
+      stream_->send_frame(o,
+                          {reinterpret_cast<const uint8_t*>(names_[i].data()), names_[i].size()});
     }
     return true;
   }
@@ -453,7 +497,8 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
         std::fprintf(stderr, "ferry: wan: releasing volume %" PRIu64 ": %.*s\n", idx - kCloseIdBase,
                      e ? int(e.value().message.size()) : 0, e ? e.value().message.data() : "");
       }
-      if (closes_pending_ > 0 && --closes_pending_ == 0 && release_done_) std::exchange(release_done_, nullptr)();
+      if (closes_pending_ > 0 && --closes_pending_ == 0 && release_done_)
+        std::exchange(release_done_, nullptr)();
       return true;
     }
     if (idx < 2 || idx - 2 >= names_.size()) return true;
@@ -461,10 +506,12 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
     if (h.type == FrameType::error) {
       auto e = parse_error(payload);
       const std::string msg = e ? std::string(e.value().message) : "error";
-      std::fprintf(stderr, "ferry: wan: cannot open volume '%s': %s\n", names_[vol].c_str(), msg.c_str());
+      std::fprintf(stderr, "ferry: wan: cannot open volume '%s': %s\n", names_[vol].c_str(),
+                   msg.c_str());
       if (!ready_reported_) {
         ready_reported_ = true;
-        on_ready_(e ? from_wire_error(e.value().code) : Errc::not_found, "volume '" + names_[vol] + "': " + msg);
+        on_ready_(e ? from_wire_error(e.value().code) : Errc::not_found,
+                  "volume '" + names_[vol] + "': " + msg);
       } else {
         // Refused on a reconnect (another edge took the lease after ours expired): this edge
         // must not touch the volume again; everything in flight and after fails.
@@ -486,7 +533,7 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
     g.block_size_bytes = info.value().block_bytes;
     g.block_count = info.value().size_bytes / g.block_size_bytes;
     g.read_only = (info.value().flags & kVolumeReadOnly) != 0;
-    g.volatile_cache = true;  // durability needs FLUSH to reach the datacenter edge
+    g.volatile_cache = true;       // durability needs FLUSH to reach the datacenter edge
     g.block_status_remote = true;  // a WAN round trip: the NBD front end must not ask it per READ
     const Geometry old = devices_[vol]->geometry();
     if (ready_reported_ && old.size_bytes() != g.size_bytes()) {
@@ -524,8 +571,8 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
         stream_->close("READ_DATA outside its request");
         return false;
       }
-      std::span<uint8_t> out{reinterpret_cast<uint8_t*>(io.data) + (h.offset_bytes - io.offset_bytes),
-                             h.length_bytes};
+      std::span<uint8_t> out{
+          reinterpret_cast<uint8_t*>(io.data) + (h.offset_bytes - io.offset_bytes), h.length_bytes};
       c.payload_bytes_in += payload.size();
       if (h.flags & kFlagDedupRef) {
         const Stored* s = recall(payload);
@@ -540,8 +587,10 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
           stream_->close("undecodable READ_DATA");
           return false;
         }
-        if (h.flags & kFlagZero) c.bytes_zero += out.size();
-        else remember(out);
+        if (h.flags & kFlagZero)
+          c.bytes_zero += out.size();
+        else
+          remember(out);
         if (h.flags & kFlagCompressed) c.bytes_compressed += out.size();
       }
       p->received_bytes += h.length_bytes;
@@ -578,14 +627,16 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
     case FrameType::block_status_reply: {
       const Extent e = extent_at(payload, 0);
       io.status_length_bytes = e.length_bytes;
-      io.status_flags = ((e.flags & kExtentHole) ? kStatusHole : 0) | ((e.flags & kExtentZero) ? kStatusZero : 0);
+      io.status_flags =
+          ((e.flags & kExtentHole) ? kStatusHole : 0) | ((e.flags & kExtentZero) ? kStatusZero : 0);
       complete(p, Errc::ok);
       return true;
     }
     case FrameType::error: {
       auto e = parse_error(payload);
       const Errc errc = e ? from_wire_error(e.value().code) : Errc::io_error;
-      std::fprintf(stderr, "ferry: wan: request on volume '%s' failed at the datacenter edge: %.*s\n",
+      std::fprintf(stderr,
+                   "ferry: wan: request on volume '%s' failed at the datacenter edge: %.*s\n",
                    names_[p->volume].c_str(), e ? int(e.value().message.size()) : 0,
                    e ? e.value().message.data() : "");
       complete(p, errc);
@@ -602,9 +653,9 @@ std::string WanClient::stats_text() const {
     const auto& c = counters_[i];
     char line[512];
     std::snprintf(line, sizeof line,
-                  "volume %s: read %" PRIu64 " B (zero runs %" PRIu64 " B, from content store %" PRIu64
-                  " B, compressed %" PRIu64 " B) for %" PRIu64 " B of payload; written %" PRIu64
-                  " B as %" PRIu64 " B; %" PRIu64 " retries\n",
+                  "volume %s: read %" PRIu64 " B (zero runs %" PRIu64
+                  " B, from content store %" PRIu64 " B, compressed %" PRIu64 " B) for %" PRIu64
+                  " B of payload; written %" PRIu64 " B as %" PRIu64 " B; %" PRIu64 " retries\n",
                   names_[i].c_str(), c.bytes_read, c.bytes_zero, c.bytes_dedup, c.bytes_compressed,
                   c.payload_bytes_in, c.bytes_written, c.payload_bytes_out, c.retries);
     out += line;
@@ -615,8 +666,9 @@ std::string WanClient::stats_text() const {
     t.wire_bytes_out += stream_->counters().wire_bytes_out;
   }
   char line[256];
-  std::snprintf(line, sizeof line, "link: %" PRIu64 " B in, %" PRIu64 " B out on the wire (TLS); %" PRIu64
-                                   " reconnect(s)\n",
+  std::snprintf(line, sizeof line,
+                "link: %" PRIu64 " B in, %" PRIu64 " B out on the wire (TLS); %" PRIu64
+                " reconnect(s)\n",
                 t.wire_bytes_in, t.wire_bytes_out, reconnects_);
   out += line;
   return out;

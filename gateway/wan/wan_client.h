@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "datapath/block_device.h"
+#include "datapath/net_address.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
 #include "datapath/wan/codec.h"
@@ -30,30 +31,33 @@
 namespace ferry::wan {
 
 struct WanClientOptions {
-  std::string server_address = "127.0.0.1";  // IPv4 literal
+  // A host name, or an IPv4 or IPv6 literal (no brackets). A name is resolved off the reactor
+  // (AsyncResolver) before every connection attempt, so a reconnect follows a DNS change; its
+  // addresses are tried in getaddrinfo order.
+  std::string server_address = "127.0.0.1";
   uint16_t server_port = 9111;
-  uint32_t give_up_ms = 60000;       // requests fail after the link is down this long
-  uint32_t keepalive_ms = 1000;      // PING interval when idle
-  uint32_t dead_after_ms = 5000;     // nothing heard for this long: reconnect
+  uint32_t give_up_ms = 60000;    // requests fail after the link is down this long
+  uint32_t keepalive_ms = 1000;   // PING interval when idle
+  uint32_t dead_after_ms = 5000;  // nothing heard for this long: reconnect
   uint32_t connect_timeout_ms = 5000;
-  uint32_t chunk_bytes = 64 * 1024;  // write frames
+  uint32_t chunk_bytes = 64 * 1024;                // write frames
   Compression compression{CompressAlgo::zstd, 3};  // measured choice: datapath/wan/DESIGN.md
-  size_t content_store_bytes_max = 256u << 20;  // dedup: content received, by SHA-256
-  uint32_t requests_max = 1024;                 // in flight; beyond: BUSY
+  size_t content_store_bytes_max = 256u << 20;     // dedup: content received, by SHA-256
+  uint32_t requests_max = 1024;                    // in flight; beyond: BUSY
   // Handshakes in a row that end in a certificate refusal (by either side) before the link is
   // first up: then the client reports auth_failed to on_ready with the reason and stops trying.
   uint32_t auth_failures_max = 5;
 };
 
 struct WanClientVolumeCounters {
-  uint64_t bytes_read = 0;           // data delivered to readers
-  uint64_t bytes_zero = 0;           // of which arrived as zero runs
-  uint64_t bytes_dedup = 0;          // of which came from the content store (DEDUP_REF)
-  uint64_t bytes_compressed = 0;     // of which arrived compressed
-  uint64_t payload_bytes_in = 0;     // data frame payload received
+  uint64_t bytes_read = 0;        // data delivered to readers
+  uint64_t bytes_zero = 0;        // of which arrived as zero runs
+  uint64_t bytes_dedup = 0;       // of which came from the content store (DEDUP_REF)
+  uint64_t bytes_compressed = 0;  // of which arrived compressed
+  uint64_t payload_bytes_in = 0;  // data frame payload received
   uint64_t bytes_written = 0;
   uint64_t payload_bytes_out = 0;
-  uint64_t retries = 0;              // requests resent after a reconnect or a dedup miss
+  uint64_t retries = 0;  // requests resent after a reconnect or a dedup miss
 };
 
 class RemoteDevice;
@@ -101,8 +105,8 @@ class WanClient final : public WanStreamHandler {
     Priority priority = Priority::demand_read;
     bool no_dedup = false;
     bool dedup_miss = false;
-    bool sent = false;          // fully sent on the current connection
-    uint64_t sent_bytes = 0;    // write: bytes framed so far
+    bool sent = false;        // fully sent on the current connection
+    uint64_t sent_bytes = 0;  // write: bytes framed so far
     uint64_t received_bytes = 0;
   };
   struct Stored {
@@ -113,6 +117,9 @@ class WanClient final : public WanStreamHandler {
   void enqueue(size_t volume, IoRequest& io, Priority priority) noexcept;
 
   void connect() noexcept;
+  void on_resolved(Result<std::vector<SocketAddress>> addresses, const std::string& error) noexcept;
+  void connect_to(size_t index) noexcept;
+  void connect_failed(const std::string& why) noexcept;
   void on_connected(int32_t res) noexcept;
   void schedule_reconnect() noexcept;
   void pump() noexcept;
@@ -134,7 +141,10 @@ class WanClient final : public WanStreamHandler {
   std::function<void(Errc, const std::string&)> on_ready_;
   bool ready_reported_ = false;
 
-  sockaddr_in addr_{};
+  bool server_is_literal_ = false;        // an address literal: resolved once, no lookups
+  std::vector<SocketAddress> addresses_;  // of the server, from the last resolution
+  size_t address_index_ = 0;              // the one being tried
+  AsyncResolver resolver_;
   int connecting_fd_ = -1;
   CallbackOperation connect_op_;
   std::unique_ptr<WanStream> stream_;
@@ -169,7 +179,6 @@ class WanClient final : public WanStreamHandler {
   ChunkEncoder encoder_;
   ChunkDecoder decoder_;
   Buffer scratch_;  // compression output for writes
-
 
   std::unordered_map<ContentHash, Stored, ContentHashHasher> store_;
   std::list<ContentHash> store_order_;

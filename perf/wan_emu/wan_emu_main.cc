@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "datapath/net_address.h"
 #include "perf/wan_emu/wan_emulator.h"
 
 namespace {
@@ -82,15 +83,21 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   ferry::wan::WanConfig config;
-  if (!ferry::wan::split_host_port(listen, config.listen_host, config.listen_port)) {
-    std::fprintf(stderr, "wan-emu: --listen wants HOST:PORT, got '%s'\n", listen.c_str());
+  std::string error;
+  auto listen_at = ferry::parse_host_port(listen, error, /*allow_zero_port=*/true);
+  if (!listen_at.ok()) {
+    std::fprintf(stderr, "wan-emu: --listen: %s\n", error.c_str());
     return 2;
   }
-  if (!ferry::wan::split_host_port(target, config.connect_host, config.connect_port) ||
-      config.connect_port == 0) {
-    std::fprintf(stderr, "wan-emu: --connect wants HOST:PORT, got '%s'\n", target.c_str());
+  config.listen_host = listen_at.value().host;
+  config.listen_port = listen_at.value().port;
+  auto connect_to = ferry::parse_host_port(target, error);
+  if (!connect_to.ok()) {
+    std::fprintf(stderr, "wan-emu: --connect: %s\n", error.c_str());
     return 2;
   }
+  config.connect_host = connect_to.value().host;
+  config.connect_port = connect_to.value().port;
   if (cut_for_s.empty() && !cut_at_s.empty()) {
     std::fprintf(stderr, "wan-emu: --cut-at-s needs --cut-for-s\n");
     return 2;

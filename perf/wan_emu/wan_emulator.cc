@@ -74,21 +74,6 @@ void close_with_rst(int fd) noexcept {
 
 }  // namespace
 
-bool split_host_port(const std::string& text, std::string& host, uint16_t& port) noexcept {
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) return false;
-  host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  const std::string digits = text.substr(colon + 1);
-  if (digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos)
-    return false;
-  unsigned long p = std::strtoul(digits.c_str(), nullptr, 10);
-  if (p > 65535) return false;
-  port = uint16_t(p);
-  return !host.empty();
-}
-
 // ---------------------------------------------------------------------------------------------
 // CutSchedule
 

@@ -197,7 +197,4 @@ class WanEmulator {
   WanStats stats_;
 };
 
-// "HOST:PORT" or "[V6]:PORT".
-bool split_host_port(const std::string& text, std::string& host, uint16_t& port) noexcept;
-
 }  // namespace ferry::wan

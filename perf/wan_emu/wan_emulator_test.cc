@@ -127,19 +127,5 @@ TEST(LinkDirection, JitterKeepsArrivalsOrderedAndCentred) {
   EXPECT_NEAR(sum / n, double(20 * kMs), double(1 * kMs));  // no drift towards +jitter
 }
 
-TEST(SplitHostPort, Forms) {
-  std::string h;
-  uint16_t p = 0;
-  EXPECT_TRUE(split_host_port("127.0.0.1:3260", h, p));
-  EXPECT_EQ(h, "127.0.0.1");
-  EXPECT_EQ(p, 3260);
-  EXPECT_TRUE(split_host_port("[::1]:80", h, p));
-  EXPECT_EQ(h, "::1");
-  EXPECT_FALSE(split_host_port("nohost", h, p));
-  EXPECT_FALSE(split_host_port("h:99999", h, p));
-  EXPECT_FALSE(split_host_port("h:12x", h, p));
-  EXPECT_FALSE(split_host_port(":80", h, p));
-}
-
 }  // namespace
 }  // namespace ferry::wan
