@@ -12,7 +12,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
 
+#include "datapath/net_address.h"
 #include "datapath/reactor.h"
 
 namespace ferry::nbd {
@@ -201,8 +205,40 @@ struct NbdClientDevice::Conn {
   ConnState state = ConnState::up;
   uint32_t delay_ms = 0;  // current back-off
   Timer timer;            // back-off between connection attempts
+  // A connection attempt running on a helper thread (the URI names a host: libnbd's
+  // nbd_aio_connect_uri calls getaddrinfo, which must not block the home reactor).
+  std::shared_ptr<ConnectJob> job;
   bool up() const noexcept { return state == ConnState::up; }
 };
+
+// The handle a helper thread is connecting; handed back to the home thread through post(), or
+// closed by whichever side sees `cancelled` (shutdown, destruction, geometry change).
+struct NbdClientDevice::ConnectJob {
+  std::mutex mutex;
+  bool cancelled = false;
+  nbd_handle* h = nullptr;
+  bool started = false;  // nbd_aio_connect_uri returned 0
+};
+
+namespace {
+// True when the URI's authority names a host rather than an address literal (nbd://name:port,
+// nbds://name): connecting then includes a DNS lookup. Unix-socket URIs have no host.
+bool uri_names_a_host(const std::string& uri) noexcept {
+  const size_t scheme_end = uri.find("://");
+  if (scheme_end == std::string::npos) return false;
+  const std::string scheme = uri.substr(0, scheme_end);
+  if (scheme.find("unix") != std::string::npos || scheme.find("vsock") != std::string::npos)
+    return false;
+  const size_t start = scheme_end + 3;
+  const size_t end = uri.find_first_of("/?#", start);
+  std::string authority = uri.substr(start, end == std::string::npos ? end : end - start);
+  if (const size_t at = authority.rfind('@'); at != std::string::npos) authority.erase(0, at + 1);
+  if (authority.empty() || authority.front() == '[') return false;  // no host, or IPv6 literal
+  const std::string host = authority.substr(0, authority.find(':'));
+  std::string error;
+  return !resolve_tcp(HostPort{host, 10809}, false, /*numeric_only=*/true, error).ok();
+}
+}  // namespace
 
 // What open() learned; a reconnected server must show the same (else: geometry changed).
 struct NbdClientDevice::Facts {
@@ -281,6 +317,7 @@ struct NbdClientDevice::Op {
 NbdClientDevice::NbdClientDevice(const std::string& uri, const NbdClientOptions& options) noexcept
     : options_(options),
       uri_(uri),
+      uri_names_host_(uri_names_a_host(uri)),
       give_up_timer_(new (std::nothrow) Timer()),
       cache_(options.extent_cache_entries_max) {}
 
@@ -411,6 +448,7 @@ NbdClientDevice::~NbdClientDevice() {
   if (home != nullptr && give_up_timer_) home->cancel(*give_up_timer_);
   for (auto& c : conns_) {
     if (home != nullptr) home->cancel(c->timer);
+    cancel_connect_job(*c);
     for (PollOp* p : {c->read_poll, c->write_poll}) {
       if (p == nullptr) continue;
       if (p->armed && home != nullptr) {
@@ -1110,6 +1148,7 @@ void NbdClientDevice::shutdown() noexcept {
   if (home != nullptr && give_up_timer_) home->cancel(*give_up_timer_);
   for (auto& c : conns_) {
     if (home != nullptr) home->cancel(c->timer);
+    cancel_connect_job(*c);
     if (c->h != nullptr && nbd_aio_is_ready(c->h) == 1) (void)nbd_aio_disconnect(c->h, 0);
     release_handle(*c);  // nbd_close drops the handle's commands without their callbacks
     c->state = ConnState::waiting;
@@ -1164,7 +1203,9 @@ void NbdClientDevice::start_connect(Conn& c) noexcept {
                  "attempts not logged)\n",
                  uri_.c_str(), options_.reconnect_delay_ms_min, options_.reconnect_delay_ms_max);
   }
+  if (c.job != nullptr) return;  // an attempt is already on a helper thread
   nbd_handle* h = create_handle(c.index);
+  if (h != nullptr && uri_names_host_) return start_connect_off_reactor(c, h);
   c.read_poll = new (std::nothrow) PollOp(&c, true);
   c.write_poll = new (std::nothrow) PollOp(&c, false);
   if (h == nullptr || c.read_poll == nullptr || c.write_poll == nullptr ||
@@ -1176,6 +1217,67 @@ void NbdClientDevice::start_connect(Conn& c) noexcept {
   c.h = h;
   c.state = ConnState::connecting;
   connect_done(c);
+}
+
+// nbd_aio_connect_uri on a helper thread (it resolves the name with a blocking getaddrinfo,
+// again at every attempt, so a changed DNS record is followed), then the handshake goes on on
+// the home thread's polls as for a literal. The handle belongs to the helper until it is
+// handed back.
+void NbdClientDevice::start_connect_off_reactor(Conn& c, nbd_handle* h) noexcept {
+  Reactor* home = home_.load(std::memory_order_relaxed);
+  auto job = std::make_shared<ConnectJob>();
+  job->h = h;
+  try {
+    std::thread([job, home, this, conn = &c, uri = uri_] {
+      const bool started = nbd_aio_connect_uri(job->h, uri.c_str()) != -1;
+      std::lock_guard lock(job->mutex);
+      if (job->cancelled) {  // the device may be gone
+        nbd_close(job->h);
+        job->h = nullptr;
+        return;
+      }
+      job->started = started;
+      home->post([job, this, conn] { connect_looked_up(*conn, job); });
+    }).detach();
+  } catch (...) {
+    nbd_close(h);
+    return schedule_reconnect(c);
+  }
+  c.job = std::move(job);
+  ++stats_.connects_off_reactor;
+}
+
+void NbdClientDevice::connect_looked_up(Conn& c, const std::shared_ptr<ConnectJob>& job) noexcept {
+  nbd_handle* h = nullptr;
+  {
+    std::lock_guard lock(job->mutex);
+    if (job->cancelled) {  // cancel_connect_job ran after the post: the handle is ours to close
+      if (job->h != nullptr) nbd_close(job->h);
+      job->h = nullptr;
+      return;
+    }
+    h = std::exchange(job->h, nullptr);
+  }
+  c.job = nullptr;
+  c.read_poll = new (std::nothrow) PollOp(&c, true);
+  c.write_poll = new (std::nothrow) PollOp(&c, false);
+  if (!job->started || c.read_poll == nullptr || c.write_poll == nullptr || geometry_changed_ ||
+      shut_down_) {
+    nbd_close(h);
+    release_handle(c);
+    return schedule_reconnect(c);
+  }
+  c.h = h;
+  c.state = ConnState::connecting;
+  connect_done(c);
+  run_work();
+}
+
+void NbdClientDevice::cancel_connect_job(Conn& c) noexcept {
+  if (c.job == nullptr) return;
+  std::lock_guard lock(c.job->mutex);
+  c.job->cancelled = true;  // the helper, or the posted hand-back, closes the handle
+  c.job = nullptr;
 }
 
 void NbdClientDevice::connect_done(Conn& c) noexcept {
@@ -1195,6 +1297,7 @@ void NbdClientDevice::connect_done(Conn& c) noexcept {
       Reactor* home = home_.load(std::memory_order_relaxed);
       for (auto& other : conns_) {
         if (home != nullptr) home->cancel(other->timer);
+        cancel_connect_job(*other);
         if (other->state == ConnState::connecting) {
           release_handle(*other);
           other->state = ConnState::waiting;

@@ -4,7 +4,9 @@
 // readiness comes from IORING_OP_POLL_ADD on nbd_aio_get_fd() (POLLIN / POLLOUT as
 // nbd_aio_get_direction() asks), then nbd_aio_notify_read/write. No thread per request and no
 // blocking call on a reactor thread once open() has returned: a lost handle is reopened with
-// nbd_aio_connect_uri on the same polls, after a back-off Timer (DESIGN.md "Reconnecting").
+// nbd_aio_connect_uri on the same polls, after a back-off Timer (DESIGN.md "Reconnecting");
+// when the URI names a host (not a literal) that call runs on a helper thread, since libnbd
+// resolves the name in it with a blocking getaddrinfo (again at each attempt).
 //
 //   open() (blocking, start-up or management thread): nbd_connect_uri × N, base:allocation
 //      │
@@ -148,11 +150,12 @@ struct NbdClientStats {
   uint64_t would_block = 0;             // requests refused: wait queue full
   uint64_t forwarded = 0;               // submitted from another reactor thread
   uint64_t connections_lost = 0;
-  uint64_t reconnects = 0;         // handles reopened after a loss
-  uint64_t requests_reissued = 0;  // requests re-sent after their handle was lost
-  uint64_t writes_replayed = 0;    // acknowledged, unflushed writes re-sent after a source restart
-  uint64_t internal_flushes = 0;   // FLUSHes sent to free the replay copies
-  uint64_t replay_waits = 0;       // writes that waited for replay space
+  uint64_t reconnects = 0;            // handles reopened after a loss
+  uint64_t connects_off_reactor = 0;  // attempts run on a helper thread (the URI names a host)
+  uint64_t requests_reissued = 0;     // requests re-sent after their handle was lost
+  uint64_t writes_replayed = 0;   // acknowledged, unflushed writes re-sent after a source restart
+  uint64_t internal_flushes = 0;  // FLUSHes sent to free the replay copies
+  uint64_t replay_waits = 0;      // writes that waited for replay space
 };
 
 // errno from a libnbd callback (or nbd_get_errno()) to Errc. One table, used everywhere.
@@ -199,9 +202,10 @@ class NbdClientDevice final : public BlockDevice {
   Reactor* home() const noexcept;
 
  private:
-  struct Conn;   // one libnbd handle and its two poll operations
-  struct Op;     // one request in flight (pooled)
-  class PollOp;  // IORING_OP_POLL_ADD on a handle's socket
+  struct Conn;        // one libnbd handle and its two poll operations
+  struct ConnectJob;  // a connection attempt on a helper thread (the URI names a host)
+  struct Op;          // one request in flight (pooled)
+  class PollOp;       // IORING_OP_POLL_ADD on a handle's socket
   enum class Phase : uint8_t { status, main, fua_flush };
 
   NbdClientDevice(const std::string& uri, const NbdClientOptions& options) noexcept;
@@ -242,6 +246,9 @@ class NbdClientDevice final : public BlockDevice {
   static void on_reconnect_timer(void* conn) noexcept;
   static void on_give_up_timer(void* dev) noexcept;
   void start_connect(Conn& c) noexcept;
+  void start_connect_off_reactor(Conn& c, nbd_handle* h) noexcept;
+  void connect_looked_up(Conn& c, const std::shared_ptr<ConnectJob>& job) noexcept;
+  void cancel_connect_job(Conn& c) noexcept;
   void connect_done(Conn& c) noexcept;
   void device_down(const char* why) noexcept;
   void device_up(Conn& c) noexcept;
@@ -271,6 +278,8 @@ class NbdClientDevice final : public BlockDevice {
 
   NbdClientOptions options_;
   std::string uri_;
+  bool uri_names_host_ =
+      false;  // reconnects resolve on a helper thread (start_connect_off_reactor)
   std::string description_;
   Geometry geometry_;
   uint32_t preferred_block_bytes_ = 4096;

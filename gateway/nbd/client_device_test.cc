@@ -1,8 +1,9 @@
 // NbdClientDevice against real NBD servers started here (qemu-nbd on raw and VMDK images, nbdkit
 // memory / file with its log, delay and cache filters) on free 127.0.0.1 ports or Unix sockets,
-// each stopped by PID; reconnect tests kill a server and start a new one on the same port. The device runs on a Reactor on a test thread; the test thread submits through
-// Reactor::post and waits (with a deadline: a hang aborts the run). Servers die with the test
-// process (PR_SET_PDEATHSIG). Skips when qemu-nbd / qemu-img / nbdkit are missing.
+// each stopped by PID; reconnect tests kill a server and start a new one on the same port. The
+// device runs on a Reactor on a test thread; the test thread submits through Reactor::post and
+// waits (with a deadline: a hang aborts the run). Servers die with the test process
+// (PR_SET_PDEATHSIG). Skips when qemu-nbd / qemu-img / nbdkit are missing.
 #include "gateway/nbd/client_device.h"
 
 #include <arpa/inet.h>
@@ -590,8 +591,8 @@ class Nbdkit : public ::testing::Test {
   }
   // nbdkit on 127.0.0.1:port (a restart of a server on the port a device already uses).
   bool serve_on(uint16_t port, std::vector<std::string> filters_and_plugin) {
-    std::vector<std::string> argv = {"nbdkit", "-f", "--exit-with-parent", "-i", "127.0.0.1",
-                                     "-p",     std::to_string(port)};
+    std::vector<std::string> argv = {"nbdkit",    "-f", "--exit-with-parent", "-i",
+                                     "127.0.0.1", "-p", std::to_string(port)};
     argv.insert(argv.end(), filters_and_plugin.begin(), filters_and_plugin.end());
     return server_.start(argv, dir_ / "nbdkit.out", [port] { return can_connect_tcp(port); });
   }
@@ -1076,7 +1077,7 @@ TEST_F(Nbdkit, FlushAfterRestartReplaysAcknowledgedUnflushedWrites) {
   ASSERT_EQ(io(rt, d, flush), Errc::ok);
   ASSERT_EQ(read_file(disk, 0, a.size()), a) << "the flushed write is in the file";
   ASSERT_EQ(do_write(rt, d, 1 << 20, bdata.data(), bdata.size()), Errc::ok);  // acknowledged
-  IoRequest zero = make(IoOp::write_zeroes, 32 << 10, 4096);  // inside a, unflushed
+  IoRequest zero = make(IoOp::write_zeroes, 32 << 10, 4096);                  // inside a, unflushed
   ASSERT_EQ(io(rt, d, zero), Errc::ok);
   ASSERT_EQ(do_write(rt, d, 2 << 20, c.data(), c.size(), /*fua=*/true), Errc::ok);  // stable
   server_.stop(SIGKILL);
@@ -1125,6 +1126,47 @@ TEST_F(Nbdkit, FlushAfterRestartFailsWhenUnflushedWritesWereNotKept) {
   EXPECT_EQ(io(rt, d, flush2), Errc::ok);
   EXPECT_EQ(d.stats().writes_replayed, 0u);
   rt.call([&] { dev = Errc::cancelled; });
+}
+
+// A source named by host name: libnbd resolves it inside nbd_aio_connect_uri with a blocking
+// getaddrinfo, so a reconnect must run that call off the home reactor (issue 14) and still
+// bring the handle back and serve requests; a literal URI never takes that path.
+TEST_F(Nbdkit, ReconnectToAHostNameRunsTheLookupOffTheReactor) {
+  REQUIRE_TOOLS("nbdkit");
+  const uint16_t port = free_port();
+  ASSERT_TRUE(serve_on(port, {"memory", "size=16M"}));
+  ReactorThread rt;
+  NbdClientOptions o;
+  o.connections = 1;
+  auto dev = NbdClientDevice::open("nbd://localhost:" + std::to_string(port), o);
+  ASSERT_TRUE(dev.ok());
+  NbdClientDevice& d = **dev;
+  const auto data = pattern(4096, 61);
+  ASSERT_EQ(do_write(rt, d, 0, data.data(), data.size()), Errc::ok);
+  server_.stop(SIGKILL);
+  ASSERT_TRUE(serve_on(port, {"memory", "size=16M"}));
+  std::vector<char> buf(4096);
+  EXPECT_EQ(do_read(rt, d, 0, buf.data(), buf.size()), Errc::ok);
+  EXPECT_EQ(buf, data);  // the unflushed write was replayed to the new server first
+  EXPECT_GE(d.stats().reconnects, 1u);
+  EXPECT_GE(d.stats().connects_off_reactor, 1u);
+  rt.call([&] { dev = Errc::cancelled; });
+
+  // The same with a literal: no helper thread.
+  const uint16_t port2 = free_port();
+  ServerProcess second;
+  ASSERT_TRUE(second.start({"nbdkit", "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p",
+                            std::to_string(port2), "memory", "size=16M"},
+                           dir_ / "nbdkit2.out", [port2] { return can_connect_tcp(port2); }));
+  auto literal = NbdClientDevice::open("nbd://127.0.0.1:" + std::to_string(port2), o);
+  ASSERT_TRUE(literal.ok());
+  second.stop(SIGKILL);
+  ASSERT_TRUE(second.start({"nbdkit", "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p",
+                            std::to_string(port2), "memory", "size=16M"},
+                           dir_ / "nbdkit2.out", [port2] { return can_connect_tcp(port2); }));
+  EXPECT_EQ(do_read(rt, **literal, 0, buf.data(), buf.size()), Errc::ok);
+  EXPECT_EQ((*literal)->stats().connects_off_reactor, 0u);
+  rt.call([&] { literal = Errc::cancelled; });
 }
 
 // The source comes back with another size: nothing is served at the wrong geometry — waiting
