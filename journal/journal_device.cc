@@ -574,6 +574,34 @@ void JournalDevice::handle_barrier(IoRequest& req) noexcept {
 
 bool JournalDevice::try_append(IoRequest& req) noexcept {
   const uint64_t ring_blocks = (ring_end_ - ring_start_) / kBlock;
+  // A record header at the batch's end (FORMAT.md "Record"), the CRC left to the caller.
+  const auto start_record = [this](Batch& b, uint16_t type) noexcept {
+    if (b.records == 0) {
+      b.pos = head_pos_;
+      b.first_seq = next_seq_;
+    }
+    std::byte* h = b.buf.data() + b.bytes;
+    std::memset(h, 0, kBlock);
+    put<uint32_t>(h, 0, kRecordMagic);
+    put<uint16_t>(h, 4, uint16_t(kVersion));
+    put<uint16_t>(h, 6, type);
+    put<uint64_t>(h, 8, nonce_);
+    put<uint64_t>(h, 16, boot_gen_);
+    put<uint64_t>(h, 24, next_seq_);
+    return h;
+  };
+  // The in-memory record of the one just written at head_pos_, `blocks` long.
+  const auto add_record = [this](uint64_t blocks) noexcept -> Record& {
+    Record& rec = records_[next_seq_ % records_.size()];
+    rec = Record{};
+    rec.seq = next_seq_;
+    rec.pos = head_pos_;
+    rec.blocks = blocks;
+    if (next_seq_ == tail_seq_) tail_pos_ = head_pos_;
+    ++next_seq_;
+    used_blocks_ += blocks;
+    return rec;
+  };
   while (head_partial_bytes_ < req.length_bytes) {
     Batch& b = batches_[filling_];
     if (b.closed) return false;
@@ -600,27 +628,9 @@ bool JournalDevice::try_append(IoRequest& req) noexcept {
         b.closed = true;
         return false;
       }
-      if (b.records == 0) {
-        b.pos = head_pos_;
-        b.first_seq = next_seq_;
-      }
-      std::byte* h = b.buf.data() + b.bytes;
-      std::memset(h, 0, kBlock);
-      put<uint32_t>(h, 0, kRecordMagic);
-      put<uint16_t>(h, 4, uint16_t(kVersion));
-      put<uint16_t>(h, 6, kTypeWrap);
-      put<uint64_t>(h, 8, nonce_);
-      put<uint64_t>(h, 16, boot_gen_);
-      put<uint64_t>(h, 24, next_seq_);
+      std::byte* h = start_record(b, kTypeWrap);
       put<uint32_t>(h, kRecordCrcOffset, crc(h, kRecordCrcOffset));
-      Record& rec = records_[next_seq_ % records_.size()];
-      rec = Record{};
-      rec.seq = next_seq_;
-      rec.pos = head_pos_;
-      rec.blocks = w;
-      if (next_seq_ == tail_seq_) tail_pos_ = head_pos_;
-      ++next_seq_;
-      used_blocks_ += w;
+      add_record(w);
       b.bytes += kBlock;
       ++b.records;
       b.closed = true;
@@ -638,34 +648,16 @@ bool JournalDevice::try_append(IoRequest& req) noexcept {
       b.closed = true;
       return false;
     }
-    if (b.records == 0) {
-      b.pos = head_pos_;
-      b.first_seq = next_seq_;
-    }
-    std::byte* h = b.buf.data() + b.bytes;
-    std::memset(h, 0, kBlock);
-    put<uint32_t>(h, 0, kRecordMagic);
-    put<uint16_t>(h, 4, uint16_t(kVersion));
-    put<uint16_t>(h, 6, kTypeWrite);
-    put<uint64_t>(h, 8, nonce_);
-    put<uint64_t>(h, 16, boot_gen_);
-    put<uint64_t>(h, 24, next_seq_);
+    std::byte* h = start_record(b, kTypeWrite);
     put<uint64_t>(h, 32, req.offset_bytes + head_partial_bytes_);
     put<uint32_t>(h, 40, uint32_t(chunk));
     std::memcpy(h + kBlock, req.data + head_partial_bytes_, chunk);
     const uint64_t pad = (blocks - 1) * kBlock - chunk;
     if (pad) std::memset(h + kBlock + chunk, 0, pad);
     put<uint32_t>(h, kRecordCrcOffset, crc(h + kBlock, chunk, crc(h, kRecordCrcOffset)));
-    Record& rec = records_[next_seq_ % records_.size()];
-    rec = Record{};
-    rec.seq = next_seq_;
-    rec.pos = head_pos_;
-    rec.blocks = blocks;
+    Record& rec = add_record(blocks);
     rec.volume_offset = req.offset_bytes + head_partial_bytes_;
     rec.length = uint32_t(chunk);
-    if (next_seq_ == tail_seq_) tail_pos_ = head_pos_;
-    ++next_seq_;
-    used_blocks_ += blocks;
     head_pos_ += blocks * kBlock;
     b.bytes += blocks * kBlock;
     ++b.records;

@@ -126,12 +126,6 @@ std::unique_ptr<tls::TlsContext> make_tls(const TlsFlags& t, bool server) {
   return ctx;
 }
 
-int64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
 // Blocks SIGINT/SIGTERM/SIGPIPE/SIGUSR1 for every thread; returns the set for wait_for_stop.
 sigset_t block_signals() {
   sigset_t set;
@@ -147,11 +141,12 @@ sigset_t block_signals() {
 // Waits for SIGINT/SIGTERM or the duration; SIGUSR1 calls on_usr1.
 template <typename F>
 void wait_for_stop(sigset_t set, double duration_s, F on_usr1) {
-  const int64_t deadline = duration_s > 0 ? now_ns() + int64_t(duration_s * 1e9) : 0;
+  const int64_t deadline =
+      duration_s > 0 ? int64_t(Reactor::now_ns_fresh()) + int64_t(duration_s * 1e9) : 0;
   for (;;) {
     int sig;
     if (deadline != 0) {
-      const int64_t left = deadline - now_ns();
+      const int64_t left = deadline - int64_t(Reactor::now_ns_fresh());
       if (left <= 0) return;
       timespec ts{time_t(left / 1000000000), long(left % 1000000000)};
       sig = sigtimedwait(&set, nullptr, &ts);

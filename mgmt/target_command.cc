@@ -102,12 +102,6 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)");
 }
 
-int64_t now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-}
-
 int run_target(TargetFlags& f, const char* banner) {
   iscsi::ServerOptions options;
   if (!split_host_port(f.listen, options.listen_address, options.port)) {
@@ -324,9 +318,9 @@ int run_target(TargetFlags& f, const char* banner) {
 
   int sig = 0;
   if (f.duration_s > 0) {
-    const int64_t deadline = now_ns() + int64_t(f.duration_s * 1e9);
+    const int64_t deadline = int64_t(Reactor::now_ns_fresh()) + int64_t(f.duration_s * 1e9);
     for (;;) {
-      const int64_t left = deadline - now_ns();
+      const int64_t left = deadline - int64_t(Reactor::now_ns_fresh());
       if (left <= 0) break;
       timespec ts{time_t(left / 1000000000), long(left % 1000000000)};
       sig = sigtimedwait(&set, nullptr, &ts);

@@ -449,22 +449,9 @@ NbdClientDevice::~NbdClientDevice() {
   for (auto& c : conns_) {
     if (home != nullptr) home->cancel(c->timer);
     cancel_connect_job(*c);
-    for (PollOp* p : {c->read_poll, c->write_poll}) {
-      if (p == nullptr) continue;
-      if (p->armed && home != nullptr) {
-        // Cancel it; the PollOp frees itself when its final CQE arrives.
-        io_uring_sqe* sqe = home->get_sqe();
-        io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(static_cast<Operation*>(p)));
-        Reactor::prepare_ignored(sqe);
-        p->conn = nullptr;
-      } else {
-        delete p;
-      }
-    }
-    if (c->h != nullptr) {
-      if (nbd_aio_is_ready(c->h) == 1) (void)nbd_aio_disconnect(c->h, 0);  // polite NBD_CMD_DISC
-      nbd_close(c->h);
-    }
+    if (c->h != nullptr && nbd_aio_is_ready(c->h) == 1)
+      (void)nbd_aio_disconnect(c->h, 0);  // polite NBD_CMD_DISC
+    release_handle(*c);  // armed polls are cancelled and free themselves at their final CQE
   }
 }
 

@@ -18,19 +18,19 @@ std::string serial_of(const Uuid& uuid) {
   return s;
 }
 
-namespace {
-
-void put_ascii(uint8_t* dst, std::string_view s, size_t n) noexcept {
-  std::memset(dst, ' ', n);
-  std::memcpy(dst, s.data(), std::min(n, s.size()));
-}
-
 std::string it_key_of(const Nexus* n) {
   if (n == nullptr) return std::string();
   std::string k(n->initiator_port_name);
   k += '|';
   k += std::to_string(n->relative_target_port_id);
   return k;
+}
+
+namespace {
+
+void put_ascii(uint8_t* dst, std::string_view s, size_t n) noexcept {
+  std::memset(dst, ' ', n);
+  std::memcpy(dst, s.data(), std::min(n, s.size()));
 }
 
 uint64_t nexus_id(const ScsiTask& t) noexcept { return t.nexus ? t.nexus->id : 0; }

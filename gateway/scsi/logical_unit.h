@@ -37,6 +37,9 @@ struct LuIdentity {
 
 // The unit serial number of a volume: its UUID as 32 hex digits (stable wherever it is served).
 std::string serial_of(const Uuid& uuid);
+// The I_T nexus key persistent reservations and per-nexus state are kept under: the initiator
+// port name and the relative target port id ("" without a nexus).
+std::string it_key_of(const Nexus* n);
 
 class LogicalUnit {
  public:

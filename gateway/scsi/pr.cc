@@ -13,14 +13,6 @@
 namespace ferry::scsi {
 namespace {
 
-std::string it_key_of(const Nexus* n) {
-  if (n == nullptr) return std::string();
-  std::string k(n->initiator_port_name);
-  k += '|';
-  k += std::to_string(n->relative_target_port_id);
-  return k;
-}
-
 bool all_registrants(uint8_t type) noexcept { return type == 7 || type == 8; }
 bool valid_type(uint8_t type) noexcept {
   return type == 1 || type == 3 || type == 5 || type == 6 || type == 7 || type == 8;
