@@ -62,7 +62,8 @@ void LogicalUnit::execute(ScsiTask& t) noexcept {
   t.sense_bytes = 0;
   t.command_transfer_bytes = 0;
   t.data_in = false;
-  t.lu_scratch[0] = reinterpret_cast<uintptr_t>(this);
+  t.lu = this;
+  t.progress = std::monostate{};
 
   const CdbCheck c = check_cdb(t.cdb);
   if (!c.ok()) return fail(t, c.sense);

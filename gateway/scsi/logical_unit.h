@@ -7,8 +7,8 @@
 // and mode state sit behind mu_; READ/WRITE stay lock-free while no unit attention and no
 // reservation is pending (two atomics). add_lun() is called before the target serves.
 //
-// Ownership: the transport owns tasks; the LU borrows task.data and uses task.io, lu_scratch
-// and lu_buffer (allocated from task.pool) until it completes the task.
+// Ownership: the transport owns tasks; the LU borrows task.data and uses task.io, task.lu,
+// task.progress and lu_buffer (allocated from task.pool) until it completes the task.
 #pragma once
 
 #include <atomic>

@@ -1,8 +1,9 @@
 // SBC-3 block commands of LogicalUnit: READ/WRITE (6/10/12/16), WRITE AND VERIFY, VERIFY,
 // WRITE SAME, UNMAP, GET LBA STATUS, COMPARE AND WRITE, SYNCHRONIZE CACHE, PRE-FETCH.
-// Threading: see logical_unit.h. Multi-step commands chain task.io completions; their progress
-// lives in task.lu_scratch ([0] the LU, [1] phase, [2] done, [3] total) and their scratch
-// memory in task.lu_buffer (from task.pool). READ/WRITE take no lock and allocate nothing.
+// Threading: see logical_unit.h. Multi-step commands chain task.io completions; the completion
+// finds its unit in task.lu, its progress in task.progress (one typed alternative per command,
+// task.h) and its scratch memory in task.lu_buffer (from task.pool). READ/WRITE take no lock and
+// allocate nothing.
 #include <algorithm>
 #include <cstring>
 
@@ -13,6 +14,21 @@ namespace ferry::scsi {
 namespace {
 
 ScsiTask& task_of(IoRequest& io) noexcept { return *static_cast<ScsiTask*>(io.owner); }
+
+// A step of a multi-step command failed: its scratch buffer goes back, the error is answered.
+void fail_io(ScsiTask& t, Errc e) noexcept {
+  t.lu_buffer.release();
+  set_error(t, e);
+  t.on_complete(t);
+}
+
+// The progress of the command the task runs; that it is this command's is an invariant.
+template <class Progress>
+Progress& progress_of(ScsiTask& t) noexcept {
+  Progress* p = std::get_if<Progress>(&t.progress);
+  FERRY_ASSERT(p != nullptr);
+  return *p;
+}
 
 uint16_t tl_field(uint8_t opcode) noexcept {
   switch (cdb_length(opcode)) {
@@ -147,16 +163,15 @@ void LogicalUnit::verify(ScsiTask& t, const CommandSpec&) noexcept {
   const size_t chunk = std::min<uint64_t>(compare_blocks * bs, std::max<size_t>(kScratchBytes, bs));
   t.lu_buffer = t.pool->allocate(chunk);
   if (!t.lu_buffer) return set_busy(t), complete(t);
-  t.lu_scratch[1] = b.bytchk;
-  t.lu_scratch[2] = 0;
-  t.lu_scratch[3] = compare_blocks;
+  t.progress = VerifyProgress{b.bytchk, 0, compare_blocks};
   verify_next(t);
 }
 
 void LogicalUnit::verify_next(ScsiTask& t) noexcept {
   const uint32_t bs = geometry_.block_size_bytes;
-  const uint64_t done = t.lu_scratch[2];
-  const uint64_t left = t.lu_scratch[3] - done;
+  const VerifyProgress& v = progress_of<VerifyProgress>(t);
+  const uint64_t done = v.done_blocks;
+  const uint64_t left = v.total_blocks - done;
   if (left == 0) {
     t.lu_buffer.release();
     return complete(t);
@@ -169,25 +184,21 @@ void LogicalUnit::verify_next(ScsiTask& t) noexcept {
 
 void LogicalUnit::on_verify_io(IoRequest& io) noexcept {
   ScsiTask& t = task_of(io);
-  auto* lu = reinterpret_cast<LogicalUnit*>(t.lu_scratch[0]);
+  LogicalUnit* lu = t.lu;
+  VerifyProgress& v = progress_of<VerifyProgress>(t);
   const uint32_t bs = lu->geometry_.block_size_bytes;
-  if (io.result != Errc::ok) {
-    t.lu_buffer.release();
-    set_error(t, io.result);
-    return complete(t);
-  }
-  const uint64_t done = t.lu_scratch[2];
+  if (io.result != Errc::ok) return fail_io(t, io.result);
+  const uint64_t done = v.done_blocks;
   const uint64_t n = io.length_bytes / bs;
   for (uint64_t i = 0; i < n; ++i) {
-    const std::byte* expect = t.lu_scratch[1] == 3 ? t.data.data()
-                                                   : t.data.data() + (done + i) * bs;
+    const std::byte* expect = v.bytchk == 3 ? t.data.data() : t.data.data() + (done + i) * bs;
     const int64_t d = first_difference(t.lu_buffer.data() + i * bs, expect, bs);
     if (d >= 0) {
       t.lu_buffer.release();
       return fail(t, miscompare_at((done + i) * bs + static_cast<uint64_t>(d)));
     }
   }
-  t.lu_scratch[2] = done + n;
+  v.done_blocks = done + n;
   lu->verify_next(t);
 }
 
@@ -232,21 +243,20 @@ void LogicalUnit::write_same(ScsiTask& t, const CommandSpec&) noexcept {
   for (size_t off = 0; off < chunk; off += bs) {
     std::memcpy(t.lu_buffer.data() + off, t.data.data(), bs);
   }
-  t.lu_scratch[1] = chunk / bs;  // blocks per chunk
-  t.lu_scratch[2] = 0;
-  t.lu_scratch[3] = b.transfer_length;
+  t.progress = WriteSameProgress{chunk / bs, 0, b.transfer_length};
   write_same_next(t);
 }
 
 void LogicalUnit::write_same_next(ScsiTask& t) noexcept {
   const uint32_t bs = geometry_.block_size_bytes;
-  const uint64_t done = t.lu_scratch[2];
-  const uint64_t left = t.lu_scratch[3] - done;
+  const WriteSameProgress& w = progress_of<WriteSameProgress>(t);
+  const uint64_t done = w.done_blocks;
+  const uint64_t left = w.total_blocks - done;
   if (left == 0) {
     t.lu_buffer.release();
     return complete(t);
   }
-  const uint64_t n = std::min<uint64_t>(left, t.lu_scratch[1]);
+  const uint64_t n = std::min<uint64_t>(left, w.chunk_blocks);
   const uint64_t lba = decode_block_cdb(t.cdb).lba + done;
   start_io(t, IoOp::write, lba * bs, n * bs, t.lu_buffer.data(), &LogicalUnit::on_write_same_io);
   t.io.fua = geometry_.volatile_cache && !wce_.load(std::memory_order_relaxed);
@@ -255,13 +265,9 @@ void LogicalUnit::write_same_next(ScsiTask& t) noexcept {
 
 void LogicalUnit::on_write_same_io(IoRequest& io) noexcept {
   ScsiTask& t = task_of(io);
-  auto* lu = reinterpret_cast<LogicalUnit*>(t.lu_scratch[0]);
-  if (io.result != Errc::ok) {
-    t.lu_buffer.release();
-    set_error(t, io.result);
-    return complete(t);
-  }
-  t.lu_scratch[2] += io.length_bytes / lu->geometry_.block_size_bytes;
+  LogicalUnit* lu = t.lu;
+  if (io.result != Errc::ok) return fail_io(t, io.result);
+  progress_of<WriteSameProgress>(t).done_blocks += io.length_bytes / lu->geometry_.block_size_bytes;
   lu->write_same_next(t);
 }
 
@@ -292,20 +298,20 @@ void LogicalUnit::unmap(ScsiTask& t) noexcept {
       return fail(t, invalid_field_in_parameters(static_cast<uint16_t>(8 + 16 * i + 8)));
     }
   }
-  t.lu_scratch[2] = 0;
-  t.lu_scratch[3] = count;
+  t.progress = UnmapProgress{0, count};
   unmap_next(t);
 }
 
 void LogicalUnit::unmap_next(ScsiTask& t) noexcept {
   const uint32_t bs = geometry_.block_size_bytes;
   const auto* p = reinterpret_cast<const uint8_t*>(t.data.data());
-  while (t.lu_scratch[2] < t.lu_scratch[3]) {
-    const uint8_t* d = p + 8 + 16 * t.lu_scratch[2];
+  UnmapProgress& u = progress_of<UnmapProgress>(t);
+  while (u.next_descriptor < u.descriptor_count) {
+    const uint8_t* d = p + 8 + 16 * u.next_descriptor;
     const uint64_t lba = load_be64(d);
     const uint32_t blocks = load_be32(d + 8);
     if (blocks == 0) {
-      ++t.lu_scratch[2];
+      ++u.next_descriptor;
       continue;
     }
     if (caw_in_flight_.load(std::memory_order_acquire) != 0 && caw_overlaps(lba, blocks)) {
@@ -324,8 +330,8 @@ void LogicalUnit::on_unmap_io(IoRequest& io) noexcept {
     set_error(t, io.result);
     return complete(t);
   }
-  ++t.lu_scratch[2];
-  reinterpret_cast<LogicalUnit*>(t.lu_scratch[0])->unmap_next(t);
+  ++progress_of<UnmapProgress>(t).next_descriptor;
+  t.lu->unmap_next(t);
 }
 
 // ---- GET LBA STATUS ----
@@ -337,15 +343,15 @@ void LogicalUnit::get_lba_status(ScsiTask& t) noexcept {
   t.lu_buffer = t.pool->allocate(8 + 16 * kMaxLbaStatusDescriptors);
   if (!t.lu_buffer) return set_busy(t), complete(t);
   std::memset(t.lu_buffer.data(), 0, 8);
-  t.lu_scratch[2] = lba;
-  t.lu_scratch[3] = 0;  // descriptors so far
+  t.progress = LbaStatusProgress{lba, 0};
   lba_status_next(t);
 }
 
 void LogicalUnit::lba_status_next(ScsiTask& t) noexcept {
   const uint32_t bs = geometry_.block_size_bytes;
-  const uint64_t next = t.lu_scratch[2];
-  const uint64_t ndesc = t.lu_scratch[3];
+  const LbaStatusProgress& st = progress_of<LbaStatusProgress>(t);
+  const uint64_t next = st.next_lba;
+  const uint64_t ndesc = st.descriptor_count;
   const uint32_t alloc = load_be32(t.cdb + 10);
   const uint64_t want = std::clamp<uint64_t>(alloc > 8 ? (alloc - 8) / 16 : 1, 1,
                                              kMaxLbaStatusDescriptors);
@@ -367,32 +373,29 @@ void LogicalUnit::lba_status_next(ScsiTask& t) noexcept {
 
 void LogicalUnit::on_lba_status_io(IoRequest& io) noexcept {
   ScsiTask& t = task_of(io);
-  auto* lu = reinterpret_cast<LogicalUnit*>(t.lu_scratch[0]);
+  LogicalUnit* lu = t.lu;
+  LbaStatusProgress& st = progress_of<LbaStatusProgress>(t);
   const uint32_t bs = lu->geometry_.block_size_bytes;
-  if (io.result != Errc::ok) {
-    t.lu_buffer.release();
-    set_error(t, io.result);
-    return complete(t);
-  }
+  if (io.result != Errc::ok) return fail_io(t, io.result);
   uint64_t blocks = std::max<uint64_t>(1, io.status_length_bytes / bs);
-  blocks = std::min<uint64_t>(blocks, lu->geometry_.block_count - t.lu_scratch[2]);
+  blocks = std::min<uint64_t>(blocks, lu->geometry_.block_count - st.next_lba);
   const uint8_t status = (io.status_flags & kStatusHole) ? 1 : 0;  // deallocated : mapped
   auto* out = reinterpret_cast<uint8_t*>(t.lu_buffer.data());
-  uint64_t& ndesc = t.lu_scratch[3];
+  uint64_t& ndesc = st.descriptor_count;
   uint8_t* prev = ndesc > 0 ? out + 8 + 16 * (ndesc - 1) : nullptr;
   if (prev != nullptr && prev[12] == status &&
-      load_be64(prev) + load_be32(prev + 8) == t.lu_scratch[2] &&
+      load_be64(prev) + load_be32(prev + 8) == st.next_lba &&
       uint64_t{load_be32(prev + 8)} + blocks <= 0xffffffffull) {
     store_be32(prev + 8, static_cast<uint32_t>(load_be32(prev + 8) + blocks));
   } else {
     uint8_t* d = out + 8 + 16 * ndesc;
     std::memset(d, 0, 16);
-    store_be64(d, t.lu_scratch[2]);
+    store_be64(d, st.next_lba);
     store_be32(d + 8, static_cast<uint32_t>(blocks));
     d[12] = status;
     ++ndesc;
   }
-  t.lu_scratch[2] += blocks;
+  st.next_lba += blocks;
   lu->lba_status_next(t);
 }
 
@@ -452,14 +455,15 @@ void LogicalUnit::compare_and_write(ScsiTask& t) noexcept {
     t.lu_buffer.release();
     return set_busy(t), complete(t);
   }
-  t.lu_scratch[1] = 0;  // phase: read
+  t.progress = CompareAndWriteProgress{CompareAndWriteProgress::Phase::read};
   start_io(t, IoOp::read, b.lba * bs, half, t.lu_buffer.data(), &LogicalUnit::on_caw_io);
   device_.submit(t.io);
 }
 
 void LogicalUnit::on_caw_io(IoRequest& io) noexcept {
   ScsiTask& t = task_of(io);
-  auto* lu = reinterpret_cast<LogicalUnit*>(t.lu_scratch[0]);
+  LogicalUnit* lu = t.lu;
+  CompareAndWriteProgress& caw = progress_of<CompareAndWriteProgress>(t);
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint64_t half = uint64_t{b.transfer_length} * lu->geometry_.block_size_bytes;
   auto finish = [&](const Sense* s) {
@@ -478,13 +482,13 @@ void LogicalUnit::on_caw_io(IoRequest& io) noexcept {
     }
     return finish(&r.sense);
   }
-  if (t.lu_scratch[1] == 0) {
+  if (caw.phase == CompareAndWriteProgress::Phase::read) {
     const int64_t d = first_difference(t.lu_buffer.data(), t.data.data(), half);
     if (d >= 0) {
       const Sense s = miscompare_at(static_cast<uint64_t>(d));
       return finish(&s);
     }
-    t.lu_scratch[1] = 1;  // phase: write
+    caw.phase = CompareAndWriteProgress::Phase::write;
     start_io(t, IoOp::write, b.lba * lu->geometry_.block_size_bytes, half, t.data.data() + half,
              &LogicalUnit::on_caw_io);
     t.io.fua = b.fua ||

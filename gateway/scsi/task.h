@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <variant>
 
 #include "datapath/block_device.h"
 #include "datapath/buffer_pool.h"
@@ -38,6 +39,36 @@ struct Nexus {
 };
 
 inline constexpr size_t kSenseBytesMax = 32;
+
+class LogicalUnit;
+
+// Progress of the multi-step block commands (sbc.cc), one alternative per command, kept inside
+// the task (no allocation). The command's first step sets its alternative; its completions
+// read it back through LogicalUnit's typed accessor (which asserts the alternative).
+struct VerifyProgress {
+  uint8_t bytchk = 0;  // 1: compare each block with its own data-out block; 3: with one block
+  uint64_t done_blocks = 0;
+  uint64_t total_blocks = 0;
+};
+struct WriteSameProgress {
+  uint64_t chunk_blocks = 0;  // blocks of the pattern in task.lu_buffer (one WRITE each)
+  uint64_t done_blocks = 0;
+  uint64_t total_blocks = 0;
+};
+struct UnmapProgress {
+  size_t next_descriptor = 0;
+  size_t descriptor_count = 0;
+};
+struct LbaStatusProgress {
+  uint64_t next_lba = 0;
+  uint64_t descriptor_count = 0;  // descriptors in task.lu_buffer so far
+};
+struct CompareAndWriteProgress {
+  enum class Phase : uint8_t { read, write } phase = Phase::read;
+};
+using BlockCommandProgress =
+    std::variant<std::monostate, VerifyProgress, WriteSameProgress, UnmapProgress,
+                 LbaStatusProgress, CompareAndWriteProgress>;
 
 struct ScsiTask {
   // ---- inputs (transport) ----
@@ -71,7 +102,8 @@ struct ScsiTask {
 
   // ---- scratch owned by the logical unit while the task runs ----
   IoRequest io;
-  uint64_t lu_scratch[4] = {};
+  LogicalUnit* lu = nullptr;  // the unit executing it (its completions find it here)
+  BlockCommandProgress progress;
   Buffer lu_buffer;  // extra buffer for multi-step commands (COMPARE AND WRITE, VERIFY)
 };
 
