@@ -14,6 +14,7 @@
 
 #include "datapath/ram_device.h"
 #include "datapath/reactor.h"
+#include "datapath/test_devices.h"
 #include "datapath/tls/tls_engine.h"
 #include "gateway/wan/wan_client.h"
 #include "gateway/wan/wan_server.h"
@@ -112,12 +113,14 @@ class WanLinkTest : public ::testing::Test {
   Errc start(std::vector<std::string> names) {
     WanServerOptions so = server_options_;
     so.port = 0;
-    server_ = std::make_unique<WanServer>(so, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
+    BlockDevice* served = served_ != nullptr ? served_ : device_.get();
+    server_ =
+        std::make_unique<WanServer>(so, *server_tls_, std::vector<WanVolume>{{"vol", served}});
     std::promise<Errc> ready;
     on_reactor([&] {
       std::string error;
       ASSERT_TRUE(server_->start(reactor_, error).ok()) << error;
-      WanClientOptions co;
+      WanClientOptions co = client_options_;
       co.server_port = server_->bound_port();
       client_ = std::make_unique<WanClient>(reactor_, co, *client_tls_, std::move(names));
       client_->start([&](Errc e, const std::string&) { ready.set_value(e); });
@@ -151,6 +154,8 @@ class WanLinkTest : public ::testing::Test {
   }
 
   WanServerOptions server_options_;
+  WanClientOptions client_options_;
+  BlockDevice* served_ = nullptr;  // the device behind "vol" (default: device_)
   std::map<std::string, std::unique_ptr<tls::TlsContext>> other_tls_;
   std::string dir_;
   std::unique_ptr<tls::TlsContext> server_tls_, client_tls_;
@@ -312,6 +317,51 @@ TEST_F(WanLinkTest, AccessMapIsKeptAcrossADatacenterEdgeRestart) {
   on_reactor([&] { third->stop(); });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   on_reactor([&] { third.reset(); });
+}
+
+// More write chunks in flight than the service's device-operation pool holds (it allocated per
+// chunk before: `new DeviceOp` in a noexcept path): the surplus writes are answered BUSY, the
+// others complete once the slow device answers, and the link stays up for the next request.
+TEST_F(WanLinkTest, WriteChunksBeyondTheDeviceOpPoolAreRefusedBusyNotACrash) {
+  DelayDevice slow(*device_, 1'500'000);  // every device op takes 1.5 s: all are in flight at once
+  served_ = &slow;
+  client_options_.requests_max = 4096;
+  client_options_.chunk_bytes = 4096;  // an 8 KiB write is two chunk frames, two device ops
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  RemoteDevice* vol = &client_->device(0);
+  constexpr size_t kWrites = 2600;  // 5200 chunks > the pool's 4096
+  constexpr uint64_t kLen = 8192;
+  std::vector<std::byte> data(kLen * kWrites, std::byte{0x5a});
+  struct Done {
+    std::atomic<size_t> ok{0}, busy{0}, other{0}, total{0};
+    std::atomic<Errc> last_other{Errc::ok};
+  } done;
+  std::vector<IoRequest> reqs(kWrites);
+  on_reactor([&] {
+    for (size_t i = 0; i < kWrites; ++i) {
+      IoRequest& r = reqs[i];
+      r.op = IoOp::write;
+      r.offset_bytes = (i % (kVolumeBytes / kLen)) * kLen;  // the volume is 8 MiB: overlap
+      r.length_bytes = kLen;
+      r.data = data.data() + i * kLen;
+      r.owner = &done;
+      r.on_complete = [](IoRequest& q) noexcept {
+        auto* d = static_cast<Done*>(q.owner);
+        (q.result == Errc::ok ? d->ok : q.result == Errc::busy ? d->busy : d->other)++;
+        if (q.result != Errc::ok && q.result != Errc::busy) d->last_other = q.result;
+        d->total++;
+      };
+      vol->submit(r);
+    }
+  });
+  for (int i = 0; i < 300 && done.total < kWrites; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(done.total.load(), kWrites);
+  EXPECT_GT(done.busy.load(), 0u);       // the pool's bound was met and answered
+  EXPECT_GE(done.ok.load(), 4096u / 2);  // what fitted was written
+  EXPECT_EQ(done.other.load(), 0u) << to_string(done.last_other.load());
+  std::vector<std::byte> back(kLen);
+  EXPECT_EQ(io(IoOp::read, 0, back.data(), kLen, *vol), Errc::ok);  // the link is still up
 }
 
 TEST_F(WanLinkTest, UnknownVolumeIsRefused) {

@@ -1,16 +1,16 @@
 // WanServer and its per-connection ServerSession (see wan_server.h).
 #include "gateway/wan/wan_server.h"
 
-#include <algorithm>
-#include <cinttypes>
-#include <cstdio>
-#include <cerrno>
-#include <cstring>
-#include <list>
+#include <openssl/rand.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
 
+#include "datapath/fixed_pool.h"
 #include "gateway/wan/stream.h"
 
 namespace ferry::wan {
@@ -19,6 +19,9 @@ namespace {
 constexpr uint64_t kSweepNs = 100'000'000;
 constexpr size_t kOpenVolumesMax = 1024;
 constexpr size_t kRequestsMax = 4096;
+// Writes, flushes and block-status queries applied to a device at once per connection (one a
+// chunk frame of a write). Beyond: the request is answered BUSY.
+constexpr size_t kDeviceOpsMax = 4096;
 // Priorities below write-back may hold at most half of the chunk-read slots, so demand reads
 // always find room.
 bool low_priority(Priority p) { return p == Priority::prefetch || p == Priority::background; }
@@ -54,14 +57,17 @@ class ServerSession final : public WanStreamHandler {
   void on_closed(const char* why) noexcept override {
     std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " ('%s') closed: %s\n", id_,
                  stream_.peer_name().c_str(), why != nullptr ? why : "");
-    for (auto& job : jobs_) {
-      for (ChunkRead* c : job->ready) {
+    while (ReadJob* job = jobs_head_) {
+      jobs_head_ = job->next;
+      while (ChunkRead* c = job->ready_head) {
+        job->ready_head = c->next_ready;
         --chunk_reads_;
-        delete c;
+        chunk_pool_.put(c);
       }
-      job->ready.clear();
+      job_pool_.put(job);
     }
-    jobs_.clear();
+    jobs_tail_ = nullptr;
+    jobs_count_ = 0;
     server_.connection_lost(*this);
     server_.session_closed(this);
   }
@@ -76,6 +82,7 @@ class ServerSession final : public WanStreamHandler {
     uint64_t offset = 0;
     uint32_t length = 0;
     bool done = false;
+    ChunkRead* next_ready = nullptr;  // in job->ready
   };
   struct ReadJob {
     uint64_t request_id = 0;
@@ -87,7 +94,10 @@ class ServerSession final : public WanStreamHandler {
     uint32_t chunks_in_flight = 0;  // reads issued, not yet sent
     Errc error = Errc::ok;
     bool cancelled = false;
-    std::list<ChunkRead*> ready;  // completed chunks waiting to be sent
+    // Completed chunks waiting to be sent, in completion order (intrusive FIFO).
+    ChunkRead* ready_head = nullptr;
+    ChunkRead* ready_tail = nullptr;
+    ReadJob* next = nullptr;  // in jobs_, in arrival order
   };
   struct WriteJob {
     uint32_t pending = 0;
@@ -144,6 +154,7 @@ class ServerSession final : public WanStreamHandler {
   void pump();
   bool send_chunk(ReadJob& job, ChunkRead* c);
   void finish_job_if_done(ReadJob& job);
+  void remove_finished_jobs() noexcept;
   void finish_write(uint64_t request_id);
   static void on_chunk_read(IoRequest& io) noexcept;
   static void on_device_op(IoRequest& io) noexcept;
@@ -165,8 +176,20 @@ class ServerSession final : public WanStreamHandler {
   };
   std::vector<OpenHandle> volumes_;  // volume_id - 1 → handle
   uint64_t last_rx_ns_ = 0;
-  std::list<std::unique_ptr<ReadJob>> jobs_;
-  std::unordered_map<uint64_t, WriteJob> writes_;
+  // Allocated once, at HELLO (an unauthenticated connection holds none): no allocation per
+  // request. Bounds: kRequestsMax reads and writes, chunk_reads_max chunk reads, kDeviceOpsMax
+  // device operations; a request beyond them is answered BUSY.
+  bool init_pools() noexcept {
+    return job_pool_.init(kRequestsMax) && chunk_pool_.init(server_.options_.chunk_reads_max) &&
+           op_pool_.init(kDeviceOpsMax) && writes_.init(kRequestsMax);
+  }
+  FixedPool<ReadJob> job_pool_;
+  FixedPool<ChunkRead> chunk_pool_;
+  FixedPool<DeviceOp> op_pool_;
+  ReadJob* jobs_head_ = nullptr;  // reads in arrival order (intrusive list)
+  ReadJob* jobs_tail_ = nullptr;
+  size_t jobs_count_ = 0;
+  FixedMap<WriteJob> writes_;  // request id → write in progress
   uint32_t chunk_reads_ = 0, low_chunk_reads_ = 0;
   uint32_t device_ios_ = 0;  // chunk reads + device ops in flight (keep the session alive)
   ChunkEncoder encoder_;
@@ -198,8 +221,8 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
     if (!codecs_ready_) {
       codecs_ready_ = encoder_.init().ok() && decoder_.init().ok();
       compress_buf_ = reactor_.pool().allocate(kChunkBytesMax);
-      if (!codecs_ready_ || !compress_buf_) {
-        close("out of memory for codecs");
+      if (!codecs_ready_ || !compress_buf_ || !init_pools()) {
+        close("out of memory for codecs and request pools");
         return false;
       }
     }
@@ -295,11 +318,11 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
         send_error(h.request_id, h.volume_id, WireError::out_of_range, "read beyond the end", h.priority);
         return true;
       }
-      if (jobs_.size() >= kRequestsMax) {
+      ReadJob* job = job_pool_.take();
+      if (job == nullptr) {
         send_error(h.request_id, h.volume_id, WireError::busy, "too many requests", h.priority);
         return true;
       }
-      auto job = std::make_unique<ReadJob>();
       job->request_id = h.request_id;
       job->volume_id = h.volume_id;
       job->volume = vol;
@@ -310,18 +333,24 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       server_.counters_[vol].bytes_requested += h.length_bytes;
       if (h.priority == Priority::demand_read || h.priority == Priority::prefetch)
         server_.record_access(vol, h.offset_bytes, h.length_bytes);
-      jobs_.push_back(std::move(job));
+      if (jobs_tail_ != nullptr)
+        jobs_tail_->next = job;
+      else
+        jobs_head_ = job;
+      jobs_tail_ = job;
+      ++jobs_count_;
       pump();
       return true;
     }
     case FrameType::write: {
       if (!volume_of(h, vol)) return true;
       auto& dev = *server_.volumes_[vol].device;
-      if (writes_.size() >= kRequestsMax && writes_.count(h.request_id) == 0) {
+      WriteJob* wp = writes_.insert(h.request_id);
+      if (wp == nullptr) {
         send_error(h.request_id, h.volume_id, WireError::busy, "too many write requests", h.priority);
         return true;
       }
-      WriteJob& w = writes_[h.request_id];
+      WriteJob& w = *wp;
       w.volume_id = h.volume_id;
       w.volume = vol;
       w.priority = h.priority;
@@ -332,9 +361,9 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       else if (h.offset_bytes + h.length_bytes > g.size_bytes()) w.error = Errc::out_of_range;
       else if (h.flags & kFlagDedupRef) w.error = Errc::invalid_argument;  // we keep no content
       if (w.error == Errc::ok) {
-        auto* op = new (std::nothrow) DeviceOp();
+        DeviceOp* op = op_pool_.take();
         if (op == nullptr) {
-          w.error = Errc::no_memory;
+          w.error = Errc::busy;  // kDeviceOpsMax chunks being applied: the request is refused
         } else {
           op->session = this;
           op->request_id = h.request_id;
@@ -355,7 +384,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
                 decoder_.decode(h, payload, {reinterpret_cast<uint8_t*>(op->buf.data()), h.length_bytes}).ok();
             if (!decoded) {
               w.error = op->buf ? Errc::protocol_error : Errc::no_memory;
-              delete op;
+              op_pool_.put(op);
               op = nullptr;
             } else {
               op->io.data = op->buf.data();
@@ -376,9 +405,10 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
     case FrameType::flush:
     case FrameType::block_status: {
       if (!volume_of(h, vol)) return true;
-      auto* op = new (std::nothrow) DeviceOp();
+      DeviceOp* op = op_pool_.take();
       if (op == nullptr) {
-        send_error(h.request_id, h.volume_id, WireError::busy, "out of memory", h.priority);
+        send_error(h.request_id, h.volume_id, WireError::busy, "too many device operations",
+                   h.priority);
         return true;
       }
       op->session = this;
@@ -408,13 +438,12 @@ void ServerSession::on_device_op(IoRequest& io) noexcept {
   ServerSession* s = op->session;
   --s->device_ios_;
   if (s->stream_.closed()) {
-    delete op;
+    s->op_pool_.put(op);
     return;
   }
   if (io.op == IoOp::write || io.op == IoOp::write_zeroes) {
-    auto it = s->writes_.find(op->request_id);
-    if (it != s->writes_.end()) {
-      WriteJob& w = it->second;
+    if (WriteJob* wp = s->writes_.find(op->request_id)) {
+      WriteJob& w = *wp;
       --w.pending;
       if (io.result != Errc::ok && w.error == Errc::ok) w.error = io.result;
       if (w.final_seen && w.pending == 0) s->finish_write(op->request_id);
@@ -447,7 +476,7 @@ void ServerSession::on_device_op(IoRequest& io) noexcept {
     r.length_bytes = len;
     s->send_control(r, {body, sizeof body});
   }
-  delete op;
+  s->op_pool_.put(op);
 }
 
 // Issues device reads for jobs in priority order, within the slot budgets.
@@ -456,22 +485,22 @@ void ServerSession::start_reads() {
   const uint32_t low_max = std::max<uint32_t>(1, total_max / 2);
   const uint32_t chunk = server_.options_.chunk_bytes;
   for (uint8_t p = 0; p < kPriorityCount; ++p) {
-    for (auto& job : jobs_) {
+    for (ReadJob* job = jobs_head_; job != nullptr; job = job->next) {
       if (uint8_t(job->priority) != p || job->error != Errc::ok) continue;
       while (job->next_offset < job->end && chunk_reads_ < total_max &&
              (!low_priority(job->priority) || low_chunk_reads_ < low_max)) {
         // Chunks are aligned to absolute chunk boundaries so equal content hashes alike.
         const uint64_t boundary = (job->next_offset / chunk + 1) * chunk;
         const uint32_t len = uint32_t(std::min(job->end, boundary) - job->next_offset);
-        auto* c = new (std::nothrow) ChunkRead();
+        ChunkRead* c = chunk_pool_.take();  // chunk_reads_ < chunk_reads_max: one is free
         if (c == nullptr) return;
         c->buf = reactor_.pool().allocate(len);
         if (!c->buf) {
-          delete c;
-          return;  // pool exhausted: retried on the next pump
+          chunk_pool_.put(c);
+          return;  // buffer pool exhausted: retried on the next pump
         }
         c->session = this;
-        c->job = job.get();
+        c->job = job;
         c->offset = job->next_offset;
         c->length = len;
         c->io.op = IoOp::read;
@@ -499,11 +528,16 @@ void ServerSession::on_chunk_read(IoRequest& io) noexcept {
   c->done = true;
   if (s->stream_.closed() || c->job == nullptr) {
     --s->chunk_reads_;
-    delete c;
+    s->chunk_pool_.put(c);
     return;
   }
-  if (io.result != Errc::ok && c->job->error == Errc::ok) c->job->error = io.result;
-  c->job->ready.push_back(c);
+  ReadJob& job = *c->job;
+  if (io.result != Errc::ok && job.error == Errc::ok) job.error = io.result;
+  if (job.ready_tail != nullptr)
+    job.ready_tail->next_ready = c;
+  else
+    job.ready_head = c;
+  job.ready_tail = c;
   if (!s->pump_scheduled_) {  // one pump for every chunk that completes in this loop pass
     s->pump_scheduled_ = true;
     s->reactor_.defer([s] {
@@ -609,10 +643,10 @@ bool ServerSession::send_chunk(ReadJob& job, ChunkRead* c) {
 
 // A write request whose last frame arrived and whose chunks are all applied: ack or error.
 void ServerSession::finish_write(uint64_t request_id) {
-  auto it = writes_.find(request_id);
-  if (it == writes_.end()) return;
-  const WriteJob done = it->second;
-  writes_.erase(it);
+  const WriteJob* found = writes_.find(request_id);
+  if (found == nullptr) return;
+  const WriteJob done = *found;
+  writes_.erase(request_id);
   if (done.error != Errc::ok) {
     send_error(request_id, done.volume_id, to_wire_error(done.error), "write failed", done.priority);
     return;
@@ -623,6 +657,22 @@ void ServerSession::finish_write(uint64_t request_id) {
   a.volume_id = done.volume_id;
   a.priority = done.priority;
   send_control(a, {});
+}
+
+void ServerSession::remove_finished_jobs() noexcept {
+  ReadJob* prev = nullptr;
+  for (ReadJob* job = jobs_head_; job != nullptr;) {
+    ReadJob* next = job->next;
+    if (job->cancelled) {
+      (prev != nullptr ? prev->next : jobs_head_) = next;
+      if (jobs_tail_ == job) jobs_tail_ = prev;
+      --jobs_count_;
+      job_pool_.put(job);
+    } else {
+      prev = job;
+    }
+    job = next;
+  }
 }
 
 void ServerSession::finish_job_if_done(ReadJob& job) {
@@ -646,23 +696,23 @@ void ServerSession::pump() {
   start_reads();
   if (stream_.closed()) return;
   for (uint8_t p = 0; p < kPriorityCount; ++p) {
-    for (auto& job : jobs_) {
+    for (ReadJob* job = jobs_head_; job != nullptr; job = job->next) {
       if (uint8_t(job->priority) != p) continue;
-      while (!job->ready.empty()) {
-        ChunkRead* c = job->ready.front();
+      while (ChunkRead* c = job->ready_head) {
         if (job->error == Errc::ok && !send_chunk(*job, c)) return;  // wait: backlog or rate
         if (stream_.closed()) return;
-        job->ready.pop_front();
+        job->ready_head = c->next_ready;
+        if (job->ready_head == nullptr) job->ready_tail = nullptr;
         --job->chunks_in_flight;
         --chunk_reads_;
         if (low_priority(job->priority)) --low_chunk_reads_;
-        delete c;
+        chunk_pool_.put(c);
       }
       finish_job_if_done(*job);
       if (stream_.closed()) return;
     }
   }
-  jobs_.remove_if([](const std::unique_ptr<ReadJob>& j) { return j->cancelled; });
+  remove_finished_jobs();
   start_reads();  // slots freed above
 }
 
