@@ -10,7 +10,7 @@
 // Ownership: the benchmark thread owns the reactor, its ring, pool, buffers and every Operation;
 // a peer thread owns only its socket loop. Every wait is bounded (kRunTimeoutNs, socket
 // timeouts); teardown drains all in-flight operations before buffers go back to the pool.
-// Results and conclusions: datapath/DESIGN.md, "Measured: receive, registered buffers, send".
+// Results: perf/README.md, "Receive, registered buffers, send"; conclusions: datapath/DESIGN.md.
 #include <arpa/inet.h>
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
