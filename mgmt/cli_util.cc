@@ -20,6 +20,14 @@ bool split_host_port(const std::string& text, std::string& host, uint16_t& port,
   return true;
 }
 
+void log_drain(const char* daemon, const char* what, uint64_t left) {
+  if (left == 0) return;
+  std::fprintf(stderr,
+               "ferry: %s: %llu %s still open after %u ms (their device I/O did not complete); "
+               "exiting anyway\n",
+               daemon, static_cast<unsigned long long>(left), what, kStopDrainTimeoutMs);
+}
+
 bool split_user_secret(const std::string& text, std::string& user, std::string& secret) {
   const auto colon = text.find(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) return false;

@@ -13,6 +13,11 @@ namespace ferry::mgmt {
 // without brackets); the reason for a refusal is printed. Port 0 allowed when allow_zero.
 bool split_host_port(const std::string& text, std::string& host, uint16_t& port,
                      bool allow_zero = false);
+// How long a stopping daemon waits for its connections' in-flight I/O to complete before it
+// exits anyway (logging what is left): counted, not a guessed sleep.
+inline constexpr uint32_t kStopDrainTimeoutMs = 10'000;
+// Logs the outcome of a drain wait: `left` of `what` ("iSCSI connection(s)") still open.
+void log_drain(const char* daemon, const char* what, uint64_t left);
 // "USER:SECRET", both non-empty.
 bool split_user_secret(const std::string& text, std::string& user, std::string& secret);
 // --pre-auth-max and --pre-auth-per-source: the bounds on connections not yet authenticated

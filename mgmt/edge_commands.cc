@@ -126,6 +126,9 @@ std::unique_ptr<tls::TlsContext> make_tls(const TlsFlags& t, bool server) {
   return ctx;
 }
 
+// dc-edge stop: how long device I/O in flight to the NBD sources may take before it is failed.
+constexpr uint32_t kSourceDrainMs = 500;
+
 // Blocks SIGINT/SIGTERM/SIGPIPE/SIGUSR1 for every thread; returns the set for wait_for_stop.
 sigset_t block_signals() {
   sigset_t set;
@@ -330,24 +333,36 @@ int run_dc_edge_command(int argc, char** argv) {
     stopped.set_value();
   });
   stopped.get_future().wait();
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Sessions go once their device I/O has completed. A healthy source answers in milliseconds;
+  // what a hung one still holds after kSourceDrainMs is failed by the devices' shutdown()
+  // (closed), which lets those sessions go too, and their pool buffers with them.
+  const uint64_t busy = server.wait_sessions_closed(kSourceDrainMs);
+  if (busy != 0)
+    std::fprintf(stderr,
+                 "ferry: dc-edge: %llu session(s) still wait for their NBD source after %u ms; "
+                 "their requests fail with 'closed'\n",
+                 static_cast<unsigned long long>(busy), kSourceDrainMs);
+  std::promise<void> shut;
+  reactor.post([&] {
+    for (auto& d : devices) d->shutdown();
+    shut.set_value();
+  });
+  shut.get_future().wait();
+  log_drain("dc-edge", "WAN session(s)", server.wait_sessions_closed(kStopDrainTimeoutMs));
   std::promise<std::string> stats;
   reactor.post([&] {
     server.save_access_maps();  // at shutdown: the reactor serves nothing any more
     stats.set_value(server.stats_text());
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
-  // NBD devices close on their home reactor (their polls are cancelled through its ring).
-  // shutdown() first: requests stuck on a hung source complete (closed), so the WAN sessions
-  // give their pool buffers back before the reactor and its pool go.
+  // NBD devices close on their home reactor (their polls are cancelled through its ring); one
+  // more round trip through the loop lets the cancellations complete before it stops.
   std::promise<void> closed;
   reactor.post([&] {
-    for (auto& d : devices) d->shutdown();
     devices.clear();
-    closed.set_value();
+    reactor.defer([&] { reactor.post([&] { closed.set_value(); }); });
   });
   closed.get_future().wait();
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   reactor.stop();
   worker.join();
   return 0;
@@ -710,7 +725,12 @@ int run_cloud_edge_command(int argc, char** argv) {
     stopped.set_value();
   });
   stopped.get_future().wait();
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Every front-end connection goes once its requests' I/O has completed: count them to zero.
+  log_drain("cloud-edge", "iSCSI connection(s)",
+            server.wait_connections_closed(kStopDrainTimeoutMs));
+  if (nbd_server)
+    log_drain("cloud-edge", "NBD connection(s)",
+              nbd_server->wait_connections_closed(kStopDrainTimeoutMs));
   const bool drained = drain_journals(reactor, volumes, journal_drain_s);
   std::promise<std::string> stats;
   reactor.post([&] {

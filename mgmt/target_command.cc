@@ -1,12 +1,14 @@
 // `ferry target` / `ferry demo` implementation (see target_command.h).
 #include "mgmt/target_command.h"
 
-#include <CLI/CLI.hpp>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
 
+#include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
+#include <latch>
 #include <memory>
 #include <string>
 #include <thread>
@@ -16,8 +18,8 @@
 #include "gateway/iscsi/server.h"
 #include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
-#include "mgmt/cli_util.h"
 #include "gateway/volume.h"
+#include "mgmt/cli_util.h"
 #include "mgmt/lun_spec.h"
 #include "mgmt/target_auth.h"
 
@@ -270,8 +272,9 @@ int run_target(TargetFlags& f, const char* banner) {
     raw.push_back(reactors.back().get());
   }
   server.set_reactors(raw);
-  std::atomic<unsigned> ready{0};
+  std::latch ready(f.threads);
   std::atomic<bool> failed{false};
+  std::vector<char> running(f.threads, 0);  // reactor i runs its loop (written before `ready`)
   std::vector<std::thread> workers;
   for (unsigned i = 0; i < f.threads; ++i) {
     workers.emplace_back([&, i] {
@@ -286,21 +289,29 @@ int run_target(TargetFlags& f, const char* banner) {
         }
       }
       if (!ok) failed = true;
-      ready.fetch_add(1);
+      running[i] = ok;
+      ready.count_down();
       if (ok) r.run();
     });
   }
-  while (ready.load() < f.threads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  if (failed) {
-    std::fprintf(stderr, "ferry: failed to start (see the messages above)\n");
-    for (auto& r : reactors) {
-      Reactor* rp = r.get();
+  ready.wait();
+  // Stop accepting and close every connection, on each reactor; returns once all have done it.
+  auto stop_listening_everywhere = [&] {
+    std::latch stopped(ptrdiff_t(std::count(running.begin(), running.end(), 1)));
+    for (size_t i = 0; i < reactors.size(); ++i) {
+      if (!running[i]) continue;  // never started: nothing to stop, and no loop to post to
+      Reactor* rp = reactors[i].get();
       rp->post([&, rp] {
         server.stop_listening(*rp);
         if (nbd_server) nbd_server->stop_listening(*rp);
+        stopped.count_down();
       });
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stopped.wait();
+  };
+  if (failed) {
+    std::fprintf(stderr, "ferry: failed to start (see the messages above)\n");
+    stop_listening_everywhere();
     for (auto& r : reactors) r->stop();
     for (auto& w : workers) w.join();
     return 1;
@@ -331,18 +342,13 @@ int run_target(TargetFlags& f, const char* banner) {
     }
   }
   std::fprintf(stderr, "ferry: stopping\n");
-  std::atomic<unsigned> stopped{0};
-  for (auto& r : reactors) {
-    Reactor* rp = r.get();
-    rp->post([&, rp] {
-      server.stop_listening(*rp);
-      if (nbd_server) nbd_server->stop_listening(*rp);
-      stopped.fetch_add(1);
-    });
-  }
-  for (int i = 0; i < 2000 && stopped.load() < f.threads; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // in-flight I/O drains
+  stop_listening_everywhere();
+  // Every connection goes once the device I/O of its tasks has completed: count them to zero.
+  log_drain("target", "iSCSI connection(s)", server.wait_connections_closed(kStopDrainTimeoutMs));
+  if (nbd_server)
+    log_drain("target", "NBD connection(s)",
+              nbd_server->wait_connections_closed(kStopDrainTimeoutMs));
+  std::fprintf(stderr, "ferry: stopped\n");
   for (auto& r : reactors) r->stop();
   for (auto& w : workers) w.join();
   return 0;

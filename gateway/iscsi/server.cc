@@ -82,7 +82,7 @@ void Server::stop_listening(Reactor& reactor) noexcept {
 }
 
 void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
-  if (connection_count_.load(std::memory_order_relaxed) >= options_.connections_max) {
+  if (connection_count() >= options_.connections_max) {
     std::fprintf(stderr, "ferry: iscsi: connection limit reached, refusing\n");
     ::close(fd);
     return;
@@ -121,14 +121,14 @@ void Server::connection_authenticated(Connection* c) noexcept { pre_auth_.leave(
 
 void Server::connection_opened(Connection* c) noexcept {
   t_connections.emplace(c->id(), c);
-  connection_count_.fetch_add(1, std::memory_order_relaxed);
+  connections_.add();
 }
 
 void Server::connection_closed(Connection* c) noexcept {
   pre_auth_.leave(c->id());
   t_connections.erase(c->id());
-  connection_count_.fetch_sub(1, std::memory_order_relaxed);
   if (Reactor* r = Reactor::current()) balancer_.release(*r);
+  connections_.remove();  // last: the stopping thread may go on once it reaches zero
 }
 
 uint16_t Server::register_session(const std::string& initiator_name, const uint8_t isid[6],

@@ -17,6 +17,7 @@
 #include "datapath/acceptor.h"
 #include "datapath/auth_backoff.h"
 #include "datapath/connection_balancer.h"
+#include "datapath/drain_count.h"
 #include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
 #include "gateway/iscsi/portal_config.h"
@@ -78,7 +79,12 @@ class Server {
   void connection_authenticated(Connection* c) noexcept;
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
-  std::atomic<uint64_t>& connection_count() noexcept { return connection_count_; }
+  uint64_t connection_count() const noexcept { return connections_.value(); }
+  // After stop_listening() on every reactor: waits until every connection is gone (each goes
+  // once its tasks' device I/O has completed), at most timeout_ms; returns how many are left.
+  uint64_t wait_connections_closed(uint32_t timeout_ms) noexcept {
+    return connections_.wait_zero_for(timeout_ms);
+  }
 
  private:
   void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
@@ -104,7 +110,7 @@ class Server {
   std::mutex listeners_mutex_;
   std::vector<std::unique_ptr<Acceptor>> listeners_;
   std::atomic<uint64_t> next_connection_id_{1};
-  std::atomic<uint64_t> connection_count_{0};
+  DrainCount connections_;       // open connections, counted for a bounded shutdown
   ConnectionBalancer balancer_;  // spreads connections over the reactors
   PreAuthGate pre_auth_;         // bounds connections that have not logged in yet
   AuthBackoff auth_backoff_;     // failed CHAP logins per source address

@@ -186,7 +186,7 @@ void NbdServer::stop_listening(Reactor& reactor) noexcept {
 
 void NbdServer::connection_opened(Connection* c) noexcept {
   t_connections.emplace(c->id(), c);
-  connection_count_.fetch_add(1, std::memory_order_relaxed);
+  connections_.add();
 }
 
 void NbdServer::connection_authenticated(Connection* c) noexcept { pre_auth_.leave(c->id()); }
@@ -194,8 +194,8 @@ void NbdServer::connection_authenticated(Connection* c) noexcept { pre_auth_.lea
 void NbdServer::connection_closed(Connection* c) noexcept {
   pre_auth_.leave(c->id());
   t_connections.erase(c->id());
-  connection_count_.fetch_sub(1, std::memory_order_relaxed);
   if (Reactor* r = Reactor::current()) balancer_.release(*r);
+  connections_.remove();  // last: the stopping thread may go on once it reaches zero
 }
 
 }  // namespace ferry::nbd

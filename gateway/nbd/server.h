@@ -19,10 +19,11 @@
 #include <string_view>
 #include <vector>
 
-#include "datapath/block_device.h"
 #include "datapath/acceptor.h"
 #include "datapath/auth_backoff.h"
+#include "datapath/block_device.h"
 #include "datapath/connection_balancer.h"
+#include "datapath/drain_count.h"
 #include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
 
@@ -88,7 +89,12 @@ class NbdServer {
   void connection_authenticated(Connection* c) noexcept;
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
-  uint64_t connection_count() const noexcept { return connection_count_.load(); }
+  uint64_t connection_count() const noexcept { return connections_.value(); }
+  // After stop_listening() on every reactor: waits until every connection is gone (each goes
+  // once its requests' device I/O has completed), at most timeout_ms; returns how many are left.
+  uint64_t wait_connections_closed(uint32_t timeout_ms) noexcept {
+    return connections_.wait_zero_for(timeout_ms);
+  }
   // Connections placed on a reactor (by the balancer) and not yet closed.
   uint32_t connections_on(const Reactor& reactor) const noexcept { return balancer_.live(reactor); }
 
@@ -110,7 +116,7 @@ class NbdServer {
   std::vector<std::unique_ptr<Acceptor>> listeners_;
   std::atomic<uint16_t> bound_port_{0};
   std::atomic<uint64_t> next_connection_id_{1};
-  std::atomic<uint64_t> connection_count_{0};
+  DrainCount connections_;       // open connections, counted for a bounded shutdown
   ConnectionBalancer balancer_;  // spreads connections over the reactors
   PreAuthGate pre_auth_;         // bounds connections still in the handshake
   AuthBackoff auth_backoff_;     // refused client certificates per source address

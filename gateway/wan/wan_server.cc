@@ -964,6 +964,7 @@ void WanServer::accepted(int fd) noexcept {
     return;
   }
   sessions_.push_back(std::make_unique<ServerSession>(*this, *reactor_, id));
+  sessions_alive_.add();
   sessions_.back()->start(fd);
 }
 
@@ -1002,9 +1003,11 @@ void WanServer::on_sweep(void* ctx) noexcept {
     if (s->authenticated() && now - std::max(s->last_rx_ns(), s->accepted_ns()) > idle_ns)
       late.push_back(s.get());
   for (ServerSession* s : late) s->close("nothing received within the idle timeout (link dead)");
+  const size_t before = self->closing_.size();
   self->closing_.erase(std::remove_if(self->closing_.begin(), self->closing_.end(),
                                       [](const std::unique_ptr<ServerSession>& s) { return s->idle(); }),
                        self->closing_.end());
+  for (size_t i = self->closing_.size(); i < before; ++i) self->sessions_alive_.remove();
   if (!self->stopping_ || !self->closing_.empty() || !self->sessions_.empty())
     self->reactor_->arm(self->sweep_timer_, kSweepNs, &WanServer::on_sweep, self);
 }

@@ -10,8 +10,8 @@
 #pragma once
 
 #include <atomic>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -20,6 +20,7 @@
 
 #include "datapath/acceptor.h"
 #include "datapath/block_device.h"
+#include "datapath/drain_count.h"
 #include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
@@ -83,6 +84,11 @@ class WanServer {
   Result<void> start(Reactor& reactor, std::string& error) noexcept;
   // On the reactor thread: stop accepting, close every connection.
   void stop() noexcept;
+  // After stop() (any thread): waits until every session is gone — closed and with no device
+  // I/O left in flight — at most timeout_ms; returns how many are left.
+  uint64_t wait_sessions_closed(uint32_t timeout_ms) noexcept {
+    return sessions_alive_.wait_zero_for(timeout_ms);
+  }
   uint16_t bound_port() const noexcept { return bound_port_; }
   // Thread safe: takes effect on the next frame.
   void set_rate_limit(uint64_t bytes_per_s) noexcept { rate_limit_.store(bytes_per_s); }
@@ -160,6 +166,7 @@ class WanServer {
   uint16_t bound_port_ = 0;
   std::vector<std::unique_ptr<ServerSession>> sessions_;
   std::vector<std::unique_ptr<ServerSession>> closing_;
+  DrainCount sessions_alive_;                        // sessions_ + closing_, for a counted shutdown
   std::unordered_map<std::string, DedupSet> dedup_;  // key: client name + "/" + session id
   std::vector<std::string> dedup_order_;
   uint64_t next_session_id_ = 1;
