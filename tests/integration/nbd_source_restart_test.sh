@@ -39,98 +39,8 @@ CLOUD_PID=$!; PIDS+=($CLOUD_PID)
 wait_listening "$TMP/cloud.log" "$CLOUD_PID" || { cat "$TMP/cloud.log"; echo "FAIL: cloud-edge did not start"; exit 1; }
 URI="nbd://127.0.0.1:$P_NBD/disk"
 
-cat >"$TMP/blocks.py" <<'PY'
-# write URI SECONDS BLOCKS OUT.json | verify (URI|FILE) BLOCKS ACKED.json
-import json, os, random, struct, sys, time, zlib
-import nbd
-MAGIC = 0x6b636f6c62797266  # "ferryblk"
-BS = 4096
-HDR = struct.Struct("<QQQI")
 
-def block(blk, seq):
-    payload = random.Random(seq).randbytes(BS - HDR.size)
-    crc = zlib.crc32(struct.pack("<QQQ", MAGIC, blk, seq) + payload)
-    return HDR.pack(MAGIC, blk, seq, crc) + payload
-
-def check(data, blk):
-    magic, b, seq, crc = HDR.unpack_from(data)
-    if magic != MAGIC or b != blk:
-        return None
-    if zlib.crc32(struct.pack("<QQQ", MAGIC, b, seq) + data[HDR.size:]) != crc:
-        return None
-    return seq
-
-def write(uri, seconds, nblocks, out):
-    h = nbd.NBD()
-    h.connect_uri(uri)
-    rnd = random.Random(1)
-    inflight, busy, acked = {}, set(), {}
-    seq = flushes = 0
-    start = time.time()
-    deadline = start + seconds
-    per_second = {}
-    try:
-        while time.time() < deadline or inflight:
-            while len(inflight) < 16 and time.time() < deadline:
-                blk = rnd.randrange(nblocks)
-                if blk in busy:  # never two writes of one block in flight: order undefined
-                    continue
-                seq += 1
-                buf = nbd.Buffer.from_bytearray(bytearray(block(blk, seq)))
-                inflight[h.aio_pwrite(buf, blk * BS)] = (blk, seq, buf)
-                busy.add(blk)
-            h.poll(1000)
-            for cookie in list(inflight):
-                if h.aio_command_completed(cookie):  # raises nbd.Error if the write failed
-                    blk, s, _ = inflight.pop(cookie)
-                    busy.discard(blk)
-                    acked[blk] = s
-                    sec = int(time.time() - start)
-                    per_second[sec] = per_second.get(sec, 0) + 1
-                    if s % 512 == 0:
-                        h.flush()
-                        flushes += 1
-        h.flush()
-        h.shutdown()
-    except nbd.Error as e:
-        print(f"writer: ERROR after {len(acked)} acknowledged blocks: {e}", flush=True)
-        json.dump({str(k): v for k, v in acked.items()}, open(out, "w"))
-        return 1
-    json.dump({str(k): v for k, v in acked.items()}, open(out, "w"))
-    n = sum(per_second.values())
-    stall = max((s for s in range(int(seconds)) if per_second.get(s, 0) == 0), default=None)
-    print(f"writer: {n} writes acknowledged ({len(acked)} blocks), {flushes} flushes, "
-          f"per second {[per_second.get(s, 0) for s in range(int(seconds) + 1)]}", flush=True)
-    return 0
-
-def verify(src, nblocks, acked_path):
-    acked = {int(k): v for k, v in json.load(open(acked_path)).items()}
-    if src.startswith("nbd://"):
-        h = nbd.NBD()
-        h.connect_uri(src)
-        data = h.pread(nblocks * BS, 0)
-        h.shutdown()
-    else:
-        with open(src, "rb") as f:
-            data = f.read(nblocks * BS)
-    bad = []
-    for blk, want in sorted(acked.items()):
-        got = check(data[blk * BS:(blk + 1) * BS], blk)
-        if got != want:
-            bad.append((blk, want, got))
-    if bad:
-        print(f"verify {src}: {len(bad)} of {len(acked)} blocks wrong, e.g. (block, acked seq, "
-              f"found seq or None=garbage) {bad[:5]}")
-        return 1
-    print(f"verify {src}: all {len(acked)} acknowledged blocks intact")
-    return 0
-
-if sys.argv[1] == "write":
-    sys.exit(write(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]))
-sys.exit(verify(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
-PY
-
-"$PY" "$TMP/blocks.py" write "$URI" 14 $BLOCKS "$TMP/acked.json" >"$TMP/writer.log" 2>&1 &
+"$PY" "$here/blocks.py" write "$URI" 14 $BLOCKS "$TMP/acked.json" >"$TMP/writer.log" 2>&1 &
 WRITER_PID=$!; PIDS+=($WRITER_PID)
 
 sleep 3
@@ -156,11 +66,11 @@ n_state=$(grep -cE 'source down|reconnecting|source up again' "$TMP/dc.log")
   fail "$n_state state-change lines, want 6 (one per change, none per attempt)"
 grep -q 'fail with' "$TMP/cloud.log" && fail "cloud-edge failed requests: $(grep -m1 'fail with' "$TMP/cloud.log")"
 
-"$PY" "$TMP/blocks.py" verify "$URI" $BLOCKS "$TMP/acked.json" && ok "read back through the pipeline" ||
+"$PY" "$here/blocks.py" verify "$URI" $BLOCKS "$TMP/acked.json" && ok "read back through the pipeline" ||
   fail "read back through the pipeline"
 stop_pid "$CLOUD_PID"
 stop_pid "$DC_PID"
 stop_pid "$SRC_PID"
-"$PY" "$TMP/blocks.py" verify "$TMP/disk.raw" $BLOCKS "$TMP/acked.json" && ok "the image file holds every acknowledged block" ||
+"$PY" "$here/blocks.py" verify "$TMP/disk.raw" $BLOCKS "$TMP/acked.json" && ok "the image file holds every acknowledged block" ||
   fail "the image file lost acknowledged blocks"
 finish
