@@ -22,6 +22,10 @@ class DrainCount {
     }
   }
   uint64_t value() const noexcept { return count_.load(std::memory_order_acquire); }
+  // As std::atomic's, for callers that held the count as one.
+  uint64_t load(std::memory_order order = std::memory_order_seq_cst) const noexcept {
+    return count_.load(order);
+  }
   // Waits until the count is zero, at most timeout_ms; returns what is left (0: drained).
   uint64_t wait_zero_for(uint32_t timeout_ms) noexcept {
     std::unique_lock lock(mutex_);

@@ -82,7 +82,7 @@ void Server::stop_listening(Reactor& reactor) noexcept {
 }
 
 void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
-  if (connection_count() >= options_.connections_max) {
+  if (connections_.value() >= options_.connections_max) {
     std::fprintf(stderr, "ferry: iscsi: connection limit reached, refusing\n");
     ::close(fd);
     return;

@@ -79,7 +79,7 @@ class Server {
   void connection_authenticated(Connection* c) noexcept;
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
-  uint64_t connection_count() const noexcept { return connections_.value(); }
+  const DrainCount& connection_count() const noexcept { return connections_; }
   // After stop_listening() on every reactor: waits until every connection is gone (each goes
   // once its tasks' device I/O has completed), at most timeout_ms; returns how many are left.
   uint64_t wait_connections_closed(uint32_t timeout_ms) noexcept {
