@@ -107,7 +107,8 @@ void WanClient::connect() noexcept {
       [this](Result<std::vector<SocketAddress>> addresses, const std::string& error) noexcept {
         on_resolved(std::move(addresses), error);
       });
-  if (!started) connect_failed("cannot start the name lookup");
+  if (!started) return connect_failed("cannot start the name lookup");
+  ++name_lookups_;
 }
 
 void WanClient::on_resolved(Result<std::vector<SocketAddress>> addresses,

@@ -86,6 +86,8 @@ class WanClient final : public WanStreamHandler {
   const WanStreamCounters& link_counters() const noexcept { return link_totals_; }
   bool connected() const noexcept { return ready_; }
   uint64_t reconnects() const noexcept { return reconnects_; }
+  // Name lookups started for the server address (0 for a literal; one per connection round).
+  uint64_t name_lookups() const noexcept { return name_lookups_; }
   std::string stats_text() const;
 
   void submit(size_t volume, IoRequest& io) noexcept;
@@ -165,6 +167,7 @@ class WanClient final : public WanStreamHandler {
   uint64_t last_rx_ns_ = 0;
   uint64_t last_ping_ns_ = 0;
   uint64_t reconnects_ = 0;
+  uint64_t name_lookups_ = 0;
   uint32_t backoff_ms_ = 100;
   uint32_t auth_failures_ = 0;  // certificate refusals in a row
   Timer tick_timer_;

@@ -394,5 +394,38 @@ TEST_F(WanLinkTest, RequestsSurviveTheServerDroppingTheLink) {
   on_reactor([&] { second.reset(); });
 }
 
+// --dc by host name (issue 14: only IPv4 literals were taken): the name is looked up off the
+// reactor before the first connection and again before the reconnect (a DNS change would be
+// followed), and `localhost`'s addresses are tried in order until one answers.
+TEST_F(WanLinkTest, HostNameIsResolvedAgainWhenTheLinkReconnects) {
+  client_options_.server_address = "localhost";
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  RemoteDevice& remote = client_->device(0);
+  uint64_t lookups_before = 0;
+  on_reactor([&] { lookups_before = client_->name_lookups(); });
+  EXPECT_GE(lookups_before, 1u);
+  const uint16_t port = server_->bound_port();
+  on_reactor([&] { server_->stop(); });
+  WanServerOptions so;
+  so.port = port;
+  auto second =
+      std::make_unique<WanServer>(so, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
+  std::string error;
+  on_reactor([&] { ASSERT_TRUE(second->start(reactor_, error).ok()) << error; });
+  std::vector<std::byte> got(64 << 10);
+  ASSERT_EQ(io(IoOp::read, 0, got.data(), got.size(), remote), Errc::ok);
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), image_.begin()));
+  uint64_t reconnects = 0, lookups_after = 0;
+  on_reactor([&] {
+    reconnects = client_->reconnects();
+    lookups_after = client_->name_lookups();
+  });
+  EXPECT_GE(reconnects, 1u);
+  EXPECT_GT(lookups_after, lookups_before);  // looked up again, not the first answer reused
+  on_reactor([&] { second->stop(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  on_reactor([&] { second.reset(); });
+}
+
 }  // namespace
 }  // namespace ferry::wan
