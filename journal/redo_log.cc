@@ -947,6 +947,17 @@ void RedoLogDevice::applied() noexcept {
   release_held();
   try_commit();
   admit_writes();
+  check_drained();
+}
+
+void RedoLogDevice::drain(std::function<void()> done) noexcept {
+  drain_done_ = std::move(done);
+  check_drained();
+}
+
+void RedoLogDevice::check_drained() noexcept {
+  if (!drain_done_ || applying_ || commit_req_ != nullptr) return;
+  std::exchange(drain_done_, nullptr)();
 }
 
 // ---------------------------------------------------------------- shutdown

@@ -78,6 +78,9 @@ class RedoLogDevice final : public BlockDevice {
   // Reactor thread, once, before I/O: applies what open() found committed; `recovered` runs
   // when that is on next and marked applied (at once when there was nothing).
   void start(std::function<void()> recovered) noexcept;
+  // Reactor thread: calls `done` once every committed epoch is applied and marked so (at once if
+  // none is waiting); a clean stop does this first, so the image is current when it exits.
+  void drain(std::function<void()> done) noexcept;
   // Reactor thread: cancels retries and calls `done` once no I/O of this device is in flight.
   void shutdown(std::function<void()> done) noexcept;
 
@@ -144,6 +147,8 @@ class RedoLogDevice final : public BlockDevice {
   bool shutting_down_ = false;
   std::function<void()> recovered_;
   std::function<void()> shutdown_done_;
+  std::function<void()> drain_done_;
+  void check_drained() noexcept;
 
   // Superblock state.
   uint64_t nonce_ = 0, sb_gen_ = 0, boot_gen_ = 0, log_bytes_ = 0;

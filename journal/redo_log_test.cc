@@ -404,5 +404,23 @@ TEST_F(RedoFixture, FullLogBackPressuresWritesUntilTheApplyFreesSpace) {
   close_log(d);
 }
 
+TEST_F(RedoFixture, DrainWaitsUntilTheCommittedEpochIsOnTheImage) {
+  // A clean stop of the dc-edge drains first: stopping mid-apply left the image behind the
+  // cloud edge's checkpoint until the next start (seen in dc_edge_epoch_crash_test).
+  next.hold = true;
+  auto d = open_log(options());
+  ASSERT_EQ(epoch_write(rt, *d, 3, 0x3D), Errc::ok);
+  ASSERT_EQ(commit_epoch(*d, 10, kBs), Errc::ok);
+  auto drained = std::make_shared<std::promise<void>>();
+  rt.call([&] { d->drain([drained] { drained->set_value(); }); });
+  auto f = drained->get_future();
+  EXPECT_NE(f.wait_for(std::chrono::milliseconds(50)), std::future_status::ready)
+      << "the apply is held";
+  rt.call([&] { next.release(); });
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  EXPECT_EQ(image_byte(3), 0x3D);
+  close_log(d);
+}
+
 }  // namespace
 }  // namespace ferry::journal

@@ -375,6 +375,25 @@ int run_dc_edge_command(int argc, char** argv) {
   });
   stopped.get_future().wait();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Redo logs: committed epochs are applied first (bounded), then the logs stop; what is still
+  // committed and not applied stays in the log for the next start, an open epoch is discarded.
+  {
+    auto applied = std::make_shared<std::promise<void>>();  // outlives a timed-out wait
+    reactor.post([&, applied] {
+      auto left = std::make_shared<size_t>(1);
+      auto one = [left, applied] {
+        if (--*left == 0) applied->set_value();
+      };
+      for (auto& v : stacks)
+        for (journal::RedoLogDevice* r : v->redo_logs()) {
+          ++*left;
+          r->drain(one);
+        }
+      one();
+    });
+    if (applied->get_future().wait_for(std::chrono::seconds(30)) != std::future_status::ready)
+      std::fprintf(stderr, "ferry: dc-edge: committed epochs not applied within 30 s; they are applied at the next start\n");
+  }
   std::promise<std::string> stats;
   reactor.post([&] {
     server.save_access_maps();  // at shutdown: the reactor serves nothing any more
@@ -383,16 +402,12 @@ int run_dc_edge_command(int argc, char** argv) {
     stats.set_value(text);
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
-  // NBD devices close on their home reactor (their polls are cancelled through its ring).
-  // shutdown() first: requests stuck on a hung source complete (closed), so the WAN sessions
-  // give their pool buffers back before the reactor and its pool go.
-  // Redo logs stop first (what is committed and not yet applied stays in the log for the next start).
   {
-    std::promise<void> quiet;
-    reactor.post([&] {
+    auto quiet = std::make_shared<std::promise<void>>();  // outlives a timed-out wait
+    reactor.post([&, quiet] {
       auto left = std::make_shared<size_t>(1);
-      auto one = [left, &quiet] {
-        if (--*left == 0) quiet.set_value();
+      auto one = [left, quiet] {
+        if (--*left == 0) quiet->set_value();
       };
       for (auto& v : stacks)
         for (journal::RedoLogDevice* r : v->redo_logs()) {
@@ -401,9 +416,12 @@ int run_dc_edge_command(int argc, char** argv) {
         }
       one();
     });
-    if (quiet.get_future().wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+    if (quiet->get_future().wait_for(std::chrono::seconds(10)) != std::future_status::ready)
       std::fprintf(stderr, "ferry: dc-edge: redo log I/O still in flight after 10 s\n");
   }
+  // NBD devices close on their home reactor (their polls are cancelled through its ring).
+  // shutdown() first: requests stuck on a hung source complete (closed), so the WAN sessions
+  // give their pool buffers back before the reactor and its pool go.
   std::promise<void> closed;
   reactor.post([&] {
     for (auto& d : devices) d->shutdown();
