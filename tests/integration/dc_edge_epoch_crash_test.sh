@@ -40,6 +40,20 @@ start_dc() {  # start_dc N: the dc-edge on P_WAN with its redo log; sets DC_PID
   for i in $(seq 200); do grep -q 'dc-edge listening' "$TMP/dc$1.log" && return 0; sleep 0.05; done
   cat "$TMP/dc$1.log"; echo "FAIL: dc-edge did not start"; exit 1
 }
+# A dc-edge without a redo log offers no epochs: a cloud edge with a journal must refuse it, saying why.
+P_OLD=$(free_port)
+"$FERRY" dc-edge --listen 127.0.0.1:$P_OLD "${DC_ARGS[@]}" >"$TMP/dc-old.log" 2>&1 &
+OLD_PID=$!; PIDS+=($OLD_PID)
+for i in $(seq 200); do grep -q 'dc-edge listening' "$TMP/dc-old.log" && break; sleep 0.05; done
+timeout 20 "$FERRY" cloud-edge --listen 127.0.0.1:$(free_port) --dc 127.0.0.1:$P_OLD --volume disk \
+  --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge --journal-dir "$TMP/journals" --journal-mib 16 \
+  --tls-cert "$PKI/cloud-edge-cert.pem" --tls-key "$PKI/cloud-edge-key.pem" >"$TMP/cloud-old.log" 2>&1
+rc=$?
+[ $rc -ne 0 ] && grep -q 'does not offer write-back epochs' "$TMP/cloud-old.log" &&
+  ok "cloud edge with a journal refuses a dc-edge without epochs (exit $rc): $(grep -o 'does not offer[^:]*' "$TMP/cloud-old.log")" ||
+  fail "cloud edge did not refuse a dc-edge without epochs (exit $rc): $(tail -2 "$TMP/cloud-old.log")"
+stop_pid "$OLD_PID"
+rm -f "$TMP/journals"/*
 start_dc 0
 P_NBD=$(free_port)
 P_ISCSI=$(free_port)
