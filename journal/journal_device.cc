@@ -509,18 +509,19 @@ JournalState JournalDevice::state() const noexcept {
 std::string JournalDevice::stats_text(const std::string& volume) const {
   const JournalState s = state();
   const JournalCounters& c = counters_;
-  char line[768];
+  char line[1024];
   std::snprintf(line, sizeof line,
-                "journal %s: %" PRIu64 " records (%" PRIu64 " replayed) in %" PRIu64
-                " group commits, %" PRIu64 " B journaled, %" PRIu64 " B written back, %" PRIu64
-                " B superseded, %" PRIu64 " checkpoints; used %" PRIu64 " B, free %" PRIu64
-                " B, dirty %" PRIu64 " B, lag %" PRIu64 " ms; waited for space %" PRIu64
-                ", busy %" PRIu64 ", next errors %" PRIu64 ", journal errors %" PRIu64
+                "journal %s: %" PRIu64 " records (%" PRIu64 " replayed) in %" PRIu64 " group commits, %" PRIu64
+                " B journaled, %" PRIu64 " B written back, %" PRIu64 " B superseded, %" PRIu64 " checkpoints, %" PRIu64
+                " epochs (%" PRIu64 " at a FLUSH/FUA boundary, %" PRIu64 " shipped again); used %" PRIu64
+                " B, free %" PRIu64 " B, dirty %" PRIu64 " B, write-back lag %" PRIu64 " ms (max %" PRIu64
+                " ms); waited for space %" PRIu64 ", busy %" PRIu64 ", next errors %" PRIu64 ", journal errors %" PRIu64
                 ", reads from journal %" PRIu64 ", barriers %" PRIu64 "\n",
                 volume.c_str(), c.records, c.replayed_records, c.group_commits, c.bytes_journaled,
-                c.bytes_written_back, c.bytes_superseded, c.checkpoints, s.journal_bytes_used,
-                s.journal_bytes_free, s.dirty_bytes, s.write_back_lag_ms, c.waited_for_space,
-                c.busy, c.next_errors, c.journal_errors, c.reads_from_journal, c.barriers);
+                c.bytes_written_back, c.bytes_superseded, c.checkpoints, c.epochs, c.epochs_at_boundary,
+                c.epoch_retries, s.journal_bytes_used, s.journal_bytes_free, s.dirty_bytes, s.write_back_lag_ms,
+                c.write_back_lag_ms_max, c.waited_for_space, c.busy, c.next_errors, c.journal_errors,
+                c.reads_from_journal, c.barriers);
   return line;
 }
 
@@ -1194,6 +1195,11 @@ void JournalDevice::on_next_flushed(IoRequest& io) noexcept {
   d.counters_.bytes_superseded += d.epoch_record_bytes_ - d.epoch_bytes_;
   ++d.counters_.epochs;
   if (d.epoch_at_boundary_) ++d.counters_.epochs_at_boundary;
+  {  // the epoch's oldest write was on the cloud side only until now: the measured lag
+    const uint64_t now = d.reactor_->now_ns(), born = d.record_of(d.wb_seq_)->committed_ns;
+    d.counters_.write_back_lag_ms_max =
+        std::max(d.counters_.write_back_lag_ms_max, now > born ? (now - born) / 1'000'000 : 0);
+  }
   if (d.next_failing_) {
     std::fprintf(stderr, "ferry: journal %s: write-back to next works again\n",
                  d.opt_.path.c_str());

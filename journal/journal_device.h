@@ -78,6 +78,7 @@ struct JournalCounters {
   uint64_t epochs = 0;              // epochs committed on next (EPOCH_COMMIT answered)
   uint64_t epochs_at_boundary = 0;  // of which closed at an initiator FLUSH / FUA boundary
   uint64_t epoch_retries = 0;       // epochs shipped again after their commit failed
+  uint64_t write_back_lag_ms_max = 0;  // largest age of a write when its epoch was committed
 };
 
 // Gauges, computed on request (reactor thread).

@@ -41,6 +41,7 @@ start_cloud() {
   CLOUD_PID=$!; PIDS+=($CLOUD_PID)
   wait_listening "$TMP/cloud.log" "$CLOUD_PID" || { cat "$TMP/cloud.log"; echo "FAIL: cloud-edge did not start"; exit 1; }
 }
+keep_log() { echo "=== round $1" >>"$TMP/cloud-all.log"; cat "$TMP/cloud.log" >>"$TMP/cloud-all.log"; }
 
 t0=$(date +%s)
 lost_rounds=0
@@ -53,7 +54,8 @@ for round in $(seq "$ROUNDS"); do
     replayed=$((replayed + n))
     if ! "$PY" "$TMP/blocks.py" verify "$URI" $BLOCKS "$TMP/acked.json" >"$TMP/verify.log" 2>&1; then
       lost_rounds=$((lost_rounds + 1))
-      fail "round $round: $(cat "$TMP/verify.log")"
+      fail "round $round: $(tail -3 "$TMP/verify.log")"
+      echo "cloud edge log:"; tail -20 "$TMP/cloud.log"
     fi
   fi
   "$PY" "$TMP/blocks.py" write "$URI" 5 $BLOCKS $((round * 1000000000)) "$TMP/acked.json" >"$TMP/writer.log" 2>&1 &
@@ -61,6 +63,7 @@ for round in $(seq "$ROUNDS"); do
   sleep "$("$PY" -c 'import random; print(round(random.uniform(0.2, 2.5), 2))')"
   kill -9 "$CLOUD_PID"; wait "$CLOUD_PID" 2>/dev/null
   wait "$WRITER_PID"
+  keep_log "$round"
   w=$(grep -o '[0-9][0-9]*' "$TMP/writer.log" | head -1)
   writes=$((writes + ${w:-0}))
   [ $((round % 10)) -eq 0 ] && echo "round $round: $(tr '\n' ' ' <"$TMP/writer.log")"
