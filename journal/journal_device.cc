@@ -1020,18 +1020,24 @@ void JournalDevice::on_epoch_timer(void* p) noexcept {
 
 bool JournalDevice::cut_epoch() noexcept {
   if (wb_seq_ > committed_seq_) return false;
-  // The longest run of records from wb_seq_ within the size bound (at least one record).
-  uint64_t limit = wb_seq_, bytes = 0;
-  bool size_hit = false;
-  for (uint64_t s = wb_seq_; s <= committed_seq_; ++s) {
-    const uint64_t len = record_of(s)->length;
-    if (s > wb_seq_ && bytes + len > opt_.epoch_bytes_max) {
-      size_hit = true;
+  // The longest run of records from wb_seq_ within the size bound (at least one record),
+  // scanned incrementally: each record is looked at once per epoch, not at every group commit.
+  if (scan_from_ != wb_seq_) {
+    scan_from_ = scan_seq_ = scan_limit_ = wb_seq_;
+    scan_bytes_ = 0;
+    scan_size_hit_ = false;
+  }
+  for (; !scan_size_hit_ && scan_seq_ <= committed_seq_; ++scan_seq_) {
+    const uint64_t len = record_of(scan_seq_)->length;
+    if (scan_seq_ > wb_seq_ && scan_bytes_ + len > opt_.epoch_bytes_max) {
+      scan_size_hit_ = true;
       break;
     }
-    bytes += len;
-    limit = s;
+    scan_bytes_ += len;
+    scan_limit_ = scan_seq_;
   }
+  const uint64_t limit = scan_limit_;
+  const bool size_hit = scan_size_hit_;
   uint64_t end;
   bool at_boundary = false;
   if (boundary_seq_ >= wb_seq_) {

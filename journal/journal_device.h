@@ -287,6 +287,10 @@ class JournalDevice final : public BlockDevice {
   uint64_t epoch_cursor_ = 0;
   uint32_t epoch_pieces_ = 0;  // in flight
   uint64_t boundary_seq_ = 0;  // last record before an initiator FLUSH / FUA completed
+  // cut_epoch's size scan, resumed where it stopped (not redone at every group commit):
+  // records [wb_seq_, scan_seq_) hold scan_bytes_; scan_limit_ is the last within the bound.
+  uint64_t scan_from_ = 0, scan_seq_ = 0, scan_bytes_ = 0, scan_limit_ = 0;
+  bool scan_size_hit_ = false;
   Timer epoch_timer_;
   bool next_failing_ = false;
 

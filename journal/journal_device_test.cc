@@ -777,6 +777,32 @@ TEST_F(LiveFixture, FailedEpochCommitShipsTheWholeEpochAgain) {
   close_journal(rt, j);
 }
 
+TEST_F(LiveFixture, EpochWithoutFlushIsCutAtItsSizeBound) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;
+  o.epoch_bytes_max = 4 * kBs;
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  for (uint64_t b = 0; b < 9; ++b) {
+    fill_block(v.data(), b + 1, b);
+    ASSERT_EQ(sync_io(rt, *j, IoOp::write, b * kBs, kBs, v.data()), Errc::ok);
+  }
+  std::vector<SwitchDevice::Event> log;
+  for (int i = 0; i < 2000; ++i) {
+    rt.call([&] { log = next.log; });
+    size_t commits = 0;
+    for (const auto& e : log) commits += e.epoch_id != 0;
+    if (commits >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::vector<uint64_t> sizes;
+  for (const auto& e : log)
+    if (e.epoch_id != 0) sizes.push_back(e.length);
+  ASSERT_GE(sizes.size(), 2u) << "no FLUSH, no time bound: the size bound must close epochs";
+  for (uint64_t sz : sizes) EXPECT_LE(sz, 4 * kBs);
+  close_journal(rt, j);
+}
+
 TEST_F(LiveFixture, EpochWithoutFlushClosesAtItsTimeBound) {
   JournalOptions o = small_options(jpath);
   o.epoch_ms_max = 50;
