@@ -45,6 +45,7 @@ start_cloud() {  # retried while the dc-edge has not yet seen the killed process
   cat "$TMP/cloud.log"; echo "FAIL: cloud-edge did not start"; exit 1
 }
 start_cloud_once() {
+  : >"$TMP/cloud.log"  # (else the wait below may still read the killed process's "listening" line)
   "$FERRY" cloud-edge --listen 127.0.0.1:$P_ISCSI --nbd 127.0.0.1:$P_NBD --dc 127.0.0.1:$P_WAN \
     --volume disk --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge --journal-dir "$TMP/journals" \
     --journal-mib 32 --tls-cert "$PKI/cloud-edge-cert.pem" --tls-key "$PKI/cloud-edge-key.pem" \
