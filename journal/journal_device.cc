@@ -729,7 +729,10 @@ void JournalDevice::admit_waiters() noexcept {
     } else {
       // A barrier: everything before it must be on next first.
       maybe_commit();
-      if (!journal_clean()) break;
+      if (!journal_clean()) {
+        pump_write_back();  // closes the open epoch now rather than at its time bound
+        break;
+      }
       barrier_ = &head;
     }
     waiters_head_ = (waiters_head_ + 1) % waiters_.size();
@@ -1046,7 +1049,9 @@ bool JournalDevice::cut_epoch() noexcept {
   } else {
     const uint64_t age_ns = reactor_->now_ns() - record_of(wb_seq_)->committed_ns;
     const uint64_t max_ns = uint64_t(opt_.epoch_ms_max) * 1'000'000;
-    if (!size_hit && !drain_done_ && age_ns < max_ns) {
+    // A drain, or a discard / write zeroes waiting for the journal to empty, closes it at once.
+    const bool barrier_waiting = waiters_count_ > 0 && waiters_[waiters_head_]->op != IoOp::write;
+    if (!size_hit && !drain_done_ && !barrier_waiting && age_ns < max_ns) {
       // No boundary yet: wait for one, at most until the oldest write is epoch_ms_max old.
       if (!epoch_timer_.armed())
         reactor_->arm(epoch_timer_, max_ns - age_ns, &on_epoch_timer, this);

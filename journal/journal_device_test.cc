@@ -803,6 +803,19 @@ TEST_F(LiveFixture, EpochWithoutFlushIsCutAtItsSizeBound) {
   close_journal(rt, j);
 }
 
+TEST_F(LiveFixture, DiscardDoesNotWaitForTheEpochTimeBound) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;  // without the barrier closing the epoch, the discard would wait a minute
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  fill_block(v.data(), 1, 0);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write, 0, kBs, v.data()), Errc::ok);
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write_zeroes, 8 * kBs, kBs, nullptr), Errc::ok);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  close_journal(rt, j);
+}
+
 TEST_F(LiveFixture, EpochWithoutFlushClosesAtItsTimeBound) {
   JournalOptions o = small_options(jpath);
   o.epoch_ms_max = 50;
