@@ -1,10 +1,12 @@
 // JournalDevice: a write-back journal, a BlockDevice over `next` (the WAN remote in production).
 // A write is acknowledged once its record is durable in a local journal file (journal/FORMAT.md:
 // CRC32C per record, O_DIRECT, group commit with one RWF_DSYNC write per group); a write-back
-// engine then ships the journaled writes to `next` in journal order (IoPriority::write_back,
-// bounded in flight, superseded data skipped), FLUSHes `next`, and records a durable checkpoint
-// ("every record up to sequence N is on next") in the journal's superblock, which frees the ring
-// space. Reads see the latest write at once: an in-memory index (volume range -> journal
+// engine then ships the journaled writes to `next` in epochs (runs of records closed at the
+// initiator's FLUSH / FUA, or by size or age; coalesced within the epoch, never across; tagged
+// epoch_write, IoPriority::write_back, bounded in flight), commits each epoch on `next` (a flush
+// with epoch_id: EPOCH_COMMIT over the WAN, made atomic by the datacenter edge's redo log,
+// redo_log.h), and then records a durable checkpoint ("every record up to sequence N is on
+// next") in the journal's superblock, which frees the ring space. Reads see the latest write at once: an in-memory index (volume range -> journal
 // location) of data not yet on `next` sends them to the journal file, the rest to `next`.
 // open() on an existing journal replays it (records after the checkpoint up to the first one
 // that is torn, corrupt or out of sequence) and write-back resumes. Why, invariants, recovery
@@ -12,7 +14,7 @@
 //
 //   write ─▶ [wait queue] ─▶ filling batch ─▶ commit (1 write, FUA) ─▶ ack + index
 //                ▲ space back                                           │
-//                └── reclaim ◀─ checkpoint (FUA) ◀─ FLUSH next ◀─ ship to next (in order)
+//                └── reclaim ◀─ checkpoint (FUA) ◀─ commit epoch on next ◀─ ship the epoch
 //
 // Threading: one reactor thread (a single-reactor layer): submit(), every completion and every
 // timer run on it; open() runs before, on any thread, with synchronous I/O. start() must be called
