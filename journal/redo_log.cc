@@ -634,12 +634,14 @@ void RedoLogDevice::try_commit() noexcept {
     req->complete(Errc::io_error);
     return admit_writes();
   }
+  // Appends keep one block free for this record, and the record table has a slot per block
+  // plus two: a commit record always fits (a commit needs the previous epoch applied first, so
+  // two commits never share that one block).
   uint64_t pos = 0;
-  if (!reserve(1, pos)) {
-    // reserve() keeps a block for this record; only the record table or a wrap can refuse it.
-    if (head_pos_ + kBlock > ring_end_) head_pos_ = ring_start_;
-    pos = head_pos_;
-  }
+  const uint64_t ring_blocks = (ring_end_ - ring_start_) / kBlock;
+  if (head_pos_ == ring_end_) head_pos_ = ring_start_;
+  FERRY_ASSERT(used_blocks_ + 1 <= ring_blocks && next_seq_ - tail_seq_ + 1 < recs_.size());
+  pos = head_pos_;
   commit_writing_ = true;
   encode_record(commit_buf_.data(), Type::commit, req->epoch_stream, req->epoch_id, nullptr);
   Rec& r = recs_[next_seq_ % recs_.size()];
