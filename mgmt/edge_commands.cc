@@ -242,7 +242,7 @@ int run_dc_edge_command(int argc, char** argv) {
                  "there, committed, then applied to the NBD source, so the on-prem image is always at an "
                  "epoch boundary, even after kill -9 (offers epochs to cloud edges; without it, a cloud edge "
                  "with a journal refuses this datacenter edge)");
-  app.add_option("--redo-mib", redo_mib, "size of a new redo log in MiB (must exceed one epoch: 32 MiB)")
+  app.add_option("--redo-mib", redo_mib, "size of a new redo log in MiB (must hold one epoch: up to 32 MiB of data, 8 KiB of log per 4 KiB write)")
       ->check(CLI::Range(4u, 1u << 20))
       ->capture_default_str();
   app.add_option("--idle-timeout-ms", options.idle_timeout_ms,
