@@ -233,6 +233,7 @@ void RamCache::write_through(IoRequest& io) noexcept {
   w->io = IoRequest{};
   w->io.op = io.op;
   w->io.fua = io.fua;
+  w->io.epoch_write = io.epoch_write;  // write-back epochs pass through (block_device.h)
   w->io.may_deallocate = io.may_deallocate;
   w->io.priority = io.priority;
   w->io.offset_bytes = io.offset_bytes;

@@ -757,6 +757,7 @@ void SsdCache::write(IoRequest& io) noexcept {
   w.io = IoRequest{};
   w.io.op = io.op;
   w.io.fua = io.fua;
+  w.io.epoch_write = io.epoch_write;  // write-back epochs pass through (block_device.h)
   w.io.may_deallocate = io.may_deallocate;
   w.io.offset_bytes = io.offset_bytes;
   w.io.length_bytes = io.length_bytes;

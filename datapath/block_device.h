@@ -81,6 +81,17 @@ struct IoRequest {
   uint64_t status_length_bytes = 0;
   uint32_t status_flags = 0;
 
+  // Write-back epochs (journal/DESIGN.md "Epochs"). A write / write_zeroes with `epoch_write`
+  // belongs to its writer's open epoch: a device that keeps epochs (the datacenter edge's redo
+  // log) holds it aside until the epoch commits; every other device treats it as a plain write
+  // and layers pass the flag on. A flush with `epoch_id` != 0 commits that epoch: all its writes
+  // become durable on the image together, or none do; `epoch_stream` names the writer (its
+  // journal's nonce), `length_bytes` is the sum of the epoch's write lengths. A device without
+  // epochs treats it as a plain flush.
+  bool epoch_write = false;
+  uint64_t epoch_id = 0;
+  uint64_t epoch_stream = 0;
+
   Errc result = Errc::ok;
   IoCallback on_complete = nullptr;
   void* owner = nullptr;  // free for the submitter (e.g. the task that embeds this request)

@@ -187,6 +187,18 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
         l.path = arg.substr(0, c);
       }
       if (l.path.empty()) return "journal: needs a file, e.g. journal:/var/lib/ferry/vm1.journal:1GiB";
+    } else if (kind == "redo") {
+      l.kind = LayerSpec::Kind::redo;
+      l.size_bytes = journal::RedoLogOptions{}.size_bytes;
+      l.path = arg;
+      if (size_t c = arg.rfind(':'); c != std::string::npos) {
+        auto v = parse_size_bytes(arg.substr(c + 1));
+        if (!v.ok() || v.value() < (4u << 20))
+          return "redo: bad size '" + arg.substr(c + 1) + "' (at least 4MiB, e.g. redo:PATH:256MiB)";
+        l.size_bytes = v.value();
+        l.path = arg.substr(0, c);
+      }
+      if (l.path.empty()) return "redo: needs a file, e.g. redo:/var/lib/ferry/vm1.redo:256MiB";
     } else if (kind == "delay") {
       l.kind = LayerSpec::Kind::delay;
       if (!parse_duration_us(arg, l.delay_us)) return "delay: bad time '" + arg + "' (e.g. 500us, 2ms, at most 60s)";
@@ -195,7 +207,7 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (std::string e = parse_fault(arg, l.fault); !e.empty())
         return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
     } else {
-      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, ssd-cache, journal, delay, fault)";
+      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, ssd-cache, journal, redo, delay, fault)";
     }
     out.push_back(std::move(l));
   }
@@ -307,6 +319,19 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         dev = std::move(r).value();
         break;
       }
+      case LayerSpec::Kind::redo: {
+        journal::RedoLogOptions o;
+        o.path = l.path;
+        o.size_bytes = l.size_bytes;
+        auto r = journal::RedoLogDevice::open(*below, o);
+        if (!r.ok()) {
+          error = "volume " + v->name_ + ": " + l.text + ": cannot open the redo log: " + to_string(r.error());
+          return nullptr;
+        }
+        v->redo_logs_.insert(v->redo_logs_.begin(), r.value().get());
+        dev = std::move(r).value();
+        break;
+      }
       case LayerSpec::Kind::delay:
         dev = std::make_unique<DelayDevice>(*below, l.delay_us);
         break;
@@ -375,6 +400,7 @@ std::string Volume::stats_text() const {
     out += line;
   }
   for (const journal::JournalDevice* j : journals_) out += j->stats_text(name_);
+  for (const journal::RedoLogDevice* r : redo_logs_) out += r->stats_text(name_);
   for (const cache::RamCache* rc : ram_caches_) {
     const auto& c = rc->counters();
     std::snprintf(line, sizeof line,

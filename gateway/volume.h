@@ -19,6 +19,9 @@
 //                          the volume's name; key = AES-256-XTS key file (none: plaintext)
 //   journal:PATH[:SIZE]    write-back journal in file PATH (journal/journal_device.h), SIZE when
 //                          created (1GiB); writes are acknowledged once durable there
+//   redo:PATH[:SIZE]       the datacenter edge's redo log in file PATH (journal/redo_log.h), SIZE
+//                          when created (256MiB): write-back epochs become atomic on the layer below;
+//                          started (recovery) and shut down by `ferry dc-edge`
 //   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
 //   fault:OP[@OFF[+LEN]][=ERROR][*COUNT]   fails OP (read|write|flush|discard|write_zeroes)
 //                          on [OFF, OFF+LEN) with ERROR (io_error, medium_error, ...) COUNT times (tests)
@@ -42,17 +45,18 @@
 #include "datapath/block_device.h"
 #include "datapath/test_devices.h"
 #include "journal/journal_device.h"
+#include "journal/redo_log.h"
 
 namespace ferry {
 
 struct LayerSpec {
-  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, ssd_cache, journal, delay, fault } kind =
+  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, ssd_cache, journal, redo, delay, fault } kind =
       Kind::delay;
   uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; stream: bytes/s cap;
-                            // prefetch-map: bytes to replay; journal: file size
+                            // prefetch-map: bytes to replay; journal, redo: file size
   uint64_t delay_us = 0;
   FaultRule fault;
-  std::string path, key_file;  // ssd-cache, journal: the file (ssd-cache: its key)
+  std::string path, key_file;  // ssd-cache, journal, redo: the file (ssd-cache: its key)
   std::string text;         // as written, for messages
   bool single_reactor() const noexcept { return kind != Kind::delay && kind != Kind::fault; }
 };
@@ -90,6 +94,8 @@ class Volume {
   cache::StreamProgress stream_progress() const noexcept;
   // The stack's journals (top first): the daemon starts, drains and shuts them down on the reactor.
   const std::vector<journal::JournalDevice*>& journals() const noexcept { return journals_; }
+  // The stack's redo logs (top first): the daemon starts (recovers) and shuts them down.
+  const std::vector<journal::RedoLogDevice*>& redo_logs() const noexcept { return redo_logs_; }
 
  private:
   Volume() = default;
@@ -102,6 +108,7 @@ class Volume {
   std::vector<cache::BackgroundStream*> streams_;
   std::vector<cache::MapPrefetch*> map_prefetches_;
   std::vector<journal::JournalDevice*> journals_;
+  std::vector<journal::RedoLogDevice*> redo_logs_;
 };
 
 }  // namespace ferry

@@ -24,14 +24,15 @@ namespace {
 
 constexpr uint64_t kBlock = 4096;
 constexpr uint64_t kSuperMagic = 0x42534a5952524546ull;  // "FERRYJSB"
-constexpr uint32_t kRecordMagic = 0x43524a46u;            // "FJRC"
+constexpr uint32_t kRecordMagic = 0x43524a46u;           // "FJRC"
 constexpr uint32_t kVersion = 1;
 constexpr uint16_t kTypeWrite = 1;
 constexpr uint16_t kTypeWrap = 2;
 constexpr size_t kSuperCrcOffset = 72;
 constexpr size_t kRecordCrcOffset = 44;
 constexpr uint32_t kReadPieces = 8;
-constexpr uint64_t kRecordDataMax = 1u << 20;  // FORMAT.md: a record's data is at most 1 MiB  // sub-requests in flight per read
+constexpr uint64_t kRecordDataMax =
+    1u << 20;  // FORMAT.md: a record's data is at most 1 MiB  // sub-requests in flight per read
 
 template <class T>
 void put(std::byte* p, size_t off, T v) noexcept {
@@ -112,9 +113,12 @@ struct JournalDevice::WbOp {
 };
 
 JournalDevice::JournalDevice(BlockDevice& next, const JournalOptions& o) noexcept
-    : next_(next), opt_(o), pool_(2 * std::bit_ceil(uint64_t(o.batch_bytes_max)) + 2 * std::bit_ceil(kRecordDataMax + kBlock) +
-                                  uint64_t(o.write_back_ops_max) * std::bit_ceil(uint64_t(o.write_back_piece_bytes_max)) +
-                                  16 * kBlock) {}
+    : next_(next),
+      opt_(o),
+      pool_(2 * std::bit_ceil(uint64_t(o.batch_bytes_max)) +
+            2 * std::bit_ceil(kRecordDataMax + kBlock) +
+            uint64_t(o.write_back_ops_max) * std::bit_ceil(uint64_t(o.write_back_piece_bytes_max)) +
+            16 * kBlock) {}
 
 JournalDevice::~JournalDevice() {
   Reactor* r = reactor_;
@@ -123,6 +127,7 @@ JournalDevice::~JournalDevice() {
   for (Batch& b : batches_)
     if (b.timer.armed() && r) r->cancel(b.timer);
   if (cp_timer_.armed() && r) r->cancel(cp_timer_);
+  if (epoch_timer_.armed() && r) r->cancel(epoch_timer_);
 }
 
 Result<std::unique_ptr<JournalDevice>> JournalDevice::open(BlockDevice& next,
@@ -131,8 +136,9 @@ Result<std::unique_ptr<JournalDevice>> JournalDevice::open(BlockDevice& next,
   if (o.path.empty() || o.batch_records_max == 0 || o.write_back_ops_max == 0 || o.reads_max == 0 ||
       o.record_data_bytes_max < kBlock || o.record_data_bytes_max % kBlock != 0 ||
       o.record_data_bytes_max > kRecordDataMax ||
-      o.batch_bytes_max < o.record_data_bytes_max + kBlock || o.write_back_piece_bytes_max < kBlock ||
-      o.write_back_piece_bytes_max % kBlock != 0 || o.waiters_max == 0 || o.flush_waiters_max == 0)
+      o.batch_bytes_max < o.record_data_bytes_max + kBlock ||
+      o.write_back_piece_bytes_max < kBlock || o.write_back_piece_bytes_max % kBlock != 0 ||
+      o.waiters_max == 0 || o.flush_waiters_max == 0)
     return Errc::invalid_argument;
   std::unique_ptr<JournalDevice> d(new (std::nothrow) JournalDevice(next, o));
   if (!d) return Errc::no_memory;
@@ -194,14 +200,15 @@ Result<void> JournalDevice::format_or_replay() noexcept {
       const uint64_t size = opt_.size_bytes - opt_.size_bytes % kBlock;
       if (size < 64 * kBlock) {
         ::close(fd);
-        std::fprintf(stderr, "ferry: journal %s: size %" PRIu64 " is below 256KiB\n", opt_.path.c_str(), size);
+        std::fprintf(stderr, "ferry: journal %s: size %" PRIu64 " is below 256KiB\n",
+                     opt_.path.c_str(), size);
         return Errc::invalid_argument;
       }
       int e = posix_fallocate(fd, 0, off_t(size));
       if (e != 0) {
         ::close(fd);
-        std::fprintf(stderr, "ferry: journal %s: cannot reserve %" PRIu64 " bytes: %s\n", opt_.path.c_str(),
-                     size, std::strerror(e));
+        std::fprintf(stderr, "ferry: journal %s: cannot reserve %" PRIu64 " bytes: %s\n",
+                     opt_.path.c_str(), size, std::strerror(e));
         return e == ENOSPC ? Errc::no_space : Errc::io_error;
       }
       fresh = true;
@@ -213,8 +220,10 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   fo.block_size_bytes = 512;
   auto jf = FileDevice::open(opt_.path, fo);
   if (!jf.ok() && opt_.direct_io && jf.error() == Errc::invalid_argument) {
-    std::fprintf(stderr, "ferry: journal %s: O_DIRECT not supported here, using buffered I/O "
-                         "(durability still by RWF_DSYNC / fdatasync)\n", opt_.path.c_str());
+    std::fprintf(stderr,
+                 "ferry: journal %s: O_DIRECT not supported here, using buffered I/O "
+                 "(durability still by RWF_DSYNC / fdatasync)\n",
+                 opt_.path.c_str());
     fo.direct_io = false;
     jf = FileDevice::open(opt_.path, fo);
   }
@@ -224,7 +233,8 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   auto jr = FileDevice::open(opt_.path, fo);
   if (!jr.ok()) return jr.error();
   jread_ = std::move(jr).value();
-  const uint64_t file_bytes = jfile_->geometry().size_bytes() - jfile_->geometry().size_bytes() % kBlock;
+  const uint64_t file_bytes =
+      jfile_->geometry().size_bytes() - jfile_->geometry().size_bytes() % kBlock;
 
   cp_buf_ = pool_.allocate(kBlock);
   if (!cp_buf_) return Errc::no_memory;
@@ -241,7 +251,8 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   const bool formatting = pick < 0;
   if (formatting) {
     if (!fresh && (magic[0] || magic[1])) {
-      std::fprintf(stderr, "ferry: journal %s: both superblocks are corrupt; refusing to format over it\n",
+      std::fprintf(stderr,
+                   "ferry: journal %s: both superblocks are corrupt; refusing to format over it\n",
                    opt_.path.c_str());
       return Errc::io_error;
     }
@@ -269,7 +280,8 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   }
   ring_start_ = 2 * kBlock;
   ring_end_ = journal_bytes_;
-  if (checkpoint_pos_ < ring_start_ || checkpoint_pos_ > ring_end_ || checkpoint_pos_ % kBlock) return Errc::io_error;
+  if (checkpoint_pos_ < ring_start_ || checkpoint_pos_ > ring_end_ || checkpoint_pos_ % kBlock)
+    return Errc::io_error;
   const uint64_t ring_blocks = (ring_end_ - ring_start_) / kBlock;
   // A record must always fit, whatever the wrap wastes: at most a quarter of the ring.
   const uint64_t quarter = (ring_blocks / 4) * kBlock;
@@ -281,6 +293,7 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   const uint64_t capacity = ring_blocks / 2 + 2;
   records_.assign(capacity, Record{});
   arena_.init(2 * capacity + 2 * opt_.write_back_ops_max + 16);
+  epoch_arena_.init(2 * capacity + 16);
   for (Batch& b : batches_) {
     b.buf = pool_.allocate(opt_.batch_bytes_max);
     if (!b.buf) return Errc::no_memory;
@@ -323,7 +336,8 @@ Result<void> JournalDevice::format_or_replay() noexcept {
       const uint16_t type = get<uint16_t>(h, 6);
       const uint64_t gen = get<uint64_t>(h, 16);
       const uint64_t length = get<uint32_t>(h, 40);
-      if (get<uint64_t>(h, 8) != nonce_ || get<uint64_t>(h, 24) != next_seq_ || gen < prev_gen || gen > boot_gen_)
+      if (get<uint64_t>(h, 8) != nonce_ || get<uint64_t>(h, 24) != next_seq_ || gen < prev_gen ||
+          gen > boot_gen_)
         break;
       uint64_t blocks;
       if (type == kTypeWrap) {
@@ -369,8 +383,10 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   shipped_seq_ = checkpoint_seq_;
   wb_seq_ = checkpoint_seq_ + 1;
   if (counters_.replayed_records)
-    std::fprintf(stderr, "ferry: journal %s: replayed %" PRIu64 " records (%" PRIu64 " bytes) after checkpoint %" PRIu64
-                 "; write-back resumes\n", opt_.path.c_str(), counters_.replayed_records, counters_.bytes_journaled,
+    std::fprintf(stderr,
+                 "ferry: journal %s: replayed %" PRIu64 " records (%" PRIu64
+                 " bytes) after checkpoint %" PRIu64 "; write-back resumes\n",
+                 opt_.path.c_str(), counters_.replayed_records, counters_.bytes_journaled,
                  checkpoint_seq_);
   // A new boot generation, durable before any record of it is written (FORMAT.md: replay never
   // accepts an older generation after a newer one, so stale records past a torn one stay dead).
@@ -412,40 +428,48 @@ uint32_t JournalDevice::backoff_ms(uint32_t attempt) const noexcept {
   return uint32_t(std::min<uint64_t>(ms, opt_.retry_ms_max));
 }
 
-// Makes [start, end) point at the journal (seq, journal_pos), trimming or splitting what it
-// overlaps. At most two nodes more than before.
-void JournalDevice::index_insert(uint64_t start, uint64_t end, uint64_t seq, uint64_t journal_pos) noexcept {
-  auto it = index_.lower_bound(start);
-  if (it != index_.begin()) {
+// Makes [start, end) of `map` point at the journal (seq, journal_pos), trimming or splitting
+// what it overlaps. At most two nodes more than before. Returns the change in covered bytes.
+template <class Map>
+int64_t JournalDevice::map_insert(Map& map, uint64_t start, uint64_t end, uint64_t seq,
+                                  uint64_t journal_pos) noexcept {
+  int64_t delta = 0;
+  auto it = map.lower_bound(start);
+  if (it != map.begin()) {
     auto prev = std::prev(it);
     if (prev->second.end > start) {
       const Extent old = prev->second;
       prev->second.end = start;
-      dirty_bytes_ -= old.end - start;
+      delta -= int64_t(old.end - start);
       if (old.end > end) {
         // Split: the tail of the old extent survives past the new one.
-        index_.emplace(end, Extent{old.end, old.seq, old.journal_pos + (end - prev->first)});
-        dirty_bytes_ += old.end - end;
+        map.emplace(end, Extent{old.end, old.seq, old.journal_pos + (end - prev->first)});
+        delta += int64_t(old.end - end);
       }
     }
   }
-  it = index_.lower_bound(start);
-  while (it != index_.end() && it->first < end) {
+  it = map.lower_bound(start);
+  while (it != map.end() && it->first < end) {
     if (it->second.end <= end) {
-      dirty_bytes_ -= it->second.end - it->first;
-      it = index_.erase(it);
+      delta -= int64_t(it->second.end - it->first);
+      it = map.erase(it);
     } else {
       const Extent old = it->second;
       const uint64_t old_start = it->first;
-      index_.erase(it);
-      dirty_bytes_ -= old.end - old_start;
-      index_.emplace(end, Extent{old.end, old.seq, old.journal_pos + (end - old_start)});
-      dirty_bytes_ += old.end - end;
+      map.erase(it);
+      delta -= int64_t(old.end - old_start);
+      map.emplace(end, Extent{old.end, old.seq, old.journal_pos + (end - old_start)});
+      delta += int64_t(old.end - end);
       break;
     }
   }
-  index_.emplace(start, Extent{end, seq, journal_pos});
-  dirty_bytes_ += end - start;
+  map.emplace(start, Extent{end, seq, journal_pos});
+  return delta + int64_t(end - start);
+}
+
+void JournalDevice::index_insert(uint64_t start, uint64_t end, uint64_t seq,
+                                 uint64_t journal_pos) noexcept {
+  dirty_bytes_ = uint64_t(int64_t(dirty_bytes_) + map_insert(index_, start, end, seq, journal_pos));
 }
 
 // Drops the extents inside [start, end) that still belong to record seq (they are on next).
@@ -472,6 +496,7 @@ JournalState JournalDevice::state() const noexcept {
   s.dirty_bytes = dirty_bytes_;
   s.next_seq = next_seq_;
   s.checkpoint_seq = checkpoint_seq_;
+  s.epoch_id = epoch_open_ ? epoch_end_seq_ : 0;
   s.next_failing = next_failing_;
   if (shipped_seq_ < committed_seq_) {
     const Record& r = records_[(shipped_seq_ + 1) % records_.size()];
@@ -484,16 +509,18 @@ JournalState JournalDevice::state() const noexcept {
 std::string JournalDevice::stats_text(const std::string& volume) const {
   const JournalState s = state();
   const JournalCounters& c = counters_;
-  char line[768];
+  char line[1024];
   std::snprintf(line, sizeof line,
                 "journal %s: %" PRIu64 " records (%" PRIu64 " replayed) in %" PRIu64 " group commits, %" PRIu64
-                " B journaled, %" PRIu64 " B written back, %" PRIu64 " B superseded, %" PRIu64
-                " checkpoints; used %" PRIu64 " B, free %" PRIu64 " B, dirty %" PRIu64 " B, lag %" PRIu64
-                " ms; waited for space %" PRIu64 ", busy %" PRIu64 ", next errors %" PRIu64 ", journal errors %" PRIu64
+                " B journaled, %" PRIu64 " B written back, %" PRIu64 " B superseded, %" PRIu64 " checkpoints, %" PRIu64
+                " epochs (%" PRIu64 " at a FLUSH/FUA boundary, %" PRIu64 " shipped again); used %" PRIu64
+                " B, free %" PRIu64 " B, dirty %" PRIu64 " B, write-back lag %" PRIu64 " ms (max %" PRIu64
+                " ms); waited for space %" PRIu64 ", busy %" PRIu64 ", next errors %" PRIu64 ", journal errors %" PRIu64
                 ", reads from journal %" PRIu64 ", barriers %" PRIu64 "\n",
                 volume.c_str(), c.records, c.replayed_records, c.group_commits, c.bytes_journaled,
-                c.bytes_written_back, c.bytes_superseded, c.checkpoints, s.journal_bytes_used, s.journal_bytes_free,
-                s.dirty_bytes, s.write_back_lag_ms, c.waited_for_space, c.busy, c.next_errors, c.journal_errors,
+                c.bytes_written_back, c.bytes_superseded, c.checkpoints, c.epochs, c.epochs_at_boundary,
+                c.epoch_retries, s.journal_bytes_used, s.journal_bytes_free, s.dirty_bytes, s.write_back_lag_ms,
+                c.write_back_lag_ms_max, c.waited_for_space, c.busy, c.next_errors, c.journal_errors,
                 c.reads_from_journal, c.barriers);
   return line;
 }
@@ -525,12 +552,17 @@ void JournalDevice::submit(IoRequest& req) noexcept {
       return handle_write(req);
     case IoOp::flush: {
       // Every acknowledged write is durable already; wait for the ones submitted before.
-      if (writes_done_ == writes_submitted_) return req.complete(Errc::ok);
+      if (writes_done_ == writes_submitted_) {
+        boundary_seq_ = committed_seq_;
+        req.complete(Errc::ok);
+        return pump_write_back();  // the open epoch may close now
+      }
       if (flush_count_ == flush_waiters_.size()) {
         ++counters_.busy;
         return req.complete(Errc::busy);
       }
-      flush_waiters_[(flush_head_ + flush_count_++) % flush_waiters_.size()] = {&req, writes_submitted_};
+      flush_waiters_[(flush_head_ + flush_count_++) % flush_waiters_.size()] = {&req,
+                                                                                writes_submitted_};
       return;
     }
     case IoOp::discard:
@@ -549,6 +581,7 @@ void JournalDevice::complete_flushes() noexcept {
     IoRequest* r = flush_waiters_[flush_head_].req;
     flush_head_ = (flush_head_ + 1) % flush_waiters_.size();
     --flush_count_;
+    boundary_seq_ = committed_seq_;  // an epoch may close here (journal/DESIGN.md "Epochs")
     r->complete(Errc::ok);
   }
 }
@@ -605,7 +638,8 @@ bool JournalDevice::try_append(IoRequest& req) noexcept {
   while (head_partial_bytes_ < req.length_bytes) {
     Batch& b = batches_[filling_];
     if (b.closed) return false;
-    const uint64_t chunk = std::min<uint64_t>(opt_.record_data_bytes_max, req.length_bytes - head_partial_bytes_);
+    const uint64_t chunk =
+        std::min<uint64_t>(opt_.record_data_bytes_max, req.length_bytes - head_partial_bytes_);
     const uint64_t blocks = 1 + blocks_for(chunk);
     if (head_pos_ == ring_end_) {
       head_pos_ = ring_start_;
@@ -687,7 +721,10 @@ void JournalDevice::admit_waiters() noexcept {
     } else {
       // A barrier: everything before it must be on next first.
       maybe_commit();
-      if (!journal_clean()) break;
+      if (!journal_clean()) {
+        pump_write_back();  // closes the open epoch now rather than at its time bound
+        break;
+      }
       barrier_ = &head;
     }
     waiters_head_ = (waiters_head_ + 1) % waiters_.size();
@@ -761,6 +798,7 @@ void JournalDevice::on_committed(IoRequest& io) noexcept {
   d.admit_waiters();
   for (IoRequest* r : d.acking_) {
     ++d.writes_done_;
+    if (r->fua) d.boundary_seq_ = d.committed_seq_;  // a FUA write is a boundary too
     r->complete(Errc::ok);
   }
   d.acking_.clear();
@@ -808,7 +846,8 @@ void JournalDevice::handle_block_status(IoRequest& req) noexcept {
     req.status_length_bytes = std::min(end, std::prev(it)->second.end) - start;
     return req.complete(Errc::ok);
   }
-  if (it != index_.end() && it->first < end) req.length_bytes = it->first - start;  // next answers up to it
+  if (it != index_.end() && it->first < end)
+    req.length_bytes = it->first - start;  // next answers up to it
   next_.submit(req);
 }
 
@@ -902,7 +941,7 @@ void JournalDevice::on_read_piece(IoRequest& io) noexcept {
   }
   p->busy = false;
   --op.in_flight;
-  if (op.stepping) return;  // completed inside submit: read_step goes on
+  if (op.stepping) return;                       // completed inside submit: read_step goes on
   if (op.error != Errc::ok) op.cursor = op.end;  // issue no more
   d.read_step(op);
 }
@@ -932,80 +971,119 @@ void JournalDevice::finish_read(ReadOp& op) noexcept {
 
 // ---------------------------------------------------------------- write-back
 
+// Epoch cycle: cut (records [wb_seq_, end] coalesced into epoch_map_) → ship every extent
+// (write_back_ops_max in flight; disjoint, so their order does not matter) → commit (a flush
+// with epoch_id; the datacenter edge's redo log makes the epoch atomic) → index entries of the
+// epoch dropped → checkpoint (superblock) → reclaim → next cut. A failed commit ships the whole
+// epoch again.
 void JournalDevice::pump_write_back() noexcept {
   if (pumping_ || !started_ || !opt_.write_back || shutting_down_) return;
   pumping_ = true;
-  while (wb_seq_ <= committed_seq_ && !free_wb_.empty()) {
-    Record* rec = record_of(wb_seq_);
-    const uint64_t rec_end = rec->volume_offset + rec->length;
-    if (!wb_offset_valid_) {
-      wb_offset_ = rec->volume_offset;
-      wb_offset_valid_ = true;
+  if (!epoch_open_ && !cp_in_flight_) cut_epoch();
+  if (epoch_open_ && !cp_in_flight_) {
+    while (!free_wb_.empty()) {
+      auto it = epoch_map_.upper_bound(epoch_cursor_);
+      if (it != epoch_map_.begin() && std::prev(it)->second.end > epoch_cursor_) --it;
+      if (it == epoch_map_.end()) break;
+      const uint64_t piece_start = std::max(it->first, epoch_cursor_);
+      const uint64_t piece_end =
+          std::min<uint64_t>(it->second.end, piece_start + opt_.write_back_piece_bytes_max);
+      WbOp& op = *free_wb_.back();
+      free_wb_.pop_back();
+      op.seq = it->second.seq;
+      op.volume_offset = piece_start;
+      op.length = piece_end - piece_start;
+      op.journal_pos = it->second.journal_pos + (piece_start - it->first);
+      op.attempt = 0;
+      ++record_of(op.seq)->pieces_in_flight;
+      ++epoch_pieces_;
+      epoch_cursor_ = piece_end;
+      start_piece(op);  // may complete inline (piece_done does not pump while we do)
     }
-    // The next piece of this record still current in the index (later writes supersede it).
-    uint64_t piece_start = 0, piece_end = 0, journal_pos = 0;
-    bool found = false;
-    if (rec->length) {
-      auto it = index_.upper_bound(wb_offset_);
-      if (it != index_.begin() && std::prev(it)->second.end > wb_offset_) --it;
-      for (; it != index_.end() && it->first < rec_end; ++it) {
-        if (it->second.seq != rec->seq) continue;
-        piece_start = std::max(it->first, wb_offset_);
-        piece_end = std::min<uint64_t>(it->second.end, piece_start + opt_.write_back_piece_bytes_max);
-        journal_pos = it->second.journal_pos + (piece_start - it->first);
-        found = true;
-        break;
-      }
-    }
-    if (!found) {
-      ++wb_seq_;
-      wb_offset_valid_ = false;
-      continue;
-    }
-    // Never two overlapping writes in flight to next: they could land in either order.
-    bool overlap = false;
-    for (const WbOp& w : wb_ops())
-      if (w.seq && w.volume_offset < piece_end && piece_start < w.volume_offset + w.length) overlap = true;
-    if (overlap) break;
-    // Cut a piece at an extent boundary only (index_erase_seq relies on it): if the piece is shorter
-    // than the extent, split the extent so the piece is one whole extent.
-    {
-      auto it = index_.upper_bound(piece_start);
-      --it;
-      if (it->first < piece_start) {
-        Extent tail{it->second.end, it->second.seq, it->second.journal_pos + (piece_start - it->first)};
-        it->second.end = piece_start;
-        index_.emplace(piece_start, tail);
-      }
-      it = index_.find(piece_start);
-      if (it->second.end > piece_end) {
-        Extent tail{it->second.end, it->second.seq, it->second.journal_pos + (piece_end - piece_start)};
-        it->second.end = piece_end;
-        index_.emplace(piece_end, tail);
-      }
-    }
-    WbOp& op = *free_wb_.back();
-    free_wb_.pop_back();
-    op.seq = rec->seq;
-    op.volume_offset = piece_start;
-    op.length = piece_end - piece_start;
-    op.journal_pos = journal_pos;
-    op.attempt = 0;
-    ++rec->pieces_in_flight;
-    rec->shipped_bytes += uint32_t(op.length);
-    wb_offset_ = piece_end;
-    start_piece(op);
+    const bool all_sent =
+        epoch_map_.upper_bound(epoch_cursor_) == epoch_map_.end() &&
+        (epoch_map_.empty() || std::prev(epoch_map_.end())->second.end <= epoch_cursor_);
+    if (all_sent && epoch_pieces_ == 0) start_commit();
   }
   pumping_ = false;
-  // Records the cursor passed whose pieces are all on next.
-  while (shipped_seq_ + 1 < wb_seq_) {
-    Record* r = record_of(shipped_seq_ + 1);
-    if (r->pieces_in_flight) break;
-    counters_.bytes_superseded += r->length - r->shipped_bytes;
-    ++shipped_seq_;
-  }
-  maybe_checkpoint();
   if (waiters_count_ > 0 && barrier_ == nullptr) admit_waiters();  // a barrier may be clear now
+}
+
+void JournalDevice::on_epoch_timer(void* p) noexcept {
+  static_cast<JournalDevice*>(p)->pump_write_back();
+}
+
+bool JournalDevice::cut_epoch() noexcept {
+  if (wb_seq_ > committed_seq_) return false;
+  // The longest run of records from wb_seq_ within the size bound (at least one record),
+  // scanned incrementally: each record is looked at once per epoch, not at every group commit.
+  if (scan_from_ != wb_seq_) {
+    scan_from_ = scan_seq_ = scan_limit_ = wb_seq_;
+    scan_bytes_ = 0;
+    scan_size_hit_ = false;
+  }
+  for (; !scan_size_hit_ && scan_seq_ <= committed_seq_; ++scan_seq_) {
+    const uint64_t len = record_of(scan_seq_)->length;
+    if (scan_seq_ > wb_seq_ && scan_bytes_ + len > opt_.epoch_bytes_max) {
+      scan_size_hit_ = true;
+      break;
+    }
+    scan_bytes_ += len;
+    scan_limit_ = scan_seq_;
+  }
+  const uint64_t limit = scan_limit_;
+  const bool size_hit = scan_size_hit_;
+  uint64_t end;
+  bool at_boundary = false;
+  if (boundary_seq_ >= wb_seq_) {
+    end = std::min(boundary_seq_, limit);
+    at_boundary = end == boundary_seq_;
+  } else {
+    const uint64_t age_ns = reactor_->now_ns() - record_of(wb_seq_)->committed_ns;
+    const uint64_t max_ns = uint64_t(opt_.epoch_ms_max) * 1'000'000;
+    // A drain, or a discard / write zeroes waiting for the journal to empty, closes it at once.
+    const bool barrier_waiting = waiters_count_ > 0 && waiters_[waiters_head_]->op != IoOp::write;
+    if (!size_hit && !drain_done_ && !barrier_waiting && age_ns < max_ns) {
+      // No boundary yet: wait for one, at most until the oldest write is epoch_ms_max old.
+      if (!epoch_timer_.armed())
+        reactor_->arm(epoch_timer_, max_ns - age_ns, &on_epoch_timer, this);
+      return false;
+    }
+    end = limit;
+  }
+  if (epoch_timer_.armed()) reactor_->cancel(epoch_timer_);
+  epoch_map_.clear();
+  epoch_bytes_ = 0;
+  epoch_record_bytes_ = 0;
+  for (uint64_t s = wb_seq_; s <= end; ++s) {
+    const Record* r = record_of(s);
+    if (r->length == 0) continue;  // wrap marker
+    epoch_record_bytes_ += r->length;
+    epoch_bytes_ = uint64_t(int64_t(epoch_bytes_) + map_insert(epoch_map_, r->volume_offset,
+                                                               r->volume_offset + r->length, s,
+                                                               r->pos + kBlock));
+  }
+  epoch_end_seq_ = end;
+  epoch_at_boundary_ = at_boundary;
+  epoch_cursor_ = 0;
+  epoch_pieces_ = 0;
+  epoch_open_ = true;
+  return true;
+}
+
+void JournalDevice::start_commit() noexcept {
+  cp_in_flight_ = true;
+  cp_target_seq_ = epoch_end_seq_;
+  cp_target_pos_ = cp_target_seq_ + 1 < next_seq_ ? record_of(cp_target_seq_ + 1)->pos : head_pos_;
+  cp_io_ = IoRequest{};
+  cp_io_.op = IoOp::flush;
+  cp_io_.priority = IoPriority::write_back;
+  cp_io_.epoch_id = epoch_end_seq_;
+  cp_io_.epoch_stream = nonce_;
+  cp_io_.length_bytes = epoch_bytes_;
+  cp_io_.owner = this;
+  cp_io_.on_complete = &JournalDevice::on_next_flushed;
+  next_.submit(cp_io_);
 }
 
 void JournalDevice::start_piece(WbOp& op) noexcept {
@@ -1022,6 +1100,7 @@ void JournalDevice::start_piece(WbOp& op) noexcept {
   } else {
     op.io.op = IoOp::write;
     op.io.offset_bytes = op.volume_offset;
+    op.io.epoch_write = true;  // held aside by a redo log below until the epoch commits
     next_.submit(op.io);
   }
 }
@@ -1047,7 +1126,8 @@ void JournalDevice::on_wb_io(IoRequest& io) noexcept {
     if (op.writing) {
       ++d.counters_.next_errors;
       if (!d.next_failing_)
-        std::fprintf(stderr, "ferry: journal %s: write-back to %.*s failed (%s); retrying with back-off\n",
+        std::fprintf(stderr,
+                     "ferry: journal %s: write-back to %.*s failed (%s); retrying with back-off\n",
                      d.opt_.path.c_str(), int(d.next_.describe().size()), d.next_.describe().data(),
                      to_string(io.result));
       d.next_failing_ = true;
@@ -1071,9 +1151,8 @@ void JournalDevice::on_wb_io(IoRequest& io) noexcept {
 }
 
 void JournalDevice::piece_done(WbOp& op) noexcept {
-  index_erase_seq(op.volume_offset, op.volume_offset + op.length, op.seq);
-  counters_.bytes_written_back += op.length;
   --record_of(op.seq)->pieces_in_flight;
+  --epoch_pieces_;
   op.seq = 0;
   op.writing = false;
   free_wb_.push_back(&op);
@@ -1081,29 +1160,16 @@ void JournalDevice::piece_done(WbOp& op) noexcept {
   check_quiesced();
 }
 
-// ---------------------------------------------------------------- checkpoint, reclaim
+// ---------------------------------------------------------------- commit, checkpoint, reclaim
 
-void JournalDevice::maybe_checkpoint() noexcept {
-  if (cp_in_flight_ || shipped_seq_ <= checkpoint_seq_ || shutting_down_) return;
-  cp_in_flight_ = true;
-  cp_target_seq_ = shipped_seq_;
-  cp_target_pos_ = cp_target_seq_ + 1 < next_seq_ ? record_of(cp_target_seq_ + 1)->pos : head_pos_;
-  cp_io_ = IoRequest{};
-  cp_io_.op = IoOp::flush;
-  cp_io_.priority = IoPriority::write_back;
-  cp_io_.owner = this;
-  cp_io_.on_complete = &JournalDevice::on_next_flushed;
-  next_.submit(cp_io_);
-}
-
+// The commit failed (next refused the epoch or went away): ship the whole epoch again, then
+// commit again (the datacenter edge discarded what it had of it).
 void JournalDevice::on_cp_retry(void* p) noexcept {
   JournalDevice& d = *static_cast<JournalDevice*>(p);
-  d.cp_io_ = IoRequest{};
-  d.cp_io_.op = IoOp::flush;
-  d.cp_io_.priority = IoPriority::write_back;
-  d.cp_io_.owner = &d;
-  d.cp_io_.on_complete = &JournalDevice::on_next_flushed;
-  d.next_.submit(d.cp_io_);
+  d.cp_in_flight_ = false;
+  d.epoch_cursor_ = 0;
+  ++d.counters_.epoch_retries;
+  d.pump_write_back();
 }
 
 void JournalDevice::on_next_flushed(IoRequest& io) noexcept {
@@ -1114,21 +1180,53 @@ void JournalDevice::on_next_flushed(IoRequest& io) noexcept {
   }
   if (io.result != Errc::ok) {
     ++d.counters_.next_errors;
+    if (!d.next_failing_)
+      std::fprintf(stderr,
+                   "ferry: journal %s: commit of epoch %" PRIu64
+                   " on %.*s failed (%s); shipping it again\n",
+                   d.opt_.path.c_str(), d.epoch_end_seq_, int(d.next_.describe().size()),
+                   d.next_.describe().data(), to_string(io.result));
     d.next_failing_ = true;
-    d.reactor_->arm(d.cp_timer_, uint64_t(d.backoff_ms(d.cp_attempt_++)) * 1'000'000, &on_cp_retry, &d);
+    d.reactor_->arm(d.cp_timer_, uint64_t(d.backoff_ms(d.cp_attempt_++)) * 1'000'000, &on_cp_retry,
+                    &d);
     return;
   }
+  // The epoch is committed on next: reads of its extents go there from now on (unless a later
+  // write is journaled over them), and the journal says so in its superblock.
+  for (const auto& [start, e] : d.epoch_map_) d.index_erase_seq(start, e.end, e.seq);
+  d.counters_.bytes_written_back += d.epoch_bytes_;
+  d.counters_.bytes_superseded += d.epoch_record_bytes_ - d.epoch_bytes_;
+  ++d.counters_.epochs;
+  if (d.epoch_at_boundary_) ++d.counters_.epochs_at_boundary;
+  {  // the epoch's oldest write was on the cloud side only until now: the measured lag
+    const uint64_t now = d.reactor_->now_ns(), born = d.record_of(d.wb_seq_)->committed_ns;
+    d.counters_.write_back_lag_ms_max =
+        std::max(d.counters_.write_back_lag_ms_max, now > born ? (now - born) / 1'000'000 : 0);
+  }
+  if (d.next_failing_) {
+    std::fprintf(stderr, "ferry: journal %s: write-back to next works again\n",
+                 d.opt_.path.c_str());
+    d.next_failing_ = false;
+  }
   // Everything up to cp_target_seq_ is durable on next: say so in the journal.
-  d.encode_superblock(d.cp_buf_.data());
-  d.cp_io_ = IoRequest{};
-  d.cp_io_.op = IoOp::write;
-  d.cp_io_.fua = true;
-  d.cp_io_.offset_bytes = ((d.sb_gen_ + 1) % 2) * kBlock;
-  d.cp_io_.length_bytes = kBlock;
-  d.cp_io_.data = d.cp_buf_.data();
-  d.cp_io_.owner = &d;
-  d.cp_io_.on_complete = &JournalDevice::on_checkpoint_written;
-  d.jfile_->submit(d.cp_io_);
+  d.write_checkpoint();
+}
+
+void JournalDevice::write_checkpoint() noexcept {
+  encode_superblock(cp_buf_.data());
+  cp_io_ = IoRequest{};
+  cp_io_.op = IoOp::write;
+  cp_io_.fua = true;
+  cp_io_.offset_bytes = ((sb_gen_ + 1) % 2) * kBlock;
+  cp_io_.length_bytes = kBlock;
+  cp_io_.data = cp_buf_.data();
+  cp_io_.owner = this;
+  cp_io_.on_complete = &JournalDevice::on_checkpoint_written;
+  jfile_->submit(cp_io_);
+}
+
+void JournalDevice::on_sb_retry(void* p) noexcept {
+  static_cast<JournalDevice*>(p)->write_checkpoint();
 }
 
 void JournalDevice::on_checkpoint_written(IoRequest& io) noexcept {
@@ -1139,7 +1237,8 @@ void JournalDevice::on_checkpoint_written(IoRequest& io) noexcept {
   }
   if (io.result != Errc::ok) {
     ++d.counters_.journal_errors;
-    d.reactor_->arm(d.cp_timer_, uint64_t(d.backoff_ms(d.cp_attempt_++)) * 1'000'000, &on_cp_retry, &d);
+    d.reactor_->arm(d.cp_timer_, uint64_t(d.backoff_ms(d.cp_attempt_++)) * 1'000'000, &on_sb_retry,
+                    &d);
     return;
   }
   d.cp_attempt_ = 0;
@@ -1148,8 +1247,12 @@ void JournalDevice::on_checkpoint_written(IoRequest& io) noexcept {
   d.checkpoint_pos_ = d.cp_target_pos_;
   ++d.counters_.checkpoints;
   d.cp_in_flight_ = false;
+  d.shipped_seq_ = d.epoch_end_seq_;
+  d.wb_seq_ = d.epoch_end_seq_ + 1;
+  d.epoch_open_ = false;
+  d.epoch_map_.clear();
   d.reclaim();
-  d.maybe_checkpoint();
+  d.pump_write_back();
   d.check_drained();
   d.check_quiesced();
 }
@@ -1170,6 +1273,7 @@ void JournalDevice::reclaim() noexcept {
 void JournalDevice::drain(std::function<void()> done) noexcept {
   drain_done_ = std::move(done);
   if (!started_) start();
+  pump_write_back();  // a drain closes the open epoch at once
   check_drained();
 }
 
@@ -1190,6 +1294,7 @@ void JournalDevice::shutdown(std::function<void()> done) noexcept {
     r->cancel(cp_timer_);
     cp_in_flight_ = false;
   }
+  if (epoch_timer_.armed()) r->cancel(epoch_timer_);
   for (Batch& b : batches_) {
     if (b.timer.armed()) {
       r->cancel(b.timer);
@@ -1215,8 +1320,8 @@ void JournalDevice::shutdown(std::function<void()> done) noexcept {
 
 void JournalDevice::check_quiesced() noexcept {
   if (!shutting_down_ || !shutdown_done_) return;
-  if (free_wb_.size() != opt_.write_back_ops_max || cp_in_flight_ || commit_in_flight_ || barrier_ != nullptr ||
-      free_reads_.size() != opt_.reads_max)
+  if (free_wb_.size() != opt_.write_back_ops_max || cp_in_flight_ || commit_in_flight_ ||
+      barrier_ != nullptr || free_reads_.size() != opt_.reads_max)
     return;
   auto fn = std::move(shutdown_done_);
   shutdown_done_ = nullptr;
@@ -1225,7 +1330,8 @@ void JournalDevice::check_quiesced() noexcept {
 
 void JournalDevice::check_drained() noexcept {
   if (!drain_done_) return;
-  if (waiters_count_ == 0 && barrier_ == nullptr && journal_clean() && checkpoint_seq_ == committed_seq_) {
+  if (waiters_count_ == 0 && barrier_ == nullptr && journal_clean() &&
+      checkpoint_seq_ == committed_seq_) {
     auto fn = std::move(drain_done_);
     drain_done_ = nullptr;
     fn();

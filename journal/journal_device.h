@@ -1,10 +1,12 @@
 // JournalDevice: a write-back journal, a BlockDevice over `next` (the WAN remote in production).
 // A write is acknowledged once its record is durable in a local journal file (journal/FORMAT.md:
 // CRC32C per record, O_DIRECT, group commit with one RWF_DSYNC write per group); a write-back
-// engine then ships the journaled writes to `next` in journal order (IoPriority::write_back,
-// bounded in flight, superseded data skipped), FLUSHes `next`, and records a durable checkpoint
-// ("every record up to sequence N is on next") in the journal's superblock, which frees the ring
-// space. Reads see the latest write at once: an in-memory index (volume range -> journal
+// engine then ships the journaled writes to `next` in epochs (runs of records closed at the
+// initiator's FLUSH / FUA, or by size or age; coalesced within the epoch, never across; tagged
+// epoch_write, IoPriority::write_back, bounded in flight), commits each epoch on `next` (a flush
+// with epoch_id: EPOCH_COMMIT over the WAN, made atomic by the datacenter edge's redo log,
+// redo_log.h), and then records a durable checkpoint ("every record up to sequence N is on
+// next") in the journal's superblock, which frees the ring space. Reads see the latest write at once: an in-memory index (volume range -> journal
 // location) of data not yet on `next` sends them to the journal file, the rest to `next`.
 // open() on an existing journal replays it (records after the checkpoint up to the first one
 // that is torn, corrupt or out of sequence) and write-back resumes. Why, invariants, recovery
@@ -12,7 +14,7 @@
 //
 //   write ─▶ [wait queue] ─▶ filling batch ─▶ commit (1 write, FUA) ─▶ ack + index
 //                ▲ space back                                           │
-//                └── reclaim ◀─ checkpoint (FUA) ◀─ FLUSH next ◀─ ship to next (in order)
+//                └── reclaim ◀─ checkpoint (FUA) ◀─ commit epoch on next ◀─ ship the epoch
 //
 // Threading: one reactor thread (a single-reactor layer): submit(), every completion and every
 // timer run on it; open() runs before, on any thread, with synchronous I/O. start() must be called
@@ -38,55 +40,67 @@
 namespace ferry::journal {
 
 struct JournalOptions {
-  std::string path;                            // journal file (created when missing)
-  uint64_t size_bytes = 1ull << 30;            // used when creating; an existing journal keeps its size
-  uint32_t record_data_bytes_max = 1u << 20;   // largest write journaled as one record (max transfer)
-  uint32_t batch_bytes_max = 4u << 20;         // one group commit's buffer (two of them)
-  uint32_t batch_records_max = 512;            // records in one group commit
-  uint32_t waiters_max = 4096;                 // writes waiting for space; more answer busy
-  uint32_t flush_waiters_max = 1024;           // FLUSHes waiting for earlier writes; more answer busy
-  uint32_t reads_max = 256;                    // reads touching the journal in flight; more wait
-  uint32_t read_waiters_max = 4096;            // reads waiting for a read op; more answer busy
-  uint32_t write_back_ops_max = 128;           // write-back writes to next in flight (a WAN RTT each)
-  uint32_t write_back_piece_bytes_max = 64u << 10;   // one write-back write (and its buffer)
-  uint32_t retry_ms_min = 50;                  // back-off when next (or the journal file) fails
+  std::string path;                  // journal file (created when missing)
+  uint64_t size_bytes = 1ull << 30;  // used when creating; an existing journal keeps its size
+  uint32_t record_data_bytes_max = 1u
+                                   << 20;  // largest write journaled as one record (max transfer)
+  uint32_t batch_bytes_max = 4u << 20;     // one group commit's buffer (two of them)
+  uint32_t batch_records_max = 512;        // records in one group commit
+  uint32_t waiters_max = 4096;             // writes waiting for space; more answer busy
+  uint32_t flush_waiters_max = 1024;       // FLUSHes waiting for earlier writes; more answer busy
+  uint32_t reads_max = 256;                // reads touching the journal in flight; more wait
+  uint32_t read_waiters_max = 4096;        // reads waiting for a read op; more answer busy
+  uint32_t write_back_ops_max = 128;       // write-back writes to next in flight (a WAN RTT each)
+  uint32_t write_back_piece_bytes_max = 64u << 10;  // one write-back write (and its buffer)
+  uint32_t retry_ms_min = 50;  // back-off when next (or the journal file) fails
   uint32_t retry_ms_max = 5000;
-  bool write_back = true;                      // false: records only pile up (replay tests)
-  bool direct_io = true;                       // O_DIRECT (falls back, with a warning, where unsupported)
+  // Write-back epochs (journal/DESIGN.md "Epochs"): an epoch closes at the last initiator FLUSH /
+  // FUA boundary, or when it would exceed epoch_bytes_max, or when its oldest write is
+  // epoch_ms_max old with no boundary since. The datacenter edge's redo log must hold one epoch.
+  uint64_t epoch_bytes_max = 32u << 20;
+  uint32_t epoch_ms_max = 1000;
+  bool write_back = true;  // false: records only pile up (replay tests)
+  bool direct_io = true;   // O_DIRECT (falls back, with a warning, where unsupported)
 };
 
 struct JournalCounters {
-  uint64_t records = 0;              // write records committed (replayed ones included)
-  uint64_t replayed_records = 0;     // found by open()
-  uint64_t group_commits = 0;        // journal writes (one RWF_DSYNC each)
-  uint64_t bytes_journaled = 0;      // write data committed
-  uint64_t bytes_written_back = 0;   // data shipped to next
-  uint64_t bytes_superseded = 0;     // journaled data never shipped: a later write replaced it
-  uint64_t checkpoints = 0;          // superblock checkpoints written
-  uint64_t waited_for_space = 0;     // writes that waited: journal (or its record table) full
-  uint64_t busy = 0;                 // requests refused: a bounded wait queue was full
-  uint64_t next_errors = 0;          // write-back writes / flushes that next failed (retried)
-  uint64_t journal_errors = 0;       // journal file I/O errors (commits and reads retried)
-  uint64_t reads_from_journal = 0;   // read pieces served from the journal file
-  uint64_t barriers = 0;             // discard / write_zeroes: journal drained, then passed on
+  uint64_t records = 0;             // write records committed (replayed ones included)
+  uint64_t replayed_records = 0;    // found by open()
+  uint64_t group_commits = 0;       // journal writes (one RWF_DSYNC each)
+  uint64_t bytes_journaled = 0;     // write data committed
+  uint64_t bytes_written_back = 0;  // data shipped to next
+  uint64_t bytes_superseded = 0;    // journaled data never shipped: a later write replaced it
+  uint64_t checkpoints = 0;         // superblock checkpoints written
+  uint64_t waited_for_space = 0;    // writes that waited: journal (or its record table) full
+  uint64_t busy = 0;                // requests refused: a bounded wait queue was full
+  uint64_t next_errors = 0;         // write-back writes / flushes that next failed (retried)
+  uint64_t journal_errors = 0;      // journal file I/O errors (commits and reads retried)
+  uint64_t reads_from_journal = 0;  // read pieces served from the journal file
+  uint64_t barriers = 0;            // discard / write_zeroes: journal drained, then passed on
+  uint64_t epochs = 0;              // epochs committed on next (EPOCH_COMMIT answered)
+  uint64_t epochs_at_boundary = 0;  // of which closed at an initiator FLUSH / FUA boundary
+  uint64_t epoch_retries = 0;       // epochs shipped again after their commit failed
+  uint64_t write_back_lag_ms_max = 0;  // largest age of a write when its epoch was committed
 };
 
 // Gauges, computed on request (reactor thread).
 struct JournalState {
-  uint64_t journal_bytes_used = 0;   // ring bytes holding records not yet reclaimed
+  uint64_t journal_bytes_used = 0;  // ring bytes holding records not yet reclaimed
   uint64_t journal_bytes_free = 0;
-  uint64_t dirty_bytes = 0;          // volume bytes in the index (newer in the journal than on next)
-  uint64_t write_back_lag_ms = 0;    // age of the oldest write not yet on next (0: none)
-  uint64_t next_seq = 0;             // sequence number the next record gets
-  uint64_t checkpoint_seq = 0;       // every record up to this one is on next (durable mark)
-  bool next_failing = false;         // the last write-back I/O to next failed
+  uint64_t dirty_bytes = 0;        // volume bytes in the index (newer in the journal than on next)
+  uint64_t write_back_lag_ms = 0;  // age of the oldest write not yet on next (0: none)
+  uint64_t next_seq = 0;           // sequence number the next record gets
+  uint64_t checkpoint_seq = 0;     // every record up to this one is on next (durable mark)
+  uint64_t epoch_id = 0;           // epoch being shipped or committed (0: none)
+  bool next_failing = false;       // the last write-back I/O to next failed
 };
 
 class JournalDevice final : public BlockDevice {
  public:
   // Opens (creating and formatting when missing or empty) the journal for `next` and replays it.
   // Synchronous; start-up only.
-  static Result<std::unique_ptr<JournalDevice>> open(BlockDevice& next, const JournalOptions& options) noexcept;
+  static Result<std::unique_ptr<JournalDevice>> open(BlockDevice& next,
+                                                     const JournalOptions& options) noexcept;
   ~JournalDevice() override;
 
   Geometry geometry() const noexcept override { return geometry_; }
@@ -117,29 +131,28 @@ class JournalDevice final : public BlockDevice {
   };
 
  private:
-  struct Record {           // one ring entry, in sequence order
+  struct Record {  // one ring entry, in sequence order
     uint64_t seq = 0;
-    uint64_t pos = 0;         // journal file offset of the header block
-    uint64_t blocks = 0;      // ring blocks it occupies (a wrap marker: up to the ring end)
+    uint64_t pos = 0;     // journal file offset of the header block
+    uint64_t blocks = 0;  // ring blocks it occupies (a wrap marker: up to the ring end)
     uint64_t volume_offset = 0;
-    uint32_t length = 0;      // 0: wrap marker
-    uint32_t readers = 0;     // reads of its data in flight (pins its space)
+    uint32_t length = 0;   // 0: wrap marker
+    uint32_t readers = 0;  // reads of its data in flight (pins its space)
     uint32_t pieces_in_flight = 0;
-    uint32_t shipped_bytes = 0;  // data sent to next (the rest was superseded)
     uint64_t committed_ns = 0;
   };
   struct Batch {
     Buffer buf;
-    uint64_t pos = 0;         // journal file offset of the first block
+    uint64_t pos = 0;  // journal file offset of the first block
     uint64_t bytes = 0;
     uint64_t first_seq = 0;
     uint32_t records = 0;
-    bool closed = false;      // takes no more records (full, or ends at the ring's end)
+    bool closed = false;           // takes no more records (full, or ends at the ring's end)
     std::vector<IoRequest*> acks;  // capacity batch_records_max
     IoRequest io;
     JournalDevice* dev = nullptr;
     uint32_t attempt = 0;
-    Timer timer;              // commit retry back-off
+    Timer timer;  // commit retry back-off
   };
   struct ReadOp;
   struct WbOp;
@@ -150,7 +163,7 @@ class JournalDevice final : public BlockDevice {
   void encode_superblock(std::byte* block) noexcept;
 
   void handle_write(IoRequest& req) noexcept;
-  bool try_append(IoRequest& req) noexcept;   // false: no space now (caller queues)
+  bool try_append(IoRequest& req) noexcept;  // false: no space now (caller queues)
   void admit_waiters() noexcept;
   void maybe_commit() noexcept;
   static void on_committed(IoRequest& io) noexcept;
@@ -158,6 +171,10 @@ class JournalDevice final : public BlockDevice {
   bool journal_clean() const noexcept;
   void complete_flushes() noexcept;
   void index_insert(uint64_t start, uint64_t end, uint64_t seq, uint64_t journal_pos) noexcept;
+  // Makes [start, end) of `map` point at (seq, journal_pos); returns the change in covered bytes.
+  template <class Map>
+  static int64_t map_insert(Map& map, uint64_t start, uint64_t end, uint64_t seq,
+                            uint64_t journal_pos) noexcept;
   void index_erase_seq(uint64_t start, uint64_t end, uint64_t seq) noexcept;
   Record* record_of(uint64_t seq) noexcept;
 
@@ -172,14 +189,18 @@ class JournalDevice final : public BlockDevice {
   static void on_barrier_done(IoRequest& io) noexcept;
 
   void pump_write_back() noexcept;
+  bool cut_epoch() noexcept;  // true: an epoch is open now
+  static void on_epoch_timer(void* dev) noexcept;
+  void start_commit() noexcept;
   void start_piece(WbOp& op) noexcept;
   static void on_wb_io(IoRequest& io) noexcept;
   static void on_wb_retry(void* op) noexcept;
   void piece_done(WbOp& op) noexcept;
-  void maybe_checkpoint() noexcept;
   static void on_next_flushed(IoRequest& io) noexcept;
   static void on_checkpoint_written(IoRequest& io) noexcept;
   static void on_cp_retry(void* dev) noexcept;
+  static void on_sb_retry(void* dev) noexcept;
+  void write_checkpoint() noexcept;
   void reclaim() noexcept;
   void check_drained() noexcept;
   uint32_t backoff_ms(uint32_t attempt) const noexcept;
@@ -190,9 +211,9 @@ class JournalDevice final : public BlockDevice {
   JournalOptions opt_;
   Geometry geometry_;
   std::string description_;
-  std::unique_ptr<FileDevice> jfile_;   // O_DIRECT: commits, superblocks
-  std::unique_ptr<FileDevice> jread_;   // buffered: reads of record data at any alignment
-  BufferPool pool_;                     // batch, superblock and write-back buffers
+  std::unique_ptr<FileDevice> jfile_;  // O_DIRECT: commits, superblocks
+  std::unique_ptr<FileDevice> jread_;  // buffered: reads of record data at any alignment
+  BufferPool pool_;                    // batch, superblock and write-back buffers
 
   // Superblock state.
   uint64_t nonce_ = 0;
@@ -204,14 +225,14 @@ class JournalDevice final : public BlockDevice {
 
   // Ring: records [tail_seq_, next_seq_) live in records_[seq % capacity].
   std::vector<Record> records_;
-  uint64_t tail_seq_ = 1;     // oldest record not reclaimed
+  uint64_t tail_seq_ = 1;  // oldest record not reclaimed
   uint64_t next_seq_ = 1;
   uint64_t committed_seq_ = 0;  // every record <= this is durable (acknowledged)
   uint64_t head_pos_ = 0;       // where the next record goes
   uint64_t tail_pos_ = 0;       // first byte not free (record tail_seq_), == head when empty
   uint64_t checkpoint_seq_ = 0;
   uint64_t checkpoint_pos_ = 0;
-  uint64_t used_blocks_ = 0;    // ring blocks of records [tail_seq_, next_seq_)
+  uint64_t used_blocks_ = 0;  // ring blocks of records [tail_seq_, next_seq_)
 
   // Group commit: batches_[filling_] collects while batches_[1 - filling_] may be in flight.
   Batch batches_[2];
@@ -238,9 +259,11 @@ class JournalDevice final : public BlockDevice {
   // Index of data newer in the journal than on next: start -> Extent, non-overlapping, nodes
   // from arena_ (declared first: destroyed after the map).
   NodeArena arena_;
+  NodeArena epoch_arena_;  // epoch_map_'s nodes (below)
   using ExtentMap = std::map<uint64_t, Extent, std::less<uint64_t>,
                              ArenaAllocator<std::pair<const uint64_t, Extent>>>;
   ExtentMap index_{ArenaAllocator<std::pair<const uint64_t, Extent>>(&arena_)};
+  ExtentMap epoch_map_{ArenaAllocator<std::pair<const uint64_t, Extent>>(&epoch_arena_)};
   uint64_t dirty_bytes_ = 0;
 
   std::vector<ReadOp> read_ops_;
@@ -252,11 +275,25 @@ class JournalDevice final : public BlockDevice {
   std::unique_ptr<WbOp[]> wb_ops_;  // write_back_ops_max of them
   std::span<WbOp> wb_ops() noexcept;
   std::vector<WbOp*> free_wb_;
-  uint64_t wb_seq_ = 1;            // record being shipped
-  uint64_t wb_offset_ = 0;         // within it: next volume offset to look at
-  bool wb_offset_valid_ = false;
-  uint64_t shipped_seq_ = 0;       // every record <= this is on next (not yet flushed)
+  uint64_t wb_seq_ = 1;       // first record of the epoch being (or to be) shipped
+  uint64_t shipped_seq_ = 0;  // every record <= this is committed on next
   bool pumping_ = false;
+  // The epoch being shipped: records [wb_seq_, epoch_end_seq_], coalesced (later records of the
+  // epoch win) into disjoint extents in epoch_map_ (nodes from epoch_arena_), shipped in volume
+  // order from epoch_cursor_, then committed (EPOCH_COMMIT: a flush with epoch_id).
+  bool epoch_open_ = false;
+  uint64_t epoch_end_seq_ = 0;
+  uint64_t epoch_bytes_ = 0;  // sum of its extents (what next receives)
+  uint64_t epoch_record_bytes_ = 0;
+  bool epoch_at_boundary_ = false;
+  uint64_t epoch_cursor_ = 0;
+  uint32_t epoch_pieces_ = 0;  // in flight
+  uint64_t boundary_seq_ = 0;  // last record before an initiator FLUSH / FUA completed
+  // cut_epoch's size scan, resumed where it stopped (not redone at every group commit):
+  // records [wb_seq_, scan_seq_) hold scan_bytes_; scan_limit_ is the last within the bound.
+  uint64_t scan_from_ = 0, scan_seq_ = 0, scan_bytes_ = 0, scan_limit_ = 0;
+  bool scan_size_hit_ = false;
+  Timer epoch_timer_;
   bool next_failing_ = false;
 
   // Checkpoint cycle: FLUSH next, then the superblock (FUA).

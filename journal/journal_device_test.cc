@@ -138,7 +138,15 @@ class SwitchDevice final : public BlockDevice {
       write_bytes += r.length_bytes;
     }
     if (r.op == IoOp::flush) ++flushes;
+    if (r.op == IoOp::write || r.op == IoOp::flush)
+      log.push_back({r.op, r.offset_bytes, r.op == IoOp::write ? block_seq(r.data, r.offset_bytes / kBs) : 0,
+                     r.epoch_write, r.epoch_id, r.epoch_stream, r.length_bytes});
     if (down && (r.op == IoOp::write || r.op == IoOp::flush)) return r.complete(Errc::closed);
+    if (r.op == IoOp::flush && r.epoch_id != 0 && fail_commits > 0) {
+      --fail_commits;
+      log.back().failed = true;
+      return r.complete(Errc::io_error);
+    }
     if (hold && r.op == IoOp::write) {
       held.push_back(&r);
       return;
@@ -158,6 +166,17 @@ class SwitchDevice final : public BlockDevice {
   bool hold = false;
   std::deque<IoRequest*> held;
   std::atomic<uint64_t> writes{0}, write_bytes{0}, flushes{0};
+  // What reached this device, in order (reactor thread; read it with rt.call).
+  struct Event {
+    IoOp op;
+    uint64_t offset;
+    int64_t seq;  // write: block_seq of its first block
+    bool epoch_write;
+    uint64_t epoch_id, epoch_stream, length;
+    bool failed = false;
+  };
+  std::vector<Event> log;
+  int fail_commits = 0;  // the next N epoch commits fail
 };
 
 JournalOptions small_options(const std::string& path, uint64_t size = 8 << 20) {
@@ -166,6 +185,7 @@ JournalOptions small_options(const std::string& path, uint64_t size = 8 << 20) {
   o.size_bytes = size;
   o.retry_ms_min = 2;
   o.retry_ms_max = 20;
+  o.epoch_ms_max = 20;  // tests write without FLUSH too: close such epochs soon
   return o;
 }
 
@@ -637,6 +657,178 @@ TEST_F(LiveFixture, DifferentialRandomAgainstAModel) {
   const JournalCounters c = j->counters();
   EXPECT_GT(c.group_commits, 0u);
   std::printf("%s", j->stats_text("model").c_str());
+  close_journal(rt, j);
+}
+
+
+// ---------------------------------------------------------------- epochs
+
+namespace {
+Errc flush_io(ReactorThread& rt, BlockDevice& dev) { return sync_io(rt, dev, IoOp::flush, 0, 0, nullptr); }
+}  // namespace
+
+TEST_F(LiveFixture, EpochClosesAtTheInitiatorsFlushAndCommitsEveryWriteBeforeIt) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;  // only the FLUSH (or the drain) may close an epoch here
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  for (uint64_t b = 0; b < 3; ++b) {
+    fill_block(v.data(), 10 + b, b);
+    ASSERT_EQ(sync_io(rt, *j, IoOp::write, b * kBs, kBs, v.data()), Errc::ok);
+  }
+  ASSERT_EQ(flush_io(rt, *j), Errc::ok);
+  std::vector<SwitchDevice::Event> log;
+  for (int i = 0; i < 2000; ++i) {
+    rt.call([&] { log = next.log; });
+    if (!log.empty() && log.back().epoch_id != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(log.size(), 4u) << "three writes, then the commit";
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(log[size_t(i)].epoch_write) << "write-back writes belong to the epoch";
+  EXPECT_EQ(log[3].op, IoOp::flush);
+  EXPECT_EQ(log[3].epoch_id, 3u) << "epoch id = last record of the epoch";
+  EXPECT_EQ(log[3].length, 3 * kBs) << "the commit names the epoch's bytes";
+  EXPECT_NE(log[3].epoch_stream, 0u);
+  uint64_t at_boundary = 0;
+  rt.call([&] { at_boundary = j->counters().epochs_at_boundary; });
+  EXPECT_EQ(at_boundary, 1u);
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, OverwriteInALaterEpochIsNotCoalescedIntoAnEarlierOne) {
+  // Block 0 written (seq 1), FLUSH, overwritten (seq 2), FLUSH: next must receive seq 1 and its
+  // commit before seq 2. Coalescing across the boundary would leave next, after the first commit,
+  // in a state the initiator never had (its block 1 of round 1 without block 0 of round 1).
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;
+  next.hold = true;  // nothing reaches next until both rounds are journaled
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  fill_block(v.data(), 1, 0);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write, 0, kBs, v.data()), Errc::ok);
+  fill_block(v.data(), 1, 1);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write, kBs, kBs, v.data()), Errc::ok);
+  ASSERT_EQ(flush_io(rt, *j), Errc::ok);
+  fill_block(v.data(), 2, 0);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write, 0, kBs, v.data()), Errc::ok);
+  ASSERT_EQ(flush_io(rt, *j), Errc::ok);
+  rt.call([&] { next.release(); });
+  ASSERT_TRUE(drain(rt, *j));
+  std::vector<SwitchDevice::Event> log;
+  rt.call([&] { log = next.log; });
+  ASSERT_EQ(log.size(), 5u);
+  EXPECT_EQ(log[0].seq + log[1].seq, 2) << "epoch 1: both round-1 blocks";
+  EXPECT_EQ(log[2].epoch_id, 2u);
+  EXPECT_EQ(log[3].seq, 2);
+  EXPECT_EQ(log[3].offset, 0u);
+  EXPECT_EQ(log[4].epoch_id, 3u);
+  ASSERT_EQ(sync_io(rt, *ram, IoOp::read, 0, kBs, v.data()), Errc::ok);
+  EXPECT_EQ(block_seq(v.data(), 0), 2);
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, OverwritesWithinOneEpochAreCoalesced) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;
+  next.hold = true;
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  for (uint64_t s = 1; s <= 5; ++s) {
+    fill_block(v.data(), s, 4);
+    ASSERT_EQ(sync_io(rt, *j, IoOp::write, 4 * kBs, kBs, v.data()), Errc::ok);
+  }
+  ASSERT_EQ(flush_io(rt, *j), Errc::ok);
+  rt.call([&] { next.release(); });
+  ASSERT_TRUE(drain(rt, *j));
+  std::vector<SwitchDevice::Event> log;
+  rt.call([&] { log = next.log; });
+  ASSERT_EQ(log.size(), 2u) << "one write (the last of five) and the commit";
+  EXPECT_EQ(log[0].seq, 5);
+  EXPECT_EQ(log[1].length, kBs);
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, FailedEpochCommitShipsTheWholeEpochAgain) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;
+  next.fail_commits = 1;
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  for (uint64_t b = 0; b < 4; ++b) {
+    fill_block(v.data(), 1, b);
+    ASSERT_EQ(sync_io(rt, *j, IoOp::write, b * kBs, kBs, v.data()), Errc::ok);
+  }
+  ASSERT_EQ(flush_io(rt, *j), Errc::ok);
+  ASSERT_TRUE(drain(rt, *j));
+  std::vector<SwitchDevice::Event> log;
+  uint64_t retries = 0, checkpoint = 0;
+  rt.call([&] {
+    log = next.log;
+    retries = j->counters().epoch_retries;
+    checkpoint = j->state().checkpoint_seq;
+  });
+  ASSERT_EQ(log.size(), 10u) << "4 writes, failed commit, the same 4 writes again, commit";
+  EXPECT_TRUE(log[4].failed);
+  for (size_t i = 5; i < 9; ++i) EXPECT_EQ(log[i].op, IoOp::write);
+  EXPECT_EQ(log[9].epoch_id, 4u);
+  EXPECT_FALSE(log[9].failed);
+  EXPECT_EQ(retries, 1u);
+  EXPECT_EQ(checkpoint, 4u) << "checkpointed only after the successful commit";
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, EpochWithoutFlushIsCutAtItsSizeBound) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;
+  o.epoch_bytes_max = 4 * kBs;
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  for (uint64_t b = 0; b < 9; ++b) {
+    fill_block(v.data(), b + 1, b);
+    ASSERT_EQ(sync_io(rt, *j, IoOp::write, b * kBs, kBs, v.data()), Errc::ok);
+  }
+  std::vector<SwitchDevice::Event> log;
+  for (int i = 0; i < 2000; ++i) {
+    rt.call([&] { log = next.log; });
+    size_t commits = 0;
+    for (const auto& e : log) commits += e.epoch_id != 0;
+    if (commits >= 2) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::vector<uint64_t> sizes;
+  for (const auto& e : log)
+    if (e.epoch_id != 0) sizes.push_back(e.length);
+  ASSERT_GE(sizes.size(), 2u) << "no FLUSH, no time bound: the size bound must close epochs";
+  for (uint64_t sz : sizes) EXPECT_LE(sz, 4 * kBs);
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, DiscardDoesNotWaitForTheEpochTimeBound) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60000;  // without the barrier closing the epoch, the discard would wait a minute
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  fill_block(v.data(), 1, 0);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write, 0, kBs, v.data()), Errc::ok);
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write_zeroes, 8 * kBs, kBs, nullptr), Errc::ok);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, EpochWithoutFlushClosesAtItsTimeBound) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 50;
+  auto j = open_journal(next, o);
+  std::vector<std::byte> v(kBs);
+  fill_block(v.data(), 1, 0);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::write, 0, kBs, v.data()), Errc::ok);
+  uint64_t epochs = 0;
+  for (int i = 0; i < 2000 && epochs == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    rt.call([&] { epochs = j->counters().epochs; });
+  }
+  EXPECT_EQ(epochs, 1u) << "no FLUSH ever came: the time bound closed the epoch";
   close_journal(rt, j);
 }
 

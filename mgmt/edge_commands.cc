@@ -233,6 +233,16 @@ int run_dc_edge_command(int argc, char** argv) {
   app.add_option("--access-map-dir", options.access_map_dir,
                  "keep each volume's learned access map (first-read order of its chunks, replayed "
                  "to cloud edges at attach) in DIR/<volume>.map across restarts (default: memory only)");
+  std::string redo_dir;
+  unsigned redo_mib = 256;
+  app.add_option("--redo-dir", redo_dir,
+                 "redo log per volume in DIR/<volume>.redo: write-back epochs from cloud edges are logged "
+                 "there, committed, then applied to the NBD source, so the on-prem image is always at an "
+                 "epoch boundary, even after kill -9 (offers epochs to cloud edges; without it, a cloud edge "
+                 "with a journal refuses this datacenter edge)");
+  app.add_option("--redo-mib", redo_mib, "size of a new redo log in MiB (must hold one epoch: up to 32 MiB of data, 8 KiB of log per 4 KiB write)")
+      ->check(CLI::Range(4u, 1u << 20))
+      ->capture_default_str();
   app.add_option("--idle-timeout-ms", options.idle_timeout_ms,
                  "close a cloud edge connection that sends nothing for this long (they ping every second)")
       ->check(CLI::Range(2000u, 3600000u))
@@ -286,27 +296,56 @@ int run_dc_edge_command(int argc, char** argv) {
     std::fprintf(stderr, "ferry: volume %s: %s (%llu bytes)\n", name.c_str(), uri.c_str(),
                  static_cast<unsigned long long>(dev.value()->geometry().size_bytes()));
     std::string error;
-    auto vol = Volume::compose(name, *dev.value(), stack, false, error);
+    std::vector<LayerSpec> vstack = stack;
+    if (!redo_dir.empty()) {
+      std::vector<LayerSpec> redo;
+      const std::string r = "redo:" + redo_dir + "/" + name + ".redo:" + std::to_string(redo_mib) + "MiB";
+      if (std::string e = parse_stack(r, redo); !e.empty()) {
+        std::fprintf(stderr, "ferry: --redo-dir: %s\n", e.c_str());
+        return 2;
+      }
+      vstack.insert(vstack.begin(), redo.begin(), redo.end());
+    }
+    auto vol = Volume::compose(name, *dev.value(), vstack, false, error);
     if (!vol) {
       std::fprintf(stderr, "ferry: %s\n", error.c_str());
       return 2;
     }
-    if (!stack.empty()) std::fprintf(stderr, "ferry: volume %s: %s\n", name.c_str(), vol->describe().c_str());
+    if (!vstack.empty()) std::fprintf(stderr, "ferry: volume %s: %s\n", name.c_str(), vol->describe().c_str());
     volumes.push_back({name, &vol->top()});
     devices.push_back(std::move(dev.value()));
     stacks.push_back(std::move(vol));
   }
 
+  options.epochs = !redo_dir.empty();
   sigset_t set = block_signals();
   Reactor reactor(0, 2ull << 30);
   wan::WanServer server(options, *tls, volumes);
   std::promise<std::string> started;
   std::thread worker([&] {
-    std::string error;
-    if (!reactor.init(1024).ok()) error = "io_uring init failed";
-    else if (!server.start(reactor, error).ok() && error.empty()) error = "cannot listen";
-    started.set_value(error);
-    if (error.empty()) reactor.run();
+    if (!reactor.init(1024).ok()) {
+      started.set_value("io_uring init failed");
+      return;
+    }
+    // Redo logs first: an epoch committed before a crash is on the source before anyone may
+    // read it (or write over it); then listen.
+    reactor.post([&] {
+      auto left = std::make_shared<size_t>(1);
+      auto listen = [&, left] {
+        if (--*left != 0) return;
+        std::string error;
+        if (!server.start(reactor, error).ok() && error.empty()) error = "cannot listen";
+        started.set_value(error);
+        if (!error.empty()) reactor.stop();
+      };
+      for (auto& v : stacks)
+        for (journal::RedoLogDevice* r : v->redo_logs()) {
+          ++*left;
+          r->start(listen);
+        }
+      listen();
+    });
+    reactor.run();
   });
   const std::string error = started.get_future().get();
   if (!error.empty()) {
@@ -342,6 +381,25 @@ int run_dc_edge_command(int argc, char** argv) {
                  "ferry: dc-edge: %llu session(s) still wait for their NBD source after %u ms; "
                  "their requests fail with 'closed'\n",
                  static_cast<unsigned long long>(busy), kSourceDrainMs);
+  // Redo logs: committed epochs are applied first (bounded), then the logs stop; what is still
+  // committed and not applied stays in the log for the next start, an open epoch is discarded.
+  {
+    auto applied = std::make_shared<std::promise<void>>();  // outlives a timed-out wait
+    reactor.post([&, applied] {
+      auto left = std::make_shared<size_t>(1);
+      auto one = [left, applied] {
+        if (--*left == 0) applied->set_value();
+      };
+      for (auto& v : stacks)
+        for (journal::RedoLogDevice* r : v->redo_logs()) {
+          ++*left;
+          r->drain(one);
+        }
+      one();
+    });
+    if (applied->get_future().wait_for(std::chrono::seconds(30)) != std::future_status::ready)
+      std::fprintf(stderr, "ferry: dc-edge: committed epochs not applied within 30 s; they are applied at the next start\n");
+  }
   std::promise<void> shut;
   reactor.post([&] {
     for (auto& d : devices) d->shutdown();
@@ -352,9 +410,28 @@ int run_dc_edge_command(int argc, char** argv) {
   std::promise<std::string> stats;
   reactor.post([&] {
     server.save_access_maps();  // at shutdown: the reactor serves nothing any more
-    stats.set_value(server.stats_text());
+    std::string text = server.stats_text();
+    for (auto& v : stacks) text += v->stats_text();
+    stats.set_value(text);
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
+  {
+    auto quiet = std::make_shared<std::promise<void>>();  // outlives a timed-out wait
+    reactor.post([&, quiet] {
+      auto left = std::make_shared<size_t>(1);
+      auto one = [left, quiet] {
+        if (--*left == 0) quiet->set_value();
+      };
+      for (auto& v : stacks)
+        for (journal::RedoLogDevice* r : v->redo_logs()) {
+          ++*left;
+          r->shutdown(one);
+        }
+      one();
+    });
+    if (quiet->get_future().wait_for(std::chrono::seconds(10)) != std::future_status::ready)
+      std::fprintf(stderr, "ferry: dc-edge: redo log I/O still in flight after 10 s\n");
+  }
   // NBD devices close on their home reactor (their polls are cancelled through its ring); one
   // more round trip through the loop lets the cancellations complete before it stops.
   std::promise<void> closed;
@@ -657,6 +734,15 @@ int run_cloud_edge_command(int argc, char** argv) {
   const std::string error = ready_future.get();
   if (!error.empty()) {
     std::fprintf(stderr, "ferry: cloud-edge: %s\n", error.c_str());
+    return stop_early();
+  }
+  if ((!journal_dir.empty() || layers_text.find("journal:") != std::string::npos) &&
+      !(client.capabilities() & wan::kCapEpochs)) {
+    // Write-back would land on the on-prem image write by write: not crash-consistent there.
+    std::fprintf(stderr, "ferry: cloud-edge: the datacenter edge %s does not offer write-back epochs (an older "
+                         "version, or no --redo-dir): a journal's write-back would not be crash-consistent "
+                         "on-prem; refusing it (give the dc-edge --redo-dir, or drop --journal-dir)\n",
+                 dc.c_str());
     return stop_early();
   }
 

@@ -30,7 +30,7 @@ sleep 0.5
 P_WAN=$(free_port)
 "$FERRY" dc-edge --listen 127.0.0.1:$P_WAN --volume "disk=nbd://127.0.0.1:$P_SRC/disk" \
   --tls-cert "$PKI/dc-edge-cert.pem" --tls-key "$PKI/dc-edge-key.pem" --tls-ca "$PKI/ca-cert.pem" \
-  --lease-ms 500 >"$TMP/dc.log" 2>&1 & PIDS+=($!)
+  --lease-ms 500 --redo-dir "$TMP" >"$TMP/dc.log" 2>&1 & PIDS+=($!)
 wait_log "$TMP/dc.log" 'dc-edge listening'
 P_EMU=$(free_port)
 "$EMU" --listen 127.0.0.1:$P_EMU --connect 127.0.0.1:$P_WAN --rtt-ms "$RTT" --rate-mbit "$RATE" \

@@ -48,6 +48,8 @@ bool known_type(uint8_t t) noexcept {
     case FrameType::block_status_reply:
     case FrameType::access_map:
     case FrameType::access_map_reply:
+    case FrameType::epoch_commit:
+    case FrameType::epoch_committed:
     case FrameType::ping:
     case FrameType::pong:
     case FrameType::error:
@@ -134,7 +136,13 @@ const char* check_header(const FrameHeader& h) noexcept {
     case FrameType::read_data:
       return check_data(h, kDataEncodingFlags);
     case FrameType::write:
-      return check_data(h, kDataEncodingFlags | kFlagFinal | kFlagFua);
+      return check_data(h, kDataEncodingFlags | kFlagFinal | kFlagFua | kFlagEpoch);
+    case FrameType::epoch_commit:
+      if (h.flags || h.volume_id == 0 || h.offset_bytes || h.length_bytes) return "bad epoch commit header";
+      if (h.payload_bytes != kEpochCommitBytes) return "bad epoch commit size";
+      return nullptr;
+    case FrameType::epoch_committed:
+      return check_bare(h, true);
     case FrameType::close_volume:
     case FrameType::volume_closed:
     case FrameType::read_done:
@@ -267,6 +275,8 @@ const char* validate_frame(const FrameHeader& h, std::span<const uint8_t> payloa
       return parse_volume_info(payload) ? nullptr : "bad volume info body";
     case FrameType::error:
       return parse_error(payload) ? nullptr : "bad error body";
+    case FrameType::epoch_commit:
+      return parse_epoch_commit(payload) ? nullptr : "bad epoch commit body";
     case FrameType::block_status_reply: {
       uint64_t covered = 0;
       for (size_t i = 0; i < payload.size() / kExtentBytes; ++i) {
@@ -316,6 +326,22 @@ FrameParse parse_frame(std::span<const uint8_t> in, uint32_t payload_bytes_max) 
 }
 
 // ---------------------------------------------------------------- bodies
+
+void encode_epoch_commit(uint8_t out[kEpochCommitBytes], const EpochCommitBody& b) noexcept {
+  store_be64(out + 0, b.stream);
+  store_be64(out + 8, b.epoch_id);
+  store_be64(out + 16, b.data_bytes);
+}
+
+Result<EpochCommitBody> parse_epoch_commit(std::span<const uint8_t> payload) noexcept {
+  if (payload.size() != kEpochCommitBytes) return Errc::protocol_error;
+  EpochCommitBody b;
+  b.stream = load_be64(payload.data() + 0);
+  b.epoch_id = load_be64(payload.data() + 8);
+  b.data_bytes = load_be64(payload.data() + 16);
+  if (b.epoch_id == 0) return Errc::protocol_error;
+  return b;
+}
 
 void encode_hello(uint8_t out[kHelloBytes], const Hello& h) noexcept {
   store_be16(out + 0, h.version_min);
@@ -502,6 +528,8 @@ const char* to_string(FrameType t) noexcept {
     case FrameType::block_status_reply: return "BLOCK_STATUS_REPLY";
     case FrameType::access_map: return "ACCESS_MAP";
     case FrameType::access_map_reply: return "ACCESS_MAP_REPLY";
+    case FrameType::epoch_commit: return "EPOCH_COMMIT";
+    case FrameType::epoch_committed: return "EPOCH_COMMITTED";
     case FrameType::ping: return "PING";
     case FrameType::pong: return "PONG";
     case FrameType::error: return "ERROR";

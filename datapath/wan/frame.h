@@ -56,6 +56,8 @@ enum class FrameType : uint8_t {
   block_status_reply = 0x18,  // payload: extents from offset
   access_map = 0x19,          // the volume's learned access map (IoOp::access_map)
   access_map_reply = 0x1A,    // payload: 0..32768 big-endian u64 chunk offsets, in first-read order
+  epoch_commit = 0x1B,        // commit the volume's open epoch (kCapEpochs); payload EpochCommitBody
+  epoch_committed = 0x1C,     // reply: the epoch is durable on the datacenter edge (redo log)
   ping = 0x20,                // keepalive; request_id is the token PONG echoes
   pong = 0x21,
   error = 0x30,               // ends request request_id (0: the connection) with a WireError
@@ -68,6 +70,7 @@ inline constexpr uint8_t kFlagDedupRef = 0x04;    // payload = content hash the 
 inline constexpr uint8_t kFlagFinal = 0x08;       // WRITE: last frame of the request
 inline constexpr uint8_t kFlagFua = 0x10;         // WRITE: durable before WRITE_ACK
 inline constexpr uint8_t kFlagNoDedup = 0x20;     // READ: never answer with a DEDUP_REF
+inline constexpr uint8_t kFlagEpoch = 0x40;       // WRITE: part of the volume's open epoch (kCapEpochs)
 inline constexpr uint8_t kDataEncodingFlags = kFlagZero | kFlagCompressed | kFlagDedupRef;
 
 // Scheduling class, most urgent first. Responses carry their request's class.
@@ -85,7 +88,11 @@ inline constexpr uint32_t kCapIgzip = 1u << 2;
 inline constexpr uint32_t kCapDedupSha256 = 1u << 3;  // DEDUP_REF frames, SHA-256 hashes
 inline constexpr uint32_t kCapBlockStatus = 1u << 4;  // BLOCK_STATUS
 inline constexpr uint32_t kCapWrite = 1u << 5;        // WRITE / FLUSH (write-back)
-inline constexpr uint32_t kCapsKnown = (1u << 6) - 1;
+// Write-back epochs: WRITE with kFlagEpoch is held aside in the datacenter edge's redo log until
+// EPOCH_COMMIT, which makes the epoch atomic on the source (journal/DESIGN.md "Epochs"). Offered
+// by a datacenter edge with a redo log (--redo-dir); a cloud edge with a journal requires it.
+inline constexpr uint32_t kCapEpochs = 1u << 6;
+inline constexpr uint32_t kCapsKnown = (1u << 7) - 1;
 uint32_t capability_for(CompressAlgo a) noexcept;  // 0 for none
 
 // ---------------------------------------------------------------- header
@@ -178,6 +185,20 @@ struct VolumeInfo {
 };
 void encode_volume_info(uint8_t out[kVolumeInfoBytes], const VolumeInfo& v) noexcept;
 Result<VolumeInfo> parse_volume_info(std::span<const uint8_t> payload) noexcept;
+
+// EPOCH_COMMIT payload (24 bytes): the writer's epoch stream (its journal's nonce), the epoch id
+// (increasing within a stream, never 0) and the sum of length_bytes of the epoch's WRITE frames:
+// a receiver that logged another amount answers ERROR(io_error) and discards the open epoch (the
+// writer ships it again). An id not above the last committed one of the same stream is already
+// contained in the image: its writes are dropped and the commit acknowledged.
+inline constexpr size_t kEpochCommitBytes = 24;
+struct EpochCommitBody {
+  uint64_t stream = 0;
+  uint64_t epoch_id = 0;
+  uint64_t data_bytes = 0;
+};
+void encode_epoch_commit(uint8_t out[kEpochCommitBytes], const EpochCommitBody& b) noexcept;
+Result<EpochCommitBody> parse_epoch_commit(std::span<const uint8_t> payload) noexcept;
 
 // OPEN_VOLUME payload: the name, 1..255 bytes of printable ASCII (0x21..0x7e).
 Result<std::string_view> parse_volume_name(std::span<const uint8_t> payload) noexcept;

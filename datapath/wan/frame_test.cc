@@ -464,7 +464,7 @@ TEST(WanFrame, EveryRuleBreakIsRejectAndTheStreamStaysInSync) {
       {"dedup zero length", raw_frame(0x11, 0x04, 0, 0, 1, 1, 0, 0, hash)},
       {"data without volume", raw_frame(0x11, 0, 0, 0, 0, 1, 0, 4096, p4k)},
       {"final on read data", raw_frame(0x11, 0x08, 0, 0, 1, 1, 0, 4096, p4k)},
-      {"unknown flag on write", raw_frame(0x13, 0x40, 0, 0, 1, 1, 0, 4096, p4k)},
+      {"unknown flag on write", raw_frame(0x13, 0x80, 0, 0, 1, 1, 0, 4096, p4k)},
       {"offset overflow", raw_frame(0x13, 0, 0, 0, 1, 1, UINT64_MAX - 100, 4096, p4k)},
       {"read with payload", raw_frame(0x10, 0, 0, 0, 1, 1, 0, 4096, p4k)},
       {"read zero length", raw_frame(0x10, 0, 0, 0, 1, 1, 0, 0, {})},
@@ -557,6 +557,40 @@ TEST(WanFrame, EncoderAssertsOnInvalidFrames) {
   h = data_header(FrameType::read_data, 4096);
   h.payload_bytes = kFramePayloadBytesMax + 1;
   EXPECT_DEATH(encode_header(out, h), "assertion failed");
+}
+
+}  // namespace
+}  // namespace ferry::wan
+
+namespace ferry::wan {
+namespace {
+
+TEST(WanFrame, EpochCommitRoundTripsAndBadBodiesReject) {
+  uint8_t body[kEpochCommitBytes];
+  encode_epoch_commit(body, {0x1122334455667788ull, 42, 3 * 4096});
+  const Bytes f = raw_frame(0x1B, 0, 1, 0, 3, 9, 0, 0, Bytes(body, body + sizeof body));
+  FrameParse p = parse_frame(f, kFramePayloadBytesMax);
+  ASSERT_EQ(p.status, ParseStatus::ok) << (p.why ? p.why : "");
+  auto b = parse_epoch_commit(p.payload);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b.value().stream, 0x1122334455667788ull);
+  EXPECT_EQ(b.value().epoch_id, 42u);
+  EXPECT_EQ(b.value().data_bytes, 3u * 4096);
+  // Epoch id 0 means "no epoch": refused; so are a short body and a commit without a volume.
+  encode_epoch_commit(body, {1, 0, 0});
+  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 3, 9, 0, 0, Bytes(body, body + sizeof body)), kFramePayloadBytesMax).status,
+            ParseStatus::reject);
+  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 3, 9, 0, 0, Bytes(body, body + 16)), kFramePayloadBytesMax).status,
+            ParseStatus::reject);
+  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 0, 9, 0, 0, Bytes(body, body + sizeof body)), kFramePayloadBytesMax).status,
+            ParseStatus::reject);
+  EXPECT_EQ(parse_frame(raw_frame(0x1C, 0, 1, 0, 3, 9, 0, 0, {}), kFramePayloadBytesMax).status, ParseStatus::ok);
+  // The EPOCH flag is valid on WRITE frames only.
+  const Bytes p4k(4096, 7);
+  EXPECT_EQ(parse_frame(raw_frame(0x13, kFlagEpoch | kFlagFinal, 1, 0, 1, 1, 0, 4096, p4k), kFramePayloadBytesMax).status,
+            ParseStatus::ok);
+  EXPECT_EQ(parse_frame(raw_frame(0x11, kFlagEpoch, 0, 0, 1, 1, 0, 4096, p4k), kFramePayloadBytesMax).status,
+            ParseStatus::reject);
 }
 
 }  // namespace

@@ -41,7 +41,7 @@ def frame(typ, flags=0, prio=0, algo=0, vol=0, req=0, off=0, length=0, payload=b
     return h + payload
 
 
-def hello(caps=0x3F, vmin=1, vmax=1, fmax=256 * 1024, reqs=1024, session=0):
+def hello(caps=0x7F, vmin=1, vmax=1, fmax=256 * 1024, reqs=1024, session=0):
     return struct.pack(">HHIIIQ8x", vmin, vmax, caps, fmax, reqs, session)
 
 
@@ -73,6 +73,10 @@ def main():
         frame(0x16, vol=1, req=4),
         frame(0x17, vol=1, req=5, length=(1 << 20) + 4096),
         frame(0x18, vol=1, req=5, length=(1 << 20) + 4096, payload=extents),
+        frame(0x13, flags=0x58, prio=1, vol=1, req=7, off=16384, length=512, payload=b"e" * 512),
+        frame(0x14, vol=1, req=7),
+        frame(0x1B, prio=1, vol=1, req=8, payload=struct.pack(">QQQ", 0x1122334455667788, 42, 512)),
+        frame(0x1C, prio=1, vol=1, req=8),
         frame(0x20, req=99),
         frame(0x21, req=99),
         frame(0x30, req=6, payload=err),

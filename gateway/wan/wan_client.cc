@@ -181,7 +181,7 @@ void WanClient::on_reconnect_timer(void* ctx) noexcept { static_cast<WanClient*>
 void WanClient::on_established() noexcept {
   last_rx_ns_ = reactor_.now_ns_fresh();
   Hello h;
-  h.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite;
+  h.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite | kCapEpochs;
   h.requests_max = options_.requests_max;
   h.session_id = session_id_;
   uint8_t body[kHelloBytes];
@@ -352,6 +352,13 @@ bool WanClient::send_request(Pending& p) noexcept {
       if (p.no_dedup) f.flags = kFlagNoDedup;
       return stream_->send_frame(f, {});
     case IoOp::flush:
+      if (io.epoch_id != 0) {  // commit of a write-back epoch (block_device.h); a peer without
+        // kCapEpochs answers ERROR (the cloud edge refuses such a peer at start)
+        uint8_t body[kEpochCommitBytes];
+        encode_epoch_commit(body, {io.epoch_stream, io.epoch_id, io.length_bytes});
+        f.type = FrameType::epoch_commit;
+        return stream_->send_frame(f, {body, sizeof body});
+      }
       f.type = FrameType::flush;
       return stream_->send_frame(f, {});
     case IoOp::access_map:
@@ -391,6 +398,7 @@ bool WanClient::send_request(Pending& p) noexcept {
         }
         const bool last = p.sent_bytes + len == io.length_bytes;
         if (last) f.flags |= kFlagFinal | (io.fua ? kFlagFua : 0);
+        if (io.epoch_write && (caps_ & kCapEpochs)) f.flags |= kFlagEpoch;
         if (!stream_->send_frame(f, payload)) return false;
         counters_[p.volume].payload_bytes_out += payload.size();
         p.sent_bytes += len;
@@ -612,6 +620,7 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
       return true;
     case FrameType::write_ack:
     case FrameType::flush_ack:
+    case FrameType::epoch_committed:
       complete(p, Errc::ok);
       return true;
     case FrameType::access_map_reply: {

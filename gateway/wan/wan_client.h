@@ -85,6 +85,8 @@ class WanClient final : public WanStreamHandler {
   const WanClientVolumeCounters& counters(size_t i) const noexcept { return counters_[i]; }
   const WanStreamCounters& link_counters() const noexcept { return link_totals_; }
   bool connected() const noexcept { return ready_; }
+  // The capabilities negotiated with the datacenter edge (frame.h kCap*), after on_ready(ok).
+  uint32_t capabilities() const noexcept { return caps_; }
   uint64_t reconnects() const noexcept { return reconnects_; }
   // Name lookups started for the server address (0 for a literal; one per connection round).
   uint64_t name_lookups() const noexcept { return name_lookups_; }

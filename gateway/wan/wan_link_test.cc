@@ -189,6 +189,28 @@ TEST_F(WanLinkTest, ReadsAreIdenticalAndRepeatedContentCrossesAsReferences) {
   EXPECT_LT(second.payload_bytes_in - first.payload_bytes_in, 4096u);
 }
 
+// Passes everything to `next` and notes the epoch fields of what reached it (reactor thread).
+class EpochRecorder final : public BlockDevice {
+ public:
+  explicit EpochRecorder(BlockDevice& next) : next_(next) {}
+  Geometry geometry() const noexcept override { return next_.geometry(); }
+  std::string_view describe() const noexcept override { return "recorder"; }
+  void submit(IoRequest& r) noexcept override {
+    if (r.op == IoOp::write || r.op == IoOp::write_zeroes) {
+      ++writes;
+      if (r.epoch_write) epoch_write_bytes += r.length_bytes;
+    }
+    if (r.op == IoOp::flush && r.epoch_id != 0) {
+      commit_id = r.epoch_id;
+      commit_stream = r.epoch_stream;
+      commit_bytes = r.length_bytes;
+    }
+    next_.submit(r);
+  }
+  BlockDevice& next_;
+  std::atomic<uint64_t> writes{0}, epoch_write_bytes{0}, commit_id{0}, commit_stream{0}, commit_bytes{0};
+};
+
 TEST_F(WanLinkTest, WritesFlushAndBlockStatusReachTheDevice) {
   ASSERT_EQ(start({"vol"}), Errc::ok);
   RemoteDevice& remote = client_->device(0);
@@ -425,6 +447,69 @@ TEST_F(WanLinkTest, HostNameIsResolvedAgainWhenTheLinkReconnects) {
   on_reactor([&] { second->stop(); });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   on_reactor([&] { second.reset(); });
+}
+
+}  // namespace
+}  // namespace ferry::wan
+
+namespace ferry::wan {
+namespace {
+
+class WanEpochTest : public WanLinkTest {
+ protected:
+  std::unique_ptr<EpochRecorder> rec_;  // outlives the server (stopped in TearDown)
+  EpochRecorder& recorder() {
+    rec_ = std::make_unique<EpochRecorder>(*device_);
+    served_ = rec_.get();
+    return *rec_;
+  }
+  Errc submit_epoch(IoOp op, uint64_t off, std::byte* data, uint64_t len, uint64_t id = 0) {
+    struct Wait {
+      IoRequest req;
+      std::promise<Errc> done;
+    } w;
+    w.req.op = op;
+    w.req.offset_bytes = off;
+    w.req.length_bytes = len;
+    w.req.data = data;
+    w.req.epoch_write = op == IoOp::write;
+    w.req.epoch_id = id;
+    w.req.epoch_stream = 99;
+    w.req.owner = &w;
+    w.req.on_complete = [](IoRequest& r) noexcept { static_cast<Wait*>(r.owner)->done.set_value(r.result); };
+    auto fut = w.done.get_future();
+    RemoteDevice& remote = client_->device(0);
+    reactor_.post([&] { remote.submit(w.req); });
+    if (fut.wait_for(std::chrono::seconds(20)) != std::future_status::ready) return Errc::timed_out;
+    return fut.get();
+  }
+};
+
+TEST_F(WanEpochTest, EpochWritesAndTheirCommitCrossTheLinkWhenNegotiated) {
+  EpochRecorder& rec = recorder();
+  server_options_.epochs = true;
+  ASSERT_EQ(start({"vol"}), Errc::ok);
+  EXPECT_TRUE(client_->capabilities() & kCapEpochs);
+  std::vector<std::byte> data(200 * 1024, std::byte{5});
+  ASSERT_EQ(submit_epoch(IoOp::write, 1u << 20, data.data(), data.size()), Errc::ok);
+  EXPECT_EQ(rec.epoch_write_bytes.load(), data.size()) << "every frame of the write carries EPOCH";
+  // The commit: a flush with epoch fields becomes EPOCH_COMMIT and reaches the device as such.
+  ASSERT_EQ(submit_epoch(IoOp::flush, 0, nullptr, data.size(), 77), Errc::ok);
+  EXPECT_EQ(rec.commit_id.load(), 77u);
+  EXPECT_EQ(rec.commit_stream.load(), 99u);
+  EXPECT_EQ(rec.commit_bytes.load(), data.size());
+}
+
+TEST_F(WanEpochTest, EpochCommitIsRefusedByADatacenterEdgeWithoutEpochs) {
+  EpochRecorder& rec = recorder();
+  ASSERT_EQ(start({"vol"}), Errc::ok);  // server_options_.epochs = false: an edge without a redo log
+  EXPECT_FALSE(client_->capabilities() & kCapEpochs);
+  std::vector<std::byte> data(8192, std::byte{6});
+  ASSERT_EQ(submit_epoch(IoOp::write, 0, data.data(), data.size()), Errc::ok);
+  EXPECT_EQ(rec.epoch_write_bytes.load(), 0u) << "no EPOCH flag without the capability";
+  EXPECT_NE(submit_epoch(IoOp::flush, 0, nullptr, data.size(), 5), Errc::ok)
+      << "a commit must never be mistaken for a plain flush";
+  EXPECT_EQ(rec.commit_id.load(), 0u);
 }
 
 }  // namespace

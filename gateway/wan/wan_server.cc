@@ -209,7 +209,8 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
     }
     auto client = parse_hello(payload);
     Hello ours;
-    ours.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite;
+    ours.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite |
+                        (server_.options_.epochs ? kCapEpochs : 0u);
     ours.requests_max = kRequestsMax;
     if (client) dedup_session_ = server_.resume_or_new_session(stream_.peer_name(), client.value().session_id);
     auto ack = client ? negotiate(client.value(), ours, dedup_session_) : Result<Hello>(Errc::protocol_error);
@@ -360,6 +361,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       if (g.read_only) w.error = Errc::write_protected;
       else if (h.offset_bytes + h.length_bytes > g.size_bytes()) w.error = Errc::out_of_range;
       else if (h.flags & kFlagDedupRef) w.error = Errc::invalid_argument;  // we keep no content
+      else if ((h.flags & kFlagEpoch) && !(caps_ & kCapEpochs)) w.error = Errc::unsupported;
       if (w.error == Errc::ok) {
         DeviceOp* op = op_pool_.take();
         if (op == nullptr) {
@@ -374,6 +376,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
           op->io.offset_bytes = h.offset_bytes;
           op->io.length_bytes = h.length_bytes;
           op->io.fua = w.fua;
+          op->io.epoch_write = (h.flags & kFlagEpoch) != 0;  // the redo log holds it until EPOCH_COMMIT
           if (h.flags & kFlagZero) {
             op->io.op = IoOp::write_zeroes;
           } else {
@@ -402,9 +405,19 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       if (w.final_seen && w.pending == 0) finish_write(h.request_id);
       return true;
     }
+    case FrameType::epoch_commit:
     case FrameType::flush:
     case FrameType::block_status: {
       if (!volume_of(h, vol)) return true;
+      EpochCommitBody commit;
+      if (h.type == FrameType::epoch_commit) {
+        auto b = parse_epoch_commit(payload);  // validated by the codec already
+        if (!(caps_ & kCapEpochs) || !b) {
+          send_error(h.request_id, h.volume_id, WireError::unsupported, "epochs not negotiated", h.priority);
+          return true;
+        }
+        commit = b.value();
+      }
       DeviceOp* op = op_pool_.take();
       if (op == nullptr) {
         send_error(h.request_id, h.volume_id, WireError::busy, "too many device operations",
@@ -419,9 +432,14 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       op->requested = h.length_bytes;
       op->io.owner = op;
       op->io.on_complete = &ServerSession::on_device_op;
-      op->io.op = h.type == FrameType::flush ? IoOp::flush : IoOp::block_status;
+      op->io.op = h.type == FrameType::block_status ? IoOp::block_status : IoOp::flush;
       op->io.offset_bytes = h.offset_bytes;
       op->io.length_bytes = h.length_bytes;
+      if (h.type == FrameType::epoch_commit) {  // a flush that commits the open epoch (block_device.h)
+        op->io.epoch_id = commit.epoch_id;
+        op->io.epoch_stream = commit.stream;
+        op->io.length_bytes = commit.data_bytes;
+      }
       ++device_ios_;
       server_.volumes_[vol].device->submit(op->io);
       return !stream_.closed();
@@ -450,10 +468,11 @@ void ServerSession::on_device_op(IoRequest& io) noexcept {
     }
   } else if (io.result != Errc::ok) {
     s->send_error(op->request_id, op->volume_id, to_wire_error(io.result),
-                  io.op == IoOp::flush ? "flush failed" : "block status failed", op->priority);
+                  io.epoch_id ? "epoch commit failed" : io.op == IoOp::flush ? "flush failed" : "block status failed",
+                  op->priority);
   } else if (io.op == IoOp::flush) {
     FrameHeader a;
-    a.type = FrameType::flush_ack;
+    a.type = io.epoch_id ? FrameType::epoch_committed : FrameType::flush_ack;
     a.request_id = op->request_id;
     a.volume_id = op->volume_id;
     a.priority = op->priority;

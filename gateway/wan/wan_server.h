@@ -59,6 +59,9 @@ struct WanServerOptions {
   // Learned access maps (see "Access maps" in gateway/wan/DESIGN.md): kept in DIR/<volume>.map
   // across restarts when set ("" = in memory only).
   std::string access_map_dir;
+  // Offer write-back epochs (kCapEpochs): the volumes' devices keep them (gateway/redo: a redo
+  // log per volume, `ferry dc-edge --redo-dir`), so epoch writes and EPOCH_COMMIT go to them.
+  bool epochs = false;
 };
 
 // Per-volume counters (what crossed the WAN for it, from this server's side).

@@ -25,7 +25,8 @@ for i in $(seq 100); do
   "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$P_SRC))" 2>/dev/null && break
   sleep 0.05
 done
-start_dc_edge dc --lease-ms 500
+mkdir -p "$TMP/redo"
+start_dc_edge dc --lease-ms 500 --redo-dir "$TMP/redo" --redo-mib 64
 mkdir -p "$TMP/journals"
 P_NBD=$(free_port)
 P_ISCSI=$(free_port)
