@@ -11,6 +11,7 @@ void usage() {
   std::fprintf(stderr,
                "usage: ferry <command> [options]\n"
                "commands:\n"
+               "  --version  print the version\n"
                "  target   serve RAM or file LUNs over iSCSI and NBD (see ferry target --help)\n"
                "  demo     the whole pipeline on one machine: VMDK → dc-edge → emulated WAN → cloud-edge → iSCSI\n"
                "  dc-edge     datacenter edge: NBD volumes served over the WAN link\n"
@@ -28,6 +29,10 @@ int main(int argc, char** argv) {
   if (std::strcmp(argv[1], "cloud-edge") == 0)
     return ferry::mgmt::run_cloud_edge_command(argc - 1, argv + 1);
   if (std::strcmp(argv[1], "demo") == 0) return ferry::mgmt::run_demo_command(argc - 1, argv + 1);
+  if (std::strcmp(argv[1], "--version") == 0) {
+    std::printf("ferry %s\n", FERRY_VERSION);
+    return 0;
+  }
   if (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
     usage();
     return 0;

@@ -17,6 +17,7 @@
 #include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
 #include "mgmt/cli_util.h"
+#include "mgmt/config_file.h"
 #include "gateway/volume.h"
 #include "mgmt/lun_spec.h"
 #include "mgmt/target_auth.h"
@@ -48,6 +49,8 @@ struct TargetFlags {
   std::string layers;
   NbdTlsFlags nbd_tls;
   double duration_s = 0;  // 0: until a signal
+  bool check_only = false;
+  const CLI::App* app = nullptr;  // names an option in messages (file line when from --config)  // --check-config: validate, then exit before opening anything
 };
 
 void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
@@ -79,6 +82,7 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
       ->capture_default_str();
   app.add_option("--nop-interval-ms", f.nop_interval_ms,
                  "idle time before a NOP-In keepalive (0 = off)")
+      ->check(CLI::Range(0u, 3600000u))
       ->capture_default_str();
   app.add_option("--nop-timeout-ms", f.nop_timeout_ms,
                  "an initiator that does not answer a NOP-In within this is dropped")
@@ -99,7 +103,8 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--nbd", f.nbd, "also export every LUN over NBD on ADDRESS:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
   add_nbd_tls_flags(app, f.nbd_tls);
-  app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)");
+  app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)")
+      ->check(CLI::Range(0.0, 31536000.0));
 }
 
 int64_t now_ns() {
@@ -109,6 +114,7 @@ int64_t now_ns() {
 }
 
 int run_target(TargetFlags& f, const char* banner) {
+  auto flag = [&](const char* key) { return f.app ? option_origin(*f.app, key) : "--" + std::string(key); };
   iscsi::ServerOptions options;
   if (!split_host_port(f.listen, options.listen_address, options.port)) {
     std::fprintf(stderr, "ferry: --listen wants ADDRESS:PORT, got '%s'\n", f.listen.c_str());
@@ -124,7 +130,8 @@ int run_target(TargetFlags& f, const char* banner) {
 
   iscsi::PortalConfig portal;
   portal.portal_address = options.listen_address + ":" + std::to_string(options.port) + ",1";
-  if (std::string e = load_chap_secrets(f.chap); !e.empty()) {
+  // --check-config reads no file but the config: secret files are read at start.
+  if (std::string e = f.check_only ? std::string() : load_chap_secrets(f.chap); !e.empty()) {
     std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
   }
@@ -177,14 +184,14 @@ int run_target(TargetFlags& f, const char* banner) {
     std::string flag;
   };
   std::vector<LunPlan> plan;
-  for (const auto& l : f.luns) plan.push_back({f.iqn, l, "--lun " + l});
+  for (const auto& l : f.luns) plan.push_back({f.iqn, l, flag("lun") + " " + l});
   for (const auto& t : f.extra_target_luns) {
     const auto eq = t.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == t.size()) {
-      std::fprintf(stderr, "ferry: --target wants IQN=SPEC, got '%s'\n", t.c_str());
+      std::fprintf(stderr, "ferry: %s wants IQN=SPEC, got '%s'\n", flag("target").c_str(), t.c_str());
       return 2;
     }
-    plan.push_back({t.substr(0, eq), t.substr(eq + 1), "--target " + t});
+    plan.push_back({t.substr(0, eq), t.substr(eq + 1), flag("target") + " " + t});
   }
   if (plan.size() > 16384) {
     std::fprintf(stderr, "ferry: at most 16384 LUNs\n");
@@ -192,8 +199,18 @@ int run_target(TargetFlags& f, const char* banner) {
   }
   std::vector<LayerSpec> stack;
   if (std::string e = parse_stack(f.layers, stack); !e.empty()) {
-    std::fprintf(stderr, "ferry: --layers: %s\n", e.c_str());
+    std::fprintf(stderr, "ferry: %s: %s\n", flag("layers").c_str(), e.c_str());
     return 2;
+  }
+  if (f.check_only) {
+    for (const auto& p : plan) {
+      LunSpec spec;
+      if (std::string err = parse_lun_spec(p.spec, spec); !err.empty()) {
+        std::fprintf(stderr, "ferry: %s: %s\n", p.flag.c_str(), err.c_str());
+        return 2;
+      }
+    }
+    return report_config_ok("ferry target");
   }
   std::vector<std::unique_ptr<BlockDevice>> devices;
   std::vector<std::unique_ptr<Volume>> volumes;  // above devices, below units: destroyed between
@@ -360,12 +377,12 @@ int run_target_command(int argc, char** argv) {
   CLI::App app{"Serve RAM or file LUNs over iSCSI (and NBD): the standalone target",
                "ferry target"};
   TargetFlags flags;
+  bool check_config = false;
+  add_config_flags(app, check_config);
   add_target_flags(app, flags, true);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
+  flags.check_only = check_config;
+  flags.app = &app;
   return run_target(flags, nullptr);
 }
 
