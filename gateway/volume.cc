@@ -320,8 +320,36 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
     below = dev.get();
     v->layers_.push_back(std::move(dev));
   }
-  v->top_ = below;
+  // The meter on top sees what the front end asks (prefetch and stream layers read below it).
+  auto meter = std::make_unique<MeteredDevice>(*below);
+  v->meter_ = meter.get();
+  v->layers_.push_back(std::move(meter));
+  v->top_ = v->meter_;
   return v;
+}
+
+VolumeStats Volume::stats() const {
+  VolumeStats out;
+  out.io = meter_->snapshot();
+  for (const cache::RamCache* rc : ram_caches_) {
+    const auto& c = rc->counters();
+    out.tiers.push_back({"ram", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
+  }
+  for (const cache::SsdCache* sc : ssd_caches_) {
+    const auto& c = sc->counters();
+    out.tiers.push_back({"ssd", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
+  }
+  for (const journal::JournalDevice* j : journals_) {
+    out.has_journal = true;
+    const journal::JournalState st = j->state();
+    out.journal_bytes_used += st.journal_bytes_used;
+    out.journal_bytes_free += st.journal_bytes_free;
+    out.dirty_bytes += st.dirty_bytes;
+    out.write_back_lag_ms = std::max(out.write_back_lag_ms, st.write_back_lag_ms);
+    out.journal_bytes_written_back += j->counters().bytes_written_back;
+  }
+  out.stream = stream_progress();
+  return out;
 }
 
 Volume::~Volume() {

@@ -40,6 +40,7 @@
 #include "cache/readahead.h"
 #include "cache/ssd_cache.h"
 #include "datapath/block_device.h"
+#include "datapath/metered_device.h"
 #include "datapath/test_devices.h"
 #include "journal/journal_device.h"
 
@@ -62,6 +63,20 @@ struct LayerSpec {
 std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out);
 std::string to_string(const std::vector<LayerSpec>& stack);
 
+// What a volume's stack counts, copied out for the management layer (mgmt/volume_metrics.h).
+struct VolumeStats {
+  struct Tier {
+    const char* tier;  // "ram", "ssd"
+    uint64_t hits, misses, bypassed, bytes_fetched, evictions;
+  };
+  IoMeterSnapshot io;  // the front end's I/O at the top of the stack
+  std::vector<Tier> tiers;  // top first
+  bool has_journal = false;
+  uint64_t journal_bytes_used = 0, journal_bytes_free = 0, dirty_bytes = 0, write_back_lag_ms = 0;
+  uint64_t journal_bytes_written_back = 0;
+  cache::StreamProgress stream;
+};
+
 class Volume {
  public:
   // Builds `stack` over `base`. `shared_by_reactors`: the stack will be used from several
@@ -82,6 +97,9 @@ class Volume {
   // One line per layer that counts something (cache hits, prefetch accuracy, ...), for the
   // daemon's stop report and later the metrics registry. Reactor thread or after it stopped.
   std::string stats_text() const;
+  // A copy of the counters of every layer; on the reactor thread that runs the stack (the cache
+  // and journal counters are that thread's), or after it stopped.
+  VolumeStats stats() const;
   // On the reactor thread: start the layers that work on their own (background streams), and
   // stop them (before the link below goes away).
   void start(Reactor& reactor) noexcept;
@@ -102,6 +120,7 @@ class Volume {
   std::vector<cache::BackgroundStream*> streams_;
   std::vector<cache::MapPrefetch*> map_prefetches_;
   std::vector<journal::JournalDevice*> journals_;
+  MeteredDevice* meter_ = nullptr;  // top of the stack
 };
 
 }  // namespace ferry

@@ -18,6 +18,8 @@
 #include "gateway/scsi/logical_unit.h"
 #include "mgmt/cli_util.h"
 #include "mgmt/config_file.h"
+#include "mgmt/control.h"
+#include "mgmt/mgmt_flags.h"
 #include "gateway/volume.h"
 #include "mgmt/lun_spec.h"
 #include "mgmt/target_auth.h"
@@ -49,6 +51,7 @@ struct TargetFlags {
   std::string layers;
   NbdTlsFlags nbd_tls;
   double duration_s = 0;  // 0: until a signal
+  MgmtFlags mgmt;
   bool check_only = false;
   const CLI::App* app = nullptr;  // names an option in messages (file line when from --config)  // --check-config: validate, then exit before opening anything
 };
@@ -103,6 +106,7 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--nbd", f.nbd, "also export every LUN over NBD on ADDRESS:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
   add_nbd_tls_flags(app, f.nbd_tls);
+  add_mgmt_flags(app, f.mgmt);
   app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)")
       ->check(CLI::Range(0.0, 31536000.0));
 }
@@ -202,6 +206,12 @@ int run_target(TargetFlags& f, const char* banner) {
     std::fprintf(stderr, "ferry: %s: %s\n", flag("layers").c_str(), e.c_str());
     return 2;
   }
+  if (f.app != nullptr) {
+    if (std::string e = check_mgmt_flags(*f.app, f.mgmt); !e.empty()) {
+      std::fprintf(stderr, "ferry: %s\n", e.c_str());
+      return 2;
+    }
+  }
   if (f.check_only) {
     for (const auto& p : plan) {
       LunSpec spec;
@@ -216,6 +226,7 @@ int run_target(TargetFlags& f, const char* banner) {
   std::vector<std::unique_ptr<Volume>> volumes;  // above devices, below units: destroyed between
   std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
   std::vector<nbd::NbdExport> exports;
+  std::vector<std::string> api_names;  // per volume: its name in the management API (lun0, ...)
   std::vector<std::pair<std::string, std::unique_ptr<scsi::Target>>> targets;
   auto target_for = [&](const std::string& iqn) -> std::pair<scsi::Target*, uint16_t> {
     for (auto& [name, t] : targets)
@@ -265,6 +276,7 @@ int run_target(TargetFlags& f, const char* banner) {
     // A CHAP-protected LUN's export requires TLS (with the client certificate the CA checks).
     const bool export_tls = chap_exports_tls && plan[i].iqn == f.iqn;
     exports.push_back(nbd::NbdExport{export_name, dev, std::string(dev->describe()), export_tls});
+    api_names.push_back(plan[i].iqn == f.iqn ? export_name : plan[i].iqn + "-lun" + std::to_string(lun));
   }
   for (size_t i = 1; i < targets.size(); ++i) {
     iscsi::TargetAuthConfig extra;
@@ -337,6 +349,27 @@ int run_target(TargetFlags& f, const char* banner) {
                  exports.empty() ? "none" : exports.front().name.c_str());
   if (!f.nbd_unix.empty())
     std::fprintf(stderr, "ferry: nbd listening on unix:%s\n", f.nbd_unix.c_str());
+  // Management endpoint: snapshots are collected on reactor 0 (with --threads > 1 the stacks
+  // hold no single-reactor layers, and their meters are read lock-free from any thread).
+  ControlInterface control(*reactors[0], [&](GatewaySnapshot& s) {
+    s.daemon = "target";
+    for (size_t i = 0; i < volumes.size(); ++i) {
+      const auto& v = volumes[i];
+      VolumeSnapshot vs;
+      vs.name = api_names[i];
+      vs.stack = v->describe();
+      vs.size_bytes = v->top().geometry().size_bytes();
+      vs.block_size_bytes = v->top().geometry().block_size_bytes;
+      vs.stats = v->stats();
+      s.volumes.push_back(std::move(vs));
+    }
+    s.iscsi_sessions = server.session_count();
+    s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+  });
+  MetricsRegistry registry;
+  std::string mgmt_error;
+  auto mgmt = start_mgmt(f.mgmt, control, registry, mgmt_error);
+  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   if (banner != nullptr) std::fprintf(stderr, "%s", banner);
 
   int sig = 0;
@@ -354,6 +387,7 @@ int run_target(TargetFlags& f, const char* banner) {
     }
   }
   std::fprintf(stderr, "ferry: stopping\n");
+  if (mgmt) mgmt->stop();  // no snapshot request may reach the reactors once they stop
   std::atomic<unsigned> stopped{0};
   for (auto& r : reactors) {
     Reactor* rp = r.get();

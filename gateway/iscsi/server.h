@@ -79,6 +79,11 @@ class Server {
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
   std::atomic<uint64_t>& connection_count() noexcept { return connection_count_; }
+  // Logged-in sessions (any thread; takes the registry's mutex: for management, not per I/O).
+  size_t session_count() noexcept {
+    std::lock_guard<std::mutex> lock(sessions_mutex_);
+    return sessions_.size();
+  }
 
  private:
   void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
