@@ -69,7 +69,15 @@ struct VolumeStats {
     const char* tier;  // "ram", "ssd"
     uint64_t hits, misses, bypassed, bytes_fetched, evictions;
   };
+  // Every other counter a layer keeps (what stats_text prints), by layer and counter name; mgmt
+  // exposes each as ferry_<layer>_<name>_total{volume}.
+  struct LayerCounter {
+    const char* layer;  // "readahead", "prefetch_map", "ram_cache", "ssd_cache", "journal", "stream"
+    const char* name;   // the counters struct's field name
+    uint64_t value;
+  };
   IoMeterSnapshot io;  // the front end's I/O at the top of the stack
+  std::vector<LayerCounter> counters;
   std::vector<Tier> tiers;  // top first
   bool has_journal = false;
   uint64_t journal_bytes_used = 0, journal_bytes_free = 0, dirty_bytes = 0, write_back_lag_ms = 0;

@@ -29,6 +29,7 @@ struct VolumeSnapshot {
   bool has_wan = false;  // the edges: WAN bytes raw (what the volume asked / was asked for) vs sent
   uint64_t wan_raw_bytes_in = 0, wan_sent_bytes_in = 0;    // toward the cloud edge
   uint64_t wan_raw_bytes_out = 0, wan_sent_bytes_out = 0;  // toward the datacenter edge
+  std::vector<VolumeStats::LayerCounter> wan_counters;  // the WAN counters struct's fields ("wan")
 };
 
 struct GatewaySnapshot {

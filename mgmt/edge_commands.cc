@@ -30,6 +30,9 @@
 #include "gateway/wan/wan_server.h"
 #include "mgmt/cli_util.h"
 #include "mgmt/config_file.h"
+#include "mgmt/control.h"
+#include "mgmt/gateway_metrics.h"
+#include "mgmt/mgmt_flags.h"
 #include "mgmt/target_auth.h"
 
 namespace ferry::mgmt {
@@ -227,6 +230,8 @@ int run_dc_edge_command(int argc, char** argv) {
       ->check(CLI::Range(1u, 100000u))
       ->capture_default_str();
   add_pre_auth_flags(app, options.pre_auth, "past TLS + HELLO");
+  MgmtFlags mgmt_flags;
+  add_mgmt_flags(app, mgmt_flags);
   app.add_option("--handshake-timeout-ms", options.handshake_timeout_ms,
                  "TLS + HELLO must be done within this after the connect")
       ->check(CLI::Range(100u, 600000u))
@@ -270,6 +275,10 @@ int run_dc_edge_command(int argc, char** argv) {
                    spec.c_str());
       return 2;
     }
+  }
+  if (std::string e = check_mgmt_flags(app, mgmt_flags); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
   }
   if (check_config) return report_config_ok("ferry dc-edge");
   auto tls = make_tls(tls_flags, true);
@@ -325,6 +334,36 @@ int run_dc_edge_command(int argc, char** argv) {
   }
   std::fprintf(stderr, "ferry: dc-edge listening on %s:%u (%zu volume(s))\n",
                options.listen_address.c_str(), server.bound_port(), volumes.size());
+  ControlInterface control(reactor, [&](GatewaySnapshot& s) {
+    s.daemon = "dc-edge";
+    for (size_t i = 0; i < stacks.size(); ++i) {
+      VolumeSnapshot vs;
+      vs.name = stacks[i]->name();
+      vs.stack = stacks[i]->describe();
+      vs.size_bytes = stacks[i]->top().geometry().size_bytes();
+      vs.block_size_bytes = stacks[i]->top().geometry().block_size_bytes;
+      vs.stats = stacks[i]->stats();
+      const wan::WanVolumeCounters& c = server.counters(i);
+      vs.has_wan = true;
+      vs.wan_raw_bytes_in = c.bytes_requested;
+      vs.wan_sent_bytes_in = c.payload_bytes_sent;
+      vs.wan_raw_bytes_out = c.bytes_written;
+      vs.wan_sent_bytes_out = c.bytes_written;  // writes arrive as sent; the cloud edge counts their cost
+      vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
+                         {"wan", "bytes_dedup", c.bytes_dedup},
+                         {"wan", "bytes_raw", c.bytes_raw},
+                         {"wan", "bytes_compressed_in", c.bytes_compressed_in},
+                         {"wan", "bytes_compressed_out", c.bytes_compressed_out},
+                         {"wan", "frames_sent", c.frames_sent},
+                         {"wan", "access_map_entries", server.access_map_entries(i)}};
+      s.volumes.push_back(std::move(vs));
+    }
+    s.wan_connections = server.connection_count();
+  });
+  MetricsRegistry registry;
+  std::string mgmt_error;
+  auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
+  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   wait_for_stop(set, duration_s, [&] {
     std::ifstream in(rate_file);
     double mbit = -1;
@@ -336,6 +375,7 @@ int run_dc_edge_command(int argc, char** argv) {
     }
   });
   std::fprintf(stderr, "ferry: dc-edge stopping\n");
+  if (mgmt) mgmt->stop();
   std::promise<void> stopped;
   reactor.post([&] {
     server.stop();
@@ -349,6 +389,8 @@ int run_dc_edge_command(int argc, char** argv) {
     stats.set_value(server.stats_text());
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
+  if (GatewaySnapshot final_snapshot; control.snapshot(final_snapshot, std::chrono::seconds(2)))
+    std::fprintf(stderr, "%s", final_report(final_snapshot).c_str());
   // NBD devices close on their home reactor (their polls are cancelled through its ring).
   // shutdown() first: requests stuck on a hung source complete (closed), so the WAN sessions
   // give their pool buffers back before the reactor and its pool go.
@@ -517,6 +559,8 @@ int run_cloud_edge_command(int argc, char** argv) {
       ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   add_tls_flags(app, tls_flags, true);
+  MgmtFlags mgmt_flags;
+  add_mgmt_flags(app, mgmt_flags);
   app.add_option("--give-up-s", give_up_s,
                  "fail I/O when the WAN link stays down this long (shorter than the initiator's "
                  "SCSI timeout keeps errors clear)")
@@ -609,6 +653,10 @@ int run_cloud_edge_command(int argc, char** argv) {
       std::fprintf(stderr, "ferry: --journal-dir/--journal-mib: %s\n", e.c_str());
       return 2;
     }
+  }
+  if (std::string e = check_mgmt_flags(app, mgmt_flags); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
   }
   if (check_config) return report_config_ok("ferry cloud-edge");
   auto tls = make_tls(tls_flags, false);
@@ -719,9 +767,42 @@ int run_cloud_edge_command(int argc, char** argv) {
   reactor.post([&] {
     for (auto& v : volumes) v->start(reactor);
   });
+  ControlInterface control(reactor, [&](GatewaySnapshot& s) {
+    s.daemon = "cloud-edge";
+    for (size_t i = 0; i < volumes.size(); ++i) {
+      VolumeSnapshot vs;
+      vs.name = volumes[i]->name();
+      vs.stack = volumes[i]->describe();
+      vs.size_bytes = client.device(i).geometry().size_bytes();
+      vs.block_size_bytes = client.device(i).geometry().block_size_bytes;
+      vs.stats = volumes[i]->stats();
+      const wan::WanClientVolumeCounters& c = client.counters(i);
+      vs.has_wan = true;
+      vs.wan_raw_bytes_in = c.bytes_read;
+      vs.wan_sent_bytes_in = c.payload_bytes_in;
+      vs.wan_raw_bytes_out = c.bytes_written;
+      vs.wan_sent_bytes_out = c.payload_bytes_out;
+      vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
+                         {"wan", "bytes_dedup", c.bytes_dedup},
+                         {"wan", "bytes_compressed", c.bytes_compressed},
+                         {"wan", "retries", c.retries}};
+      s.volumes.push_back(std::move(vs));
+    }
+    s.iscsi_sessions = server.session_count();
+    s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+    s.wan_connections = client.connected() ? 1 : 0;
+    s.wan_wire_bytes_in = client.link_counters().wire_bytes_in;
+    s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;
+    s.wan_reconnects = client.reconnects();
+  });
+  MetricsRegistry registry;
+  std::string mgmt_error;
+  auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
+  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   std::fprintf(stderr, "ferry: listening on %s:%u\n", ioptions.listen_address.c_str(), ioptions.port);
   wait_for_stop(set, duration_s, [] {});
   std::fprintf(stderr, "ferry: cloud-edge stopping\n");
+  if (mgmt) mgmt->stop();
   std::promise<void> stopped;
   reactor.post([&] {
     server.stop_listening(reactor);
@@ -739,6 +820,8 @@ int run_cloud_edge_command(int argc, char** argv) {
     stats.set_value(s);
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
+  if (GatewaySnapshot final_snapshot; control.snapshot(final_snapshot, std::chrono::seconds(2)))
+    std::fprintf(stderr, "%s", final_report(final_snapshot).c_str());
   // Release the volumes' leases (CLOSE_VOLUME) so another cloud edge may attach at once; a
   // link that is down or a datacenter edge that does not answer leaves them to expire there.
   // Not while a journal still holds writes the datacenter edge lacks: another cloud edge must

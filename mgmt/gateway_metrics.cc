@@ -85,6 +85,16 @@ void publish(MetricsRegistry& r, const GatewaySnapshot& s) {
               "background streaming of the whole volume: done / size", vol)
           .set(v.stats.stream.percent() / 100);
     }
+    auto counters = v.stats.counters;
+    counters.insert(counters.end(), v.wan_counters.begin(), v.wan_counters.end());
+    for (const VolumeStats::LayerCounter& c : counters) {
+      const std::string name = std::string("ferry_") + c.layer + "_" + c.name + "_total";
+      r.counter(name,
+                std::string("the ") + c.layer + " layer's " + c.name +
+                    " counter (see its counters struct)",
+                vol)
+          .set(c.value);
+    }
     if (v.has_wan) {
       const char* raw_help =
           "volume data that crossed the WAN link, before zero runs, dedup and compression";
@@ -99,6 +109,21 @@ void publish(MetricsRegistry& r, const GatewaySnapshot& s) {
           .set(v.wan_sent_bytes_out);
     }
   }
+}
+
+std::string final_report(const GatewaySnapshot& snapshot) {
+  MetricsRegistry registry;
+  publish(registry, snapshot);
+  const std::string text = registry.render();
+  std::string out = "ferry: final metrics (as GET /metrics):\n";
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    if (text[at] != '#') out.append(text, at, end - at).append("\n");
+    at = end + 1;
+  }
+  return out;
 }
 
 }  // namespace ferry::mgmt

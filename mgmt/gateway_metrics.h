@@ -10,4 +10,8 @@ namespace ferry::mgmt {
 
 void publish(MetricsRegistry& registry, const GatewaySnapshot& snapshot);
 
+// The report a daemon prints when it stops: "ferry: final metrics (as GET /metrics):" and then
+// every series of a registry published from `snapshot`, one per line (no HELP/TYPE lines).
+std::string final_report(const GatewaySnapshot& snapshot);
+
 }  // namespace ferry::mgmt

@@ -19,6 +19,7 @@
 #include "mgmt/cli_util.h"
 #include "mgmt/config_file.h"
 #include "mgmt/control.h"
+#include "mgmt/gateway_metrics.h"
 #include "mgmt/mgmt_flags.h"
 #include "gateway/volume.h"
 #include "mgmt/lun_spec.h"
@@ -400,6 +401,8 @@ int run_target(TargetFlags& f, const char* banner) {
   for (int i = 0; i < 2000 && stopped.load() < f.threads; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // in-flight I/O drains
+  if (GatewaySnapshot final_snapshot; control.snapshot(final_snapshot, std::chrono::seconds(2)))
+    std::fprintf(stderr, "%s", final_report(final_snapshot).c_str());
   for (auto& r : reactors) r->stop();
   for (auto& w : workers) w.join();
   return 0;
