@@ -84,6 +84,11 @@ assert v["name"] == "disk" and v["cache"][0]["tier"] == "ram" and v["cache"][0][
 print(f"ram hits {hits:.0f} / misses {misses:.0f} (ratio {ratio:.2f}); WAN raw in {raw_in:.0f} B, sent {sent_in:.0f} B; "
       f"dc-edge asked {requested:.0f} B; journal used {jused:.0f} B ({jfill:.4f}); {lat:.0f} timed I/Os")
 PY
+if "$PY" -c 'import yaml' 2>/dev/null; then
+  "$PY" "$here/openapi_check.py" "${FERRY_SOURCE_DIR:-$here/../..}/mgmt/openapi.yaml" \
+    /api/v1/volumes/{name} 200 "$TMP/disk.json" >"$TMP/openapi.log" 2>&1 &&
+    ok "cloud-edge volume (cache, journal, wan) matches mgmt/openapi.yaml" || fail "openapi: $(cat "$TMP/openapi.log")"
+fi
 if command -v promtool >/dev/null; then
   for f in cloud dc; do
     promtool check metrics <"$TMP/$f.prom" >"$TMP/promtool.log" 2>&1 && ok "promtool check metrics ($f): clean" ||
