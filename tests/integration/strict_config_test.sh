@@ -30,6 +30,10 @@ for d in target dc-edge cloud-edge; do
   expect 2 "not expected" -- "$FERRY" "$d" --config "$examples/$d.toml" --check-config --no-such-flag
 done
 expect 0 "ferry " -- "$FERRY" --version
+expect 0 "ferry " -- "$FERRY" demo --version
+expect 0 "ferry " -- "$FERRY" ctl --version
+expect 2 "not in range" -- "$FERRY" demo --rtt-ms -5
+expect 2 "required" -- "$FERRY" ctl volumes
 expect 2 "unknown command" -- "$FERRY" no-such-command
 
 base='volume = ["vm1"]
