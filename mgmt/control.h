@@ -36,6 +36,7 @@ struct GatewaySnapshot {
   std::string daemon;  // "target", "dc-edge", "cloud-edge"
   std::vector<VolumeSnapshot> volumes;
   uint64_t iscsi_sessions = 0, iscsi_connections = 0;
+  uint64_t nbd_connections = 0;
   uint64_t wan_connections = 0;  // dc-edge: cloud edges attached; cloud-edge: 1 when the link is up
   uint64_t wan_wire_bytes_in = 0, wan_wire_bytes_out = 0, wan_reconnects = 0;
 };

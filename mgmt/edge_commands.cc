@@ -790,6 +790,7 @@ int run_cloud_edge_command(int argc, char** argv) {
     }
     s.iscsi_sessions = server.session_count();
     s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+    s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
     s.wan_connections = client.connected() ? 1 : 0;
     s.wan_wire_bytes_in = client.link_counters().wire_bytes_in;
     s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;

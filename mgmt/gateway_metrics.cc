@@ -8,6 +8,8 @@ void publish(MetricsRegistry& r, const GatewaySnapshot& s) {
   r.gauge("ferry_iscsi_sessions", "iSCSI sessions logged in", daemon).set(double(s.iscsi_sessions));
   r.gauge("ferry_iscsi_connections", "iSCSI connections open (any phase)", daemon)
       .set(double(s.iscsi_connections));
+  r.gauge("ferry_nbd_connections", "NBD client connections open (the NBD export)", daemon)
+      .set(double(s.nbd_connections));
   if (s.daemon != "target") {  // the edges have a WAN link
     r.gauge("ferry_wan_connections", "WAN link connections up", daemon)
         .set(double(s.wan_connections));

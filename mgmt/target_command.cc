@@ -366,6 +366,7 @@ int run_target(TargetFlags& f, const char* banner) {
     }
     s.iscsi_sessions = server.session_count();
     s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+    s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
   });
   MetricsRegistry registry;
   std::string mgmt_error;

@@ -71,6 +71,8 @@ get(cloud, "ferry_journal_dirty_bytes", volume="disk")
 get(cloud, "ferry_write_back_lag_seconds", volume="disk")
 lat = get(cloud, "ferry_volume_latency_seconds_count", volume="disk")
 wan_up = get(cloud, "ferry_wan_connections", daemon="cloud-edge")
+get(cloud, "ferry_nbd_connections", daemon="cloud-edge")
+get(cloud, "ferry_iscsi_sessions", daemon="cloud-edge")
 requested = get(dc, "ferry_wan_raw_bytes_total", volume="disk", direction="in")
 assert read_bytes >= 2 * size, read_bytes
 assert written >= 1 << 20, written
