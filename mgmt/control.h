@@ -29,6 +29,8 @@ struct VolumeSnapshot {
   bool has_wan = false;  // the edges: WAN bytes raw (what the volume asked / was asked for) vs sent
   uint64_t wan_raw_bytes_in = 0, wan_sent_bytes_in = 0;    // toward the cloud edge
   uint64_t wan_raw_bytes_out = 0, wan_sent_bytes_out = 0;  // toward the datacenter edge
+  bool wan_sent_out_known =
+      true;  // false on the dc-edge: it sees writes decoded, not their wire size
   std::vector<VolumeStats::LayerCounter> wan_counters;  // the WAN counters struct's fields ("wan")
 };
 

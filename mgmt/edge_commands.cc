@@ -348,7 +348,7 @@ int run_dc_edge_command(int argc, char** argv) {
       vs.wan_raw_bytes_in = c.bytes_requested;
       vs.wan_sent_bytes_in = c.payload_bytes_sent;
       vs.wan_raw_bytes_out = c.bytes_written;
-      vs.wan_sent_bytes_out = c.bytes_written;  // writes arrive as sent; the cloud edge counts their cost
+      vs.wan_sent_out_known = false;  // the cloud edge counts what its writes cost on the link
       vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
                          {"wan", "bytes_dedup", c.bytes_dedup},
                          {"wan", "bytes_raw", c.bytes_raw},

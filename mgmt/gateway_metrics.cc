@@ -107,8 +107,9 @@ void publish(MetricsRegistry& r, const GatewaySnapshot& s) {
           .set(v.wan_raw_bytes_out);
       r.counter("ferry_wan_sent_bytes_total", sent_help, with("direction", "in"))
           .set(v.wan_sent_bytes_in);
-      r.counter("ferry_wan_sent_bytes_total", sent_help, with("direction", "out"))
-          .set(v.wan_sent_bytes_out);
+      if (v.wan_sent_out_known)
+        r.counter("ferry_wan_sent_bytes_total", sent_help, with("direction", "out"))
+            .set(v.wan_sent_bytes_out);
     }
   }
 }

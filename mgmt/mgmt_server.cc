@@ -58,8 +58,8 @@ nlohmann::json volume_json(const VolumeSnapshot& v) {
   if (v.has_wan)
     j["wan"] = {{"raw_bytes_in", v.wan_raw_bytes_in},
                 {"sent_bytes_in", v.wan_sent_bytes_in},
-                {"raw_bytes_out", v.wan_raw_bytes_out},
-                {"sent_bytes_out", v.wan_sent_bytes_out}};
+                {"raw_bytes_out", v.wan_raw_bytes_out}};
+  if (v.has_wan && v.wan_sent_out_known) j["wan"]["sent_bytes_out"] = v.wan_sent_bytes_out;
   return j;
 }
 
