@@ -27,7 +27,7 @@ mkdir -p "$TMP/j"
 "$FERRY" cloud-edge --listen 127.0.0.1:$p_iscsi --nbd 127.0.0.1:$p_nbd --dc 127.0.0.1:$P_WAN \
   --volume disk --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge \
   --tls-cert "$PKI/cloud-edge-cert.pem" --tls-key "$PKI/cloud-edge-key.pem" \
-  --ram-cache-mib 32 --journal-dir "$TMP/j" --journal-mib 64 \
+  --ram-cache-mib 32 --journal-dir "$TMP/j" --journal-mib 64 --journal-drain-s 5 \
   --mgmt-listen 127.0.0.1:$m_cloud --mgmt-token-file "$TMP/token" >"$TMP/cloud.log" 2>&1 &
 CLOUD_PID=$!; PIDS+=($CLOUD_PID)
 wait_listening "$TMP/cloud.log" "$CLOUD_PID" || { cat "$TMP/cloud.log"; echo "FAIL: cloud-edge did not start"; exit 1; }
@@ -76,7 +76,8 @@ get(cloud, "ferry_iscsi_sessions", daemon="cloud-edge")
 requested = get(dc, "ferry_wan_raw_bytes_total", volume="disk", direction="in")
 assert read_bytes >= 2 * size, read_bytes
 assert written >= 1 << 20, written
-assert hits > 0 and misses > 0 and hits >= misses, (hits, misses)
+# The second pass reads 128 chunks that are all in the 32 MiB cache; the first one missed.
+assert hits >= 128 and misses > 0, (hits, misses)
 assert raw_in >= size and sent_in > 0, (raw_in, sent_in)
 assert requested >= size, requested
 assert jused > 0 and 0 < jfill < 1, (jused, jfill)
