@@ -345,8 +345,89 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
     below = dev.get();
     v->layers_.push_back(std::move(dev));
   }
-  v->top_ = below;
+  // The meter on top sees what the front end asks (prefetch and stream layers read below it).
+  auto meter = std::make_unique<MeteredDevice>(*below);
+  v->meter_ = meter.get();
+  v->layers_.push_back(std::move(meter));
+  v->top_ = v->meter_;
   return v;
+}
+
+VolumeStats Volume::stats() const {
+  VolumeStats out;
+  out.io = meter_->snapshot();
+  for (const cache::RamCache* rc : ram_caches_) {
+    const auto& c = rc->counters();
+    out.tiers.push_back({"ram", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
+  }
+  for (const cache::SsdCache* sc : ssd_caches_) {
+    const auto& c = sc->counters();
+    out.tiers.push_back({"ssd", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
+  }
+  for (const journal::JournalDevice* j : journals_) {
+    out.has_journal = true;
+    const journal::JournalState st = j->state();
+    out.journal_bytes_used += st.journal_bytes_used;
+    out.journal_bytes_free += st.journal_bytes_free;
+    out.dirty_bytes += st.dirty_bytes;
+    out.write_back_lag_ms = std::max(out.write_back_lag_ms, st.write_back_lag_ms);
+    out.journal_bytes_written_back += j->counters().bytes_written_back;
+  }
+  out.stream = stream_progress();
+  auto add = [&](const char* layer, const char* name, uint64_t value) { out.counters.push_back({layer, name, value}); };
+  for (const cache::MapPrefetch* m : map_prefetches_) {
+    const auto& c = m->counters();
+    add("prefetch_map", "entries", c.entries);
+    add("prefetch_map", "reads", c.reads);
+    add("prefetch_map", "bytes", c.bytes);
+    add("prefetch_map", "errors", c.errors);
+  }
+  for (const cache::ReadAhead* r : readaheads_) {
+    const auto& c = r->counters();
+    add("readahead", "demand_reads", c.demand_reads);
+    add("readahead", "sequential_reads", c.sequential_reads);
+    add("readahead", "prefetch_reads", c.prefetch_reads);
+    add("readahead", "prefetch_bytes", c.prefetch_bytes);
+    add("readahead", "prefetch_used_bytes", c.prefetch_used_bytes);
+    add("readahead", "prefetch_errors", c.prefetch_errors);
+    add("readahead", "throttled", c.throttled);
+  }
+  for (const cache::BackgroundStream* st : streams_) {
+    const cache::StreamProgress p = st->progress();
+    add("stream", "done_bytes", p.done_bytes);
+    add("stream", "errors", p.errors);
+  }
+  for (const journal::JournalDevice* j : journals_) {
+    const auto& c = j->counters();
+    add("journal", "records", c.records);
+    add("journal", "replayed_records", c.replayed_records);
+    add("journal", "group_commits", c.group_commits);
+    add("journal", "bytes_journaled", c.bytes_journaled);
+    add("journal", "bytes_superseded", c.bytes_superseded);
+    add("journal", "checkpoints", c.checkpoints);
+    add("journal", "waited_for_space", c.waited_for_space);
+    add("journal", "busy", c.busy);
+    add("journal", "next_errors", c.next_errors);
+    add("journal", "journal_errors", c.journal_errors);
+    add("journal", "reads_from_journal", c.reads_from_journal);
+    add("journal", "barriers", c.barriers);
+  }
+  for (const cache::RamCache* rc : ram_caches_) {
+    const auto& c = rc->counters();
+    add("ram_cache", "prefetch_cached", c.prefetch_cached);
+    add("ram_cache", "prefetch_misses", c.prefetch_misses);
+    add("ram_cache", "fetches", c.fetches);
+  }
+  for (const cache::SsdCache* sc : ssd_caches_) {
+    const auto& c = sc->counters();
+    add("ssd_cache", "fetches", c.fetches);
+    add("ssd_cache", "fills", c.fills);
+    add("ssd_cache", "restored_chunks", c.restored_chunks);
+    add("ssd_cache", "corrupt_dropped", c.corrupt_dropped);
+    add("ssd_cache", "write_waits", c.write_waits);
+    add("ssd_cache", "ssd_errors", c.ssd_errors);
+  }
+  return out;
 }
 
 Volume::~Volume() {

@@ -43,6 +43,7 @@
 #include "cache/readahead.h"
 #include "cache/ssd_cache.h"
 #include "datapath/block_device.h"
+#include "datapath/metered_device.h"
 #include "datapath/test_devices.h"
 #include "journal/journal_device.h"
 #include "journal/redo_log.h"
@@ -66,6 +67,28 @@ struct LayerSpec {
 std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out);
 std::string to_string(const std::vector<LayerSpec>& stack);
 
+// What a volume's stack counts, copied out for the management layer (mgmt/volume_metrics.h).
+struct VolumeStats {
+  struct Tier {
+    const char* tier;  // "ram", "ssd"
+    uint64_t hits, misses, bypassed, bytes_fetched, evictions;
+  };
+  // Every other counter a layer keeps (what stats_text prints), by layer and counter name; mgmt
+  // exposes each as ferry_<layer>_<name>_total{volume}.
+  struct LayerCounter {
+    const char* layer;  // "readahead", "prefetch_map", "ram_cache", "ssd_cache", "journal", "stream"
+    const char* name;   // the counters struct's field name
+    uint64_t value;
+  };
+  IoMeterSnapshot io;  // the front end's I/O at the top of the stack
+  std::vector<LayerCounter> counters;
+  std::vector<Tier> tiers;  // top first
+  bool has_journal = false;
+  uint64_t journal_bytes_used = 0, journal_bytes_free = 0, dirty_bytes = 0, write_back_lag_ms = 0;
+  uint64_t journal_bytes_written_back = 0;
+  cache::StreamProgress stream;
+};
+
 class Volume {
  public:
   // Builds `stack` over `base`. `shared_by_reactors`: the stack will be used from several
@@ -86,6 +109,9 @@ class Volume {
   // One line per layer that counts something (cache hits, prefetch accuracy, ...), for the
   // daemon's stop report and later the metrics registry. Reactor thread or after it stopped.
   std::string stats_text() const;
+  // A copy of the counters of every layer; on the reactor thread that runs the stack (the cache
+  // and journal counters are that thread's), or after it stopped.
+  VolumeStats stats() const;
   // On the reactor thread: start the layers that work on their own (background streams), and
   // stop them (before the link below goes away).
   void start(Reactor& reactor) noexcept;
@@ -109,6 +135,7 @@ class Volume {
   std::vector<cache::MapPrefetch*> map_prefetches_;
   std::vector<journal::JournalDevice*> journals_;
   std::vector<journal::RedoLogDevice*> redo_logs_;
+  MeteredDevice* meter_ = nullptr;  // top of the stack
 };
 
 }  // namespace ferry

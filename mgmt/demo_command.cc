@@ -1,6 +1,7 @@
 // `ferry demo` (see demo_command.h).
 #include "mgmt/demo_command.h"
 #include "mgmt/pki_script.h"
+#include "mgmt/config_file.h"
 
 #include <CLI/CLI.hpp>
 #include <arpa/inet.h>
@@ -191,15 +192,17 @@ int run_demo_command(int argc, char** argv) {
   unsigned size_mib = 256;
   app.add_option("--listen", listen, "iSCSI portal of the cloud edge")->capture_default_str();
   app.add_option("--nbd", nbd, "NBD export of the cloud edge")->capture_default_str();
-  app.add_option("--rate-mbit", rate_mbit, "emulated WAN rate")->capture_default_str();
-  app.add_option("--rtt-ms", rtt_ms, "emulated WAN round-trip time")->capture_default_str();
+  app.add_option("--rate-mbit", rate_mbit, "emulated WAN rate")
+      ->check(CLI::Range(0.1, 100000.0))
+      ->capture_default_str();
+  app.add_option("--rtt-ms", rtt_ms, "emulated WAN round-trip time")
+      ->check(CLI::Range(0.0, 10000.0))
+      ->capture_default_str();
   app.add_option("--size-mib", size_mib, "sample disk size")->check(CLI::Range(16u, 65536u))->capture_default_str();
-  app.add_option("--duration", duration_s, "stop this many seconds after the walkthrough (default: Ctrl-C)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  app.add_option("--duration", duration_s, "stop this many seconds after the walkthrough (default: Ctrl-C)")
+      ->check(CLI::Range(0.0, 31536000.0));
+  app.set_version_flag("--version", std::string("ferry ") + FERRY_VERSION);
+  if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
   char self[4096];
   const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) return 1;

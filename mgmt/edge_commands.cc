@@ -29,6 +29,10 @@
 #include "gateway/wan/wan_client.h"
 #include "gateway/wan/wan_server.h"
 #include "mgmt/cli_util.h"
+#include "mgmt/config_file.h"
+#include "mgmt/control.h"
+#include "mgmt/gateway_metrics.h"
+#include "mgmt/mgmt_flags.h"
 #include "mgmt/target_auth.h"
 
 namespace ferry::mgmt {
@@ -181,8 +185,8 @@ int run_dc_edge_command(int argc, char** argv) {
   unsigned source_replay_mib = 32;
   uint32_t sndbuf_kib = 0;
   double duration_s = 0;
-  app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
-                 "repeated options; see README)");
+  bool check_config = false;
+  add_config_flags(app, check_config);
   app.add_option("--listen", listen, "HOST:PORT of the WAN link (port 0: any)")->capture_default_str();
   app.add_option("--volume", volume_specs,
                  "NAME=URI: a volume and the NBD server holding it (nbd://, nbds://, nbd+unix://)")
@@ -190,7 +194,8 @@ int run_dc_edge_command(int argc, char** argv) {
   add_tls_flags(app, tls_flags, false);
   app.add_option("--compression", compression, "none | lz4[:L] | zstd[:L] | igzip[:L]")
       ->capture_default_str();
-  app.add_option("--rate-limit-mbit", rate_mbit, "cap on data sent (Mbit/s, 0 = none)");
+  app.add_option("--rate-limit-mbit", rate_mbit, "cap on data sent (Mbit/s, 0 = none)")
+      ->check(CLI::Range(0.0, 1000000.0));
   bool rate_limit_all = false;
   app.add_flag("--rate-limit-all", rate_limit_all,
                "the cap holds every data frame, demand reads included (default: only prefetch and "
@@ -198,11 +203,13 @@ int run_dc_edge_command(int argc, char** argv) {
   app.add_option("--rate-limit-file", rate_file,
                  "file holding a new cap in Mbit/s, re-read on SIGUSR1 (runtime change)");
   app.add_option("--wan-sndbuf-kib", sndbuf_kib,
-                 "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps the link full without queueing background data ahead of demand reads");
+                 "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps the link full without queueing background data ahead of demand reads")
+      ->check(CLI::Range(0u, 1048576u));
   app.add_option("--layers", layers_text,
                  "each volume's stack above its NBD source, top first (e.g. 'delay:2ms' in tests; "
                  "see gateway/volume.h)");
   app.add_option("--nbd-connections", nbd_connections, "NBD connections per volume when multi-conn")
+      ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
   app.add_option("--source-give-up-s", source_give_up_s,
                  "when an NBD source is lost, I/O waits this long for the reconnect (with "
@@ -221,6 +228,8 @@ int run_dc_edge_command(int argc, char** argv) {
       ->check(CLI::Range(1u, 100000u))
       ->capture_default_str();
   add_pre_auth_flags(app, options.pre_auth, "past TLS + HELLO");
+  MgmtFlags mgmt_flags;
+  add_mgmt_flags(app, mgmt_flags);
   app.add_option("--handshake-timeout-ms", options.handshake_timeout_ms,
                  "TLS + HELLO must be done within this after the connect")
       ->check(CLI::Range(100u, 600000u))
@@ -247,40 +256,47 @@ int run_dc_edge_command(int argc, char** argv) {
                  "close a cloud edge connection that sends nothing for this long (they ping every second)")
       ->check(CLI::Range(2000u, 3600000u))
       ->capture_default_str();
-  app.add_option("--duration", duration_s, "stop after this many seconds");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  app.add_option("--duration", duration_s, "stop after this many seconds (0: until SIGTERM)")
+      ->check(CLI::Range(0.0, 31536000.0));
+  if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
   if (!split_host_port(listen, options.listen_address, options.port, true)) {
     std::fprintf(stderr, "ferry: --listen wants HOST:PORT\n");
     return 2;
   }
   if (!parse_compression(compression, options.compression)) {
-    std::fprintf(stderr, "ferry: --compression: unknown '%s'\n", compression.c_str());
+    std::fprintf(stderr, "ferry: %s: unknown '%s'\n", option_origin(app, "compression").c_str(),
+                 compression.c_str());
     return 2;
   }
   options.rate_limit_bytes_per_s = uint64_t(rate_mbit * 1e6 / 8);
   options.socket_send_bytes = sndbuf_kib * 1024;
   options.rate_limit_all = rate_limit_all;
+  std::vector<LayerSpec> stack;
+  if (std::string e = parse_stack(layers_text, stack); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s: %s\n", option_origin(app, "layers").c_str(), e.c_str());
+    return 2;
+  }
+  for (const auto& spec : volume_specs) {
+    const auto eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+      std::fprintf(stderr, "ferry: %s wants NAME=URI, got '%s'\n", option_origin(app, "volume").c_str(),
+                   spec.c_str());
+      return 2;
+    }
+  }
+  if (std::string e = check_mgmt_flags(app, mgmt_flags); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
+  }
+  if (check_config) return report_config_ok("ferry dc-edge");
   auto tls = make_tls(tls_flags, true);
   if (!tls) return 2;
 
-  std::vector<LayerSpec> stack;
-  if (std::string e = parse_stack(layers_text, stack); !e.empty()) {
-    std::fprintf(stderr, "ferry: --layers: %s\n", e.c_str());
-    return 2;
-  }
   std::vector<std::unique_ptr<nbd::NbdClientDevice>> devices;
   std::vector<std::unique_ptr<Volume>> stacks;  // over devices; destroyed before them
   std::vector<wan::WanVolume> volumes;
   for (const auto& spec : volume_specs) {
-    const auto eq = spec.find('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
-      std::fprintf(stderr, "ferry: --volume wants NAME=URI, got '%s'\n", spec.c_str());
-      return 2;
-    }
+    const auto eq = spec.find('=');  // checked above
     const std::string name = spec.substr(0, eq), uri = spec.substr(eq + 1);
     nbd::NbdClientOptions nopt;
     nopt.connections = nbd_connections;
@@ -355,6 +371,36 @@ int run_dc_edge_command(int argc, char** argv) {
   }
   std::fprintf(stderr, "ferry: dc-edge listening on %s:%u (%zu volume(s))\n",
                options.listen_address.c_str(), server.bound_port(), volumes.size());
+  ControlInterface control(reactor, [&](GatewaySnapshot& s) {
+    s.daemon = "dc-edge";
+    for (size_t i = 0; i < stacks.size(); ++i) {
+      VolumeSnapshot vs;
+      vs.name = stacks[i]->name();
+      vs.stack = stacks[i]->describe();
+      vs.size_bytes = stacks[i]->top().geometry().size_bytes();
+      vs.block_size_bytes = stacks[i]->top().geometry().block_size_bytes;
+      vs.stats = stacks[i]->stats();
+      const wan::WanVolumeCounters& c = server.counters(i);
+      vs.has_wan = true;
+      vs.wan_raw_bytes_in = c.bytes_requested;
+      vs.wan_sent_bytes_in = c.payload_bytes_sent;
+      vs.wan_raw_bytes_out = c.bytes_written;
+      vs.wan_sent_out_known = false;  // the cloud edge counts what its writes cost on the link
+      vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
+                         {"wan", "bytes_dedup", c.bytes_dedup},
+                         {"wan", "bytes_raw", c.bytes_raw},
+                         {"wan", "bytes_compressed_in", c.bytes_compressed_in},
+                         {"wan", "bytes_compressed_out", c.bytes_compressed_out},
+                         {"wan", "frames_sent", c.frames_sent},
+                         {"wan", "access_map_entries", server.access_map_entries(i)}};
+      s.volumes.push_back(std::move(vs));
+    }
+    s.wan_connections = server.connection_count();
+  });
+  MetricsRegistry registry;
+  std::string mgmt_error;
+  auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
+  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   wait_for_stop(set, duration_s, [&] {
     std::ifstream in(rate_file);
     double mbit = -1;
@@ -366,6 +412,7 @@ int run_dc_edge_command(int argc, char** argv) {
     }
   });
   std::fprintf(stderr, "ferry: dc-edge stopping\n");
+  if (mgmt) mgmt->stop();
   std::promise<void> stopped;
   reactor.post([&] {
     server.stop();
@@ -415,6 +462,8 @@ int run_dc_edge_command(int argc, char** argv) {
     stats.set_value(text);
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
+  if (GatewaySnapshot final_snapshot; control.snapshot(final_snapshot, std::chrono::seconds(2)))
+    std::fprintf(stderr, "%s", final_report(final_snapshot).c_str());
   {
     auto quiet = std::make_shared<std::promise<void>>();  // outlives a timed-out wait
     reactor.post([&, quiet] {
@@ -546,8 +595,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::string journal_dir;
   size_t journal_mib = 1024;
   double journal_drain_s = 60;
-  app.set_config("--config", "", "read these options from a TOML file (key = value, arrays for "
-                 "repeated options; see README)");
+  bool check_config = false;
+  add_config_flags(app, check_config);
   app.add_option("--listen", listen, "iSCSI portal HOST:PORT")->capture_default_str();
   app.add_flag("--stream", stream,
                "stream every volume in the background (lowest priority) through its cache so later "
@@ -556,6 +605,7 @@ int run_cloud_edge_command(int argc, char** argv) {
       ->check(CLI::Range(0u, 100000u));
   app.add_option("--content-store-mib", content_store_mib,
                  "memory for content already received (dedup by SHA-256; acts as the read cache)")
+      ->check(CLI::Range(size_t(0), size_t(1) << 20))
       ->capture_default_str();
   app.add_option("--dc", dc, "datacenter edge HOST:PORT")->capture_default_str();
   app.add_option("--volume", volume_names, "volume name on the datacenter edge; LUNs in order")
@@ -572,6 +622,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   app.add_option("--ram-cache-mib", ram_cache_mib,
                  "RAM cache per volume in MiB (64 KiB chunks, S3-FIFO) under adaptive read-ahead: "
                  "the default stack 'readahead > ram-cache:NMiB'; 0 = neither")
+      ->check(CLI::Range(size_t(0), size_t(1) << 20))
       ->capture_default_str();
   app.add_option("--layers", layers_text,
                  "each volume's stack above the WAN remote, top first, instead of the default "
@@ -580,36 +631,41 @@ int run_cloud_edge_command(int argc, char** argv) {
                  "SSD cache file or block device (created if missing; PATH.VOLUME when several "
                  "volumes), under the RAM cache; survives restarts");
   app.add_option("--ssd-cache-mib", ssd_cache_mib, "size of the SSD cache file in MiB")
+      ->check(CLI::Range(size_t(1), size_t(1) << 26))
       ->capture_default_str();
   app.add_option("--ssd-cache-key", ssd_cache_key,
                  "AES-256-XTS key file for the SSD cache (64 bytes, mode 0600; none = plaintext)");
   app.add_option("--journal-dir", journal_dir,
                  "write-back journal per volume in DIR/<volume>.journal on top of the stack: writes are "
                  "acknowledged once durable there and shipped to the datacenter edge in the background");
-  app.add_option("--journal-mib", journal_mib, "size of a new journal file in MiB")->capture_default_str();
+  app.add_option("--journal-mib", journal_mib, "size of a new journal file in MiB")
+      ->check(CLI::Range(size_t(1), size_t(1) << 20))
+      ->capture_default_str();
   app.add_option("--journal-drain-s", journal_drain_s,
                  "at a clean stop, wait this long for the journals to reach the datacenter edge")
+      ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   add_tls_flags(app, tls_flags, true);
+  MgmtFlags mgmt_flags;
+  add_mgmt_flags(app, mgmt_flags);
   app.add_option("--give-up-s", give_up_s,
                  "fail I/O when the WAN link stays down this long (shorter than the initiator's "
                  "SCSI timeout keeps errors clear)")
+      ->check(CLI::Range(0.1, 86400.0))
       ->capture_default_str();
   app.add_option("--compression", compression, "for writes: none | lz4[:L] | zstd[:L] | igzip[:L]")
       ->capture_default_str();
-  app.add_option("--duration", duration_s, "stop after this many seconds");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  app.add_option("--duration", duration_s, "stop after this many seconds (0: until SIGTERM)")
+      ->check(CLI::Range(0.0, 31536000.0));
+  if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
   wan::WanClientOptions copt;
   if (!split_host_port(dc, copt.server_address, copt.server_port)) {
     std::fprintf(stderr, "ferry: --dc wants HOST:PORT\n");
     return 2;
   }
   if (!parse_compression(compression, copt.compression)) {
-    std::fprintf(stderr, "ferry: --compression: unknown '%s'\n", compression.c_str());
+    std::fprintf(stderr, "ferry: %s: unknown '%s'\n", option_origin(app, "compression").c_str(),
+                 compression.c_str());
     return 2;
   }
   copt.give_up_ms = uint32_t(give_up_s * 1000);
@@ -627,7 +683,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   // The portal's and the NBD export's access rules: the same model, flags and checks as
   // `ferry target` (CHAP-protected volumes go to NBD clients with certificates only, or with
   // --nbd-insecure).
-  if (std::string e = load_chap_secrets(chap); !e.empty()) {
+  // --check-config reads no file but the config: secret files are read at start.
+  if (std::string e = check_config ? std::string() : load_chap_secrets(chap); !e.empty()) {
     std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
   }
@@ -667,7 +724,8 @@ int run_cloud_edge_command(int argc, char** argv) {
                                 : stack_text.empty()  ? stream_layer
                                                       : stream_layer + " > " + stack_text;
   if (std::string e = parse_stack(base_text, stack); !e.empty()) {
-    std::fprintf(stderr, "ferry: %s: %s\n", layers_text.empty() ? "--ram-cache-mib" : "--layers", e.c_str());
+    std::fprintf(stderr, "ferry: %s: %s\n", option_origin(app, layers_text.empty() ? "ram-cache-mib" : "layers").c_str(),
+                 e.c_str());
     return 2;
   }
   // --journal-dir: each volume's stack gets its own journal on top.
@@ -683,6 +741,11 @@ int run_cloud_edge_command(int argc, char** argv) {
       return 2;
     }
   }
+  if (std::string e = check_mgmt_flags(app, mgmt_flags); !e.empty()) {
+    std::fprintf(stderr, "ferry: %s\n", e.c_str());
+    return 2;
+  }
+  if (check_config) return report_config_ok("ferry cloud-edge");
   auto tls = make_tls(tls_flags, false);
   if (!tls) return 2;
 
@@ -800,9 +863,43 @@ int run_cloud_edge_command(int argc, char** argv) {
   reactor.post([&] {
     for (auto& v : volumes) v->start(reactor);
   });
+  ControlInterface control(reactor, [&](GatewaySnapshot& s) {
+    s.daemon = "cloud-edge";
+    for (size_t i = 0; i < volumes.size(); ++i) {
+      VolumeSnapshot vs;
+      vs.name = volumes[i]->name();
+      vs.stack = volumes[i]->describe();
+      vs.size_bytes = client.device(i).geometry().size_bytes();
+      vs.block_size_bytes = client.device(i).geometry().block_size_bytes;
+      vs.stats = volumes[i]->stats();
+      const wan::WanClientVolumeCounters& c = client.counters(i);
+      vs.has_wan = true;
+      vs.wan_raw_bytes_in = c.bytes_read;
+      vs.wan_sent_bytes_in = c.payload_bytes_in;
+      vs.wan_raw_bytes_out = c.bytes_written;
+      vs.wan_sent_bytes_out = c.payload_bytes_out;
+      vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
+                         {"wan", "bytes_dedup", c.bytes_dedup},
+                         {"wan", "bytes_compressed", c.bytes_compressed},
+                         {"wan", "retries", c.retries}};
+      s.volumes.push_back(std::move(vs));
+    }
+    s.iscsi_sessions = server.session_count();
+    s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+    s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
+    s.wan_connections = client.connected() ? 1 : 0;
+    s.wan_wire_bytes_in = client.link_counters().wire_bytes_in;
+    s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;
+    s.wan_reconnects = client.reconnects();
+  });
+  MetricsRegistry registry;
+  std::string mgmt_error;
+  auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
+  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   std::fprintf(stderr, "ferry: listening on %s:%u\n", ioptions.listen_address.c_str(), ioptions.port);
   wait_for_stop(set, duration_s, [] {});
   std::fprintf(stderr, "ferry: cloud-edge stopping\n");
+  if (mgmt) mgmt->stop();
   std::promise<void> stopped;
   reactor.post([&] {
     server.stop_listening(reactor);
@@ -825,6 +922,8 @@ int run_cloud_edge_command(int argc, char** argv) {
     stats.set_value(s);
   });
   std::fprintf(stderr, "%s", stats.get_future().get().c_str());
+  if (GatewaySnapshot final_snapshot; control.snapshot(final_snapshot, std::chrono::seconds(2)))
+    std::fprintf(stderr, "%s", final_report(final_snapshot).c_str());
   // Release the volumes' leases (CLOSE_VOLUME) so another cloud edge may attach at once; a
   // link that is down or a datacenter edge that does not answer leaves them to expire there.
   // Not while a journal still holds writes the datacenter edge lacks: another cloud edge must

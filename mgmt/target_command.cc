@@ -18,6 +18,10 @@
 #include "gateway/iscsi/server.h"
 #include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
+#include "mgmt/config_file.h"
+#include "mgmt/control.h"
+#include "mgmt/gateway_metrics.h"
+#include "mgmt/mgmt_flags.h"
 #include "gateway/volume.h"
 #include "mgmt/cli_util.h"
 #include "mgmt/lun_spec.h"
@@ -50,6 +54,9 @@ struct TargetFlags {
   std::string layers;
   NbdTlsFlags nbd_tls;
   double duration_s = 0;  // 0: until a signal
+  MgmtFlags mgmt;
+  bool check_only = false;
+  const CLI::App* app = nullptr;  // names an option in messages (file line when from --config)  // --check-config: validate, then exit before opening anything
 };
 
 void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
@@ -81,6 +88,7 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
       ->capture_default_str();
   app.add_option("--nop-interval-ms", f.nop_interval_ms,
                  "idle time before a NOP-In keepalive (0 = off)")
+      ->check(CLI::Range(0u, 3600000u))
       ->capture_default_str();
   app.add_option("--nop-timeout-ms", f.nop_timeout_ms,
                  "an initiator that does not answer a NOP-In within this is dropped")
@@ -101,10 +109,13 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
   app.add_option("--nbd", f.nbd, "also export every LUN over NBD on HOST:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
   add_nbd_tls_flags(app, f.nbd_tls);
-  app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)");
+  add_mgmt_flags(app, f.mgmt);
+  app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)")
+      ->check(CLI::Range(0.0, 31536000.0));
 }
 
 int run_target(TargetFlags& f, const char* banner) {
+  auto flag = [&](const char* key) { return f.app ? option_origin(*f.app, key) : "--" + std::string(key); };
   iscsi::ServerOptions options;
   if (!split_host_port(f.listen, options.listen_address, options.port)) {
     std::fprintf(stderr, "ferry: --listen wants HOST:PORT, got '%s'\n", f.listen.c_str());
@@ -120,7 +131,8 @@ int run_target(TargetFlags& f, const char* banner) {
 
   iscsi::PortalConfig portal;
   portal.portal_address = options.listen_address + ":" + std::to_string(options.port) + ",1";
-  if (std::string e = load_chap_secrets(f.chap); !e.empty()) {
+  // --check-config reads no file but the config: secret files are read at start.
+  if (std::string e = f.check_only ? std::string() : load_chap_secrets(f.chap); !e.empty()) {
     std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
   }
@@ -173,14 +185,14 @@ int run_target(TargetFlags& f, const char* banner) {
     std::string flag;
   };
   std::vector<LunPlan> plan;
-  for (const auto& l : f.luns) plan.push_back({f.iqn, l, "--lun " + l});
+  for (const auto& l : f.luns) plan.push_back({f.iqn, l, flag("lun") + " " + l});
   for (const auto& t : f.extra_target_luns) {
     const auto eq = t.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == t.size()) {
-      std::fprintf(stderr, "ferry: --target wants IQN=SPEC, got '%s'\n", t.c_str());
+      std::fprintf(stderr, "ferry: %s wants IQN=SPEC, got '%s'\n", flag("target").c_str(), t.c_str());
       return 2;
     }
-    plan.push_back({t.substr(0, eq), t.substr(eq + 1), "--target " + t});
+    plan.push_back({t.substr(0, eq), t.substr(eq + 1), flag("target") + " " + t});
   }
   if (plan.size() > 16384) {
     std::fprintf(stderr, "ferry: at most 16384 LUNs\n");
@@ -188,13 +200,30 @@ int run_target(TargetFlags& f, const char* banner) {
   }
   std::vector<LayerSpec> stack;
   if (std::string e = parse_stack(f.layers, stack); !e.empty()) {
-    std::fprintf(stderr, "ferry: --layers: %s\n", e.c_str());
+    std::fprintf(stderr, "ferry: %s: %s\n", flag("layers").c_str(), e.c_str());
     return 2;
+  }
+  if (f.app != nullptr) {
+    if (std::string e = check_mgmt_flags(*f.app, f.mgmt); !e.empty()) {
+      std::fprintf(stderr, "ferry: %s\n", e.c_str());
+      return 2;
+    }
+  }
+  if (f.check_only) {
+    for (const auto& p : plan) {
+      LunSpec spec;
+      if (std::string err = parse_lun_spec(p.spec, spec); !err.empty()) {
+        std::fprintf(stderr, "ferry: %s: %s\n", p.flag.c_str(), err.c_str());
+        return 2;
+      }
+    }
+    return report_config_ok("ferry target");
   }
   std::vector<std::unique_ptr<BlockDevice>> devices;
   std::vector<std::unique_ptr<Volume>> volumes;  // above devices, below units: destroyed between
   std::vector<std::unique_ptr<scsi::LogicalUnit>> units;
   std::vector<nbd::NbdExport> exports;
+  std::vector<std::string> api_names;  // per volume: its name in the management API (lun0, ...)
   std::vector<std::pair<std::string, std::unique_ptr<scsi::Target>>> targets;
   auto target_for = [&](const std::string& iqn) -> std::pair<scsi::Target*, uint16_t> {
     for (auto& [name, t] : targets)
@@ -244,6 +273,7 @@ int run_target(TargetFlags& f, const char* banner) {
     // A CHAP-protected LUN's export requires TLS (with the client certificate the CA checks).
     const bool export_tls = chap_exports_tls && plan[i].iqn == f.iqn;
     exports.push_back(nbd::NbdExport{export_name, dev, std::string(dev->describe()), export_tls});
+    api_names.push_back(plan[i].iqn == f.iqn ? export_name : plan[i].iqn + "-lun" + std::to_string(lun));
   }
   for (size_t i = 1; i < targets.size(); ++i) {
     iscsi::TargetAuthConfig extra;
@@ -325,6 +355,28 @@ int run_target(TargetFlags& f, const char* banner) {
                  exports.empty() ? "none" : exports.front().name.c_str());
   if (!f.nbd_unix.empty())
     std::fprintf(stderr, "ferry: nbd listening on unix:%s\n", f.nbd_unix.c_str());
+  // Management endpoint: snapshots are collected on reactor 0 (with --threads > 1 the stacks
+  // hold no single-reactor layers, and their meters are read lock-free from any thread).
+  ControlInterface control(*reactors[0], [&](GatewaySnapshot& s) {
+    s.daemon = "target";
+    for (size_t i = 0; i < volumes.size(); ++i) {
+      const auto& v = volumes[i];
+      VolumeSnapshot vs;
+      vs.name = api_names[i];
+      vs.stack = v->describe();
+      vs.size_bytes = v->top().geometry().size_bytes();
+      vs.block_size_bytes = v->top().geometry().block_size_bytes;
+      vs.stats = v->stats();
+      s.volumes.push_back(std::move(vs));
+    }
+    s.iscsi_sessions = server.session_count();
+    s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+    s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
+  });
+  MetricsRegistry registry;
+  std::string mgmt_error;
+  auto mgmt = start_mgmt(f.mgmt, control, registry, mgmt_error);
+  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   if (banner != nullptr) std::fprintf(stderr, "%s", banner);
 
   int sig = 0;
@@ -342,12 +394,15 @@ int run_target(TargetFlags& f, const char* banner) {
     }
   }
   std::fprintf(stderr, "ferry: stopping\n");
+  if (mgmt) mgmt->stop();  // no snapshot request may reach the reactors once they stop
   stop_listening_everywhere();
   // Every connection goes once the device I/O of its tasks has completed: count them to zero.
   log_drain("target", "iSCSI connection(s)", server.wait_connections_closed(kStopDrainTimeoutMs));
   if (nbd_server)
     log_drain("target", "NBD connection(s)",
               nbd_server->wait_connections_closed(kStopDrainTimeoutMs));
+  if (GatewaySnapshot final_snapshot; control.snapshot(final_snapshot, std::chrono::seconds(2)))
+    std::fprintf(stderr, "%s", final_report(final_snapshot).c_str());
   std::fprintf(stderr, "ferry: stopped\n");
   for (auto& r : reactors) r->stop();
   for (auto& w : workers) w.join();
@@ -360,12 +415,12 @@ int run_target_command(int argc, char** argv) {
   CLI::App app{"Serve RAM or file LUNs over iSCSI (and NBD): the standalone target",
                "ferry target"};
   TargetFlags flags;
+  bool check_config = false;
+  add_config_flags(app, check_config);
   add_target_flags(app, flags, true);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
+  flags.check_only = check_config;
+  flags.app = &app;
   return run_target(flags, nullptr);
 }
 

@@ -85,6 +85,11 @@ class Server {
   uint64_t wait_connections_closed(uint32_t timeout_ms) noexcept {
     return connections_.wait_zero_for(timeout_ms);
   }
+  // Logged-in sessions (any thread; takes the registry's mutex: for management, not per I/O).
+  size_t session_count() noexcept {
+    std::lock_guard<std::mutex> lock(sessions_mutex_);
+    return sessions_.size();
+  }
 
  private:
   void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread

@@ -1,0 +1,26 @@
+// ControlInterface implementation (see control.h).
+#include "mgmt/control.h"
+
+#include <future>
+#include <memory>
+
+#include "datapath/reactor.h"
+
+namespace ferry::mgmt {
+
+bool ControlInterface::snapshot(GatewaySnapshot& out, std::chrono::milliseconds timeout) const {
+  // Shared with the posted message: a late answer after a timeout writes into it, not into `out`.
+  auto result = std::make_shared<std::promise<GatewaySnapshot>>();
+  auto future = result->get_future();
+  Collect collect = collect_;
+  reactor_.post([result, collect] {
+    GatewaySnapshot s;
+    collect(s);
+    result->set_value(std::move(s));
+  });
+  if (future.wait_for(timeout) != std::future_status::ready) return false;
+  out = future.get();
+  return true;
+}
+
+}  // namespace ferry::mgmt

@@ -1,0 +1,60 @@
+// The one narrow control interface between the management endpoint (its own HTTP thread) and a
+// daemon's reactor: the HTTP thread asks for a GatewaySnapshot; the daemon's collect function
+// runs on the reactor thread (posted as a message), copies what the stacks, links and servers
+// count into the snapshot, and hands it back. Nothing on the HTTP thread touches reactor state.
+// A reactor that does not answer within the timeout yields no snapshot (HTTP 503), never a wait
+// without end.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gateway/volume.h"
+
+namespace ferry {
+class Reactor;
+}
+
+namespace ferry::mgmt {
+
+struct VolumeSnapshot {
+  std::string name;
+  std::string stack;  // Volume::describe()
+  uint64_t size_bytes = 0;
+  uint32_t block_size_bytes = 0;
+  VolumeStats stats;
+  bool has_wan = false;  // the edges: WAN bytes raw (what the volume asked / was asked for) vs sent
+  uint64_t wan_raw_bytes_in = 0, wan_sent_bytes_in = 0;    // toward the cloud edge
+  uint64_t wan_raw_bytes_out = 0, wan_sent_bytes_out = 0;  // toward the datacenter edge
+  bool wan_sent_out_known =
+      true;  // false on the dc-edge: it sees writes decoded, not their wire size
+  std::vector<VolumeStats::LayerCounter> wan_counters;  // the WAN counters struct's fields ("wan")
+};
+
+struct GatewaySnapshot {
+  std::string daemon;  // "target", "dc-edge", "cloud-edge"
+  std::vector<VolumeSnapshot> volumes;
+  uint64_t iscsi_sessions = 0, iscsi_connections = 0;
+  uint64_t nbd_connections = 0;
+  uint64_t wan_connections = 0;  // dc-edge: cloud edges attached; cloud-edge: 1 when the link is up
+  uint64_t wan_wire_bytes_in = 0, wan_wire_bytes_out = 0, wan_reconnects = 0;
+};
+
+class ControlInterface {
+ public:
+  // Runs on the reactor thread; fills the snapshot.
+  using Collect = std::function<void(GatewaySnapshot&)>;
+  ControlInterface(Reactor& reactor, Collect collect)
+      : reactor_(reactor), collect_(std::move(collect)) {}
+  // Any thread but the reactor's. False when the reactor did not answer within `timeout`.
+  bool snapshot(GatewaySnapshot& out, std::chrono::milliseconds timeout) const;
+
+ private:
+  Reactor& reactor_;
+  Collect collect_;
+};
+
+}  // namespace ferry::mgmt

@@ -1,0 +1,148 @@
+// `ferry ctl` (see ctl_command.h).
+#include "mgmt/ctl_command.h"
+
+#include <httplib.h>
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "mgmt/cli_util.h"
+#include "mgmt/config_file.h"
+#include "mgmt/mgmt_server.h"
+
+namespace ferry::mgmt {
+
+namespace {
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
+  return buf;
+}
+
+std::string percent_encoded(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == ':') {
+      out += char(c);
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// One volume's line of the table.
+void print_row(const nlohmann::json& v) {
+  const auto& io = v.at("io");
+  std::string hits;
+  for (const auto& t : v.at("cache")) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%s%s %.0f%%", hits.empty() ? "" : ", ",
+                  t.at("tier").get<std::string>().c_str(), 100 * t.at("hit_ratio").get<double>());
+    hits += buf;
+  }
+  const std::string dirty =
+      v.contains("journal") ? human_bytes(v["journal"].at("dirty_bytes").get<double>()) : "-";
+  std::printf("%-16s %10s %10llu %10llu %11s %11s %9.0f  %-16s %10s  %s\n",
+              v.at("name").get<std::string>().c_str(),
+              human_bytes(v.at("size_bytes").get<double>()).c_str(),
+              io.at("reads").get<unsigned long long>(), io.at("writes").get<unsigned long long>(),
+              human_bytes(io.at("bytes_read").get<double>()).c_str(),
+              human_bytes(io.at("bytes_written").get<double>()).c_str(),
+              io.at("latency_us_mean").get<double>(), hits.empty() ? "-" : hits.c_str(),
+              dirty.c_str(), v.at("stack").get<std::string>().c_str());
+}
+
+void print_header() {
+  std::printf("%-16s %10s %10s %10s %11s %11s %9s  %-16s %10s  %s\n", "VOLUME", "SIZE", "READS",
+              "WRITES", "READ", "WRITTEN", "LAT(us)", "CACHE HITS", "DIRTY", "STACK");
+}
+
+}  // namespace
+
+int run_ctl_command(int argc, char** argv) {
+  CLI::App app{"Talk to a running daemon's management endpoint (--mgmt-listen)", "ferry ctl"};
+  std::string address = "127.0.0.1:9180";
+  std::string token_file;
+  bool json = false;
+  bool check_config = false;
+  add_config_flags(app, check_config);
+  app.add_option("--mgmt", address, "the daemon's --mgmt-listen ADDRESS:PORT")
+      ->capture_default_str();
+  app.add_option("--mgmt-token-file", token_file,
+                 "file holding the bearer token (the daemon's --mgmt-token-file)")
+      ->required();
+  app.add_flag("--json", json, "print the API's JSON instead of a table");
+  app.require_subcommand(1);
+  app.fallthrough();  // `ferry ctl volumes --json` as well as `ferry ctl --json volumes`
+  auto* volumes =
+      app.add_subcommand("volumes", "list the volumes: I/O, cache hit ratio per tier, dirty bytes");
+  std::string volume_name;
+  auto* volume = app.add_subcommand("volume", "show one volume");
+  volume->add_option("NAME", volume_name, "volume name")->required();
+  auto* metrics = app.add_subcommand("metrics", "print GET /metrics (Prometheus text)");
+  if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
+  if (check_config) return report_config_ok("ferry ctl");
+  std::string host, token;
+  uint16_t port = 0;
+  if (!split_host_port(address, host, port)) {
+    std::fprintf(stderr, "ferry ctl: --mgmt wants ADDRESS:PORT, got '%s'\n", address.c_str());
+    return 2;
+  }
+  if (std::string e = MgmtServer::read_token_file(token_file, token); !e.empty()) {
+    std::fprintf(stderr, "ferry ctl: %s\n", e.c_str());
+    return 2;
+  }
+  const std::string path = volumes->parsed()  ? "/api/v1/volumes"
+                           : volume->parsed() ? "/api/v1/volumes/" + percent_encoded(volume_name)
+                                              : "/metrics";
+  httplib::Client client(host, port);
+  client.set_connection_timeout(5);
+  client.set_read_timeout(10);
+  auto res = client.Get(path, {{"Authorization", "Bearer " + token}});
+  if (!res) {
+    std::fprintf(stderr, "ferry ctl: no answer from %s (%s)\n", address.c_str(),
+                 httplib::to_string(res.error()).c_str());
+    return 1;
+  }
+  if (res->status != 200) {
+    std::string why = res->body;
+    try {
+      why = nlohmann::json::parse(res->body).at("error").get<std::string>();
+    } catch (const std::exception&) {
+    }
+    std::fprintf(stderr, "ferry ctl: %s: HTTP %d: %s\n", path.c_str(), res->status, why.c_str());
+    return 1;
+  }
+  if (metrics->parsed() || json) {
+    std::fputs(res->body.c_str(), stdout);
+    return 0;
+  }
+  try {
+    const auto body = nlohmann::json::parse(res->body);
+    print_header();
+    if (volume->parsed()) {
+      print_row(body);
+    } else {
+      for (const auto& v : body.at("volumes")) print_row(v);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ferry ctl: unexpected answer from %s: %s\n", path.c_str(), e.what());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace ferry::mgmt

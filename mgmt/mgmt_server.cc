@@ -1,0 +1,153 @@
+// MgmtServer implementation (see mgmt_server.h). HTTP threads only.
+#include "mgmt/mgmt_server.h"
+
+#include <httplib.h>
+#include <openssl/crypto.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "mgmt/gateway_metrics.h"
+
+namespace ferry::mgmt {
+
+namespace {
+
+constexpr auto kSnapshotTimeout = std::chrono::milliseconds(2000);
+
+nlohmann::json volume_json(const VolumeSnapshot& v) {
+  const IoMeterSnapshot& io = v.stats.io;
+  nlohmann::json tiers = nlohmann::json::array();
+  for (const VolumeStats::Tier& t : v.stats.tiers) {
+    const uint64_t lookups = t.hits + t.misses;
+    tiers.push_back({{"tier", t.tier},
+                     {"hits", t.hits},
+                     {"misses", t.misses},
+                     {"bypassed", t.bypassed},
+                     {"hit_ratio", lookups ? double(t.hits) / double(lookups) : 0.0},
+                     {"bytes_fetched", t.bytes_fetched},
+                     {"evictions", t.evictions}});
+  }
+  nlohmann::json j = {
+      {"name", v.name},
+      {"stack", v.stack},
+      {"size_bytes", v.size_bytes},
+      {"block_size_bytes", v.block_size_bytes},
+      {"io",
+       {{"reads", io.reads},
+        {"writes", io.writes},
+        {"flushes", io.flushes},
+        {"errors", io.errors},
+        {"bytes_read", io.bytes_read},
+        {"bytes_written", io.bytes_written},
+        {"latency_us_mean",
+         io.latency_count ? double(io.latency_sum_us) / double(io.latency_count) : 0.0}}},
+      {"cache", tiers}};
+  if (v.stats.has_journal)
+    j["journal"] = {{"used_bytes", v.stats.journal_bytes_used},
+                    {"free_bytes", v.stats.journal_bytes_free},
+                    {"dirty_bytes", v.stats.dirty_bytes},
+                    {"write_back_lag_ms", v.stats.write_back_lag_ms},
+                    {"written_back_bytes", v.stats.journal_bytes_written_back}};
+  if (v.stats.stream.started)
+    j["stream"] = {{"percent", v.stats.stream.percent()},
+                   {"done_bytes", v.stats.stream.done_bytes},
+                   {"finished", v.stats.stream.finished}};
+  if (v.has_wan)
+    j["wan"] = {{"raw_bytes_in", v.wan_raw_bytes_in},
+                {"sent_bytes_in", v.wan_sent_bytes_in},
+                {"raw_bytes_out", v.wan_raw_bytes_out}};
+  if (v.has_wan && v.wan_sent_out_known) j["wan"]["sent_bytes_out"] = v.wan_sent_bytes_out;
+  return j;
+}
+
+void error(httplib::Response& res, int status, const std::string& message) {
+  res.status = status;
+  res.set_content(nlohmann::json{{"error", message}}.dump() + "\n", "application/json");
+}
+
+}  // namespace
+
+MgmtServer::MgmtServer(const ControlInterface& control, MetricsRegistry& registry,
+                       std::string token)
+    : control_(control), registry_(registry), token_(std::move(token)) {}
+
+MgmtServer::~MgmtServer() { stop(); }
+
+std::string MgmtServer::read_token_file(const std::string& path, std::string& token) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return path + ": cannot read the token file";
+  if ((st.st_mode & 077) != 0)
+    return path + ": the token file must not be readable by others (chmod 600)";
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  const auto first = line.find_first_not_of(" \t\r");
+  const auto last = line.find_last_not_of(" \t\r");
+  token = first == std::string::npos ? std::string() : line.substr(first, last - first + 1);
+  if (token.size() < 16) return path + ": the token must be at least 16 characters";
+  return {};
+}
+
+std::string MgmtServer::start(const std::string& host, uint16_t port) {
+  http_ = std::make_unique<httplib::Server>();
+  http_->new_task_queue = [] { return new httplib::ThreadPool(1); };  // one worker thread
+  http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    const std::string auth = req.get_header_value("Authorization");
+    const std::string want = "Bearer " + token_;
+    if (auth.size() != want.size() || CRYPTO_memcmp(auth.data(), want.data(), want.size()) != 0) {
+      res.set_header("WWW-Authenticate", "Bearer realm=\"ferry\"");
+      error(res, 401, auth.empty() ? "missing bearer token" : "wrong bearer token");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    GatewaySnapshot s;
+    if (!control_.snapshot(s, kSnapshotTimeout))
+      return error(res, 503, "the reactor did not answer");
+    publish(registry_, s);
+    res.set_content(registry_.render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  http_->Get("/api/v1/volumes", [this](const httplib::Request&, httplib::Response& res) {
+    GatewaySnapshot s;
+    if (!control_.snapshot(s, kSnapshotTimeout))
+      return error(res, 503, "the reactor did not answer");
+    nlohmann::json list = nlohmann::json::array();
+    for (const VolumeSnapshot& v : s.volumes) list.push_back(volume_json(v));
+    res.set_content(nlohmann::json{{"daemon", s.daemon}, {"volumes", list}}.dump(2) + "\n",
+                    "application/json");
+  });
+  http_->Get(R"(/api/v1/volumes/([^/]+))",
+             [this](const httplib::Request& req, httplib::Response& res) {
+               GatewaySnapshot s;
+               if (!control_.snapshot(s, kSnapshotTimeout))
+                 return error(res, 503, "the reactor did not answer");
+               const std::string name = req.matches[1];
+               for (const VolumeSnapshot& v : s.volumes)
+                 if (v.name == name)
+                   return res.set_content(volume_json(v).dump(2) + "\n", "application/json");
+               error(res, 404, "no volume '" + name + "'");
+             });
+  http_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (res.body.empty()) error(res, res.status, res.status == 404 ? "no such endpoint" : "error");
+  });
+  const int bound =
+      port == 0 ? http_->bind_to_any_port(host) : (http_->bind_to_port(host, port) ? port : -1);
+  if (bound <= 0)
+    return "cannot listen on " + host + ":" + std::to_string(port) + " (port in use?)";
+  port_ = uint16_t(bound);
+  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  return {};
+}
+
+void MgmtServer::stop() {
+  if (!http_) return;
+  http_->stop();
+  if (thread_.joinable()) thread_.join();
+  http_.reset();
+}
+
+}  // namespace ferry::mgmt
