@@ -351,6 +351,7 @@ int run_target(TargetFlags& f, const char* banner) {
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // in-flight I/O drains
   for (auto& r : reactors) r->stop();
   for (auto& w : workers) w.join();
+  for (const auto& v : volumes) std::fputs(v->stats_text().c_str(), stderr);  // cache counters
   return 0;
 }
 
