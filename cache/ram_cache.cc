@@ -107,7 +107,7 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
     if (s < 0) {
       all_valid = false;
     } else {
-      if (first) slots_[s].freq = uint8_t(std::min(slots_[s].freq + 1, 3));
+      if (first) note_use(uint32_t(s), io);
       for (uint64_t b = off; b < piece_end && all_valid; b += sector_bytes_)
         all_valid = valid(uint32_t(s), uint32_t((b - chunk * cb) / sector_bytes_));
     }
@@ -139,7 +139,7 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
   }
   for (uint64_t chunk = first_chunk; chunk <= last_chunk; ++chunk) {
     int64_t s = find(chunk);
-    if (s < 0) s = admit(chunk);
+    if (s < 0 && (s = admit(chunk)) >= 0) note_use(uint32_t(s), io);  // the miss is its first use
     if (s < 0) continue;
     Slot& sl = slots_[s];
     if (sl.fetching) {
@@ -170,6 +170,19 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
   }
   // Everything it needed completed inline, or no slot/fetch/waiter room: try once more.
   return read(io, false);
+}
+
+// Frequency counts reuse, for S3-FIFO's promotion (cache/DESIGN.md, "Scan resistance"): a
+// prefetch is no use; a chunk's first demand read after admission is its first use (also when a
+// prefetch brought it in); a read starting where the chunk's previous demand read ended is the
+// same sequential pass (a correlated reference), not reuse.
+void RamCache::note_use(uint32_t s, const IoRequest& io) noexcept {
+  if (prefetching(io)) return;
+  Slot& sl = slots_[s];
+  if (sl.referenced && io.offset_bytes != sl.last_read_end)
+    sl.freq = uint8_t(std::min(sl.freq + 1, 3));
+  sl.referenced = true;
+  sl.last_read_end = io.offset_bytes + io.length_bytes;
 }
 
 bool RamCache::start_fetch(uint32_t s, uint32_t lo, uint32_t hi, IoPriority priority) noexcept {
@@ -291,6 +304,7 @@ int64_t RamCache::admit(uint64_t chunk) noexcept {
   Slot& sl = slots_[s];
   sl.chunk = chunk;
   sl.freq = 0;
+  sl.referenced = false;
   sl.used = true;
   sl.fetching = false;
   std::fill_n(bits_.begin() + ptrdiff_t(size_t(s) * words_), words_, 0);

@@ -58,7 +58,9 @@ class RamCache final : public BlockDevice {
   struct Slot {
     uint64_t chunk = 0;
     uint64_t epoch = 0;  // bumped when a discard/write_zeroes drops sectors
+    uint64_t last_read_end = 0;  // byte offset where the chunk's last demand read ended
     uint8_t freq = 0;
+    bool referenced = false;  // a demand read used the chunk since it was admitted
     bool used = false;
     bool in_main = false;
     bool fetching = false;
@@ -89,6 +91,7 @@ class RamCache final : public BlockDevice {
   int64_t admit(uint64_t chunk) noexcept;  // a slot for chunk, evicting if needed; -1 if none
   int64_t evict() noexcept;                // frees one slot; -1 if every slot is busy
   void drop(uint32_t s) noexcept;
+  void note_use(uint32_t s, const IoRequest& io) noexcept;
   bool start_fetch(uint32_t s, uint32_t first, uint32_t last, IoPriority priority) noexcept;
   uint64_t chunk_length(uint64_t chunk) const noexcept;
   bool valid(uint32_t s, uint32_t sector) const noexcept {

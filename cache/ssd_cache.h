@@ -105,8 +105,10 @@ class SsdCache final : public BlockDevice {
     uint64_t seq = 0;    // sequence of the record's last valid-making write
     uint64_t epoch = 0;  // bumped by every write that touches the chunk (start and end)
     uint64_t evict_version = 0;
+    uint64_t last_read_end = 0;  // byte offset where the chunk's last demand read ended
     uint32_t readers = 0, writers = 0;
     bool used = false, filling = false, evicting = false;
+    bool referenced = false;  // a demand read used the chunk since admission (restored: true)
   };
   struct ReadCtx {
     IoRequest* user = nullptr;
@@ -172,6 +174,7 @@ class SsdCache final : public BlockDevice {
   int64_t find(uint64_t chunk) const noexcept;  // resident, not evicting
   int64_t find_any(uint64_t chunk) const noexcept;
   int64_t admit(uint64_t chunk) noexcept;
+  void note_use(uint32_t s, const IoRequest& io) noexcept;
   void start_evictions() noexcept;
   void start_evict(uint32_t s) noexcept;
   void try_free(uint32_t s) noexcept;

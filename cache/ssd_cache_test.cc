@@ -373,6 +373,21 @@ TEST_F(SsdCacheTest, ScanDoesNotEvictHotSet) {
   EXPECT_GE(cache_->counters().hits - hits, hot * 9 / 10) << "a one-pass scan displaced the hot set";
 }
 
+// A scan in reads smaller than a chunk reads each chunk several times in a row: those
+// correlated re-reads are not reuse and must not promote the scanned chunks into main.
+TEST_F(SsdCacheTest, ScanInReadsSmallerThanAChunkDoesNotEvictHotSet) {
+  open();  // ~31 slots of 64 KiB
+  const uint32_t hot = cache_->slots() / 2;
+  for (int round = 0; round < 3; ++round)
+    for (uint32_t c = 0; c < hot; ++c) do_io(*cache_, IoOp::read, uint64_t(c) * 65536, 4096);
+  for (uint64_t off = uint64_t(hot) * 65536; off < kVolumeBytes; off += 16384)
+    do_io(*cache_, IoOp::read, off, 16384);
+  const uint64_t hits = cache_->counters().hits;
+  for (uint32_t c = 0; c < hot; ++c) do_io(*cache_, IoOp::read, uint64_t(c) * 65536, 4096);
+  EXPECT_GE(cache_->counters().hits - hits, hot * 9 / 10)
+      << "a one-pass scan in 16 KiB reads displaced the hot set";
+}
+
 // Random reads, writes, discards and write_zeroes of random sizes through the cache (with a
 // reopen now and then) must read exactly what a plain RamDevice given the same writes reads.
 TEST_F(SsdCacheTest, DifferentialAgainstRamDevice) {
