@@ -37,7 +37,10 @@ struct RamCacheCounters {
   uint64_t prefetch_misses = 0;  // prefetch reads that fetched
   uint64_t bypassed = 0;       // reads sent straight to next (fetch/waiter/slot limit)
   uint64_t fetches = 0;        // chunk fetches issued
-  uint64_t bytes_fetched = 0;  // bytes read from next by fetches
+  uint64_t bytes_fetched = 0;  // bytes read from next by fetches (demand and prefetch)
+  uint64_t bytes_prefetched = 0;        // of bytes_fetched: by fetches for prefetch reads
+  uint64_t prefetched_chunks = 0;       // chunks a prefetch read brought in
+  uint64_t prefetched_chunks_used = 0;  // of those: read on demand before eviction (accuracy)
   uint64_t evictions = 0;
   uint64_t busy = 0;           // writes refused: writes_max in flight
 };
@@ -61,6 +64,7 @@ class RamCache final : public BlockDevice {
     uint64_t last_read_end = 0;  // byte offset where the chunk's last demand read ended
     uint8_t freq = 0;
     bool referenced = false;  // a demand read used the chunk since it was admitted
+    bool prefetched = false;  // admitted by a prefetch read, not used on demand yet
     bool used = false;
     bool in_main = false;
     bool fetching = false;

@@ -243,6 +243,30 @@ TEST(RamCache, HotSetKeepsItsHitRatioDuringAScanInReadsSmallerThanAChunk) {
 
 TEST(RamCache, HotSetKeepsItsHitRatioDuringAPrefetchedScan) { hot_set_during_scan(true, 0.95); }
 
+// Bytes fetched on demand and by prefetch are told apart, and prefetch accuracy counts the
+// prefetched chunks that a demand read used before they left (not prefetches of cached chunks).
+TEST(RamCache, PrefetchAccuracyCountsPrefetchedChunksReadOnDemand) {
+  const uint64_t chunk = 16 * 1024;
+  Fixture f(1 << 20, small(8, uint32_t(chunk)));
+  for (uint64_t c = 0; c < 3; ++c) {
+    Io p(IoOp::read, c * chunk, chunk);
+    p.req.priority = IoPriority::prefetch;
+    ASSERT_EQ(f.run(p), Errc::ok);
+  }
+  Io again(IoOp::read, 0, chunk);  // already cached: no new prefetched chunk
+  again.req.priority = IoPriority::prefetch;
+  ASSERT_EQ(f.run(again), Errc::ok);
+  Io d0(IoOp::read, 0, 4096), d0b(IoOp::read, 8192, 4096), d5(IoOp::read, 5 * chunk, 4096);
+  ASSERT_EQ(f.run(d0), Errc::ok);
+  ASSERT_EQ(f.run(d0b), Errc::ok);  // a second demand read of the same chunk counts once
+  ASSERT_EQ(f.run(d5), Errc::ok);   // a demand miss is not a prefetch
+  const RamCacheCounters& c = f.cache->counters();
+  EXPECT_EQ(c.prefetched_chunks, 3u);
+  EXPECT_EQ(c.prefetched_chunks_used, 1u);
+  EXPECT_EQ(c.bytes_prefetched, 3 * chunk);
+  EXPECT_EQ(c.bytes_fetched - c.bytes_prefetched, chunk);  // chunk 5, on demand
+}
+
 // Random reads, writes, zeroings and discards through the cache (over a RAM device, with a
 // cache much smaller than the device) must read exactly what a plain byte vector says.
 TEST(RamCache, DifferentialAgainstVectorModel) {

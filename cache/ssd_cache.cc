@@ -523,8 +523,13 @@ void SsdCache::read(IoRequest& io) noexcept {
     } else {
       if (s >= 0)
         note_use(uint32_t(s), io);  // read again (a new chunk starts at 0)
-      else if (find_any(chunk) < 0 && (s = admit(chunk)) >= 0)
+      else if (find_any(chunk) < 0 && (s = admit(chunk)) >= 0) {
         note_use(uint32_t(s), io);  // first use
+        if (io.priority == IoPriority::prefetch || io.priority == IoPriority::background) {
+          slots_[s].prefetched = true;
+          ++counters_.prefetched_chunks;
+        }
+      }
       if (s < 0 || !start_fetch(ctx, uint32_t(s), off, piece_end - off)) {
         ReadOp& op = *free_reads_.back();
         free_reads_.pop_back();
@@ -664,7 +669,9 @@ bool SsdCache::start_fetch(ReadCtx& ctx, uint32_t s, uint64_t off, uint64_t len)
   f.io.owner = &f;
   f.io.on_complete = &SsdCache::on_fetched;
   ++counters_.fetches;
-  counters_.bytes_fetched += f.io.length_bytes;
+  const bool prefetch =
+      f.io.priority == IoPriority::prefetch || f.io.priority == IoPriority::background;
+  (prefetch ? counters_.bytes_prefetched : counters_.bytes_fetched) += f.io.length_bytes;
   next_.submit(f.io);
   return true;
 }
@@ -857,6 +864,10 @@ void SsdCache::on_written(IoRequest& io) noexcept {
 void SsdCache::note_use(uint32_t s, const IoRequest& io) noexcept {
   if (io.priority == IoPriority::prefetch || io.priority == IoPriority::background) return;
   Slot& sl = slots_[s];
+  if (sl.prefetched) {
+    sl.prefetched = false;
+    ++counters_.prefetch_hits;
+  }
   if (sl.referenced && io.offset_bytes != sl.last_read_end) policy_.touch(s);
   sl.referenced = true;
   sl.last_read_end = io.offset_bytes + io.length_bytes;
@@ -875,6 +886,7 @@ int64_t SsdCache::admit(uint64_t chunk) noexcept {
   sl.used = true;
   sl.evicting = false;
   sl.referenced = false;
+  sl.prefetched = false;
   std::fill_n(bits_.begin() + ptrdiff_t(size_t(s) * words_), words_, 0);
   index_.emplace(chunk, s);
   policy_.insert(s, chunk);
