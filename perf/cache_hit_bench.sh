@@ -8,6 +8,8 @@
 #   file-lun  `ferry target --lun file:FILE,direct,ro` on that same cache file's data area: ferry's
 #             own transport over the same O_DIRECT reads, without the cache (tells the cost of the
 #             SSD tier's hit path apart from the cost of NBD over loopback in front of a disk)
+#   qemu-nbd  `qemu-nbd --cache=none --aio=io_uring -r` on that same file: another NBD server
+#             over the same O_DIRECT reads (the NBD-over-loopback ceiling, not ferry's)
 # Workload: 4 KiB random reads, one fio job, QD 32, over the first WS bytes of the volume (fio's
 # nbd engine against ferry's NBD export; every ferry runs `--threads 1`, as caches need). The
 # volumes are written first, then read sequentially once, so every timed read is a cache hit
@@ -64,6 +66,14 @@ done
 # raw-ssd reads the cache file's data area (slots of the cached chunks), at the same offsets range.
 DATA_OFFSET=$(python3 -c "import struct,sys; d=open(sys.argv[1],'rb').read(64); print(struct.unpack_from('<Q',d,48)[0])" "$CFILE")
 LUN="file:$CFILE,direct,ro" start_ferry file-lun
+if command -v qemu-nbd >/dev/null; then
+  PQ=$(free_port)
+  qemu-nbd -f raw --cache=none --aio=io_uring -r -b 127.0.0.1 -p "$PQ" -t -e 8 -x lun0 "$CFILE" \
+    >"$TMP/qemu-nbd.log" 2>&1 &
+  PID[qemu-nbd]=$!
+  wait_port "$PQ" || { echo "qemu-nbd did not start:" >&2; cat "$TMP/qemu-nbd.log" >&2; exit 1; }
+  URI[qemu-nbd]="nbd://127.0.0.1:$PQ/lun0"
+fi
 
 run_one() {  # run_one NAME ROUND
   local name=$1 round=$2 out="$TMP/$1-$2"
@@ -72,7 +82,7 @@ run_one() {  # run_one NAME ROUND
   if [ "$name" = raw-ssd ]; then
     fio "${common[@]}" --ioengine=io_uring --direct=1 --filename="$CFILE" --offset="$DATA_OFFSET" \
         --size="$WS" >"$out.json" 2>"$out.err"
-  elif [ "$name" = file-lun ]; then
+  elif [ "$name" = file-lun ] || [ "$name" = qemu-nbd ]; then
     fio "${common[@]}" --ioengine=nbd --uri="${URI[$name]}" --offset="$DATA_OFFSET" --size="$WS" >"$out.json" 2>"$out.err"
   else
     fio "${common[@]}" --ioengine=nbd --uri="${URI[$name]}" --size="$WS" >"$out.json" 2>"$out.err"
@@ -80,8 +90,9 @@ run_one() {  # run_one NAME ROUND
   awk '{print $1}' /proc/loadavg >"$out.load"
 }
 NAMES=(ram-lun ram-tier ssd-tier raw-ssd file-lun)
+[ -n "${PID[qemu-nbd]:-}" ] && NAMES+=(qemu-nbd)
 for round in $(seq "$ROUNDS"); do
-  for i in 0 1 2 3 4; do run_one "${NAMES[$(((i + round) % 5))]}" "$round"; done
+  for i in "${!NAMES[@]}"; do run_one "${NAMES[$(((i + round) % ${#NAMES[@]}))]}" "$round"; done
   echo "round $round of $ROUNDS done" >&2
 done
 LOAD_END=$(cat /proc/loadavg)
@@ -94,7 +105,8 @@ grep -h "ram cache\|ssd cache" "$TMP"/ram-tier.log "$TMP"/ssd-tier.log >"$TMP/co
 python3 - "$TMP" "$RUNTIME" "$ROUNDS" "$WS" "$LOAD_END" "$CACHE_DIR" >"$TMP/table.md" <<'PY'
 import json, os, re, sys, statistics
 tmp, runtime, rounds, ws, load_end, cache_dir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-names = ("ram-lun", "ram-tier", "ssd-tier", "raw-ssd", "file-lun")
+names = [n for n in ("ram-lun", "ram-tier", "ssd-tier", "raw-ssd", "file-lun", "qemu-nbd")
+         if os.path.exists(os.path.join(tmp, f"{n}-1.json"))]
 def one(n, r):
     text = open(os.path.join(tmp, f"{n}-{r}.json")).read(); text = text[text.index("{"):]
     d = json.loads(text)["jobs"][0]["read"]
@@ -124,7 +136,9 @@ def ratio(a, b):
 print("\n| comparison | IOPS ratio of medians | per round (same round) | target |")
 print("|---|---:|---|---|")
 for a, b, tgt in (("ram-tier", "ram-lun", "≥ 0.90"), ("ssd-tier", "raw-ssd", "≥ 0.80"),
-                  ("file-lun", "raw-ssd", "(diagnosis)"), ("ssd-tier", "file-lun", "(diagnosis)")):
+                  ("file-lun", "raw-ssd", "(diagnosis)"), ("qemu-nbd", "raw-ssd", "(diagnosis)"),
+                  ("ssd-tier", "file-lun", "(diagnosis)")):
+    if a not in names or b not in names: continue
     m, per = ratio(a, b)
     print(f"| {a} ÷ {b} | {m:.2f} | {', '.join(f'{x:.2f}' for x in per)} | {tgt} |")
 print("\nCache counters at stop (all reads since start, including the warm-up pass):\n")
