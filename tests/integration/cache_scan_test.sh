@@ -15,7 +15,8 @@
 # the totals. Prints the WAN bytes per direction (ferry-wan-emu --stats-file).
 # With LRU, or with S3-FIFO counting a scan's consecutive reads of one chunk as reuse, the hot
 # ratio falls by 40-50 points here (perf/cache_sim.cc; cache/DESIGN.md "Scan resistance").
-# Usage: cache_scan_test.sh /path/to/ferry
+# Usage: cache_scan_test.sh /path/to/ferry   (STACK="readahead:512KiB > ram-cache:32MiB" tries
+# another cloud-edge stack instead of the default one with --ram-cache-mib 32)
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 need qemu-nbd openssl fio
@@ -52,10 +53,11 @@ P_EMU=$(free_port)
 EMU_PID=$!; PIDS+=($EMU_PID)
 for _ in $(seq 100); do grep -q 'listening' "$TMP/emu.log" && break; sleep 0.05; done
 
+if [ -n "${STACK:-}" ]; then CACHE_ARGS=(--layers "$STACK"); else CACHE_ARGS=(--ram-cache-mib $CACHE_MIB); fi
 P_ISCSI=$(free_port)
 P_NBDX=$(free_port)
 "$FERRY" cloud-edge --listen 127.0.0.1:$P_ISCSI --nbd 127.0.0.1:$P_NBDX --dc 127.0.0.1:$P_EMU --volume disk \
-  --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge --ram-cache-mib $CACHE_MIB \
+  --tls-ca "$PKI/ca-cert.pem" --dc-name dc-edge "${CACHE_ARGS[@]}" \
   --tls-cert "$PKI/cloud-edge-cert.pem" --tls-key "$PKI/cloud-edge-key.pem" >"$TMP/cloud.log" 2>&1 &
 CLOUD_PID=$!; PIDS+=($CLOUD_PID)
 wait_listening "$TMP/cloud.log" "$CLOUD_PID" || { cat "$TMP/cloud.log"; echo "FAIL: cloud-edge did not start"; exit 1; }
