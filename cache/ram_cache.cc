@@ -100,14 +100,17 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
   const uint64_t cb = opt_.chunk_bytes;
   const uint64_t end = io.offset_bytes + io.length_bytes;
   bool all_valid = true;
+  const uint64_t head_chunk = io.offset_bytes / cb;
+  int64_t head_slot = -1;  // looked up once: most reads lie in one chunk
   for (uint64_t off = io.offset_bytes; off < end;) {
     const uint64_t chunk = off / cb;
     const uint64_t piece_end = std::min(end, (chunk + 1) * cb);
     const int64_t s = find(chunk);
+    if (chunk == head_chunk) head_slot = s;
     if (s < 0) {
       all_valid = false;
     } else {
-      if (first) slots_[s].freq = uint8_t(std::min(slots_[s].freq + 1, 3));
+      if (first) note_use(uint32_t(s), io);
       for (uint64_t b = off; b < piece_end && all_valid; b += sector_bytes_)
         all_valid = valid(uint32_t(s), uint32_t((b - chunk * cb) / sector_bytes_));
     }
@@ -117,7 +120,7 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
     for (uint64_t off = io.offset_bytes; off < end;) {
       const uint64_t chunk = off / cb;
       const uint64_t piece_end = std::min(end, (chunk + 1) * cb);
-      const int64_t s = find(chunk);
+      const int64_t s = chunk == head_chunk ? head_slot : find(chunk);
       std::memcpy(io.data + (off - io.offset_bytes), slot_data(uint32_t(s)) + (off - chunk * cb),
                   piece_end - off);
       off = piece_end;
@@ -139,7 +142,13 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
   }
   for (uint64_t chunk = first_chunk; chunk <= last_chunk; ++chunk) {
     int64_t s = find(chunk);
-    if (s < 0) s = admit(chunk);
+    if (s < 0 && (s = admit(chunk)) >= 0) {
+      note_use(uint32_t(s), io);  // the miss is its first use
+      if (prefetching(io)) {
+        slots_[s].prefetched = true;
+        ++counters_.prefetched_chunks;
+      }
+    }
     if (s < 0) continue;
     Slot& sl = slots_[s];
     if (sl.fetching) {
@@ -172,6 +181,23 @@ void RamCache::read(IoRequest& io, bool first) noexcept {
   return read(io, false);
 }
 
+// Frequency counts reuse, for S3-FIFO's promotion (cache/DESIGN.md, "Scan resistance"): a
+// prefetch is no use; a chunk's first demand read after admission is its first use (also when a
+// prefetch brought it in); a read starting where the chunk's previous demand read ended is the
+// same sequential pass (a correlated reference), not reuse.
+void RamCache::note_use(uint32_t s, const IoRequest& io) noexcept {
+  if (prefetching(io)) return;
+  Slot& sl = slots_[s];
+  if (sl.prefetched) {
+    sl.prefetched = false;
+    ++counters_.prefetched_chunks_used;
+  }
+  if (sl.referenced && io.offset_bytes != sl.last_read_end)
+    sl.freq = uint8_t(std::min(sl.freq + 1, 3));
+  sl.referenced = true;
+  sl.last_read_end = io.offset_bytes + io.length_bytes;
+}
+
 bool RamCache::start_fetch(uint32_t s, uint32_t lo, uint32_t hi, IoPriority priority) noexcept {
   if (free_fetches_.empty()) return false;
   Fetch* f = free_fetches_.back();
@@ -190,6 +216,7 @@ bool RamCache::start_fetch(uint32_t s, uint32_t lo, uint32_t hi, IoPriority prio
   sl.fetching = true;
   ++counters_.fetches;
   counters_.bytes_fetched += f->io.length_bytes;
+  if (prefetching(f->io)) counters_.bytes_prefetched += f->io.length_bytes;
   next_.submit(f->io);
   return true;
 }
@@ -292,6 +319,8 @@ int64_t RamCache::admit(uint64_t chunk) noexcept {
   Slot& sl = slots_[s];
   sl.chunk = chunk;
   sl.freq = 0;
+  sl.referenced = false;
+  sl.prefetched = false;
   sl.used = true;
   sl.fetching = false;
   std::fill_n(bits_.begin() + ptrdiff_t(size_t(s) * words_), words_, 0);

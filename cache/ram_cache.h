@@ -37,7 +37,10 @@ struct RamCacheCounters {
   uint64_t prefetch_misses = 0;  // prefetch reads that fetched
   uint64_t bypassed = 0;       // reads sent straight to next (fetch/waiter/slot limit)
   uint64_t fetches = 0;        // chunk fetches issued
-  uint64_t bytes_fetched = 0;  // bytes read from next by fetches
+  uint64_t bytes_fetched = 0;  // bytes read from next by fetches (demand and prefetch)
+  uint64_t bytes_prefetched = 0;        // of bytes_fetched: by fetches for prefetch reads
+  uint64_t prefetched_chunks = 0;       // chunks a prefetch read brought in
+  uint64_t prefetched_chunks_used = 0;  // of those: read on demand before eviction (accuracy)
   uint64_t evictions = 0;
   uint64_t busy = 0;           // writes refused: writes_max in flight
 };
@@ -58,7 +61,10 @@ class RamCache final : public BlockDevice {
   struct Slot {
     uint64_t chunk = 0;
     uint64_t epoch = 0;  // bumped when a discard/write_zeroes drops sectors
+    uint64_t last_read_end = 0;  // byte offset where the chunk's last demand read ended
     uint8_t freq = 0;
+    bool referenced = false;  // a demand read used the chunk since it was admitted
+    bool prefetched = false;  // admitted by a prefetch read, not used on demand yet
     bool used = false;
     bool in_main = false;
     bool fetching = false;
@@ -89,6 +95,7 @@ class RamCache final : public BlockDevice {
   int64_t admit(uint64_t chunk) noexcept;  // a slot for chunk, evicting if needed; -1 if none
   int64_t evict() noexcept;                // frees one slot; -1 if every slot is busy
   void drop(uint32_t s) noexcept;
+  void note_use(uint32_t s, const IoRequest& io) noexcept;
   bool start_fetch(uint32_t s, uint32_t first, uint32_t last, IoPriority priority) noexcept;
   uint64_t chunk_length(uint64_t chunk) const noexcept;
   bool valid(uint32_t s, uint32_t sector) const noexcept {

@@ -27,7 +27,7 @@ namespace ferry::cache {
 struct ReadAheadOptions {
   uint32_t chunk_bytes = 64 * 1024;          // size of one prefetch read (the cache's chunk)
   uint64_t window_min_bytes = 256 * 1024;    // ahead of a stream once it is sequential
-  uint64_t window_max_bytes = 8ull << 20;    // the window's cap
+  uint64_t window_max_bytes = 512 * 1024;    // the window's cap
   uint32_t reads_max = 16;                   // prefetch reads in flight (keep under the cache's fetches_max)
   uint32_t streams_max = 8;                  // sequential streams tracked at once
   uint32_t trigger_reads = 3;                // reads of one stream in a row before prefetching

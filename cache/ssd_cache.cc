@@ -418,8 +418,12 @@ Result<void> SsdCache::load_or_format(std::string* why) noexcept {
     }
     free_slots_.clear();
     for (uint32_t s = slot_count_; s-- > 0;) {
-      if (slots_[s].used) policy_.insert_main(s, slots_[s].chunk);
-      else free_slots_.push_back(s);
+      if (slots_[s].used) {
+        slots_[s].referenced = true;  // it earned its place before the restart
+        policy_.insert_main(s, slots_[s].chunk);
+      } else {
+        free_slots_.push_back(s);
+      }
     }
   } else {
     std::memset(meta.get(), 0, meta_bytes);
@@ -514,11 +518,18 @@ void SsdCache::read(IoRequest& io) noexcept {
       piece_valid = valid(uint32_t(s), uint32_t((b - chunk * cb) / kUnitBytes));
     ++ctx.remaining;
     if (piece_valid) {
-      policy_.touch(uint32_t(s));
+      note_use(uint32_t(s), io);
       start_piece_from_ssd(ctx, uint32_t(s), off, piece_end - off);
     } else {
-      if (s >= 0) policy_.touch(uint32_t(s));  // read again (a new chunk starts at 0)
-      else if (find_any(chunk) < 0) s = admit(chunk);
+      if (s >= 0)
+        note_use(uint32_t(s), io);  // read again (a new chunk starts at 0)
+      else if (find_any(chunk) < 0 && (s = admit(chunk)) >= 0) {
+        note_use(uint32_t(s), io);  // first use
+        if (io.priority == IoPriority::prefetch || io.priority == IoPriority::background) {
+          slots_[s].prefetched = true;
+          ++counters_.prefetched_chunks;
+        }
+      }
       if (s < 0 || !start_fetch(ctx, uint32_t(s), off, piece_end - off)) {
         ReadOp& op = *free_reads_.back();
         free_reads_.pop_back();
@@ -658,7 +669,9 @@ bool SsdCache::start_fetch(ReadCtx& ctx, uint32_t s, uint64_t off, uint64_t len)
   f.io.owner = &f;
   f.io.on_complete = &SsdCache::on_fetched;
   ++counters_.fetches;
-  counters_.bytes_fetched += f.io.length_bytes;
+  const bool prefetch =
+      f.io.priority == IoPriority::prefetch || f.io.priority == IoPriority::background;
+  (prefetch ? counters_.bytes_prefetched : counters_.bytes_fetched) += f.io.length_bytes;
   next_.submit(f.io);
   return true;
 }
@@ -846,6 +859,21 @@ void SsdCache::on_written(IoRequest& io) noexcept {
 
 // --------------------------------------------------------------------------- slots, eviction
 
+// Frequency counts reuse, for S3-FIFO's promotion (cache/DESIGN.md, "Scan resistance"): a
+// prefetch is no use; a chunk's first demand read after admission is its first use; a read that
+// starts where the chunk's previous demand read ended continues the same pass, it is no reuse.
+void SsdCache::note_use(uint32_t s, const IoRequest& io) noexcept {
+  if (io.priority == IoPriority::prefetch || io.priority == IoPriority::background) return;
+  Slot& sl = slots_[s];
+  if (sl.prefetched) {
+    sl.prefetched = false;
+    ++counters_.prefetch_hits;
+  }
+  if (sl.referenced && io.offset_bytes != sl.last_read_end) policy_.touch(s);
+  sl.referenced = true;
+  sl.last_read_end = io.offset_bytes + io.length_bytes;
+}
+
 int64_t SsdCache::admit(uint64_t chunk) noexcept {
   if (free_slots_.size() <= low_water_) start_evictions();
   if (free_slots_.empty()) return -1;
@@ -858,6 +886,8 @@ int64_t SsdCache::admit(uint64_t chunk) noexcept {
   ++sl.epoch;
   sl.used = true;
   sl.evicting = false;
+  sl.referenced = false;
+  sl.prefetched = false;
   std::fill_n(bits_.begin() + ptrdiff_t(size_t(s) * words_), words_, 0);
   index_.emplace(chunk, s);
   policy_.insert(s, chunk);

@@ -61,10 +61,12 @@ struct SsdCacheCounters {
   uint64_t hits = 0;             // reads served from the SSD entirely
   uint64_t misses = 0;           // reads that needed next for at least one chunk piece
   uint64_t bypassed = 0;         // reads sent straight to next (op/slot limits, cache failed)
-  uint64_t fetches = 0;          // chunk fetches from next (on demand)
-  uint64_t bytes_fetched = 0;    // bytes read from next by fetches (on demand)
-  uint64_t bytes_prefetched = 0; // bytes read from next by prefetch (no prefetch yet: 0)
-  uint64_t prefetch_hits = 0;    // reads served by prefetched chunks (no prefetch yet: 0)
+  uint64_t fetches = 0;          // chunk fetches from next (demand and prefetch)
+  uint64_t bytes_fetched = 0;    // bytes read from next by fetches for demand reads
+  uint64_t bytes_prefetched = 0;   // bytes read from next by fetches for prefetch reads (a tier
+                                   // or read-ahead above fetching at IoPriority::prefetch)
+  uint64_t prefetched_chunks = 0;  // chunks a prefetch read brought in
+  uint64_t prefetch_hits = 0;      // of those: read on demand before eviction (accuracy)
   uint64_t fills = 0;            // chunk writes to the SSD that became valid
   uint64_t evictions = 0;
   uint64_t busy = 0;             // writes refused: writes_max in flight
@@ -105,8 +107,11 @@ class SsdCache final : public BlockDevice {
     uint64_t seq = 0;    // sequence of the record's last valid-making write
     uint64_t epoch = 0;  // bumped by every write that touches the chunk (start and end)
     uint64_t evict_version = 0;
+    uint64_t last_read_end = 0;  // byte offset where the chunk's last demand read ended
     uint32_t readers = 0, writers = 0;
     bool used = false, filling = false, evicting = false;
+    bool referenced = false;  // a demand read used the chunk since admission (restored: true)
+    bool prefetched = false;  // admitted by a prefetch read, not used on demand yet
   };
   struct ReadCtx {
     IoRequest* user = nullptr;
@@ -172,6 +177,7 @@ class SsdCache final : public BlockDevice {
   int64_t find(uint64_t chunk) const noexcept;  // resident, not evicting
   int64_t find_any(uint64_t chunk) const noexcept;
   int64_t admit(uint64_t chunk) noexcept;
+  void note_use(uint32_t s, const IoRequest& io) noexcept;
   void start_evictions() noexcept;
   void start_evict(uint32_t s) noexcept;
   void try_free(uint32_t s) noexcept;

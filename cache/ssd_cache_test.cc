@@ -91,12 +91,14 @@ class CrashFile final : public BlockDevice {
 };
 
 std::vector<std::byte> do_io(BlockDevice& d, IoOp op, uint64_t off, uint64_t len,
-                             const std::byte* src = nullptr, Errc* result = nullptr) {
+                             const std::byte* src = nullptr, Errc* result = nullptr,
+                             IoPriority priority = IoPriority::demand) {
   std::vector<std::byte> buf(len);
   if (src) std::memcpy(buf.data(), src, len);
   bool done = false;
   IoRequest r;
   r.op = op;
+  r.priority = priority;
   r.offset_bytes = off;
   r.length_bytes = len;
   r.data = buf.data();
@@ -371,6 +373,37 @@ TEST_F(SsdCacheTest, ScanDoesNotEvictHotSet) {
   const uint64_t hits = cache_->counters().hits;
   for (uint32_t c = 0; c < hot; ++c) do_io(*cache_, IoOp::read, uint64_t(c) * 65536, 4096);
   EXPECT_GE(cache_->counters().hits - hits, hot * 9 / 10) << "a one-pass scan displaced the hot set";
+}
+
+// A fetch for a prefetch read (the RAM tier above fetching for read-ahead) counts as prefetched
+// bytes, and a prefetched chunk read on demand counts once toward prefetch accuracy.
+TEST_F(SsdCacheTest, PrefetchAccuracyCountsPrefetchedChunksReadOnDemand) {
+  open();
+  for (uint64_t c = 0; c < 3; ++c)
+    do_io(*cache_, IoOp::read, c * 65536, 65536, nullptr, nullptr, IoPriority::prefetch);
+  do_io(*cache_, IoOp::read, 0, 4096);
+  do_io(*cache_, IoOp::read, 8192, 4096);
+  do_io(*cache_, IoOp::read, 5 * 65536, 4096);
+  const SsdCacheCounters& c = cache_->counters();
+  EXPECT_EQ(c.prefetched_chunks, 3u);
+  EXPECT_EQ(c.prefetch_hits, 1u);
+  EXPECT_EQ(c.bytes_prefetched, 3u * 65536);
+  EXPECT_GT(c.bytes_fetched, 0u);  // chunk 5, on demand
+}
+
+// A scan in reads smaller than a chunk reads each chunk several times in a row: those
+// correlated re-reads are not reuse and must not promote the scanned chunks into main.
+TEST_F(SsdCacheTest, ScanInReadsSmallerThanAChunkDoesNotEvictHotSet) {
+  open();  // ~31 slots of 64 KiB
+  const uint32_t hot = cache_->slots() / 2;
+  for (int round = 0; round < 3; ++round)
+    for (uint32_t c = 0; c < hot; ++c) do_io(*cache_, IoOp::read, uint64_t(c) * 65536, 4096);
+  for (uint64_t off = uint64_t(hot) * 65536; off < kVolumeBytes; off += 16384)
+    do_io(*cache_, IoOp::read, off, 16384);
+  const uint64_t hits = cache_->counters().hits;
+  for (uint32_t c = 0; c < hot; ++c) do_io(*cache_, IoOp::read, uint64_t(c) * 65536, 4096);
+  EXPECT_GE(cache_->counters().hits - hits, hot * 9 / 10)
+      << "a one-pass scan in 16 KiB reads displaced the hot set";
 }
 
 // Random reads, writes, discards and write_zeroes of random sizes through the cache (with a

@@ -452,7 +452,7 @@ cache::StreamProgress Volume::stream_progress() const noexcept {
 
 std::string Volume::stats_text() const {
   std::string out;
-  char line[512];
+  char line[768];
   for (const cache::MapPrefetch* m : map_prefetches_) {
     const auto& c = m->counters();
     std::snprintf(line, sizeof line,
@@ -482,24 +482,36 @@ std::string Volume::stats_text() const {
   }
   for (const journal::JournalDevice* j : journals_) out += j->stats_text(name_);
   for (const journal::RedoLogDevice* r : redo_logs_) out += r->stats_text(name_);
+  auto pct = [](uint64_t part, uint64_t whole) {
+    return whole ? 100.0 * double(part) / double(whole) : 0.0;
+  };
   for (const cache::RamCache* rc : ram_caches_) {
     const auto& c = rc->counters();
     std::snprintf(line, sizeof line,
-                  "ram cache %s: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " bypassed; prefetch: %" PRIu64
-                  " already cached, %" PRIu64 " fetched; %" PRIu64 " B fetched in %" PRIu64 " fetches, %" PRIu64
-                  " evictions\n",
-                  name_.c_str(), c.hits, c.misses, c.bypassed, c.prefetch_cached, c.prefetch_misses,
-                  c.bytes_fetched, c.fetches, c.evictions);
+                  "ram cache %s: %" PRIu64 " hits, %" PRIu64 " misses (%.1f %% hits), %" PRIu64
+                  " bypassed; prefetch: %" PRIu64 " already cached, %" PRIu64 " fetched; %" PRIu64
+                  " B fetched in %" PRIu64 " fetches (%" PRIu64 " B on demand, %" PRIu64
+                  " B by prefetch); %" PRIu64 " chunks prefetched, %" PRIu64
+                  " of them used (accuracy %.1f %%); %" PRIu64 " evictions\n",
+                  name_.c_str(), c.hits, c.misses, pct(c.hits, c.hits + c.misses), c.bypassed,
+                  c.prefetch_cached, c.prefetch_misses, c.bytes_fetched, c.fetches,
+                  c.bytes_fetched - c.bytes_prefetched, c.bytes_prefetched, c.prefetched_chunks,
+                  c.prefetched_chunks_used, pct(c.prefetched_chunks_used, c.prefetched_chunks),
+                  c.evictions);
     out += line;
   }
   for (const cache::SsdCache* sc : ssd_caches_) {
     const auto& c = sc->counters();
     std::snprintf(line, sizeof line,
-                  "ssd cache %s: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64 " bypassed, %" PRIu64
-                  " B fetched in %" PRIu64 " fetches, %" PRIu64 " fills, %" PRIu64 " evictions, %" PRIu64
-                  " restored at open, %" PRIu64 " corrupt dropped, %" PRIu64 " writes waited for invalidation, %" PRIu64
-                  " cache-file errors\n",
-                  name_.c_str(), c.hits, c.misses, c.bypassed, c.bytes_fetched, c.fetches, c.fills, c.evictions,
+                  "ssd cache %s: %" PRIu64 " hits, %" PRIu64 " misses (%.1f %% hits), %" PRIu64
+                  " bypassed, %" PRIu64 " fetches (%" PRIu64 " B on demand, %" PRIu64
+                  " B by prefetch); %" PRIu64 " chunks prefetched, %" PRIu64
+                  " of them used (accuracy %.1f %%); %" PRIu64 " fills, %" PRIu64
+                  " evictions, %" PRIu64 " restored at open, %" PRIu64 " corrupt dropped, %" PRIu64
+                  " writes waited for invalidation, %" PRIu64 " cache-file errors\n",
+                  name_.c_str(), c.hits, c.misses, pct(c.hits, c.hits + c.misses), c.bypassed,
+                  c.fetches, c.bytes_fetched, c.bytes_prefetched, c.prefetched_chunks,
+                  c.prefetch_hits, pct(c.prefetch_hits, c.prefetched_chunks), c.fills, c.evictions,
                   c.restored_chunks, c.corrupt_dropped, c.write_waits, c.ssd_errors);
     out += line;
   }

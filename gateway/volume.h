@@ -12,7 +12,7 @@
 //                          do nothing in the other daemons' stacks)
 //   prefetch-map[:MAX]     at start, replays the volume's learned access map (from the datacenter
 //                          edge) as prefetches, up to MAX bytes (256MiB) (cache/map_prefetch.h)
-//   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (8MiB)
+//   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (512KiB: about one bandwidth-delay product of 100 Mbit/s x 40 ms)
 //   ram-cache:SIZE         RAM tier (cache/ram_cache.h), SIZE like 256MiB
 //   ssd-cache:PATH[,size=SIZE][,key=FILE]   SSD tier (cache/ssd_cache.h): a cache file (created)
 //                          or block device, survives restarts; `{volume}` in PATH is replaced by
@@ -104,7 +104,7 @@ class Volume {
 
   const std::string& name() const noexcept { return name_; }
   BlockDevice& top() noexcept { return *top_; }
-  // "readahead:8192KiB>ram-cache:256MiB/64KiB>wan volume vm1"
+  // "readahead:512KiB>ram-cache:256MiB/64KiB>wan volume vm1"
   std::string describe() const;
   // One line per layer that counts something (cache hits, prefetch accuracy, ...), for the
   // daemon's stop report and later the metrics registry. Reactor thread or after it stopped.

@@ -406,6 +406,7 @@ int run_target(TargetFlags& f, const char* banner) {
   std::fprintf(stderr, "ferry: stopped\n");
   for (auto& r : reactors) r->stop();
   for (auto& w : workers) w.join();
+  for (const auto& v : volumes) std::fputs(v->stats_text().c_str(), stderr);  // cache counters
   return 0;
 }
 

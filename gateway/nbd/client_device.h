@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/extent_cache.h"
 #include "datapath/block_device.h"
 
 struct nbd_handle;
@@ -54,50 +55,6 @@ class Timer;
 }  // namespace ferry
 
 namespace ferry::nbd {
-
-// Learned NBD base:allocation extents: a bounded interval map [start, end) → status flags
-// (kStatusHole | kStatusZero, or 0 for data). Adjacent extents with equal flags are merged.
-// When an insertion takes it above entries_max it evicts whole entries from the end (lowest or
-// highest offsets) farther from the insertion, so the neighbourhood being read stays cached.
-// Map nodes come from a pool resource: after warm-up no heap allocation per update.
-// Not thread safe (owned by one device, used on its home thread).
-class ExtentCache {
- public:
-  struct Extent {
-    uint64_t start_bytes;
-    uint64_t end_bytes;
-    uint32_t flags;
-  };
-
-  explicit ExtentCache(size_t entries_max) noexcept;
-  // Records that [start, end) has `flags`, replacing what was known there.
-  void assign(uint64_t start_bytes, uint64_t end_bytes, uint32_t flags) noexcept;
-  // Forgets [start, end).
-  void erase(uint64_t start_bytes, uint64_t end_bytes) noexcept;
-  void clear() noexcept { map_.clear(); }
-  // The known extent containing offset_bytes, if any.
-  std::optional<Extent> find(uint64_t offset_bytes) const noexcept;
-  // First offset in [start, end) that no extent covers, or end if all of it is known.
-  uint64_t first_unknown(uint64_t start_bytes, uint64_t end_bytes) const noexcept;
-  // First offset in [start, end) covered by an extent whose flags intersect mask, or end.
-  uint64_t first_with(uint64_t start_bytes, uint64_t end_bytes, uint32_t mask) const noexcept;
-  size_t size() const noexcept { return map_.size(); }
-  size_t entries_max() const noexcept { return entries_max_; }
-  uint64_t evictions() const noexcept { return evictions_; }
-
- private:
-  struct Value {
-    uint64_t end_bytes;
-    uint32_t flags;
-  };
-  using Map = std::pmr::map<uint64_t, Value>;
-  void evict(uint64_t near_bytes) noexcept;
-
-  size_t entries_max_;
-  uint64_t evictions_ = 0;
-  std::pmr::unsynchronized_pool_resource pool_;
-  Map map_;
-};
 
 struct NbdClientOptions {
   // Handles to open when the server advertises multi-conn (NBD_FLAG_CAN_MULTI_CONN); one
@@ -198,7 +155,7 @@ class NbdClientDevice final : public BlockDevice {
   size_t live_connection_count() const noexcept;
   uint64_t requests_sent_on(size_t connection) const noexcept;
   const NbdClientStats& stats() const noexcept { return stats_; }
-  const ExtentCache& extent_cache() const noexcept { return cache_; }
+  const cache::ExtentCache& extent_cache() const noexcept { return cache_; }
   Reactor* home() const noexcept;
 
  private:
@@ -354,7 +311,7 @@ class NbdClientDevice final : public BlockDevice {
   size_t replay_batch_n_ = 0;
   uint64_t replayed_now_ = 0;
 
-  ExtentCache cache_;
+  cache::ExtentCache cache_;
   static constexpr size_t kMutationRing = 64;
   struct Mutation {
     uint64_t epoch;

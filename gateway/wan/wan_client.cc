@@ -30,7 +30,8 @@ WanClient::WanClient(Reactor& reactor, WanClientOptions options, const tls::TlsC
       options_(std::move(options)),
       tls_(tls),
       names_(std::move(volume_names)),
-      resolver_(reactor) {
+      resolver_(reactor),
+      store_(reactor.pool(), options_.content_store_bytes_max, kChunkBytesMax) {
   for (size_t i = 0; i < names_.size(); ++i)
     devices_.push_back(std::make_unique<RemoteDevice>(*this, i, names_[i]));
   counters_.resize(names_.size());
@@ -435,37 +436,6 @@ void WanClient::fail_all(Errc e, const char* why) noexcept {
   }
 }
 
-// ---------------------------------------------------------------- content store (dedup)
-
-void WanClient::remember(std::span<const uint8_t> data) noexcept {
-  if (options_.content_store_bytes_max == 0 || data.size() > kChunkBytesMax) return;
-  const ContentHash h = content_hash(data);
-  if (store_.count(h) != 0) return;
-  while (store_bytes_ + data.size() > options_.content_store_bytes_max && !store_order_.empty()) {
-    auto it = store_.find(store_order_.front());
-    if (it != store_.end()) {
-      store_bytes_ -= it->second.length;
-      store_.erase(it);
-    }
-    store_order_.pop_front();
-  }
-  Stored s;
-  s.data = reactor_.pool().allocate(data.size());
-  if (!s.data) return;  // pool full: simply not remembered (a later ref then misses)
-  std::memcpy(s.data.data(), data.data(), data.size());
-  s.length = uint32_t(data.size());
-  store_bytes_ += data.size();
-  store_order_.push_back(h);
-  store_.emplace(h, std::move(s));
-}
-
-const WanClient::Stored* WanClient::recall(std::span<const uint8_t> hash) const noexcept {
-  ContentHash h;
-  std::memcpy(h.data(), hash.data(), h.size());
-  auto it = store_.find(h);
-  return it == store_.end() ? nullptr : &it->second;
-}
-
 // ---------------------------------------------------------------- frames from the server
 
 bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept {
@@ -584,11 +554,11 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
           reinterpret_cast<uint8_t*>(io.data) + (h.offset_bytes - io.offset_bytes), h.length_bytes};
       c.payload_bytes_in += payload.size();
       if (h.flags & kFlagDedupRef) {
-        const Stored* s = recall(payload);
-        if (s == nullptr || s->length != h.length_bytes) {
+        const std::span<const uint8_t> s = store_.recall(payload);
+        if (s.empty() || s.size() != h.length_bytes) {
           p->dedup_miss = true;
         } else {
-          std::memcpy(out.data(), s->data.data(), out.size());
+          std::memcpy(out.data(), s.data(), out.size());
           c.bytes_dedup += out.size();
         }
       } else {
@@ -596,10 +566,8 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
           stream_->close("undecodable READ_DATA");
           return false;
         }
-        if (h.flags & kFlagZero)
-          c.bytes_zero += out.size();
-        else
-          remember(out);
+        if (h.flags & kFlagZero) c.bytes_zero += out.size();
+        else store_.remember(out);
         if (h.flags & kFlagCompressed) c.bytes_compressed += out.size();
       }
       p->received_bytes += h.length_bytes;

@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cache/content_store.h"
 #include "datapath/block_device.h"
 #include "datapath/net_address.h"
 #include "datapath/reactor.h"
@@ -113,11 +114,6 @@ class WanClient final : public WanStreamHandler {
     uint64_t sent_bytes = 0;  // write: bytes framed so far
     uint64_t received_bytes = 0;
   };
-  struct Stored {
-    Buffer data;
-    uint32_t length = 0;
-  };
-
   void enqueue(size_t volume, IoRequest& io, Priority priority) noexcept;
 
   void connect() noexcept;
@@ -130,8 +126,6 @@ class WanClient final : public WanStreamHandler {
   bool send_request(Pending& p) noexcept;
   void complete(Pending* p, Errc e) noexcept;
   void fail_all(Errc e, const char* why) noexcept;
-  void remember(std::span<const uint8_t> data) noexcept;
-  const Stored* recall(std::span<const uint8_t> hash) const noexcept;
   static void on_tick(void* ctx) noexcept;
   static void on_reconnect_timer(void* ctx) noexcept;
 
@@ -185,9 +179,8 @@ class WanClient final : public WanStreamHandler {
   ChunkDecoder decoder_;
   Buffer scratch_;  // compression output for writes
 
-  std::unordered_map<ContentHash, Stored, ContentHashHasher> store_;
-  std::list<ContentHash> store_order_;
-  size_t store_bytes_ = 0;
+
+  cache::ContentStore store_;  // dedup: content received, by hash (cache/content_store.h)
 };
 
 class RemoteDevice final : public BlockDevice {
