@@ -2,6 +2,8 @@
 #include "mgmt/cli_util.h"
 
 #include <cstdio>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
 #include "datapath/net_address.h"
@@ -46,6 +48,24 @@ void add_pre_auth_flags(CLI::App& app, PreAuthLimits& limits, const char* what) 
                  "of those, from one source address; more are refused at once")
       ->check(CLI::Range(1u, 100000u))
       ->capture_default_str();
+}
+
+bool ensure_state_dir(const std::string& path, const char* flag) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) {
+    if (!fs::create_directories(path, ec) && ec) {
+      std::fprintf(stderr, "ferry: %s %s: cannot create it: %s\n", flag, path.c_str(),
+                   ec.message().c_str());
+      return false;
+    }
+    fs::permissions(path, fs::perms::owner_all, fs::perm_options::replace, ec);
+  }
+  if (!fs::is_directory(path, ec)) {
+    std::fprintf(stderr, "ferry: %s %s: not a directory\n", flag, path.c_str());
+    return false;
+  }
+  return true;
 }
 
 }  // namespace ferry::mgmt

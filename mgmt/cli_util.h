@@ -19,6 +19,10 @@ inline constexpr uint32_t kStopDrainTimeoutMs = 10'000;
 // Logs the outcome of a drain wait: `left` of `what` ("iSCSI connection(s)") still open.
 void log_drain(const char* daemon, const char* what, uint64_t left);
 // "USER:SECRET", both non-empty.
+// Creates the state directory a flag names (and its parents, mode 0700) when it is missing;
+// false, with the reason printed naming the flag, when it cannot be made or is not a directory.
+bool ensure_state_dir(const std::string& path, const char* flag);
+
 bool split_user_secret(const std::string& text, std::string& user, std::string& secret);
 // --pre-auth-max and --pre-auth-per-source: the bounds on connections not yet authenticated
 // (`what` says what authenticated means for this daemon, e.g. "past TLS + HELLO").

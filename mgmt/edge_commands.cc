@@ -289,6 +289,7 @@ int run_dc_edge_command(int argc, char** argv) {
     return 2;
   }
   if (check_config) return report_config_ok("ferry dc-edge");
+  if (!redo_dir.empty() && !ensure_state_dir(redo_dir, "--redo-dir")) return 1;
   auto tls = make_tls(tls_flags, true);
   if (!tls) return 2;
 
@@ -746,6 +747,7 @@ int run_cloud_edge_command(int argc, char** argv) {
     return 2;
   }
   if (check_config) return report_config_ok("ferry cloud-edge");
+  if (!journal_dir.empty() && !ensure_state_dir(journal_dir, "--journal-dir")) return 1;
   auto tls = make_tls(tls_flags, false);
   if (!tls) return 2;
 
