@@ -578,7 +578,7 @@ TEST_F(LiveFixture, JournalFullSlowsWritersAndNeverFailsThem) {
   rt.call([&] {
     for (int i = 0; i < kWrites; ++i) {
       ws[i].buf.resize(kBs);
-      fill_block(ws[i].buf.data(), uint64_t(i + 1), uint64_t(i));
+      fill_block(ws[i].buf.data(), uint64_t(i) + 1, uint64_t(i));
       ws[i].req.op = IoOp::write;
       ws[i].req.offset_bytes = uint64_t(i) * kBs;
       ws[i].req.length_bytes = kBs;

@@ -143,7 +143,7 @@ void set_common_counters(benchmark::State& state, const DataSet& s) {
   state.counters["zero_pct"] = 100.0 * double(s.zero_chunks) / double(s.image_chunks);
 }
 
-void BM_compress(benchmark::State& state, std::string set, Compression c) {
+void BM_compress(benchmark::State& state, const std::string& set, Compression c) {
   const DataSet& s = data_set(set);
   if (!s.error.empty()) {
     state.SkipWithError(s.error.c_str());
@@ -174,7 +174,7 @@ void BM_compress(benchmark::State& state, std::string set, Compression c) {
   set_common_counters(state, s);
 }
 
-void BM_decompress(benchmark::State& state, std::string set, Compression c) {
+void BM_decompress(benchmark::State& state, const std::string& set, Compression c) {
   const DataSet& s = data_set(set);
   if (!s.error.empty()) {
     state.SkipWithError(s.error.c_str());

@@ -272,11 +272,13 @@ Result<std::unique_ptr<NbdClientDevice>> NbdClientDevice::open(
     c->dev = dev.get();
     c->h = h;
     c->index = dev->conns_.size();
-    c->read_poll = new PollOp(c.get(), true);
-    c->write_poll = new PollOp(c.get(), false);
-    dev->conns_.push_back(std::move(c));
+    c->read_poll = new (std::nothrow) PollOp(c.get(), true);
+    c->write_poll = new (std::nothrow) PollOp(c.get(), false);
+    const bool ok = c->read_poll != nullptr && c->write_poll != nullptr;
+    dev->conns_.push_back(std::move(c));  // the destructor frees what was made
+    return ok;
   };
-  add_conn(first);
+  if (!add_conn(first)) return Errc::no_memory;
 
   const int64_t size = nbd_get_size(first);
   const int64_t min_block = nbd_get_block_size(first, LIBNBD_SIZE_MINIMUM);
@@ -329,7 +331,7 @@ Result<std::unique_ptr<NbdClientDevice>> NbdClientDevice::open(
       nbd_close(h);
       return Errc::protocol_error;
     }
-    add_conn(h);
+    if (!add_conn(h)) return Errc::no_memory;
   }
   dev->description_ = "nbd-client:" + uri;
   if (dev->conns_.size() > 1) dev->description_ += " x" + std::to_string(dev->conns_.size());

@@ -141,6 +141,7 @@ void LogicalUnit::read_write(ScsiTask& t, const CommandSpec& spec) noexcept {
 
 // ---- VERIFY ----
 
+// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::verify(ScsiTask& t, const CommandSpec&) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;
@@ -163,7 +164,7 @@ void LogicalUnit::verify(ScsiTask& t, const CommandSpec&) noexcept {
   const size_t chunk = std::min<uint64_t>(compare_blocks * bs, std::max<size_t>(kScratchBytes, bs));
   t.lu_buffer = t.pool->allocate(chunk);
   if (!t.lu_buffer) return set_busy(t), complete(t);
-  t.progress = VerifyProgress{b.bytchk, 0, compare_blocks};
+  set_progress(t, VerifyProgress{b.bytchk, 0, compare_blocks});
   verify_next(t);
 }
 
@@ -204,6 +205,7 @@ void LogicalUnit::on_verify_io(IoRequest& io) noexcept {
 
 // ---- WRITE SAME ----
 
+// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::write_same(ScsiTask& t, const CommandSpec&) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;
@@ -243,7 +245,7 @@ void LogicalUnit::write_same(ScsiTask& t, const CommandSpec&) noexcept {
   for (size_t off = 0; off < chunk; off += bs) {
     std::memcpy(t.lu_buffer.data() + off, t.data.data(), bs);
   }
-  t.progress = WriteSameProgress{chunk / bs, 0, b.transfer_length};
+  set_progress(t, WriteSameProgress{chunk / bs, 0, b.transfer_length});
   write_same_next(t);
 }
 
@@ -273,6 +275,7 @@ void LogicalUnit::on_write_same_io(IoRequest& io) noexcept {
 
 // ---- UNMAP ----
 
+// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::unmap(ScsiTask& t) noexcept {
   if (!geometry_.can_discard) return fail(t, illegal_request(kInvalidOpcode));
   if (geometry_.read_only) return fail(t, write_protected());
@@ -298,7 +301,7 @@ void LogicalUnit::unmap(ScsiTask& t) noexcept {
       return fail(t, invalid_field_in_parameters(static_cast<uint16_t>(8 + 16 * i + 8)));
     }
   }
-  t.progress = UnmapProgress{0, count};
+  set_progress(t, UnmapProgress{0, count});
   unmap_next(t);
 }
 
@@ -336,6 +339,7 @@ void LogicalUnit::on_unmap_io(IoRequest& io) noexcept {
 
 // ---- GET LBA STATUS ----
 
+// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::get_lba_status(ScsiTask& t) noexcept {
   const uint64_t lba = load_be64(t.cdb + 2);
   if (lba >= geometry_.block_count) return fail(t, lba_out_of_range());
@@ -343,7 +347,7 @@ void LogicalUnit::get_lba_status(ScsiTask& t) noexcept {
   t.lu_buffer = t.pool->allocate(8 + 16 * kMaxLbaStatusDescriptors);
   if (!t.lu_buffer) return set_busy(t), complete(t);
   std::memset(t.lu_buffer.data(), 0, 8);
-  t.progress = LbaStatusProgress{lba, 0};
+  set_progress(t, LbaStatusProgress{lba, 0});
   lba_status_next(t);
 }
 
@@ -431,6 +435,7 @@ void LogicalUnit::caw_unlock(uint64_t lba, uint64_t blocks) noexcept {
   FERRY_ASSERT(false);
 }
 
+// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::compare_and_write(ScsiTask& t) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;
@@ -455,7 +460,7 @@ void LogicalUnit::compare_and_write(ScsiTask& t) noexcept {
     t.lu_buffer.release();
     return set_busy(t), complete(t);
   }
-  t.progress = CompareAndWriteProgress{CompareAndWriteProgress::Phase::read};
+  set_progress(t, CompareAndWriteProgress{CompareAndWriteProgress::Phase::read});
   start_io(t, IoOp::read, b.lba * bs, half, t.lu_buffer.data(), &LogicalUnit::on_caw_io);
   device_.submit(t.io);
 }

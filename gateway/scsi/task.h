@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
 #include <variant>
 
 #include "datapath/block_device.h"
@@ -106,5 +107,13 @@ struct ScsiTask {
   BlockCommandProgress progress;
   Buffer lu_buffer;  // extra buffer for multi-step commands (COMPARE AND WRITE, VERIFY)
 };
+
+// Starts (or resets) the task's command progress. Every alternative is trivially copyable, so the
+// assignment cannot throw; clang-tidy 14 does not follow std::variant's conditional noexcept.
+template <class Progress>
+void set_progress(ScsiTask& t, const Progress& p) noexcept {  // NOLINT(bugprone-exception-escape)
+  static_assert(std::is_nothrow_assignable_v<BlockCommandProgress&, const Progress&>);
+  t.progress = p;
+}
 
 }  // namespace ferry::scsi

@@ -26,7 +26,7 @@ uint64_t s_to_ns(double s) { return uint64_t(std::llround(s * 1e9)); }
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) {  // NOLINT(bugprone-exception-escape): a tool; bad_alloc ends it
   CLI::App app{
       "ferry-wan-emu: userspace TCP proxy emulating one WAN link (delay, jitter, rate, bottleneck "
       "queue, scheduled cuts) between its clients and one target. See perf/wan_emu/README.md."};

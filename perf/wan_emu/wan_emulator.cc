@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
+#include <new>
 #include <cstdio>
 #include <cstring>
 
@@ -453,8 +454,9 @@ bool WanEmulator::can_read(const Connection& c, Pipe& p, int dir, uint64_t now_l
 bool WanEmulator::read_into(Connection& c, Pipe& p, int dir, uint64_t now_link) noexcept {
   if (!can_read(c, p, dir, now_link)) return true;
   if (!p.ring) {
-    p.ring.reset(new uint8_t[conn_buffer_bytes_]);
-    p.marks.reset(new Mark[kMarksMax]);
+    p.ring.reset(new (std::nothrow) uint8_t[conn_buffer_bytes_]);
+    p.marks.reset(new (std::nothrow) Mark[kMarksMax]);
+    if (!p.ring || !p.marks) return false;  // out of memory: the connection is dropped
   }
   const uint64_t free_bytes = conn_buffer_bytes_ - (p.in - p.out);
   const uint64_t pos = p.in % conn_buffer_bytes_;
