@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite in one command: installs what is missing, builds (warnings are errors),
 # runs unit and integration tests (real peers: iscsi-test-cu, tgtd, qemu-img, libiscsi tools,
-# libnbd tools), then the unit tests and hostile-peer tests again under ASan+UBSan, then every
+# libnbd tools), checks formatting and runs clang-tidy, then the unit tests and hostile-peer tests again under ASan+UBSan, then every
 # libFuzzer target briefly. Usage: scripts/test.sh   (FUZZ_SECONDS=N to change fuzz time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,8 @@ scripts/install-deps.sh
 
 echo "== build (RelWithDebInfo, -Werror)"
 scripts/build.sh
+echo "== lint: clang-format check, clang-tidy (bugprone, performance)"
+scripts/lint.sh build
 echo "== unit + integration tests"
 ctest --test-dir build --output-on-failure --timeout 1500
 
