@@ -371,7 +371,10 @@ VolumeStats Volume::stats() const {
     const auto& c = sc->counters();
     out.tiers.push_back({"ssd", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
   }
-  if (!journals_.empty()) out.journal_policy = journals_.front()->policy();
+  if (!journals_.empty()) {
+    out.journal_policy = journals_.front()->policy();
+    out.write_back_paused = journals_.front()->write_back_paused();
+  }
   for (const journal::JournalDevice* j : journals_) {
     out.has_journal = true;
     const journal::JournalState st = j->state();

@@ -90,6 +90,7 @@ struct VolumeStats {
   std::vector<Tier> tiers;  // top first
   bool has_journal = false;
   journal::Policy journal_policy = journal::Policy::write_back;  // the top journal's
+  bool write_back_paused = false;                                // the top journal's
   uint64_t journal_bytes_used = 0, journal_bytes_free = 0, dirty_bytes = 0, write_back_lag_ms = 0;
   uint64_t journal_bytes_written_back = 0;
   cache::StreamProgress stream;

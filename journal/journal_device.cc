@@ -855,6 +855,25 @@ Errc JournalDevice::set_policy(Policy p, std::string& why) noexcept {
   return Errc::ok;
 }
 
+void JournalDevice::pause_write_back(bool paused) noexcept {
+  paused_ = paused;
+  if (!paused && started_) pump_write_back();
+}
+
+Errc JournalDevice::flush_write_back(std::string& why) noexcept {
+  if (!ships()) {
+    why = std::string("the policy is ") + to_string(opt_.policy) + ": nothing is written back";
+    return Errc::busy;
+  }
+  if (paused_) {
+    why = "write-back is paused (resume it first)";
+    return Errc::busy;
+  }
+  flush_until_seq_ = committed_seq_;
+  if (started_) pump_write_back();
+  return Errc::ok;
+}
+
 void JournalDevice::maybe_commit() noexcept {
   if (commit_in_flight_) return;
   Batch& b = batches_[filling_];
@@ -1099,7 +1118,7 @@ void JournalDevice::finish_read(ReadOp& op) noexcept {
 void JournalDevice::pump_write_back() noexcept {
   if (pumping_ || !started_ || !opt_.write_back || shutting_down_) return;
   pumping_ = true;
-  if (!epoch_open_ && !cp_in_flight_ && ships()) cut_epoch();
+  if (!epoch_open_ && !cp_in_flight_ && ships() && !paused_) cut_epoch();
   if (epoch_open_ && !cp_in_flight_) {
     while (!free_wb_.empty()) {
       auto it = epoch_map_.upper_bound(epoch_cursor_);
@@ -1163,7 +1182,8 @@ bool JournalDevice::cut_epoch() noexcept {
     const uint64_t max_ns = uint64_t(opt_.epoch_ms_max) * 1'000'000;
     // A drain, or a discard / write zeroes waiting for the journal to empty, closes it at once.
     const bool barrier_waiting = waiters_count_ > 0 && waiters_[waiters_head_]->op != IoOp::write;
-    if (!size_hit && !drain_done_ && !barrier_waiting && age_ns < max_ns) {
+    if (!size_hit && !drain_done_ && !barrier_waiting && flush_until_seq_ < wb_seq_ &&
+        age_ns < max_ns) {
       // No boundary yet: wait for one, at most until the oldest write is epoch_ms_max old.
       if (!epoch_timer_.armed())
         reactor_->arm(epoch_timer_, max_ns - age_ns, &on_epoch_timer, this);

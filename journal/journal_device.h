@@ -140,6 +140,13 @@ class JournalDevice final : public BlockDevice {
   // cloud-persist: no new epoch is cut, the one in flight completes; to write-back: the backlog
   // ships). Into or out of test-clone: Errc::busy with `why` set (a clone is chosen at open).
   Errc set_policy(Policy p, std::string& why) noexcept;
+  // Reactor thread. Pause: no new epoch is cut (the one in flight completes); writes go on into
+  // the journal and, when it is full, wait (as with the WAN down), never fail. Resume undoes it.
+  void pause_write_back(bool paused) noexcept;
+  bool write_back_paused() const noexcept { return paused_; }
+  // Reactor thread. Ships what is journaled now without waiting for an initiator FLUSH or the
+  // epoch time bound. Errc::busy with `why` when paused or when the policy does not ship.
+  Errc flush_write_back(std::string& why) noexcept;
   std::string stats_text(const std::string& volume) const;
 
   // Implementation types (public for the pool allocator in the .cc; not an interface).
@@ -180,6 +187,8 @@ class JournalDevice final : public BlockDevice {
   Result<void> format_or_replay() noexcept;
   std::string clone_marker_path() const { return opt_.path + ".clone"; }
   bool ships() const noexcept { return opt_.policy == Policy::write_back; }
+  bool paused_ = false;
+  uint64_t flush_until_seq_ = 0;  // records up to this one ship without waiting (flush_write_back)
   // No space will come back by itself: a policy that never ships and nothing shipped unreclaimed.
   bool space_is_gone() const noexcept;
   void refuse_head(Errc e) noexcept;  // completes the head waiter with `e`, in order

@@ -1018,5 +1018,47 @@ TEST(JournalPolicy, NamesRoundTripAndUnknownOnesAreRefused) {
   EXPECT_FALSE(parse_policy("", q));
 }
 
+TEST_F(LiveFixture, PausedWriteBackShipsNothingKeepsWritersGoingAndResumeCatchesUp) {
+  auto j = open_journal(next, small_options(jpath));
+  rt.call([&] { j->pause_write_back(true); });
+  write_blocks(rt, *j, 0, 10, 6);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::flush, 0, 0, nullptr), Errc::ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // 5 epoch time bounds
+  EXPECT_EQ(next_writes(rt, next), 0u) << "shipped while paused";
+  std::string why;
+  Errc e = Errc::ok;
+  rt.call([&] { e = j->flush_write_back(why); });
+  EXPECT_EQ(e, Errc::busy) << "a flush while paused must say it cannot";
+  rt.call([&] { j->pause_write_back(false); });
+  ASSERT_TRUE(drain(rt, *j));
+  for (uint64_t b = 0; b < 10; ++b) EXPECT_EQ(seq_at(rt, *ram, b), 6) << "block " << b;
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, FlushWriteBackShipsWithoutWaitingForTheEpochTimeBound) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60'000;  // without the flush nothing would ship for a minute
+  auto j = open_journal(next, o);
+  write_blocks(rt, *j, 0, 4, 8);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(next_writes(rt, next), 0u);
+  std::string why;
+  Errc e = Errc::io_error;
+  rt.call([&] { e = j->flush_write_back(why); });
+  ASSERT_EQ(e, Errc::ok) << why;
+  uint64_t epochs = 0;
+  for (int i = 0; i < 2000 && epochs == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    rt.call([&] { epochs = j->counters().epochs; });
+  }
+  EXPECT_EQ(epochs, 1u);
+  for (uint64_t b = 0; b < 4; ++b) EXPECT_EQ(seq_at(rt, *ram, b), 8) << "block " << b;
+  close_journal(rt, j);
+  j = open_journal(next, policy_options(jpath, Policy::cloud_persist));
+  rt.call([&] { e = j->flush_write_back(why); });
+  EXPECT_EQ(e, Errc::busy) << "cloud-persist has nothing to flush to on-prem";
+  close_journal(rt, j);
+}
+
 }  // namespace
 }  // namespace ferry::journal

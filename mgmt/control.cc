@@ -23,14 +23,13 @@ bool ControlInterface::snapshot(GatewaySnapshot& out, std::chrono::milliseconds 
   return true;
 }
 
-ControlAnswer ControlInterface::set_policy(const std::string& volume, journal::Policy policy,
-                                           std::chrono::milliseconds timeout) const {
-  if (!set_policy_)
-    return {ControlAnswer::Status::unsupported, "this daemon has no write-back journals"};
+ControlAnswer ControlInterface::act(const std::string& volume, const ControlAction& action,
+                                    std::chrono::milliseconds timeout) const {
+  if (!act_) return {ControlAnswer::Status::unsupported, "this daemon has no write-back journals"};
   auto result = std::make_shared<std::promise<ControlAnswer>>();
   auto future = result->get_future();
-  SetPolicy fn = set_policy_;
-  reactor_.post([result, fn, volume, policy] { result->set_value(fn(volume, policy)); });
+  Act fn = act_;
+  reactor_.post([result, fn, volume, action] { result->set_value(fn(volume, action)); });
   if (future.wait_for(timeout) != std::future_status::ready)
     return {ControlAnswer::Status::no_answer, "the reactor did not answer"};
   return future.get();

@@ -56,24 +56,35 @@ struct ControlAnswer {
   std::string message;
 };
 
+// A change asked of one volume's journal.
+struct ControlAction {
+  enum class Kind : uint8_t {
+    set_policy,
+    pause_write_back,
+    resume_write_back,
+    flush_write_back
+  } kind = Kind::set_policy;
+  journal::Policy policy = journal::Policy::write_back;  // set_policy
+};
+
 class ControlInterface {
  public:
   // Runs on the reactor thread; fills the snapshot.
   using Collect = std::function<void(GatewaySnapshot&)>;
-  // Runs on the reactor thread; changes the named volume's journal policy.
-  using SetPolicy = std::function<ControlAnswer(const std::string& volume, journal::Policy)>;
-  ControlInterface(Reactor& reactor, Collect collect, SetPolicy set_policy = nullptr)
-      : reactor_(reactor), collect_(std::move(collect)), set_policy_(std::move(set_policy)) {}
+  // Runs on the reactor thread; applies the action to the named volume's journal.
+  using Act = std::function<ControlAnswer(const std::string& volume, const ControlAction&)>;
+  ControlInterface(Reactor& reactor, Collect collect, Act act = nullptr)
+      : reactor_(reactor), collect_(std::move(collect)), act_(std::move(act)) {}
   // Any thread but the reactor's. False when the reactor did not answer within `timeout`.
   bool snapshot(GatewaySnapshot& out, std::chrono::milliseconds timeout) const;
   // Any thread but the reactor's.
-  ControlAnswer set_policy(const std::string& volume, journal::Policy policy,
-                           std::chrono::milliseconds timeout) const;
+  ControlAnswer act(const std::string& volume, const ControlAction& action,
+                    std::chrono::milliseconds timeout) const;
 
  private:
   Reactor& reactor_;
   Collect collect_;
-  SetPolicy set_policy_;
+  Act act_;
 };
 
 }  // namespace ferry::mgmt

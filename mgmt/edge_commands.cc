@@ -533,11 +533,12 @@ static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
       auto done = [left, drained] {
         if (--*left == 0) drained->set_value();
       };
-      if (j->policy() == journal::Policy::write_back) {
+      if (j->policy() == journal::Policy::write_back && !j->write_back_paused()) {
         j->drain(done);
         continue;
       }
-      if (j->policy() == journal::Policy::cloud_persist && j->state().dirty_bytes > 0) *kept = true;
+      // cloud-persist, or write-back paused: what it holds stays (a paused one ships at the next start).
+      if (j->policy() != journal::Policy::test_clone && j->state().dirty_bytes > 0) *kept = true;
       done();
     }
   });
@@ -943,21 +944,35 @@ int run_cloud_edge_command(int argc, char** argv) {
         s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;
         s.wan_reconnects = client.reconnects();
       },
-      [&](const std::string& name, journal::Policy policy) {
+      [&](const std::string& name, const ControlAction& action) {
         // The reactor thread: the volume's top journal (the one that acknowledges its writes).
         for (const auto& v : volumes) {
           if (v->name() != name) continue;
           if (v->journals().empty())
             return ControlAnswer{ControlAnswer::Status::conflict,
                                  "volume '" + name + "' has no journal (--journal-dir)"};
+          journal::JournalDevice& j = *v->journals().front();
           std::string why;
-          if (v->journals().front()->set_policy(policy, why) != Errc::ok)
-            return ControlAnswer{ControlAnswer::Status::conflict,
-                                 std::string("from ") +
-                                     journal::to_string(v->journals().front()->policy()) + " to " +
-                                     journal::to_string(policy) + ": " + why};
-          std::fprintf(stderr, "ferry: cloud-edge: volume %s: policy %s\n", name.c_str(),
-                       journal::to_string(policy));
+          switch (action.kind) {
+            case ControlAction::Kind::set_policy:
+              if (j.set_policy(action.policy, why) != Errc::ok)
+                return ControlAnswer{ControlAnswer::Status::conflict,
+                                     std::string("from ") + journal::to_string(j.policy()) + " to " +
+                                         journal::to_string(action.policy) + ": " + why};
+              std::fprintf(stderr, "ferry: cloud-edge: volume %s: policy %s\n", name.c_str(),
+                           journal::to_string(action.policy));
+              return ControlAnswer{};
+            case ControlAction::Kind::pause_write_back:
+            case ControlAction::Kind::resume_write_back:
+              j.pause_write_back(action.kind == ControlAction::Kind::pause_write_back);
+              std::fprintf(stderr, "ferry: cloud-edge: volume %s: write-back %s\n", name.c_str(),
+                           j.write_back_paused() ? "paused" : "resumed");
+              return ControlAnswer{};
+            case ControlAction::Kind::flush_write_back:
+              if (j.flush_write_back(why) != Errc::ok)
+                return ControlAnswer{ControlAnswer::Status::conflict, why};
+              return ControlAnswer{};
+          }
           return ControlAnswer{};
         }
         return ControlAnswer{ControlAnswer::Status::not_found, "no volume '" + name + "'"};

@@ -6,6 +6,7 @@
 //   GET /api/v1/volumes/{name}   one volume (404 when unknown)
 //   PUT /api/v1/volumes/{name}/policy   {"policy": "write-back|cloud-persist|test-clone"}: 200,
 //                                400 malformed / unknown policy, 404 unknown volume, 409 refused
+//   POST /api/v1/volumes/{name}/write-back/pause|resume|flush   404 unknown volume, 409 refused
 // Every answer reads a fresh snapshot through the ControlInterface (a message to the reactor,
 // bounded wait; 503 when the reactor does not answer). Described in mgmt/openapi.yaml.
 #pragma once

@@ -151,7 +151,8 @@ TEST(MgmtServer, SetPolicyRunsOnTheReactorAndAnswers400For404And409) {
   std::thread::id handler_thread;
   journal::Policy got = journal::Policy::write_back;
   ControlInterface control(r.reactor(), collect_one_volume,
-                           [&](const std::string& name, journal::Policy p) {
+                           [&](const std::string& name, const ControlAction& a) {
+                             const journal::Policy p = a.policy;
                              handler_thread = std::this_thread::get_id();
                              if (name != "lun0")
                                return ControlAnswer{ControlAnswer::Status::not_found, "no " + name};
@@ -199,6 +200,48 @@ TEST(MgmtServer, SetPolicyRunsOnTheReactorAndAnswers400For404And409) {
   res = client2.Put(path, good, R"({"policy": "write-back"})", "application/json");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 409);
+}
+
+TEST(MgmtServer, WriteBackPauseResumeFlushReachTheReactorAsActions) {
+  RunningReactor r;
+  std::vector<ControlAction::Kind> seen;
+  ControlInterface control(r.reactor(), collect_one_volume,
+                           [&](const std::string& name, const ControlAction& a) {
+                             if (name != "lun0")
+                               return ControlAnswer{ControlAnswer::Status::not_found, "no " + name};
+                             seen.push_back(a.kind);
+                             if (a.kind == ControlAction::Kind::flush_write_back)
+                               return ControlAnswer{ControlAnswer::Status::conflict, "paused"};
+                             return ControlAnswer{};
+                           });
+  MetricsRegistry registry;
+  MgmtServer server(control, registry, "0123456789abcdef0123");
+  ASSERT_EQ(server.start("127.0.0.1", 0), "");
+  httplib::Client client("127.0.0.1", server.bound_port());
+  const httplib::Headers good = {{"Authorization", "Bearer 0123456789abcdef0123"}};
+  auto res = client.Post("/api/v1/volumes/lun0/write-back/pause", "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_TRUE(seen.empty());
+  res = client.Post("/api/v1/volumes/lun0/write-back/pause", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  res = client.Post("/api/v1/volumes/lun0/write-back/resume", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  res = client.Post("/api/v1/volumes/lun0/write-back/flush", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 409);
+  res = client.Post("/api/v1/volumes/lun9/write-back/flush", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  res = client.Post("/api/v1/volumes/lun0/write-back/stop", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404) << "no such endpoint";
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0], ControlAction::Kind::pause_write_back);
+  EXPECT_EQ(seen[1], ControlAction::Kind::resume_write_back);
+  EXPECT_EQ(seen[2], ControlAction::Kind::flush_write_back);
 }
 
 }  // namespace

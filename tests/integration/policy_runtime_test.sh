@@ -4,7 +4,8 @@
 # export. `ferry ctl set-policy disk cloud-persist` mid-load: the on-prem image must then stop
 # changing while the writer goes on; back to write-back it catches up, and after the drain at a
 # clean stop it is byte-identical to what the initiator read and holds every acknowledged block.
-# The writer must see no error. Also the endpoint's refusals (409 test-clone, 400, 404, 401) and
+# Then write-back pause (image unchanged), flush refused while paused, resume, flush. The writer
+# must see no error. Also the endpoint's refusals (409 test-clone, 400, 404, 401) and
 # its answers against mgmt/openapi.yaml.
 # Usage: policy_runtime_test.sh /path/to/ferry
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,7 +37,7 @@ api() { curl -s -o "$TMP/body.json" -w '%{http_code}' -H "Authorization: Bearer 
 journal_field() { ctl --json volume disk | "$PY" -c "import json,sys; print(json.load(sys.stdin)['journal']['$1'])"; }
 
 # 4000 writes/s: the journal (1 GiB, 8 KiB a record) holds the cloud-persist part with room.
-"$PY" "$here/blocks.py" write "nbd://127.0.0.1:$p_nbd" 14 $BLOCKS "$TMP/acked.json" 4000 >"$TMP/writer.log" 2>&1 &
+"$PY" "$here/blocks.py" write "nbd://127.0.0.1:$p_nbd" 20 $BLOCKS "$TMP/acked.json" 4000 >"$TMP/writer.log" 2>&1 &
 WRITER=$!
 sleep 2
 out=$(ctl set-policy disk cloud-persist 2>&1) && ok "ctl set-policy disk cloud-persist: $out" || fail "set-policy: $out"
@@ -75,12 +76,30 @@ cp "$TMP/body.json" "$TMP/200.json"
 sleep 2
 [ "$(md5sum <"$TMP/disk.raw")" != "$after" ] && ok "write-back: the on-prem image changes again" ||
   fail "write-back did not resume"
+# Pause / resume / flush of write-back under the same load.
+out=$(ctl write-back disk pause 2>&1) && ok "ctl write-back disk pause: $out" || fail "pause: $out"
+[ "$(journal_field write_back_paused)" = True ] && ok "the volume shows write-back paused" || fail "pause not shown"
+sleep 1.5
+paused0=$(md5sum <"$TMP/disk.raw"); sleep 2; paused1=$(md5sum <"$TMP/disk.raw")
+[ "$paused0" = "$paused1" ] && ok "paused: the on-prem image did not change for 2 s under writes" ||
+  fail "the on-prem image changed while paused"
+code=$(api -X POST --data "" "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/write-back/flush")
+[ "$code" = 409 ] && ok "flush while paused: 409 $(cat "$TMP/body.json")" || fail "flush while paused: $code"
+code=$(api -X POST --data "" "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/write-back/resume")
+cp "$TMP/body.json" "$TMP/post200.json"
+[ "$code" = 200 ] && ok "resume: 200" || fail "resume: $code"
+out=$(ctl write-back disk flush 2>&1) && ok "ctl write-back disk flush: $out" || fail "flush: $out"
+sleep 1
+[ "$(md5sum <"$TMP/disk.raw")" != "$paused1" ] && ok "resumed: the on-prem image changes again" ||
+  fail "write-back did not resume after pause"
 wait $WRITER && ok "writer: no error ($(tail -1 "$TMP/writer.log"))" || fail "writer: $(cat "$TMP/writer.log")"
 timeout 120 nbdcopy "nbd://127.0.0.1:$p_nbd" "$TMP/initiator.raw" || fail "read through the cloud edge"
+ctl --json volume disk >"$TMP/vol.json"
 if "$PY" -c 'import yaml' 2>/dev/null; then
   "$PY" "$here/openapi_check.py" "${FERRY_SOURCE_DIR:-$here/../..}/mgmt/openapi.yaml" \
     put:/api/v1/volumes/{name}/policy 200 "$TMP/200.json" put:/api/v1/volumes/{name}/policy 409 "$TMP/409.json" \
     put:/api/v1/volumes/{name}/policy 400 "$TMP/400.json" put:/api/v1/volumes/{name}/policy 404 "$TMP/404.json" \
+    post:/api/v1/volumes/{name}/write-back/{action} 200 "$TMP/post200.json" /api/v1/volumes/{name} 200 "$TMP/vol.json" \
     >"$TMP/openapi.log" 2>&1 && ok "PUT policy answers match mgmt/openapi.yaml" || fail "openapi: $(cat "$TMP/openapi.log")"
 fi
 stop_pid "$CLOUD_PID" >/dev/null  # clean stop: drains the journal to on-prem
