@@ -791,8 +791,9 @@ void JournalDevice::admit_waiters() noexcept {
         maybe_commit();
         if (commit_in_flight_) break;
         if (!try_append(head)) {
-          // Acknowledgements still being delivered go first (writes complete in order).
-          if (!space_is_gone() || !acking_.empty()) break;
+          // Acknowledgements still being delivered go first (writes complete in order), and so
+          // does a record just appended (a wrap marker): space may follow it.
+          if (!space_is_gone() || !acking_.empty() || batches_[filling_].records > 0) break;
           refuse_head(Errc::no_space);
           ++counters_.no_space;
           continue;

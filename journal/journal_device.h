@@ -124,6 +124,7 @@ class JournalDevice final : public BlockDevice {
   void start() noexcept;
   // Reactor thread. Calls `done` once every record so far is on next and checkpointed (the
   // journal is empty) or at once if it is; one drain at a time (a second replaces the first).
+  // Under a policy that does not ship, or while paused, it waits until write-back runs again.
   void drain(std::function<void()> done) noexcept;
 
   // Reactor thread. Stops write-back and checkpoints, cancels retries, answers requests still

@@ -1060,5 +1060,28 @@ TEST_F(LiveFixture, FlushWriteBackShipsWithoutWaitingForTheEpochTimeBound) {
   close_journal(rt, j);
 }
 
+TEST_F(LiveFixture, CloudPersistWriteAtTheRingsEndWrapsInsteadOfBeingRefused) {
+  auto j = open_journal(next, small_options(jpath, 256 << 10));  // 62 ring blocks
+  write_blocks(rt, *j, 0, 26, 1);  // 52 blocks (10 left: 3 writes, then a wrap marker), reclaimed
+  ASSERT_TRUE(drain(rt, *j));
+  std::string why;
+  Errc e = Errc::io_error;
+  rt.call([&] { e = j->set_policy(Policy::cloud_persist, why); });
+  ASSERT_EQ(e, Errc::ok);
+  // 8 KiB writes (3 ring blocks): a few fit before the ring's end, the rest after the wrap.
+  std::vector<std::byte> v(2 * kBs);
+  uint64_t accepted = 0;
+  for (uint64_t i = 0; i < 40; ++i) {
+    fill_block(v.data(), 2, 2 * i);
+    fill_block(v.data() + kBs, 2, 2 * i + 1);
+    if (sync_io(rt, *j, IoOp::write, 2 * i * kBs, 2 * kBs, v.data()) != Errc::ok) break;
+    ++accepted;
+  }
+  EXPECT_GE(accepted, 15u) << "refused at the wrap although the ring's start was free";
+  EXPECT_LT(accepted, 40u);
+  for (uint64_t b = 0; b < 2 * accepted; ++b) EXPECT_EQ(seq_at(rt, *j, b), 2) << "block " << b;
+  close_journal(rt, j);
+}
+
 }  // namespace
 }  // namespace ferry::journal
