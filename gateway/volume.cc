@@ -422,6 +422,8 @@ VolumeStats Volume::stats() const {
     add("journal", "journal_errors", c.journal_errors);
     add("journal", "reads_from_journal", c.reads_from_journal);
     add("journal", "barriers", c.barriers);
+    add("journal", "no_space", c.no_space);
+    add("journal", "clone_discards", c.clone_discards);
   }
   for (const cache::RamCache* rc : ram_caches_) {
     const auto& c = rc->counters();
