@@ -178,13 +178,19 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
     } else if (kind == "journal") {
       l.kind = LayerSpec::Kind::journal;
       l.size_bytes = journal::JournalOptions{}.size_bytes;
-      l.path = arg;
-      if (size_t c = arg.rfind(':'); c != std::string::npos) {
-        auto v = parse_size_bytes(arg.substr(c + 1));
+      std::string jarg = arg;  // PATH[:SIZE][:POLICY]
+      if (size_t c = jarg.rfind(':');
+          c != std::string::npos && journal::parse_policy(jarg.substr(c + 1), l.policy))
+        jarg.resize(c);
+      l.path = jarg;
+      if (size_t c = jarg.rfind(':'); c != std::string::npos) {
+        auto v = parse_size_bytes(jarg.substr(c + 1));
         if (!v.ok() || v.value() < (1u << 20))
-          return "journal: bad size '" + arg.substr(c + 1) + "' (at least 1MiB, e.g. journal:PATH:1GiB)";
+          return "journal: bad size '" + jarg.substr(c + 1) +
+                 "' (at least 1MiB, e.g. journal:PATH:1GiB[:POLICY]; POLICY write-back | "
+                 "cloud-persist | test-clone)";
         l.size_bytes = v.value();
-        l.path = arg.substr(0, c);
+        l.path = jarg.substr(0, c);
       }
       if (l.path.empty()) return "journal: needs a file, e.g. journal:/var/lib/ferry/vm1.journal:1GiB";
     } else if (kind == "redo") {
@@ -310,6 +316,7 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         journal::JournalOptions o;
         o.path = l.path;
         o.size_bytes = l.size_bytes;
+        o.policy = l.policy;
         auto r = journal::JournalDevice::open(*below, o);
         if (!r.ok()) {
           error = "volume " + v->name_ + ": " + l.text + ": cannot open the journal: " + to_string(r.error());
@@ -364,6 +371,10 @@ VolumeStats Volume::stats() const {
     const auto& c = sc->counters();
     out.tiers.push_back({"ssd", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
   }
+  if (!journals_.empty()) {
+    out.journal_policy = journals_.front()->policy();
+    out.write_back_paused = journals_.front()->write_back_paused();
+  }
   for (const journal::JournalDevice* j : journals_) {
     out.has_journal = true;
     const journal::JournalState st = j->state();
@@ -411,6 +422,8 @@ VolumeStats Volume::stats() const {
     add("journal", "journal_errors", c.journal_errors);
     add("journal", "reads_from_journal", c.reads_from_journal);
     add("journal", "barriers", c.barriers);
+    add("journal", "no_space", c.no_space);
+    add("journal", "clone_discards", c.clone_discards);
   }
   for (const cache::RamCache* rc : ram_caches_) {
     const auto& c = rc->counters();

@@ -12,19 +12,23 @@
 //                          do nothing in the other daemons' stacks)
 //   prefetch-map[:MAX]     at start, replays the volume's learned access map (from the datacenter
 //                          edge) as prefetches, up to MAX bytes (256MiB) (cache/map_prefetch.h)
-//   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (512KiB: about one bandwidth-delay product of 100 Mbit/s x 40 ms)
-//   ram-cache:SIZE         RAM tier (cache/ram_cache.h), SIZE like 256MiB
-//   ssd-cache:PATH[,size=SIZE][,key=FILE]   SSD tier (cache/ssd_cache.h): a cache file (created)
+//   readahead[:WINDOW]     adaptive sequential read-ahead (cache/readahead.h), window cap (512KiB:
+//   about one bandwidth-delay product of 100 Mbit/s x 40 ms) ram-cache:SIZE         RAM tier
+//   (cache/ram_cache.h), SIZE like 256MiB ssd-cache:PATH[,size=SIZE][,key=FILE]   SSD tier
+//   (cache/ssd_cache.h): a cache file (created)
 //                          or block device, survives restarts; `{volume}` in PATH is replaced by
 //                          the volume's name; key = AES-256-XTS key file (none: plaintext)
-//   journal:PATH[:SIZE]    write-back journal in file PATH (journal/journal_device.h), SIZE when
-//                          created (1GiB); writes are acknowledged once durable there
+//   journal:PATH[:SIZE][:POLICY]  write-back journal in file PATH (journal/journal_device.h),
+//                          SIZE when created (1GiB); writes are acknowledged once durable there;
+//                          POLICY write-back (default) | cloud-persist | test-clone
+//                          (journal/DESIGN.md "Policies")
 //   redo:PATH[:SIZE]       the datacenter edge's redo log in file PATH (journal/redo_log.h), SIZE
-//                          when created (256MiB): write-back epochs become atomic on the layer below;
-//                          started (recovery) and shut down by `ferry dc-edge`
+//                          when created (256MiB): write-back epochs become atomic on the layer
+//                          below; started (recovery) and shut down by `ferry dc-edge`
 //   delay:TIME             adds TIME (e.g. 500us, 2ms) to every completion (tests)
 //   fault:OP[@OFF[+LEN]][=ERROR][*COUNT]   fails OP (read|write|flush|discard|write_zeroes)
-//                          on [OFF, OFF+LEN) with ERROR (io_error, medium_error, ...) COUNT times (tests)
+//                          on [OFF, OFF+LEN) with ERROR (io_error, medium_error, ...) COUNT times
+//                          (tests)
 // The base device (file, RAM, NBD source, WAN remote) is opened by its transport and owned by the
 // caller; the Volume owns the layers above it and must be destroyed after every user of top() and
 // before the base. Composition runs at start-up on the main thread; the layers then follow the
@@ -58,6 +62,7 @@ struct LayerSpec {
   uint64_t delay_us = 0;
   FaultRule fault;
   std::string path, key_file;  // ssd-cache, journal, redo: the file (ssd-cache: its key)
+  journal::Policy policy = journal::Policy::write_back;  // journal: what becomes of its writes
   std::string text;         // as written, for messages
   bool single_reactor() const noexcept { return kind != Kind::delay && kind != Kind::fault; }
 };
@@ -84,6 +89,8 @@ struct VolumeStats {
   std::vector<LayerCounter> counters;
   std::vector<Tier> tiers;  // top first
   bool has_journal = false;
+  journal::Policy journal_policy = journal::Policy::write_back;  // the top journal's
+  bool write_back_paused = false;                                // the top journal's
   uint64_t journal_bytes_used = 0, journal_bytes_free = 0, dirty_bytes = 0, write_back_lag_ms = 0;
   uint64_t journal_bytes_written_back = 0;
   cache::StreamProgress stream;

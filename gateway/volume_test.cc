@@ -64,6 +64,20 @@ TEST(VolumeStack, ParsesAJournalLayerWithPathAndSize) {
   EXPECT_NE(parse_stack("journal:/tmp/x:12", st), "");  // a size below 1MiB
 }
 
+TEST(VolumeStack, JournalPolicyIsParsedAndAMisspelledOneIsRefused) {
+  std::vector<LayerSpec> st;
+  ASSERT_EQ(parse_stack("journal:/tmp/x.journal:64MiB:cloud-persist", st), "");
+  EXPECT_EQ(st[0].path, "/tmp/x.journal");
+  EXPECT_EQ(st[0].size_bytes, 64ull << 20);
+  EXPECT_EQ(st[0].policy, journal::Policy::cloud_persist);
+  ASSERT_EQ(parse_stack("journal:/tmp/x.journal:test-clone", st), "");
+  EXPECT_EQ(st[0].path, "/tmp/x.journal");
+  EXPECT_EQ(st[0].policy, journal::Policy::test_clone);
+  ASSERT_EQ(parse_stack("journal:/tmp/x.journal:1GiB", st), "");
+  EXPECT_EQ(st[0].policy, journal::Policy::write_back);
+  EXPECT_NE(parse_stack("journal:/tmp/x.journal:64MiB:cloud-persistent", st), "");
+}
+
 TEST(VolumeStack, ComposesInTheOrderWrittenAndServesIo) {
   auto base = RamDevice::create(8u << 20, 512);
   ASSERT_TRUE(base.ok());

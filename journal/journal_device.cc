@@ -83,6 +83,27 @@ bool pread_all(int fd, std::byte* p, size_t n, uint64_t off) noexcept {
 
 }  // namespace
 
+const char* to_string(Policy p) noexcept {
+  switch (p) {
+    case Policy::write_back:
+      return "write-back";
+    case Policy::cloud_persist:
+      return "cloud-persist";
+    case Policy::test_clone:
+      return "test-clone";
+  }
+  return "?";
+}
+
+bool parse_policy(std::string_view text, Policy& out) noexcept {
+  for (Policy p : {Policy::write_back, Policy::cloud_persist, Policy::test_clone})
+    if (text == to_string(p)) {
+      out = p;
+      return true;
+    }
+  return false;
+}
+
 struct JournalDevice::ReadOp {
   JournalDevice* dev = nullptr;
   IoRequest* user = nullptr;
@@ -235,28 +256,42 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   jread_ = std::move(jr).value();
   const uint64_t file_bytes =
       jfile_->geometry().size_bytes() - jfile_->geometry().size_bytes() % kBlock;
+  uint64_t file_bytes_for_format = file_bytes;
 
   cp_buf_ = pool_.allocate(kBlock);
   if (!cp_buf_) return Errc::no_memory;
   Super s[2];
   bool valid[2], magic[2];
   for (int i = 0; i < 2; ++i) {
-    if (!pread_all(jread_->fd(), cp_buf_.data(), kBlock, uint64_t(i) * kBlock)) return Errc::io_error;
+    if (!pread_all(jread_->fd(), cp_buf_.data(), kBlock, uint64_t(i) * kBlock))
+      return Errc::io_error;
     valid[i] = decode_super(cp_buf_.data(), s[i], magic[i]);
   }
   int pick = -1;
-  if (valid[0] && valid[1]) pick = s[1].sb_gen > s[0].sb_gen ? 1 : 0;
-  else if (valid[0]) pick = 0;
-  else if (valid[1]) pick = 1;
-  const bool formatting = pick < 0;
+  if (valid[0] && valid[1])
+    pick = s[1].sb_gen > s[0].sb_gen ? 1 : 0;
+  else if (valid[0])
+    pick = 0;
+  else if (valid[1])
+    pick = 1;
+  // A clone marker: the journal holds only a test clone's writes (journal/DESIGN.md "Policies"),
+  // and that clone has ended. Its writes are discarded: the journal is formatted again.
+  const bool clone_ended = ::access(clone_marker_path().c_str(), F_OK) == 0;
+  if (clone_ended && pick >= 0) {
+    std::fprintf(stderr, "ferry: journal %s: discarding the writes of the test clone that ended\n",
+                 opt_.path.c_str());
+    ++counters_.clone_discards;
+    file_bytes_for_format = s[pick].journal_bytes;
+  }
+  const bool formatting = pick < 0 || clone_ended;
   if (formatting) {
-    if (!fresh && (magic[0] || magic[1])) {
+    if (pick < 0 && !fresh && (magic[0] || magic[1])) {
       std::fprintf(stderr,
                    "ferry: journal %s: both superblocks are corrupt; refusing to format over it\n",
                    opt_.path.c_str());
       return Errc::io_error;
     }
-    journal_bytes_ = file_bytes;
+    journal_bytes_ = file_bytes_for_format;
     std::random_device rd;
     nonce_ = (uint64_t(rd()) << 32) ^ rd() ^ uint64_t(Reactor::now_ns_fresh());
     sb_gen_ = 0;
@@ -266,7 +301,9 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   } else {
     const Super& sb = s[pick];
     if (sb.volume_bytes != geometry_.size_bytes()) {
-      std::fprintf(stderr, "ferry: journal %s belongs to a volume of %" PRIu64 " bytes, this one has %" PRIu64 "\n",
+      std::fprintf(stderr,
+                   "ferry: journal %s belongs to a volume of %" PRIu64
+                   " bytes, this one has %" PRIu64 "\n",
                    opt_.path.c_str(), sb.volume_bytes, geometry_.size_bytes());
       return Errc::invalid_argument;
     }
@@ -378,6 +415,14 @@ Result<void> JournalDevice::format_or_replay() noexcept {
       if (type == kTypeWrap) head_pos_ = ring_start_;
     }
   }
+  if (opt_.policy == Policy::test_clone && next_seq_ > checkpoint_seq_ + 1) {
+    std::fprintf(stderr,
+                 "ferry: journal %s holds %" PRIu64
+                 " records not yet written back; a test clone "
+                 "would hide them from on-prem: start it as write-back and drain it first\n",
+                 opt_.path.c_str(), next_seq_ - checkpoint_seq_ - 1);
+    return Errc::busy;
+  }
   used_blocks_ = used_blocks;
   committed_seq_ = next_seq_ - 1;
   shipped_seq_ = checkpoint_seq_;
@@ -385,9 +430,9 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   if (counters_.replayed_records)
     std::fprintf(stderr,
                  "ferry: journal %s: replayed %" PRIu64 " records (%" PRIu64
-                 " bytes) after checkpoint %" PRIu64 "; write-back resumes\n",
+                 " bytes) after checkpoint %" PRIu64 "%s\n",
                  opt_.path.c_str(), counters_.replayed_records, counters_.bytes_journaled,
-                 checkpoint_seq_);
+                 checkpoint_seq_, ships() ? "; write-back resumes" : " (cloud-persist: kept)");
   // A new boot generation, durable before any record of it is written (FORMAT.md: replay never
   // accepts an older generation after a newer one, so stale records past a torn one stay dead).
   ++boot_gen_;
@@ -400,6 +445,30 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   }
   Result<void> r = write_superblock_sync();
   if (!r.ok()) return r;
+  // The marker is durable before the clone's first record, and goes only once the discard is.
+  const std::string marker = clone_marker_path();
+  if (opt_.policy == Policy::test_clone && !clone_ended) {
+    const int fd = ::open(marker.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    const bool made = fd >= 0 && ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
+    const std::string dir = opt_.path.find('/') == std::string::npos
+                                ? std::string(".")
+                                : opt_.path.substr(0, opt_.path.rfind('/') + 1);
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    const bool synced = dfd >= 0 && ::fsync(dfd) == 0;
+    if (dfd >= 0) ::close(dfd);
+    if (!made || !synced) {
+      std::fprintf(stderr, "ferry: journal %s: cannot make the clone marker %s: %s\n",
+                   opt_.path.c_str(), marker.c_str(), std::strerror(errno));
+      return Errc::io_error;
+    }
+  } else if (opt_.policy != Policy::test_clone && clone_ended) {
+    if (::unlink(marker.c_str()) != 0 && errno != ENOENT) {
+      std::fprintf(stderr, "ferry: journal %s: cannot remove %s: %s\n", opt_.path.c_str(),
+                   marker.c_str(), std::strerror(errno));
+      return Errc::io_error;
+    }
+  }
 
   char size_text[32];
   std::snprintf(size_text, sizeof size_text, "%" PRIu64 "MiB", journal_bytes_ >> 20);
@@ -511,17 +580,19 @@ std::string JournalDevice::stats_text(const std::string& volume) const {
   const JournalCounters& c = counters_;
   char line[1024];
   std::snprintf(line, sizeof line,
-                "journal %s: %" PRIu64 " records (%" PRIu64 " replayed) in %" PRIu64 " group commits, %" PRIu64
-                " B journaled, %" PRIu64 " B written back, %" PRIu64 " B superseded, %" PRIu64 " checkpoints, %" PRIu64
-                " epochs (%" PRIu64 " at a FLUSH/FUA boundary, %" PRIu64 " shipped again); used %" PRIu64
-                " B, free %" PRIu64 " B, dirty %" PRIu64 " B, write-back lag %" PRIu64 " ms (max %" PRIu64
-                " ms); waited for space %" PRIu64 ", busy %" PRIu64 ", next errors %" PRIu64 ", journal errors %" PRIu64
-                ", reads from journal %" PRIu64 ", barriers %" PRIu64 "\n",
+                "journal %s: %" PRIu64 " records (%" PRIu64 " replayed) in %" PRIu64
+                " group commits, %" PRIu64 " B journaled, %" PRIu64 " B written back, %" PRIu64
+                " B superseded, %" PRIu64 " checkpoints, %" PRIu64 " epochs (%" PRIu64
+                " at a FLUSH/FUA boundary, %" PRIu64 " shipped again); used %" PRIu64
+                " B, free %" PRIu64 " B, dirty %" PRIu64 " B, write-back lag %" PRIu64
+                " ms (max %" PRIu64 " ms); waited for space %" PRIu64 ", busy %" PRIu64
+                ", next errors %" PRIu64 ", journal errors %" PRIu64 ", reads from journal %" PRIu64
+                ", barriers %" PRIu64 "\n",
                 volume.c_str(), c.records, c.replayed_records, c.group_commits, c.bytes_journaled,
-                c.bytes_written_back, c.bytes_superseded, c.checkpoints, c.epochs, c.epochs_at_boundary,
-                c.epoch_retries, s.journal_bytes_used, s.journal_bytes_free, s.dirty_bytes, s.write_back_lag_ms,
-                c.write_back_lag_ms_max, c.waited_for_space, c.busy, c.next_errors, c.journal_errors,
-                c.reads_from_journal, c.barriers);
+                c.bytes_written_back, c.bytes_superseded, c.checkpoints, c.epochs,
+                c.epochs_at_boundary, c.epoch_retries, s.journal_bytes_used, s.journal_bytes_free,
+                s.dirty_bytes, s.write_back_lag_ms, c.write_back_lag_ms_max, c.waited_for_space,
+                c.busy, c.next_errors, c.journal_errors, c.reads_from_journal, c.barriers);
   return line;
 }
 
@@ -651,7 +722,8 @@ bool JournalDevice::try_append(IoRequest& req) noexcept {
     if (head_pos_ + blocks * kBlock > ring_end_) {
       // Wrap: a marker over the rest of the ring, which closes this batch (batches are contiguous).
       const uint64_t w = (ring_end_ - head_pos_) / kBlock;
-      if (used_blocks_ + w + blocks > ring_blocks - 1 || next_seq_ - tail_seq_ + 2 > records_.size()) {
+      if (used_blocks_ + w + blocks > ring_blocks - 1 ||
+          next_seq_ - tail_seq_ + 2 > records_.size()) {
         if (!head_counted_) {
           head_counted_ = true;
           ++counters_.waited_for_space;
@@ -678,7 +750,8 @@ bool JournalDevice::try_append(IoRequest& req) noexcept {
       }
       return false;
     }
-    if (b.bytes + blocks * kBlock > opt_.batch_bytes_max || b.records + 1 > opt_.batch_records_max) {
+    if (b.bytes + blocks * kBlock > opt_.batch_bytes_max ||
+        b.records + 1 > opt_.batch_records_max) {
       b.closed = true;
       return false;
     }
@@ -716,8 +789,23 @@ void JournalDevice::admit_waiters() noexcept {
     if (head.op == IoOp::write) {
       if (!try_append(head)) {
         maybe_commit();
-        if (commit_in_flight_ || !try_append(head)) break;
+        if (commit_in_flight_) break;
+        if (!try_append(head)) {
+          // Acknowledgements still being delivered go first (writes complete in order), and so
+          // does a record just appended (a wrap marker): space may follow it.
+          if (!space_is_gone() || !acking_.empty() || batches_[filling_].records > 0) break;
+          refuse_head(Errc::no_space);
+          ++counters_.no_space;
+          continue;
+        }
       }
+    } else if (!ships()) {
+      // Nothing goes to next: a discard is dropped (advisory; the journal keeps the data), a
+      // write zeroes is refused (journal/DESIGN.md "Policies").
+      maybe_commit();
+      if (commit_in_flight_ || !acking_.empty()) break;
+      refuse_head(head.op == IoOp::discard ? Errc::ok : Errc::unsupported);
+      continue;
     } else {
       // A barrier: everything before it must be on next first.
       maybe_commit();
@@ -733,6 +821,58 @@ void JournalDevice::admit_waiters() noexcept {
   }
   admitting_ = false;
   maybe_commit();
+}
+
+void JournalDevice::refuse_head(Errc e) noexcept {
+  IoRequest& head = *waiters_[waiters_head_];
+  waiters_head_ = (waiters_head_ + 1) % waiters_.size();
+  --waiters_count_;
+  head_partial_bytes_ = 0;  // a split write's first records stay (a failed write is undefined)
+  head_counted_ = false;
+  ++writes_done_;
+  head.complete(e);
+  complete_flushes();
+}
+
+bool JournalDevice::space_is_gone() const noexcept {
+  return !ships() && !epoch_open_ && !cp_in_flight_ && tail_seq_ > checkpoint_seq_;
+}
+
+Errc JournalDevice::set_policy(Policy p, std::string& why) noexcept {
+  if (p == opt_.policy) return Errc::ok;
+  if (p == Policy::test_clone || opt_.policy == Policy::test_clone) {
+    why = opt_.policy == Policy::test_clone
+              ? "a test clone ends only at stop or detach (its writes are then discarded); "
+                "shipping them or keeping them as the volume's data would make a clone a fork"
+              : "a test clone is chosen when the volume is attached, on an empty journal";
+    return Errc::busy;
+  }
+  opt_.policy = p;
+  if (started_) {
+    pump_write_back();  // to write-back: the backlog ships now
+    admit_waiters();    // to cloud-persist: writes waiting for space that will not come are refused
+    check_drained();
+  }
+  return Errc::ok;
+}
+
+void JournalDevice::pause_write_back(bool paused) noexcept {
+  paused_ = paused;
+  if (!paused && started_) pump_write_back();
+}
+
+Errc JournalDevice::flush_write_back(std::string& why) noexcept {
+  if (!ships()) {
+    why = std::string("the policy is ") + to_string(opt_.policy) + ": nothing is written back";
+    return Errc::busy;
+  }
+  if (paused_) {
+    why = "write-back is paused (resume it first)";
+    return Errc::busy;
+  }
+  flush_until_seq_ = committed_seq_;
+  if (started_) pump_write_back();
+  return Errc::ok;
 }
 
 void JournalDevice::maybe_commit() noexcept {
@@ -979,7 +1119,7 @@ void JournalDevice::finish_read(ReadOp& op) noexcept {
 void JournalDevice::pump_write_back() noexcept {
   if (pumping_ || !started_ || !opt_.write_back || shutting_down_) return;
   pumping_ = true;
-  if (!epoch_open_ && !cp_in_flight_) cut_epoch();
+  if (!epoch_open_ && !cp_in_flight_ && ships() && !paused_) cut_epoch();
   if (epoch_open_ && !cp_in_flight_) {
     while (!free_wb_.empty()) {
       auto it = epoch_map_.upper_bound(epoch_cursor_);
@@ -1043,7 +1183,8 @@ bool JournalDevice::cut_epoch() noexcept {
     const uint64_t max_ns = uint64_t(opt_.epoch_ms_max) * 1'000'000;
     // A drain, or a discard / write zeroes waiting for the journal to empty, closes it at once.
     const bool barrier_waiting = waiters_count_ > 0 && waiters_[waiters_head_]->op != IoOp::write;
-    if (!size_hit && !drain_done_ && !barrier_waiting && age_ns < max_ns) {
+    if (!size_hit && !drain_done_ && !barrier_waiting && flush_until_seq_ < wb_seq_ &&
+        age_ns < max_ns) {
       // No boundary yet: wait for one, at most until the oldest write is epoch_ms_max old.
       if (!epoch_timer_.armed())
         reactor_->arm(epoch_timer_, max_ns - age_ns, &on_epoch_timer, this);
@@ -1144,7 +1285,8 @@ void JournalDevice::on_wb_io(IoRequest& io) noexcept {
     return;
   }
   if (d.next_failing_) {
-    std::fprintf(stderr, "ferry: journal %s: write-back to next works again\n", d.opt_.path.c_str());
+    std::fprintf(stderr, "ferry: journal %s: write-back to next works again\n",
+                 d.opt_.path.c_str());
     d.next_failing_ = false;
   }
   d.piece_done(op);

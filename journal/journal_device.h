@@ -6,11 +6,11 @@
 // epoch_write, IoPriority::write_back, bounded in flight), commits each epoch on `next` (a flush
 // with epoch_id: EPOCH_COMMIT over the WAN, made atomic by the datacenter edge's redo log,
 // redo_log.h), and then records a durable checkpoint ("every record up to sequence N is on
-// next") in the journal's superblock, which frees the ring space. Reads see the latest write at once: an in-memory index (volume range -> journal
-// location) of data not yet on `next` sends them to the journal file, the rest to `next`.
-// open() on an existing journal replays it (records after the checkpoint up to the first one
-// that is torn, corrupt or out of sequence) and write-back resumes. Why, invariants, recovery
-// argument and limits: journal/DESIGN.md.
+// next") in the journal's superblock, which frees the ring space. Reads see the latest write at
+// once: an in-memory index (volume range -> journal location) of data not yet on `next` sends them
+// to the journal file, the rest to `next`. open() on an existing journal replays it (records after
+// the checkpoint up to the first one that is torn, corrupt or out of sequence) and write-back
+// resumes. Why, invariants, recovery argument and limits: journal/DESIGN.md.
 //
 //   write ─▶ [wait queue] ─▶ filling batch ─▶ commit (1 write, FUA) ─▶ ack + index
 //                ▲ space back                                           │
@@ -39,6 +39,16 @@
 
 namespace ferry::journal {
 
+// What becomes of a volume's journaled writes (journal/DESIGN.md "Policies").
+enum class Policy : uint8_t {
+  write_back,     // shipped to next in epochs (the default)
+  cloud_persist,  // never shipped: the journal is the authoritative copy; full journal = no_space
+  test_clone,     // never shipped, discarded when the clone ends (next open, whatever the policy)
+};
+const char* to_string(Policy p) noexcept;
+// "write-back", "cloud-persist", "test-clone"; false for anything else.
+bool parse_policy(std::string_view text, Policy& out) noexcept;
+
 struct JournalOptions {
   std::string path;                  // journal file (created when missing)
   uint64_t size_bytes = 1ull << 30;  // used when creating; an existing journal keeps its size
@@ -60,27 +70,30 @@ struct JournalOptions {
   uint64_t epoch_bytes_max = 32u << 20;
   uint32_t epoch_ms_max = 1000;
   bool write_back = true;  // false: records only pile up (replay tests)
-  bool direct_io = true;   // O_DIRECT (falls back, with a warning, where unsupported)
+  Policy policy = Policy::write_back;
+  bool direct_io = true;  // O_DIRECT (falls back, with a warning, where unsupported)
 };
 
 struct JournalCounters {
-  uint64_t records = 0;             // write records committed (replayed ones included)
-  uint64_t replayed_records = 0;    // found by open()
-  uint64_t group_commits = 0;       // journal writes (one RWF_DSYNC each)
-  uint64_t bytes_journaled = 0;     // write data committed
-  uint64_t bytes_written_back = 0;  // data shipped to next
-  uint64_t bytes_superseded = 0;    // journaled data never shipped: a later write replaced it
-  uint64_t checkpoints = 0;         // superblock checkpoints written
-  uint64_t waited_for_space = 0;    // writes that waited: journal (or its record table) full
-  uint64_t busy = 0;                // requests refused: a bounded wait queue was full
-  uint64_t next_errors = 0;         // write-back writes / flushes that next failed (retried)
-  uint64_t journal_errors = 0;      // journal file I/O errors (commits and reads retried)
-  uint64_t reads_from_journal = 0;  // read pieces served from the journal file
-  uint64_t barriers = 0;            // discard / write_zeroes: journal drained, then passed on
-  uint64_t epochs = 0;              // epochs committed on next (EPOCH_COMMIT answered)
-  uint64_t epochs_at_boundary = 0;  // of which closed at an initiator FLUSH / FUA boundary
-  uint64_t epoch_retries = 0;       // epochs shipped again after their commit failed
+  uint64_t records = 0;                // write records committed (replayed ones included)
+  uint64_t replayed_records = 0;       // found by open()
+  uint64_t group_commits = 0;          // journal writes (one RWF_DSYNC each)
+  uint64_t bytes_journaled = 0;        // write data committed
+  uint64_t bytes_written_back = 0;     // data shipped to next
+  uint64_t bytes_superseded = 0;       // journaled data never shipped: a later write replaced it
+  uint64_t checkpoints = 0;            // superblock checkpoints written
+  uint64_t waited_for_space = 0;       // writes that waited: journal (or its record table) full
+  uint64_t busy = 0;                   // requests refused: a bounded wait queue was full
+  uint64_t next_errors = 0;            // write-back writes / flushes that next failed (retried)
+  uint64_t journal_errors = 0;         // journal file I/O errors (commits and reads retried)
+  uint64_t reads_from_journal = 0;     // read pieces served from the journal file
+  uint64_t barriers = 0;               // discard / write_zeroes: journal drained, then passed on
+  uint64_t epochs = 0;                 // epochs committed on next (EPOCH_COMMIT answered)
+  uint64_t epochs_at_boundary = 0;     // of which closed at an initiator FLUSH / FUA boundary
+  uint64_t epoch_retries = 0;          // epochs shipped again after their commit failed
   uint64_t write_back_lag_ms_max = 0;  // largest age of a write when its epoch was committed
+  uint64_t no_space = 0;  // writes refused (Errc::no_space): full under a policy that never ships
+  uint64_t clone_discards = 0;  // a test clone's writes discarded by open()
 };
 
 // Gauges, computed on request (reactor thread).
@@ -111,6 +124,7 @@ class JournalDevice final : public BlockDevice {
   void start() noexcept;
   // Reactor thread. Calls `done` once every record so far is on next and checkpointed (the
   // journal is empty) or at once if it is; one drain at a time (a second replaces the first).
+  // Under a policy that does not ship, or while paused, it waits until write-back runs again.
   void drain(std::function<void()> done) noexcept;
 
   // Reactor thread. Stops write-back and checkpoints, cancels retries, answers requests still
@@ -121,6 +135,19 @@ class JournalDevice final : public BlockDevice {
 
   const JournalCounters& counters() const noexcept { return counters_; }
   JournalState state() const noexcept;
+
+  Policy policy() const noexcept { return opt_.policy; }
+  // Reactor thread. Changes the policy at runtime: write-back <-> cloud-persist only (to
+  // cloud-persist: no new epoch is cut, the one in flight completes; to write-back: the backlog
+  // ships). Into or out of test-clone: Errc::busy with `why` set (a clone is chosen at open).
+  Errc set_policy(Policy p, std::string& why) noexcept;
+  // Reactor thread. Pause: no new epoch is cut (the one in flight completes); writes go on into
+  // the journal and, when it is full, wait (as with the WAN down), never fail. Resume undoes it.
+  void pause_write_back(bool paused) noexcept;
+  bool write_back_paused() const noexcept { return paused_; }
+  // Reactor thread. Ships what is journaled now without waiting for an initiator FLUSH or the
+  // epoch time bound. Errc::busy with `why` when paused or when the policy does not ship.
+  Errc flush_write_back(std::string& why) noexcept;
   std::string stats_text(const std::string& volume) const;
 
   // Implementation types (public for the pool allocator in the .cc; not an interface).
@@ -159,6 +186,13 @@ class JournalDevice final : public BlockDevice {
 
   JournalDevice(BlockDevice& next, const JournalOptions& o) noexcept;
   Result<void> format_or_replay() noexcept;
+  std::string clone_marker_path() const { return opt_.path + ".clone"; }
+  bool ships() const noexcept { return opt_.policy == Policy::write_back; }
+  bool paused_ = false;
+  uint64_t flush_until_seq_ = 0;  // records up to this one ship without waiting (flush_write_back)
+  // No space will come back by itself: a policy that never ships and nothing shipped unreclaimed.
+  bool space_is_gone() const noexcept;
+  void refuse_head(Errc e) noexcept;  // completes the head waiter with `e`, in order
   Result<void> write_superblock_sync() noexcept;
   void encode_superblock(std::byte* block) noexcept;
 

@@ -83,7 +83,9 @@ Errc sync_io(ReactorThread& rt, BlockDevice& dev, IoOp op, uint64_t off, uint64_
   s.req.length_bytes = len;
   s.req.data = static_cast<std::byte*>(data);
   s.req.owner = &s;
-  s.req.on_complete = [](IoRequest& r) noexcept { static_cast<S*>(r.owner)->done.set_value(r.result); };
+  s.req.on_complete = [](IoRequest& r) noexcept {
+    static_cast<S*>(r.owner)->done.set_value(r.result);
+  };
   auto f = s.done.get_future();
   rt.reactor().post([&] { dev.submit(s.req); });
   if (f.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
@@ -139,7 +141,8 @@ class SwitchDevice final : public BlockDevice {
     }
     if (r.op == IoOp::flush) ++flushes;
     if (r.op == IoOp::write || r.op == IoOp::flush)
-      log.push_back({r.op, r.offset_bytes, r.op == IoOp::write ? block_seq(r.data, r.offset_bytes / kBs) : 0,
+      log.push_back({r.op, r.offset_bytes,
+                     r.op == IoOp::write ? block_seq(r.data, r.offset_bytes / kBs) : 0,
                      r.epoch_write, r.epoch_id, r.epoch_stream, r.length_bytes});
     if (down && (r.op == IoOp::write || r.op == IoOp::flush)) return r.complete(Errc::closed);
     if (r.op == IoOp::flush && r.epoch_id != 0 && fail_commits > 0) {
@@ -211,8 +214,8 @@ void close_journal(ReactorThread& rt, std::unique_ptr<JournalDevice>& j) {
 
 // Child: writes self-describing blocks through a journal over the file `next_path`, QD 8, never two
 // in flight to one block, and reports each acknowledged (seq, block) through `fd`. Never returns.
-[[noreturn]] void crash_child(const std::string& jpath, const std::string& next_path, uint64_t seq_base,
-                              uint64_t blocks, int fd) {
+[[noreturn]] void crash_child(const std::string& jpath, const std::string& next_path,
+                              uint64_t seq_base, uint64_t blocks, int fd) {
   auto nf = FileDevice::open(next_path, {false, false, 4096});
   if (!nf.ok()) _exit(10);
   JournalOptions o = small_options(jpath, 4 << 20);  // small: the ring wraps and fills
@@ -321,8 +324,9 @@ TEST(JournalDevice, AcknowledgedWriteSurvivesKillDashNine) {
       for (const auto& [block, seq] : acked) {
         ASSERT_EQ(sync_io(rt, dev, IoOp::read, block * kBs, kBs, buf.data()), Errc::ok);
         const int64_t got = block_seq(buf.data(), block);
-        ASSERT_GE(got, int64_t(seq)) << "round " << round << (pass ? " on next" : " via journal") << ": block "
-                                     << block << " lost acknowledged write " << seq << " (found " << got << ")";
+        ASSERT_GE(got, int64_t(seq))
+            << "round " << round << (pass ? " on next" : " via journal") << ": block " << block
+            << " lost acknowledged write " << seq << " (found " << got << ")";
       }
       if (pass == 0) {
         ASSERT_TRUE(drain(rt, *j));
@@ -455,7 +459,9 @@ TEST_F(ReplayFixture, FlushMeansDurableInTheJournal) {
       ws[i].req.length_bytes = kBs;
       ws[i].req.data = ws[i].buf.data();
       ws[i].req.owner = &done;
-      ws[i].req.on_complete = [](IoRequest& r) noexcept { ++*static_cast<std::atomic<int>*>(r.owner); };
+      ws[i].req.on_complete = [](IoRequest& r) noexcept {
+        ++*static_cast<std::atomic<int>*>(r.owner);
+      };
       j->submit(ws[i].req);
     }
     flush.op = IoOp::flush;
@@ -471,7 +477,8 @@ TEST_F(ReplayFixture, FlushMeansDurableInTheJournal) {
     };
     j->submit(flush);
   });
-  for (int i = 0; i < 2000 && !flushed; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; i < 2000 && !flushed; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   ASSERT_TRUE(flushed);
   EXPECT_TRUE(flush_after_all);
   EXPECT_EQ(next.flushes.load(), 0u);
@@ -543,7 +550,8 @@ TEST_F(LiveFixture, NextDeviceDownThenUpLosesNothing) {
   std::vector<std::byte> v(kBs);
   for (uint64_t b = 0; b < 100; ++b) {
     fill_block(v.data(), b + 1, b);
-    ASSERT_EQ(sync_io(rt, *j, IoOp::write, b * kBs, kBs, v.data()), Errc::ok) << "acknowledged while next is down";
+    ASSERT_EQ(sync_io(rt, *j, IoOp::write, b * kBs, kBs, v.data()), Errc::ok)
+        << "acknowledged while next is down";
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   uint64_t errors = 0;
@@ -583,7 +591,9 @@ TEST_F(LiveFixture, JournalFullSlowsWritersAndNeverFailsThem) {
       ws[i].req.offset_bytes = uint64_t(i) * kBs;
       ws[i].req.length_bytes = kBs;
       ws[i].req.data = ws[i].buf.data();
-      ws[i].req.on_complete = [](IoRequest& r) noexcept { ++*(r.result == Errc::ok ? okp : failp); };
+      ws[i].req.on_complete = [](IoRequest& r) noexcept {
+        ++*(r.result == Errc::ok ? okp : failp);
+      };
       j->submit(ws[i].req);
     }
   });
@@ -632,7 +642,8 @@ TEST_F(LiveFixture, DifferentialRandomAgainstAModel) {
       std::memcpy(model.data() + off, buf.data(), len);
     } else if (what < 85) {
       ASSERT_EQ(sync_io(rt, *j, IoOp::read, off, len, got.data()), Errc::ok);
-      ASSERT_EQ(std::memcmp(got.data(), model.data() + off, len), 0) << "step " << step << " read " << off << "+" << len;
+      ASSERT_EQ(std::memcmp(got.data(), model.data() + off, len), 0)
+          << "step " << step << " read " << off << "+" << len;
     } else if (what < 90) {
       ASSERT_EQ(sync_io(rt, *j, IoOp::flush, 0, 0, nullptr), Errc::ok);
     } else if (what < 92) {
@@ -660,11 +671,12 @@ TEST_F(LiveFixture, DifferentialRandomAgainstAModel) {
   close_journal(rt, j);
 }
 
-
 // ---------------------------------------------------------------- epochs
 
 namespace {
-Errc flush_io(ReactorThread& rt, BlockDevice& dev) { return sync_io(rt, dev, IoOp::flush, 0, 0, nullptr); }
+Errc flush_io(ReactorThread& rt, BlockDevice& dev) {
+  return sync_io(rt, dev, IoOp::flush, 0, 0, nullptr);
+}
 }  // namespace
 
 TEST_F(LiveFixture, EpochClosesAtTheInitiatorsFlushAndCommitsEveryWriteBeforeIt) {
@@ -684,7 +696,8 @@ TEST_F(LiveFixture, EpochClosesAtTheInitiatorsFlushAndCommitsEveryWriteBeforeIt)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ASSERT_EQ(log.size(), 4u) << "three writes, then the commit";
-  for (int i = 0; i < 3; ++i) EXPECT_TRUE(log[size_t(i)].epoch_write) << "write-back writes belong to the epoch";
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(log[size_t(i)].epoch_write) << "write-back writes belong to the epoch";
   EXPECT_EQ(log[3].op, IoOp::flush);
   EXPECT_EQ(log[3].epoch_id, 3u) << "epoch id = last record of the epoch";
   EXPECT_EQ(log[3].length, 3 * kBs) << "the commit names the epoch's bytes";
@@ -829,6 +842,244 @@ TEST_F(LiveFixture, EpochWithoutFlushClosesAtItsTimeBound) {
     rt.call([&] { epochs = j->counters().epochs; });
   }
   EXPECT_EQ(epochs, 1u) << "no FLUSH ever came: the time bound closed the epoch";
+  close_journal(rt, j);
+}
+
+// ---------------------------------------------------------------- policies
+
+JournalOptions policy_options(const std::string& path, Policy p, uint64_t size = 8 << 20) {
+  JournalOptions o = small_options(path, size);
+  o.policy = p;
+  return o;
+}
+
+void write_blocks(ReactorThread& rt, JournalDevice& j, uint64_t first, uint64_t count,
+                  uint64_t seq) {
+  std::vector<std::byte> v(kBs);
+  for (uint64_t b = first; b < first + count; ++b) {
+    fill_block(v.data(), seq, b);
+    ASSERT_EQ(sync_io(rt, j, IoOp::write, b * kBs, kBs, v.data()), Errc::ok) << "block " << b;
+  }
+}
+int64_t seq_at(ReactorThread& rt, BlockDevice& dev, uint64_t b) {
+  std::vector<std::byte> v(kBs);
+  if (sync_io(rt, dev, IoOp::read, b * kBs, kBs, v.data()) != Errc::ok) return -2;
+  return block_seq(v.data(), b);
+}
+uint64_t next_writes(ReactorThread& rt, SwitchDevice& next) {
+  uint64_t n = 0;
+  rt.call([&] { n = next.writes.load(); });
+  return n;
+}
+
+TEST_F(LiveFixture, CloudPersistShipsNothingAndItsDataSurvivesARestart) {
+  auto j = open_journal(next, policy_options(jpath, Policy::cloud_persist));
+  write_blocks(rt, *j, 0, 20, 7);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::flush, 0, 0, nullptr), Errc::ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // 5 epoch time bounds
+  EXPECT_EQ(next_writes(rt, next), 0u) << "cloud-persist wrote back";
+  EXPECT_EQ(next.flushes.load(), 0u);
+  for (uint64_t b = 0; b < 20; ++b) EXPECT_EQ(seq_at(rt, *j, b), 7) << "block " << b;
+  close_journal(rt, j);
+  j = open_journal(next, policy_options(jpath, Policy::cloud_persist));
+  for (uint64_t b = 0; b < 20; ++b) EXPECT_EQ(seq_at(rt, *j, b), 7) << "after restart, block " << b;
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(next_writes(rt, next), 0u) << "the replayed records were shipped";
+  EXPECT_EQ(seq_at(rt, *ram, 0), 0);
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, CloudPersistFullJournalRefusesWritesWithNoSpaceAndLosesNothing) {
+  auto j = open_journal(next, policy_options(jpath, Policy::cloud_persist, 256 << 10));
+  std::vector<std::byte> v(kBs);
+  uint64_t accepted = 0;
+  Errc refused = Errc::ok;
+  for (uint64_t b = 0; b < 100; ++b) {
+    fill_block(v.data(), 3, b);
+    const Errc e = sync_io(rt, *j, IoOp::write, b * kBs, kBs, v.data());  // would hang if it waited
+    if (e != Errc::ok) {
+      refused = e;
+      break;
+    }
+    ++accepted;
+  }
+  EXPECT_EQ(refused, Errc::no_space);
+  EXPECT_GT(accepted, 10u);
+  EXPECT_LT(accepted, 100u);
+  uint64_t no_space = 0;
+  rt.call([&] { no_space = j->counters().no_space; });
+  EXPECT_EQ(no_space, 1u);
+  for (uint64_t b = 0; b < accepted; ++b) EXPECT_EQ(seq_at(rt, *j, b), 3) << "block " << b;
+  EXPECT_EQ(next_writes(rt, next), 0u);
+  // Back to write-back: the backlog ships, space comes back, writes go on.
+  std::string why;
+  Errc e = Errc::io_error;
+  rt.call([&] { e = j->set_policy(Policy::write_back, why); });
+  EXPECT_EQ(e, Errc::ok);
+  write_blocks(rt, *j, accepted, 100 - accepted, 4);
+  ASSERT_TRUE(drain(rt, *j));
+  for (uint64_t b = 0; b < 100; ++b)
+    EXPECT_EQ(seq_at(rt, *ram, b), b < accepted ? 3 : 4) << "block " << b;
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, WriteBackToCloudPersistStopsShippingAndBackCatchesUp) {
+  auto j = open_journal(next, small_options(jpath));
+  write_blocks(rt, *j, 0, 10, 1);
+  ASSERT_TRUE(drain(rt, *j));
+  std::string why;
+  Errc e = Errc::io_error;
+  rt.call([&] { e = j->set_policy(Policy::cloud_persist, why); });
+  ASSERT_EQ(e, Errc::ok);
+  const uint64_t shipped = next_writes(rt, next);
+  write_blocks(rt, *j, 0, 10, 2);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::flush, 0, 0, nullptr), Errc::ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(next_writes(rt, next), shipped) << "shipped after the change to cloud-persist";
+  for (uint64_t b = 0; b < 10; ++b) {
+    EXPECT_EQ(seq_at(rt, *ram, b), 1) << "on-prem changed, block " << b;
+    EXPECT_EQ(seq_at(rt, *j, b), 2) << "the reader misses a write, block " << b;
+  }
+  rt.call([&] { e = j->set_policy(Policy::write_back, why); });
+  ASSERT_EQ(e, Errc::ok);
+  ASSERT_TRUE(drain(rt, *j));
+  for (uint64_t b = 0; b < 10; ++b)
+    EXPECT_EQ(seq_at(rt, *ram, b), 2) << "not caught up, block " << b;
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, TestCloneKeepsWritesAsideAndTheNextOpenDiscardsThem) {
+  std::vector<std::byte> v(kBs);
+  for (uint64_t b = 0; b < 10; ++b) {
+    fill_block(v.data(), 1, b);
+    ASSERT_EQ(sync_io(rt, *ram, IoOp::write, b * kBs, kBs, v.data()), Errc::ok);
+  }
+  auto j = open_journal(next, policy_options(jpath, Policy::test_clone));
+  EXPECT_EQ(::access((jpath + ".clone").c_str(), F_OK), 0) << "no clone marker";
+  write_blocks(rt, *j, 0, 5, 9);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::flush, 0, 0, nullptr), Errc::ok);
+  for (uint64_t b = 0; b < 10; ++b)
+    EXPECT_EQ(seq_at(rt, *j, b), b < 5 ? 9 : 1) << "clone read, block " << b;
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(next_writes(rt, next), 0u) << "a clone write reached on-prem";
+  close_journal(rt, j);  // the clone ends (a kill -9 here leaves the same journal and marker)
+  j = open_journal(next, small_options(jpath));  // write-back now
+  EXPECT_EQ(j->counters().clone_discards, 1u);
+  EXPECT_NE(::access((jpath + ".clone").c_str(), F_OK), 0) << "marker left after the discard";
+  ASSERT_TRUE(drain(rt, *j));
+  EXPECT_EQ(next_writes(rt, next), 0u) << "the clone's writes were shipped after it ended";
+  for (uint64_t b = 0; b < 10; ++b)
+    EXPECT_EQ(seq_at(rt, *j, b), 1) << "clone write still seen, block " << b;
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, TestCloneIsRefusedOverWritesNotYetWrittenBack) {
+  next.down = true;
+  auto j = open_journal(next, small_options(jpath));
+  write_blocks(rt, *j, 0, 3, 5);
+  close_journal(rt, j);
+  next.down = false;
+  auto r = JournalDevice::open(next, policy_options(jpath, Policy::test_clone));
+  ASSERT_FALSE(r.ok()) << "a clone would have discarded writes on-prem lacks";
+  EXPECT_EQ(r.error(), Errc::busy);
+  j = open_journal(next, small_options(jpath));
+  ASSERT_TRUE(drain(rt, *j));
+  for (uint64_t b = 0; b < 3; ++b) EXPECT_EQ(seq_at(rt, *ram, b), 5);
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, PolicyChangeIntoOrOutOfTestCloneIsRefused) {
+  auto j = open_journal(next, small_options(jpath));
+  std::string why;
+  Errc e = Errc::ok;
+  rt.call([&] { e = j->set_policy(Policy::test_clone, why); });
+  EXPECT_EQ(e, Errc::busy);
+  EXPECT_FALSE(why.empty());
+  EXPECT_EQ(j->policy(), Policy::write_back);
+  close_journal(rt, j);
+  j = open_journal(next, policy_options(jpath, Policy::test_clone));
+  for (Policy p : {Policy::write_back, Policy::cloud_persist}) {
+    why.clear();
+    rt.call([&] { e = j->set_policy(p, why); });
+    EXPECT_EQ(e, Errc::busy) << to_string(p);
+    EXPECT_EQ(j->policy(), Policy::test_clone);
+  }
+  close_journal(rt, j);
+}
+
+TEST(JournalPolicy, NamesRoundTripAndUnknownOnesAreRefused) {
+  for (Policy p : {Policy::write_back, Policy::cloud_persist, Policy::test_clone}) {
+    Policy q = Policy::write_back;
+    EXPECT_TRUE(parse_policy(to_string(p), q));
+    EXPECT_EQ(q, p);
+  }
+  Policy q;
+  EXPECT_FALSE(parse_policy("writeback", q));
+  EXPECT_FALSE(parse_policy("", q));
+}
+
+TEST_F(LiveFixture, PausedWriteBackShipsNothingKeepsWritersGoingAndResumeCatchesUp) {
+  auto j = open_journal(next, small_options(jpath));
+  rt.call([&] { j->pause_write_back(true); });
+  write_blocks(rt, *j, 0, 10, 6);
+  ASSERT_EQ(sync_io(rt, *j, IoOp::flush, 0, 0, nullptr), Errc::ok);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // 5 epoch time bounds
+  EXPECT_EQ(next_writes(rt, next), 0u) << "shipped while paused";
+  std::string why;
+  Errc e = Errc::ok;
+  rt.call([&] { e = j->flush_write_back(why); });
+  EXPECT_EQ(e, Errc::busy) << "a flush while paused must say it cannot";
+  rt.call([&] { j->pause_write_back(false); });
+  ASSERT_TRUE(drain(rt, *j));
+  for (uint64_t b = 0; b < 10; ++b) EXPECT_EQ(seq_at(rt, *ram, b), 6) << "block " << b;
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, FlushWriteBackShipsWithoutWaitingForTheEpochTimeBound) {
+  JournalOptions o = small_options(jpath);
+  o.epoch_ms_max = 60'000;  // without the flush nothing would ship for a minute
+  auto j = open_journal(next, o);
+  write_blocks(rt, *j, 0, 4, 8);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(next_writes(rt, next), 0u);
+  std::string why;
+  Errc e = Errc::io_error;
+  rt.call([&] { e = j->flush_write_back(why); });
+  ASSERT_EQ(e, Errc::ok) << why;
+  uint64_t epochs = 0;
+  for (int i = 0; i < 2000 && epochs == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    rt.call([&] { epochs = j->counters().epochs; });
+  }
+  EXPECT_EQ(epochs, 1u);
+  for (uint64_t b = 0; b < 4; ++b) EXPECT_EQ(seq_at(rt, *ram, b), 8) << "block " << b;
+  close_journal(rt, j);
+  j = open_journal(next, policy_options(jpath, Policy::cloud_persist));
+  rt.call([&] { e = j->flush_write_back(why); });
+  EXPECT_EQ(e, Errc::busy) << "cloud-persist has nothing to flush to on-prem";
+  close_journal(rt, j);
+}
+
+TEST_F(LiveFixture, CloudPersistWriteAtTheRingsEndWrapsInsteadOfBeingRefused) {
+  auto j = open_journal(next, small_options(jpath, 256 << 10));  // 62 ring blocks
+  write_blocks(rt, *j, 0, 26, 1);  // 52 blocks (10 left: 3 writes, then a wrap marker), reclaimed
+  ASSERT_TRUE(drain(rt, *j));
+  std::string why;
+  Errc e = Errc::io_error;
+  rt.call([&] { e = j->set_policy(Policy::cloud_persist, why); });
+  ASSERT_EQ(e, Errc::ok);
+  // 8 KiB writes (3 ring blocks): a few fit before the ring's end, the rest after the wrap.
+  std::vector<std::byte> v(2 * kBs);
+  uint64_t accepted = 0;
+  for (uint64_t i = 0; i < 40; ++i) {
+    fill_block(v.data(), 2, 2 * i);
+    fill_block(v.data() + kBs, 2, 2 * i + 1);
+    if (sync_io(rt, *j, IoOp::write, 2 * i * kBs, 2 * kBs, v.data()) != Errc::ok) break;
+    ++accepted;
+  }
+  EXPECT_GE(accepted, 15u) << "refused at the wrap although the ring's start was free";
+  EXPECT_LT(accepted, 40u);
+  for (uint64_t b = 0; b < 2 * accepted; ++b) EXPECT_EQ(seq_at(rt, *j, b), 2) << "block " << b;
   close_journal(rt, j);
 }
 

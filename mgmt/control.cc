@@ -23,4 +23,16 @@ bool ControlInterface::snapshot(GatewaySnapshot& out, std::chrono::milliseconds 
   return true;
 }
 
+ControlAnswer ControlInterface::act(const std::string& volume, const ControlAction& action,
+                                    std::chrono::milliseconds timeout) const {
+  if (!act_) return {ControlAnswer::Status::unsupported, "this daemon has no write-back journals"};
+  auto result = std::make_shared<std::promise<ControlAnswer>>();
+  auto future = result->get_future();
+  Act fn = act_;
+  reactor_.post([result, fn, volume, action] { result->set_value(fn(volume, action)); });
+  if (future.wait_for(timeout) != std::future_status::ready)
+    return {ControlAnswer::Status::no_answer, "the reactor did not answer"};
+  return future.get();
+}
+
 }  // namespace ferry::mgmt

@@ -3,7 +3,8 @@
 // runs on the reactor thread (posted as a message), copies what the stacks, links and servers
 // count into the snapshot, and hands it back. Nothing on the HTTP thread touches reactor state.
 // A reactor that does not answer within the timeout yields no snapshot (HTTP 503), never a wait
-// without end.
+// without end. Changes (a volume's journal policy) go the same way: the daemon's handler runs on
+// the reactor thread and answers with a ControlAnswer.
 #pragma once
 
 #include <chrono>
@@ -43,18 +44,47 @@ struct GatewaySnapshot {
   uint64_t wan_wire_bytes_in = 0, wan_wire_bytes_out = 0, wan_reconnects = 0;
 };
 
+// What a change request came to.
+struct ControlAnswer {
+  enum class Status : uint8_t {
+    ok,
+    not_found,    // no such volume
+    conflict,     // refused in the volume's state (message says why)
+    unsupported,  // this daemon (or volume) has no such control
+    no_answer,    // the reactor did not answer within the timeout
+  } status = Status::ok;
+  std::string message;
+};
+
+// A change asked of one volume's journal.
+struct ControlAction {
+  enum class Kind : uint8_t {
+    set_policy,
+    pause_write_back,
+    resume_write_back,
+    flush_write_back
+  } kind = Kind::set_policy;
+  journal::Policy policy = journal::Policy::write_back;  // set_policy
+};
+
 class ControlInterface {
  public:
   // Runs on the reactor thread; fills the snapshot.
   using Collect = std::function<void(GatewaySnapshot&)>;
-  ControlInterface(Reactor& reactor, Collect collect)
-      : reactor_(reactor), collect_(std::move(collect)) {}
+  // Runs on the reactor thread; applies the action to the named volume's journal.
+  using Act = std::function<ControlAnswer(const std::string& volume, const ControlAction&)>;
+  ControlInterface(Reactor& reactor, Collect collect, Act act = nullptr)
+      : reactor_(reactor), collect_(std::move(collect)), act_(std::move(act)) {}
   // Any thread but the reactor's. False when the reactor did not answer within `timeout`.
   bool snapshot(GatewaySnapshot& out, std::chrono::milliseconds timeout) const;
+  // Any thread but the reactor's.
+  ControlAnswer act(const std::string& volume, const ControlAction& action,
+                    std::chrono::milliseconds timeout) const;
 
  private:
   Reactor& reactor_;
   Collect collect_;
+  Act act_;
 };
 
 }  // namespace ferry::mgmt

@@ -93,6 +93,18 @@ int run_ctl_command(int argc, char** argv) {
   auto* volume = app.add_subcommand("volume", "show one volume");
   volume->add_option("NAME", volume_name, "volume name")->required();
   auto* metrics = app.add_subcommand("metrics", "print GET /metrics (Prometheus text)");
+  std::string policy_volume, policy;
+  auto* set_policy = app.add_subcommand(
+      "set-policy", "change a volume's journal policy (PUT /api/v1/volumes/NAME/policy)");
+  set_policy->add_option("NAME", policy_volume, "volume name")->required();
+  set_policy->add_option("POLICY", policy, "write-back | cloud-persist")->required();
+  std::string wb_volume, wb_action;
+  auto* write_back = app.add_subcommand(
+      "write-back", "pause, resume or flush a volume's write-back (POST /api/v1/volumes/NAME/write-back/ACTION)");
+  write_back->add_option("NAME", wb_volume, "volume name")->required();
+  write_back->add_option("ACTION", wb_action, "pause | resume | flush")
+      ->required()
+      ->check(CLI::IsMember({"pause", "resume", "flush"}));
   if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
   if (check_config) return report_config_ok("ferry ctl");
   std::string host, token;
@@ -107,11 +119,20 @@ int run_ctl_command(int argc, char** argv) {
   }
   const std::string path = volumes->parsed()  ? "/api/v1/volumes"
                            : volume->parsed() ? "/api/v1/volumes/" + percent_encoded(volume_name)
-                                              : "/metrics";
+                           : set_policy->parsed()
+                               ? "/api/v1/volumes/" + percent_encoded(policy_volume) + "/policy"
+                           : write_back->parsed()
+                               ? "/api/v1/volumes/" + percent_encoded(wb_volume) + "/write-back/" + wb_action
+                               : "/metrics";
   httplib::Client client(host, port);
   client.set_connection_timeout(5);
   client.set_read_timeout(10);
-  auto res = client.Get(path, {{"Authorization", "Bearer " + token}});
+  const httplib::Headers headers = {{"Authorization", "Bearer " + token}};
+  auto res =
+      set_policy->parsed()
+          ? client.Put(path, headers, nlohmann::json{{"policy", policy}}.dump(), "application/json")
+          : write_back->parsed() ? client.Post(path, headers, "", "application/json")
+                                 : client.Get(path, headers);
   if (!res) {
     std::fprintf(stderr, "ferry ctl: no answer from %s (%s)\n", address.c_str(),
                  httplib::to_string(res.error()).c_str());
@@ -125,6 +146,14 @@ int run_ctl_command(int argc, char** argv) {
     }
     std::fprintf(stderr, "ferry ctl: %s: HTTP %d: %s\n", path.c_str(), res->status, why.c_str());
     return 1;
+  }
+  if (set_policy->parsed() && !json) {
+    std::printf("%s: policy %s\n", policy_volume.c_str(), policy.c_str());
+    return 0;
+  }
+  if (write_back->parsed() && !json) {
+    std::printf("%s: write-back %s\n", wb_volume.c_str(), wb_action.c_str());
+    return 0;
   }
   if (metrics->parsed() || json) {
     std::fputs(res->body.c_str(), stdout);

@@ -1,7 +1,6 @@
 // `ferry dc-edge` / `ferry cloud-edge` (see edge_commands.h).
 #include "mgmt/edge_commands.h"
 
-#include <CLI/CLI.hpp>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/x509.h>
@@ -9,11 +8,14 @@
 #include <signal.h>
 #include <time.h>
 
+#include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -514,7 +516,9 @@ static Uuid wan_volume_uuid(const std::string& dc_identity, const std::string& v
 
 // Clean stop with journals: write back what they hold (progress every second, at most timeout_s),
 // then shut them down. What is left stays in the journal files and goes at the next start.
-// True when every journal reached the datacenter edge (or there are none).
+// True when every journal reached the datacenter edge (or there are none). A journal whose policy
+// does not write back is not drained: a cloud-persist one keeps its data (false when it holds
+// any), a test clone's writes are discarded at the next open.
 static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>>& volumes, double timeout_s) {
   std::vector<journal::JournalDevice*> js;
   for (const auto& v : volumes)
@@ -524,11 +528,20 @@ static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
   auto left = std::make_shared<size_t>(js.size());  // reactor thread
   auto drained = std::make_shared<std::promise<void>>();
   auto drained_future = drained->get_future();
-  reactor.post([js, left, drained] {
-    for (journal::JournalDevice* j : js)
-      j->drain([left, drained] {
+  auto kept = std::make_shared<std::atomic<bool>>(false);  // a cloud-persist journal holds data
+  reactor.post([js, left, drained, kept] {
+    for (journal::JournalDevice* j : js) {
+      auto done = [left, drained] {
         if (--*left == 0) drained->set_value();
-      });
+      };
+      if (j->policy() == journal::Policy::write_back && !j->write_back_paused()) {
+        j->drain(done);
+        continue;
+      }
+      // cloud-persist, or write-back paused: what it holds stays (a paused one ships at the next start).
+      if (j->policy() != journal::Policy::test_clone && j->state().dirty_bytes > 0) *kept = true;
+      done();
+    }
   });
   const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
   for (;;) {
@@ -549,8 +562,11 @@ static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
     });
     const std::string progress = p.get_future().get();
     if (drained_future.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
-      std::fprintf(stderr, "ferry: cloud-edge: journals drained to the datacenter edge\n");
-      all_drained = true;
+      all_drained = !*kept;
+      std::fprintf(stderr, all_drained
+                               ? "ferry: cloud-edge: journals drained to the datacenter edge\n"
+                               : "ferry: cloud-edge: write-back journals drained; cloud-persist "
+                                 "journals keep their data\n");
       break;
     }
     if (std::chrono::steady_clock::now() >= until) {
@@ -596,6 +612,7 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::string journal_dir;
   size_t journal_mib = 1024;
   double journal_drain_s = 60;
+  std::vector<std::string> policy_flags;
   bool check_config = false;
   add_config_flags(app, check_config);
   app.add_option("--listen", listen, "iSCSI portal HOST:PORT")->capture_default_str();
@@ -642,6 +659,12 @@ int run_cloud_edge_command(int argc, char** argv) {
   app.add_option("--journal-mib", journal_mib, "size of a new journal file in MiB")
       ->check(CLI::Range(size_t(1), size_t(1) << 20))
       ->capture_default_str();
+  app.add_option(
+      "--policy", policy_flags,
+      "repeatable, VOLUME=POLICY: what becomes of the volume's journaled writes: "
+      "write-back (default), cloud-persist (never written back; the journal holds the "
+      "data) or test-clone (never written back, discarded when the clone ends); needs "
+      "--journal-dir; write-back <-> cloud-persist also at runtime (ferry ctl set-policy)");
   app.add_option("--journal-drain-s", journal_drain_s,
                  "at a clean stop, wait this long for the journals to reach the datacenter edge")
       ->check(CLI::Range(0.0, 86400.0))
@@ -730,9 +753,36 @@ int run_cloud_edge_command(int argc, char** argv) {
     return 2;
   }
   // --journal-dir: each volume's stack gets its own journal on top.
+  std::map<std::string, std::string> volume_policy;
+  for (const std::string& f : policy_flags) {
+    const size_t eq = f.find('=');
+    journal::Policy p;
+    const std::string name = f.substr(0, eq);
+    if (eq == std::string::npos || !journal::parse_policy(f.substr(eq + 1), p)) {
+      std::fprintf(
+          stderr,
+          "ferry: %s: '%s': want VOLUME=POLICY, POLICY write-back | cloud-persist | test-clone\n",
+          option_origin(app, "policy").c_str(), f.c_str());
+      return 2;
+    }
+    if (std::find(volume_names.begin(), volume_names.end(), name) == volume_names.end()) {
+      std::fprintf(stderr, "ferry: %s: no --volume '%s'\n", option_origin(app, "policy").c_str(),
+                   name.c_str());
+      return 2;
+    }
+    if (journal_dir.empty()) {
+      std::fprintf(stderr, "ferry: %s: a policy needs a journal (--journal-dir)\n",
+                   option_origin(app, "policy").c_str());
+      return 2;
+    }
+    volume_policy[name] = f.substr(eq + 1);
+  }
   auto volume_stack = [&](const std::string& volume, std::vector<LayerSpec>& out) {
     if (journal_dir.empty()) return parse_stack(base_text, out);
-    const std::string j = "journal:" + journal_dir + "/" + volume + ".journal:" + std::to_string(journal_mib) + "MiB";
+    const auto pol = volume_policy.find(volume);
+    const std::string j = "journal:" + journal_dir + "/" + volume +
+                          ".journal:" + std::to_string(journal_mib) + "MiB" +
+                          (pol == volume_policy.end() ? std::string() : ":" + pol->second);
     return parse_stack(base_text.empty() ? j : j + " > " + base_text, out);
   };
   if (!journal_dir.empty()) {
@@ -865,35 +915,70 @@ int run_cloud_edge_command(int argc, char** argv) {
   reactor.post([&] {
     for (auto& v : volumes) v->start(reactor);
   });
-  ControlInterface control(reactor, [&](GatewaySnapshot& s) {
-    s.daemon = "cloud-edge";
-    for (size_t i = 0; i < volumes.size(); ++i) {
-      VolumeSnapshot vs;
-      vs.name = volumes[i]->name();
-      vs.stack = volumes[i]->describe();
-      vs.size_bytes = client.device(i).geometry().size_bytes();
-      vs.block_size_bytes = client.device(i).geometry().block_size_bytes;
-      vs.stats = volumes[i]->stats();
-      const wan::WanClientVolumeCounters& c = client.counters(i);
-      vs.has_wan = true;
-      vs.wan_raw_bytes_in = c.bytes_read;
-      vs.wan_sent_bytes_in = c.payload_bytes_in;
-      vs.wan_raw_bytes_out = c.bytes_written;
-      vs.wan_sent_bytes_out = c.payload_bytes_out;
-      vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
-                         {"wan", "bytes_dedup", c.bytes_dedup},
-                         {"wan", "bytes_compressed", c.bytes_compressed},
-                         {"wan", "retries", c.retries}};
-      s.volumes.push_back(std::move(vs));
-    }
-    s.iscsi_sessions = server.session_count();
-    s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
-    s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
-    s.wan_connections = client.connected() ? 1 : 0;
-    s.wan_wire_bytes_in = client.link_counters().wire_bytes_in;
-    s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;
-    s.wan_reconnects = client.reconnects();
-  });
+  ControlInterface control(
+      reactor,
+      [&](GatewaySnapshot& s) {
+        s.daemon = "cloud-edge";
+        for (size_t i = 0; i < volumes.size(); ++i) {
+          VolumeSnapshot vs;
+          vs.name = volumes[i]->name();
+          vs.stack = volumes[i]->describe();
+          vs.size_bytes = client.device(i).geometry().size_bytes();
+          vs.block_size_bytes = client.device(i).geometry().block_size_bytes;
+          vs.stats = volumes[i]->stats();
+          const wan::WanClientVolumeCounters& c = client.counters(i);
+          vs.has_wan = true;
+          vs.wan_raw_bytes_in = c.bytes_read;
+          vs.wan_sent_bytes_in = c.payload_bytes_in;
+          vs.wan_raw_bytes_out = c.bytes_written;
+          vs.wan_sent_bytes_out = c.payload_bytes_out;
+          vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
+                             {"wan", "bytes_dedup", c.bytes_dedup},
+                             {"wan", "bytes_compressed", c.bytes_compressed},
+                             {"wan", "retries", c.retries}};
+          s.volumes.push_back(std::move(vs));
+        }
+        s.iscsi_sessions = server.session_count();
+        s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+        s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
+        s.wan_connections = client.connected() ? 1 : 0;
+        s.wan_wire_bytes_in = client.link_counters().wire_bytes_in;
+        s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;
+        s.wan_reconnects = client.reconnects();
+      },
+      [&](const std::string& name, const ControlAction& action) {
+        // The reactor thread: the volume's top journal (the one that acknowledges its writes).
+        for (const auto& v : volumes) {
+          if (v->name() != name) continue;
+          if (v->journals().empty())
+            return ControlAnswer{ControlAnswer::Status::conflict,
+                                 "volume '" + name + "' has no journal (--journal-dir)"};
+          journal::JournalDevice& j = *v->journals().front();
+          std::string why;
+          switch (action.kind) {
+            case ControlAction::Kind::set_policy:
+              if (j.set_policy(action.policy, why) != Errc::ok)
+                return ControlAnswer{ControlAnswer::Status::conflict,
+                                     std::string("from ") + journal::to_string(j.policy()) + " to " +
+                                         journal::to_string(action.policy) + ": " + why};
+              std::fprintf(stderr, "ferry: cloud-edge: volume %s: policy %s\n", name.c_str(),
+                           journal::to_string(action.policy));
+              return ControlAnswer{};
+            case ControlAction::Kind::pause_write_back:
+            case ControlAction::Kind::resume_write_back:
+              j.pause_write_back(action.kind == ControlAction::Kind::pause_write_back);
+              std::fprintf(stderr, "ferry: cloud-edge: volume %s: write-back %s\n", name.c_str(),
+                           j.write_back_paused() ? "paused" : "resumed");
+              return ControlAnswer{};
+            case ControlAction::Kind::flush_write_back:
+              if (j.flush_write_back(why) != Errc::ok)
+                return ControlAnswer{ControlAnswer::Status::conflict, why};
+              return ControlAnswer{};
+          }
+          return ControlAnswer{};
+        }
+        return ControlAnswer{ControlAnswer::Status::not_found, "no volume '" + name + "'"};
+      });
   MetricsRegistry registry;
   std::string mgmt_error;
   auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);

@@ -46,7 +46,9 @@ nlohmann::json volume_json(const VolumeSnapshot& v) {
          io.latency_count ? double(io.latency_sum_us) / double(io.latency_count) : 0.0}}},
       {"cache", tiers}};
   if (v.stats.has_journal)
-    j["journal"] = {{"used_bytes", v.stats.journal_bytes_used},
+    j["journal"] = {{"policy", journal::to_string(v.stats.journal_policy)},
+                    {"write_back_paused", v.stats.write_back_paused},
+                    {"used_bytes", v.stats.journal_bytes_used},
                     {"free_bytes", v.stats.journal_bytes_free},
                     {"dirty_bytes", v.stats.dirty_bytes},
                     {"write_back_lag_ms", v.stats.write_back_lag_ms},
@@ -66,6 +68,21 @@ nlohmann::json volume_json(const VolumeSnapshot& v) {
 void error(httplib::Response& res, int status, const std::string& message) {
   res.status = status;
   res.set_content(nlohmann::json{{"error", message}}.dump() + "\n", "application/json");
+}
+
+// A change's answer: `ok_body` on success, else the status that names why not.
+void answer(httplib::Response& res, const ControlAnswer& a, const nlohmann::json& ok_body) {
+  switch (a.status) {
+    case ControlAnswer::Status::ok:
+      return res.set_content(ok_body.dump(2) + "\n", "application/json");
+    case ControlAnswer::Status::not_found:
+      return error(res, 404, a.message);
+    case ControlAnswer::Status::conflict:
+    case ControlAnswer::Status::unsupported:
+      return error(res, 409, a.message);
+    case ControlAnswer::Status::no_answer:
+      return error(res, 503, a.message);
+  }
 }
 
 }  // namespace
@@ -131,6 +148,38 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
                    return res.set_content(volume_json(v).dump(2) + "\n", "application/json");
                error(res, 404, "no volume '" + name + "'");
              });
+  http_->Put(R"(/api/v1/volumes/([^/]+)/policy)", [this](const httplib::Request& req,
+                                                         httplib::Response& res) {
+    const std::string name = req.matches[1];
+    nlohmann::json body;
+    try {
+      body = nlohmann::json::parse(req.body);
+    } catch (const std::exception&) {
+      return error(res, 400, "the body is not JSON; want {\"policy\": \"POLICY\"}");
+    }
+    if (!body.is_object() || body.size() != 1 || !body.contains("policy") ||
+        !body["policy"].is_string())
+      return error(res, 400, "want exactly {\"policy\": \"POLICY\"}");
+    journal::Policy policy;
+    const std::string text = body["policy"].get<std::string>();
+    if (!journal::parse_policy(text, policy))
+      return error(res, 400,
+                   "unknown policy '" + text + "' (write-back | cloud-persist | test-clone)");
+    ControlAction action;
+    action.policy = policy;
+    answer(res, control_.act(name, action, kSnapshotTimeout),
+           nlohmann::json{{"name", name}, {"policy", text}});
+  });
+  http_->Post(R"(/api/v1/volumes/([^/]+)/write-back/(pause|resume|flush))",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                const std::string name = req.matches[1], verb = req.matches[2];
+                ControlAction action;
+                action.kind = verb == "pause"    ? ControlAction::Kind::pause_write_back
+                              : verb == "resume" ? ControlAction::Kind::resume_write_back
+                                                 : ControlAction::Kind::flush_write_back;
+                answer(res, control_.act(name, action, kSnapshotTimeout),
+                       nlohmann::json{{"name", name}, {"write_back", verb}});
+              });
   http_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (res.body.empty()) error(res, res.status, res.status == 404 ? "no such endpoint" : "error");
   });

@@ -4,6 +4,9 @@
 //   GET /metrics                 Prometheus text format, from the metrics registry
 //   GET /api/v1/volumes          JSON list of the daemon's volumes
 //   GET /api/v1/volumes/{name}   one volume (404 when unknown)
+//   PUT /api/v1/volumes/{name}/policy   {"policy": "write-back|cloud-persist|test-clone"}: 200,
+//                                400 malformed / unknown policy, 404 unknown volume, 409 refused
+//   POST /api/v1/volumes/{name}/write-back/pause|resume|flush   404 unknown volume, 409 refused
 // Every answer reads a fresh snapshot through the ControlInterface (a message to the reactor,
 // bounded wait; 503 when the reactor does not answer). Described in mgmt/openapi.yaml.
 #pragma once

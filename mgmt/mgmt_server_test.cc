@@ -146,5 +146,103 @@ TEST(MgmtServer, AuthUnknownVolumeAndUnansweredReactor) {
   EXPECT_EQ(res->status, 503);
 }
 
+TEST(MgmtServer, SetPolicyRunsOnTheReactorAndAnswers400For404And409) {
+  RunningReactor r;
+  std::thread::id handler_thread;
+  journal::Policy got = journal::Policy::write_back;
+  ControlInterface control(r.reactor(), collect_one_volume,
+                           [&](const std::string& name, const ControlAction& a) {
+                             const journal::Policy p = a.policy;
+                             handler_thread = std::this_thread::get_id();
+                             if (name != "lun0")
+                               return ControlAnswer{ControlAnswer::Status::not_found, "no " + name};
+                             if (p == journal::Policy::test_clone)
+                               return ControlAnswer{ControlAnswer::Status::conflict, "refused"};
+                             got = p;
+                             return ControlAnswer{};
+                           });
+  MetricsRegistry registry;
+  MgmtServer server(control, registry, "0123456789abcdef0123");
+  ASSERT_EQ(server.start("127.0.0.1", 0), "");
+  httplib::Client client("127.0.0.1", server.bound_port());
+  const httplib::Headers good = {{"Authorization", "Bearer 0123456789abcdef0123"}};
+  const char* path = "/api/v1/volumes/lun0/policy";
+  auto res = client.Put(path, R"({"policy": "cloud-persist"})", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_EQ(got, journal::Policy::write_back) << "changed without a token";
+  res = client.Put(path, good, R"({"policy": "cloud-persist"})", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(got, journal::Policy::cloud_persist);
+  EXPECT_NE(handler_thread, std::this_thread::get_id());
+  for (const char* bad : {"{", R"({"policy": "writeback"})", R"({"policy": 3})", "[]",
+                          R"({"policy": "write-back", "extra": 1})"}) {
+    res = client.Put(path, good, bad, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << bad;
+    EXPECT_NE(res->body.find("\"error\""), std::string::npos);
+  }
+  res = client.Put(path, good, R"({"policy": "test-clone"})", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 409);
+  EXPECT_NE(res->body.find("refused"), std::string::npos);
+  res = client.Put("/api/v1/volumes/lun9/policy", good, R"({"policy": "write-back"})",
+                   "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  server.stop();
+
+  ControlInterface without(r.reactor(), collect_one_volume);  // a daemon without journals
+  MgmtServer server2(without, registry, "0123456789abcdef0123");
+  ASSERT_EQ(server2.start("127.0.0.1", 0), "");
+  httplib::Client client2("127.0.0.1", server2.bound_port());
+  res = client2.Put(path, good, R"({"policy": "write-back"})", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 409);
+}
+
+TEST(MgmtServer, WriteBackPauseResumeFlushReachTheReactorAsActions) {
+  RunningReactor r;
+  std::vector<ControlAction::Kind> seen;
+  ControlInterface control(r.reactor(), collect_one_volume,
+                           [&](const std::string& name, const ControlAction& a) {
+                             if (name != "lun0")
+                               return ControlAnswer{ControlAnswer::Status::not_found, "no " + name};
+                             seen.push_back(a.kind);
+                             if (a.kind == ControlAction::Kind::flush_write_back)
+                               return ControlAnswer{ControlAnswer::Status::conflict, "paused"};
+                             return ControlAnswer{};
+                           });
+  MetricsRegistry registry;
+  MgmtServer server(control, registry, "0123456789abcdef0123");
+  ASSERT_EQ(server.start("127.0.0.1", 0), "");
+  httplib::Client client("127.0.0.1", server.bound_port());
+  const httplib::Headers good = {{"Authorization", "Bearer 0123456789abcdef0123"}};
+  auto res = client.Post("/api/v1/volumes/lun0/write-back/pause", "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_TRUE(seen.empty());
+  res = client.Post("/api/v1/volumes/lun0/write-back/pause", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  res = client.Post("/api/v1/volumes/lun0/write-back/resume", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  res = client.Post("/api/v1/volumes/lun0/write-back/flush", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 409);
+  res = client.Post("/api/v1/volumes/lun9/write-back/flush", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404);
+  res = client.Post("/api/v1/volumes/lun0/write-back/stop", good, "", "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 404) << "no such endpoint";
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0], ControlAction::Kind::pause_write_back);
+  EXPECT_EQ(seen[1], ControlAction::Kind::resume_write_back);
+  EXPECT_EQ(seen[2], ControlAction::Kind::flush_write_back);
+}
+
 }  // namespace
 }  // namespace ferry::mgmt

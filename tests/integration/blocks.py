@@ -2,7 +2,8 @@
 # shutdown_under_load). Each 4 KiB block carries a magic, its block number, a sequence number and
 # a CRC32, so a reader can tell an intact block of the last acknowledged write from garbage or a
 # stale one.
-#   blocks.py write URI SECONDS BLOCKS OUT.json   16 writes in flight; OUT.json = acknowledged
+#   blocks.py write URI SECONDS BLOCKS OUT.json [RATE]   16 writes in flight (at most RATE
+#                                                 writes/s when given); OUT.json = acknowledged
 #                                                 block → sequence (written on error too; exit 1)
 #   blocks.py verify (URI|FILE) BLOCKS ACKED.json every acknowledged block intact (exit 0)
 # On an error the writes still in flight go to OUT.json.inflight: they may or may not have
@@ -26,7 +27,7 @@ def check(data, blk):
         return None
     return seq
 
-def write(uri, seconds, nblocks, out):
+def write(uri, seconds, nblocks, out, rate=0.0):
     h = nbd.NBD()
     h.connect_uri(uri)
     rnd = random.Random(1)
@@ -38,6 +39,8 @@ def write(uri, seconds, nblocks, out):
     try:
         while time.time() < deadline or inflight:
             while len(inflight) < 16 and time.time() < deadline:
+                if rate and seq >= rate * (time.time() - start):
+                    break
                 blk = rnd.randrange(nblocks)
                 if blk in busy:  # never two writes of one block in flight: order undefined
                     continue
@@ -45,7 +48,7 @@ def write(uri, seconds, nblocks, out):
                 buf = nbd.Buffer.from_bytearray(bytearray(block(blk, seq)))
                 inflight[h.aio_pwrite(buf, blk * BS)] = (blk, seq, buf)
                 busy.add(blk)
-            h.poll(1000)
+            h.poll(1000 if not rate else 10)
             for cookie in list(inflight):
                 if h.aio_command_completed(cookie):  # raises nbd.Error if the write failed
                     blk, s, _ = inflight.pop(cookie)
@@ -96,5 +99,6 @@ def verify(src, nblocks, acked_path):
     return 0
 
 if sys.argv[1] == "write":
-    sys.exit(write(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]))
+    sys.exit(write(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
+                   float(sys.argv[6]) if len(sys.argv) > 6 else 0.0))
 sys.exit(verify(sys.argv[2], int(sys.argv[3]), sys.argv[4]))

@@ -21,7 +21,8 @@ cp "$TMP/disk.raw" "$TMP/source.raw"
 head -c 24 /dev/urandom | base64 | tr -d '=/+' >"$TMP/token"; chmod 600 "$TMP/token"
 token=$(cat "$TMP/token")
 m_dc=$(free_port); m_cloud=$(free_port)
-start_dc_edge dc --redo-dir "$TMP/redo" --mgmt-listen 127.0.0.1:$m_dc --mgmt-token-file "$TMP/token"
+mkdir -p "$TMP/redo"  # a cloud edge with a journal needs a dc-edge that offers epochs
+start_dc_edge dc --redo-dir "$TMP/redo" --redo-mib 64 --mgmt-listen 127.0.0.1:$m_dc --mgmt-token-file "$TMP/token"
 p_nbd=$(free_port); p_iscsi=$(free_port)
 mkdir -p "$TMP/j"
 "$FERRY" cloud-edge --listen 127.0.0.1:$p_iscsi --nbd 127.0.0.1:$p_nbd --dc 127.0.0.1:$P_WAN \

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks management API answers against mgmt/openapi.yaml (required fields, types, enums, no
 field the spec does not list). Usage: openapi_check.py SPEC PATH CODE BODY.json [PATH CODE BODY.json ...]
-(PATH as in the spec, e.g. /api/v1/volumes/{name}). Exit 0 when every body matches."""
+(PATH as in the spec, e.g. /api/v1/volumes/{name}; METHOD:PATH for another method than get, e.g.
+put:/api/v1/volumes/{name}/policy). Exit 0 when every body matches."""
 import json, sys, yaml
 spec = yaml.safe_load(open(sys.argv[1]))
 def resolve(s):
@@ -29,6 +30,7 @@ def check(value, schema, where):
 args = sys.argv[2:]
 for i in range(0, len(args), 3):
     path, code, body = args[i:i + 3]
-    schema = resolve(spec["paths"][path]["get"]["responses"][code])["content"]["application/json"]["schema"]
+    method, path = path.split(":", 1) if not path.startswith("/") else ("get", path)
+    schema = resolve(spec["paths"][path][method]["responses"][code])["content"]["application/json"]["schema"]
     check(json.load(open(body)), schema, f"{path} {code}")
 print("bodies match; paths in the spec:", ", ".join(spec["paths"]))
