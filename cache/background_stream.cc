@@ -9,8 +9,8 @@
 
 namespace ferry::cache {
 
-Result<std::unique_ptr<BackgroundStream>> BackgroundStream::create(BlockDevice& next, std::string name,
-                                                                   const BackgroundStreamOptions& o) noexcept {
+Result<std::unique_ptr<BackgroundStream>> BackgroundStream::create(
+    BlockDevice& next, std::string name, const BackgroundStreamOptions& o) noexcept {
   const Geometry g = next.geometry();
   if (o.request_bytes == 0 || o.request_bytes % g.block_size_bytes != 0 || o.outstanding == 0)
     return Errc::invalid_argument;
@@ -52,8 +52,8 @@ void BackgroundStream::start(Reactor& reactor) noexcept {
   started_ = true;
   reactor_ = &reactor;
   started_ns_ = tokens_ns_ = reactor.now_ns_fresh();
-  std::fprintf(stderr, "ferry: stream %s: streaming %llu bytes in the background%s\n", name_.c_str(),
-               static_cast<unsigned long long>(next_.geometry().size_bytes()),
+  std::fprintf(stderr, "ferry: stream %s: streaming %llu bytes in the background%s\n",
+               name_.c_str(), static_cast<unsigned long long>(next_.geometry().size_bytes()),
                opt_.rate_bytes_per_s ? " under a rate cap" : "");
   pump();
 }
@@ -69,8 +69,9 @@ void BackgroundStream::pump() noexcept {
     const uint32_t len = uint32_t(std::min<uint64_t>(opt_.request_bytes, size - next_offset_));
     if (opt_.rate_bytes_per_s != 0) {  // token bucket, at most one request's worth of burst
       const uint64_t now = reactor_->now_ns_fresh();
-      tokens_ = std::min<double>(double(opt_.request_bytes),
-                                 tokens_ + double(now - tokens_ns_) * 1e-9 * double(opt_.rate_bytes_per_s));
+      tokens_ =
+          std::min<double>(double(opt_.request_bytes), tokens_ + double(now - tokens_ns_) * 1e-9 *
+                                                                     double(opt_.rate_bytes_per_s));
       tokens_ns_ = now;
       if (tokens_ < double(len)) {
         if (!pace_timer_.armed()) {
@@ -105,8 +106,10 @@ void BackgroundStream::on_pace(void* ctx) noexcept { static_cast<BackgroundStrea
 void BackgroundStream::on_read(IoRequest& io) noexcept {
   auto* op = static_cast<Op*>(io.owner);
   BackgroundStream& s = *op->owner;
-  if (io.result == Errc::ok) s.done_bytes_ += io.length_bytes;
-  else ++s.errors_;  // a failed range is skipped: demand reads fetch it when needed
+  if (io.result == Errc::ok)
+    s.done_bytes_ += io.length_bytes;
+  else
+    ++s.errors_;  // a failed range is skipped: demand reads fetch it when needed
   s.free_ops_.push_back(op);
   s.report(false);
   s.pump();
@@ -123,8 +126,10 @@ StreamProgress BackgroundStream::progress() const noexcept {
   const uint64_t end = finished_ ? finished_ns_ : Reactor::now_ns_fresh();
   p.elapsed_s = double(end - started_ns_) / 1e9;
   if (p.elapsed_s > 0) p.rate_bytes_per_s = double(done_bytes_) / p.elapsed_s;
-  if (finished_) p.eta_s = 0;
-  else if (p.rate_bytes_per_s > 0) p.eta_s = double(p.size_bytes - std::min(p.size_bytes, done_bytes_)) / p.rate_bytes_per_s;
+  if (finished_)
+    p.eta_s = 0;
+  else if (p.rate_bytes_per_s > 0)
+    p.eta_s = double(p.size_bytes - std::min(p.size_bytes, done_bytes_)) / p.rate_bytes_per_s;
   return p;
 }
 
@@ -134,13 +139,16 @@ void BackgroundStream::report(bool final) noexcept {
   if (!final && decile <= reported_decile_) return;
   reported_decile_ = decile;
   if (final)
-    std::fprintf(stderr, "ferry: stream %s: %s: %llu of %llu bytes in %.1f s (%.1f MB/s), %llu failed reads\n",
-                 name_.c_str(), stopping_ && next_offset_ < p.size_bytes ? "stopped" : "done",
-                 static_cast<unsigned long long>(p.done_bytes), static_cast<unsigned long long>(p.size_bytes),
-                 p.elapsed_s, p.rate_bytes_per_s / 1e6, static_cast<unsigned long long>(p.errors));
+    std::fprintf(
+        stderr,
+        "ferry: stream %s: %s: %llu of %llu bytes in %.1f s (%.1f MB/s), %llu failed reads\n",
+        name_.c_str(), stopping_ && next_offset_ < p.size_bytes ? "stopped" : "done",
+        static_cast<unsigned long long>(p.done_bytes),
+        static_cast<unsigned long long>(p.size_bytes), p.elapsed_s, p.rate_bytes_per_s / 1e6,
+        static_cast<unsigned long long>(p.errors));
   else
-    std::fprintf(stderr, "ferry: stream %s: %.0f %% (%llu of %llu bytes), %.1f MB/s, ETA %.0f s\n", name_.c_str(),
-                 p.percent(), static_cast<unsigned long long>(p.done_bytes),
+    std::fprintf(stderr, "ferry: stream %s: %.0f %% (%llu of %llu bytes), %.1f MB/s, ETA %.0f s\n",
+                 name_.c_str(), p.percent(), static_cast<unsigned long long>(p.done_bytes),
                  static_cast<unsigned long long>(p.size_bytes), p.rate_bytes_per_s / 1e6, p.eta_s);
 }
 

@@ -28,19 +28,21 @@ struct BackgroundStreamOptions {
 
 struct StreamProgress {
   uint64_t size_bytes = 0;
-  uint64_t done_bytes = 0;    // read (completed) so far
-  uint64_t errors = 0;        // reads that failed (their range is skipped, counted)
+  uint64_t done_bytes = 0;  // read (completed) so far
+  uint64_t errors = 0;      // reads that failed (their range is skipped, counted)
   double elapsed_s = 0;
   double rate_bytes_per_s = 0;
-  double eta_s = -1;          // -1: unknown (not started / no rate yet)
+  double eta_s = -1;  // -1: unknown (not started / no rate yet)
   bool started = false, finished = false;
-  double percent() const noexcept { return size_bytes ? 100.0 * double(done_bytes) / double(size_bytes) : 100.0; }
+  double percent() const noexcept {
+    return size_bytes ? 100.0 * double(done_bytes) / double(size_bytes) : 100.0;
+  }
 };
 
 class BackgroundStream final : public BlockDevice {
  public:
-  static Result<std::unique_ptr<BackgroundStream>> create(BlockDevice& next, std::string name,
-                                                          const BackgroundStreamOptions& o) noexcept;
+  static Result<std::unique_ptr<BackgroundStream>> create(
+      BlockDevice& next, std::string name, const BackgroundStreamOptions& o) noexcept;
   ~BackgroundStream() override;
 
   Geometry geometry() const noexcept override { return next_.geometry(); }

@@ -22,8 +22,10 @@ class Counting final : public BlockDevice {
   Geometry geometry() const noexcept override { return next_.geometry(); }
   void submit(IoRequest& r) noexcept override {
     if (r.op == IoOp::read) {
-      if (r.priority == IoPriority::background) background_bytes += r.length_bytes;
-      else other_reads++;
+      if (r.priority == IoPriority::background)
+        background_bytes += r.length_bytes;
+      else
+        other_reads++;
     }
     next_.submit(r);
   }
@@ -98,7 +100,9 @@ TEST_F(BackgroundStreamTest, StreamsTheWholeVolumeOnceAtBackgroundPriorityIntoTh
   r.data = buf.data();
   std::atomic<bool> done{false};
   r.owner = &done;
-  r.on_complete = [](IoRequest& q) noexcept { static_cast<std::atomic<bool>*>(q.owner)->store(true); };
+  r.on_complete = [](IoRequest& q) noexcept {
+    static_cast<std::atomic<bool>*>(q.owner)->store(true);
+  };
   on_reactor([&] { s->submit(r); });
   EXPECT_TRUE(done.load());
   EXPECT_EQ(counting_->other_reads, 0u);

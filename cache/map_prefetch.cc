@@ -9,8 +9,8 @@ namespace ferry::cache {
 
 Result<std::unique_ptr<MapPrefetch>> MapPrefetch::create(BlockDevice& next, std::string name,
                                                          const MapPrefetchOptions& o) noexcept {
-  if (o.chunk_bytes == 0 || o.chunk_bytes % next.geometry().block_size_bytes != 0 || o.reads_max == 0 ||
-      o.entries_max == 0)
+  if (o.chunk_bytes == 0 || o.chunk_bytes % next.geometry().block_size_bytes != 0 ||
+      o.reads_max == 0 || o.entries_max == 0)
     return Errc::invalid_argument;
   std::unique_ptr<MapPrefetch> m(new (std::nothrow) MapPrefetch(next, o));
   if (!m) return Errc::no_memory;
@@ -27,11 +27,13 @@ Result<std::unique_ptr<MapPrefetch>> MapPrefetch::create(BlockDevice& next, std:
     op.io.on_complete = &MapPrefetch::on_read;
     m->free_ops_.push_back(&op);
   }
-  m->description_ = "prefetch-map:" + std::to_string(o.bytes_max >> 20) + "MiB>" + std::string(next.describe());
+  m->description_ =
+      "prefetch-map:" + std::to_string(o.bytes_max >> 20) + "MiB>" + std::string(next.describe());
   return m;
 }
 
-MapPrefetch::MapPrefetch(BlockDevice& next, const MapPrefetchOptions& o) noexcept : next_(next), opt_(o) {}
+MapPrefetch::MapPrefetch(BlockDevice& next, const MapPrefetchOptions& o) noexcept
+    : next_(next), opt_(o) {}
 
 // Destroy only when idle or when `next` will never complete again (after the reactor stopped).
 MapPrefetch::~MapPrefetch() = default;
@@ -75,7 +77,8 @@ void MapPrefetch::pump() noexcept {
   if (pumping_) return;
   pumping_ = true;
   const uint64_t size = next_.geometry().size_bytes();
-  while (!stopping_ && next_entry_ < map_entries_ && !free_ops_.empty() && counters_.bytes < opt_.bytes_max) {
+  while (!stopping_ && next_entry_ < map_entries_ && !free_ops_.empty() &&
+         counters_.bytes < opt_.bytes_max) {
     const uint64_t off = entry(next_entry_++);
     if (off >= size) continue;  // a map from a larger volume: ignored entries
     Op* op = free_ops_.back();
@@ -94,9 +97,11 @@ void MapPrefetch::pump() noexcept {
   if (!counters_.done && free_ops_.size() == ops_.size() &&
       (stopping_ || next_entry_ >= map_entries_ || counters_.bytes >= opt_.bytes_max)) {
     counters_.done = true;
-    std::fprintf(stderr, "ferry: prefetch-map %s: %llu chunks (%llu bytes) prefetched, %llu errors\n",
+    std::fprintf(stderr,
+                 "ferry: prefetch-map %s: %llu chunks (%llu bytes) prefetched, %llu errors\n",
                  name_.c_str(), static_cast<unsigned long long>(counters_.reads),
-                 static_cast<unsigned long long>(counters_.bytes), static_cast<unsigned long long>(counters_.errors));
+                 static_cast<unsigned long long>(counters_.bytes),
+                 static_cast<unsigned long long>(counters_.errors));
   }
   pumping_ = false;
 }

@@ -18,15 +18,15 @@
 namespace ferry::cache {
 
 struct MapPrefetchOptions {
-  uint32_t chunk_bytes = 64 * 1024;  // the datacenter edge's map granularity
-  uint32_t reads_max = 8;            // replay reads in flight
-  uint64_t bytes_max = 256ull << 20; // replay at most this much (keep it within the cache)
-  uint32_t entries_max = 32768;      // map entries asked for (one WAN frame)
+  uint32_t chunk_bytes = 64 * 1024;   // the datacenter edge's map granularity
+  uint32_t reads_max = 8;             // replay reads in flight
+  uint64_t bytes_max = 256ull << 20;  // replay at most this much (keep it within the cache)
+  uint32_t entries_max = 32768;       // map entries asked for (one WAN frame)
 };
 
 struct MapPrefetchCounters {
-  uint64_t entries = 0;      // chunks in the map received
-  uint64_t reads = 0;        // replay reads issued
+  uint64_t entries = 0;  // chunks in the map received
+  uint64_t reads = 0;    // replay reads issued
   uint64_t bytes = 0;
   uint64_t errors = 0;
   bool map_unsupported = false;  // the stack below has no map

@@ -26,7 +26,8 @@ class MapDevice final : public BlockDevice {
       r.status_length_bytes = n * 8;
       return r.complete(Errc::ok);
     }
-    if (r.op == IoOp::read && r.priority == IoPriority::prefetch) prefetched.push_back(r.offset_bytes);
+    if (r.op == IoOp::read && r.priority == IoPriority::prefetch)
+      prefetched.push_back(r.offset_bytes);
     next_.submit(r);
   }
   std::string_view describe() const noexcept override { return "map"; }
@@ -40,7 +41,8 @@ class MapDevice final : public BlockDevice {
 
 TEST(MapPrefetch, ReplaysTheAccessMapInOrderUpToItsBudget) {
   auto disk = std::move(RamDevice::create(16u << 20, 512).value());
-  MapDevice below(*disk, {5u << 20, 0, 1u << 20, 64u << 20 /* beyond the end: skipped */, 2u << 20});
+  MapDevice below(*disk,
+                  {5u << 20, 0, 1u << 20, 64u << 20 /* beyond the end: skipped */, 2u << 20});
   MapPrefetchOptions o;
   o.bytes_max = 3 * 65536;
   auto m = std::move(MapPrefetch::create(below, "vol", o).value());

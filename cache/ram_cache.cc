@@ -15,7 +15,8 @@ bool prefetching(const IoRequest& io) {
 }
 }  // namespace
 
-Result<std::unique_ptr<RamCache>> RamCache::create(BlockDevice& next, const RamCacheOptions& o) noexcept {
+Result<std::unique_ptr<RamCache>> RamCache::create(BlockDevice& next,
+                                                   const RamCacheOptions& o) noexcept {
   const Geometry g = next.geometry();
   if (o.chunk_bytes == 0 || o.chunk_bytes % g.block_size_bytes != 0 || o.fetches_max == 0 ||
       o.writes_max == 0 || o.waiters_max == 0 || o.capacity_bytes / o.chunk_bytes < 2)
@@ -242,8 +243,10 @@ void RamCache::on_fetched(IoRequest& io) noexcept {
   f->woken.swap(sl.waiters);  // both keep capacity waiters_max
   const Errc result = io.result;
   for (IoRequest* w : f->woken) {
-    if (result != Errc::ok) w->complete(result);
-    else c.read(*w, false);
+    if (result != Errc::ok)
+      w->complete(result);
+    else
+      c.read(*w, false);
   }
   f->woken.clear();
   c.free_fetches_.push_back(f);

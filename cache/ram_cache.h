@@ -31,23 +31,24 @@ struct RamCacheOptions {
 };
 
 struct RamCacheCounters {
-  uint64_t hits = 0;           // demand reads served from memory on arrival
-  uint64_t misses = 0;         // demand reads that needed (or waited on) a fetch
-  uint64_t prefetch_cached = 0;  // prefetch reads (IoPriority prefetch/background) already here
-  uint64_t prefetch_misses = 0;  // prefetch reads that fetched
-  uint64_t bypassed = 0;       // reads sent straight to next (fetch/waiter/slot limit)
-  uint64_t fetches = 0;        // chunk fetches issued
-  uint64_t bytes_fetched = 0;  // bytes read from next by fetches (demand and prefetch)
-  uint64_t bytes_prefetched = 0;        // of bytes_fetched: by fetches for prefetch reads
-  uint64_t prefetched_chunks = 0;       // chunks a prefetch read brought in
+  uint64_t hits = 0;               // demand reads served from memory on arrival
+  uint64_t misses = 0;             // demand reads that needed (or waited on) a fetch
+  uint64_t prefetch_cached = 0;    // prefetch reads (IoPriority prefetch/background) already here
+  uint64_t prefetch_misses = 0;    // prefetch reads that fetched
+  uint64_t bypassed = 0;           // reads sent straight to next (fetch/waiter/slot limit)
+  uint64_t fetches = 0;            // chunk fetches issued
+  uint64_t bytes_fetched = 0;      // bytes read from next by fetches (demand and prefetch)
+  uint64_t bytes_prefetched = 0;   // of bytes_fetched: by fetches for prefetch reads
+  uint64_t prefetched_chunks = 0;  // chunks a prefetch read brought in
   uint64_t prefetched_chunks_used = 0;  // of those: read on demand before eviction (accuracy)
   uint64_t evictions = 0;
-  uint64_t busy = 0;           // writes refused: writes_max in flight
+  uint64_t busy = 0;  // writes refused: writes_max in flight
 };
 
 class RamCache final : public BlockDevice {
  public:
-  static Result<std::unique_ptr<RamCache>> create(BlockDevice& next, const RamCacheOptions& o) noexcept;
+  static Result<std::unique_ptr<RamCache>> create(BlockDevice& next,
+                                                  const RamCacheOptions& o) noexcept;
   ~RamCache() override;
 
   Geometry geometry() const noexcept override { return next_.geometry(); }
@@ -60,7 +61,7 @@ class RamCache final : public BlockDevice {
  private:
   struct Slot {
     uint64_t chunk = 0;
-    uint64_t epoch = 0;  // bumped when a discard/write_zeroes drops sectors
+    uint64_t epoch = 0;          // bumped when a discard/write_zeroes drops sectors
     uint64_t last_read_end = 0;  // byte offset where the chunk's last demand read ended
     uint8_t freq = 0;
     bool referenced = false;  // a demand read used the chunk since it was admitted

@@ -23,8 +23,10 @@ class HeldDevice final : public BlockDevice {
   Geometry geometry() const noexcept override { return next_.geometry(); }
   void submit(IoRequest& r) noexcept override {
     if (r.op == IoOp::read) ++reads;
-    if (hold) held_.push_back(&r);
-    else next_.submit(r);
+    if (hold)
+      held_.push_back(&r);
+    else
+      next_.submit(r);
   }
   std::string_view describe() const noexcept override { return "held"; }
   void release_all() {
@@ -106,7 +108,7 @@ TEST(RamCache, HitAfterMiss) {
   EXPECT_EQ(f.cache->counters().misses, 1u);
   EXPECT_EQ(f.cache->counters().fetches, 1u);
   EXPECT_EQ(f.cache->counters().bytes_fetched, 64u * 1024);  // the whole chunk, one request
-  Io b(IoOp::read, 60 * 1024, 4096);  // another part of the same chunk
+  Io b(IoOp::read, 60 * 1024, 4096);                         // another part of the same chunk
   ASSERT_EQ(f.run(b), Errc::ok);
   EXPECT_EQ(b.buf[0], Fixture::expected(60 * 1024));
   EXPECT_EQ(f.cache->counters().hits, 1u);
@@ -324,7 +326,8 @@ TEST(RamCache, DifferentialWithReorderedCompletions) {
     };
     std::vector<Op> ops;
     auto overlaps = [](const IoRequest& a, const IoRequest& b) {
-      return a.offset_bytes < b.offset_bytes + b.length_bytes && b.offset_bytes < a.offset_bytes + a.length_bytes;
+      return a.offset_bytes < b.offset_bytes + b.length_bytes &&
+             b.offset_bytes < a.offset_bytes + a.length_bytes;
     };
     uint64_t checked = 0;
     for (int step = 0; step < 6000; ++step) {
@@ -337,8 +340,10 @@ TEST(RamCache, DifferentialWithReorderedCompletions) {
         if (r.op == IoOp::read) {
           if (o.check) {
             ++checked;
-            ASSERT_EQ(std::memcmp(o.io->buf.data(), model.data() + r.offset_bytes, r.length_bytes), 0)
-                << "seed " << seed << " step " << step << " read " << r.offset_bytes << "+" << r.length_bytes;
+            ASSERT_EQ(std::memcmp(o.io->buf.data(), model.data() + r.offset_bytes, r.length_bytes),
+                      0)
+                << "seed " << seed << " step " << step << " read " << r.offset_bytes << "+"
+                << r.length_bytes;
           }
         } else if (r.op == IoOp::write) {
           std::memcpy(model.data() + r.offset_bytes, o.io->buf.data(), r.length_bytes);
@@ -346,7 +351,8 @@ TEST(RamCache, DifferentialWithReorderedCompletions) {
           std::memset(model.data() + r.offset_bytes, 0, r.length_bytes);
         }
       }
-      ops.erase(std::remove_if(ops.begin(), ops.end(), [](const Op& o) { return o.reported; }), ops.end());
+      ops.erase(std::remove_if(ops.begin(), ops.end(), [](const Op& o) { return o.reported; }),
+                ops.end());
       const int kind = int(rng() % 10);
       if (kind < 4 && f.held->held() > 0) {
         f.held->release_one(size_t(rng()));

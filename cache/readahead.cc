@@ -8,7 +8,8 @@
 
 namespace ferry::cache {
 
-Result<std::unique_ptr<ReadAhead>> ReadAhead::create(BlockDevice& next, const ReadAheadOptions& o) noexcept {
+Result<std::unique_ptr<ReadAhead>> ReadAhead::create(BlockDevice& next,
+                                                     const ReadAheadOptions& o) noexcept {
   const Geometry g = next.geometry();
   if (o.chunk_bytes == 0 || o.chunk_bytes % g.block_size_bytes != 0 || o.reads_max == 0 ||
       o.streams_max == 0 || o.window_min_bytes == 0 || o.window_max_bytes < o.window_min_bytes ||
@@ -33,7 +34,8 @@ Result<std::unique_ptr<ReadAhead>> ReadAhead::create(BlockDevice& next, const Re
   return r;
 }
 
-ReadAhead::ReadAhead(BlockDevice& next, const ReadAheadOptions& o) noexcept : next_(next), opt_(o) {}
+ReadAhead::ReadAhead(BlockDevice& next, const ReadAheadOptions& o) noexcept
+    : next_(next), opt_(o) {}
 
 // Destroy only when idle or when `next` will never complete again (the daemons destroy their
 // stacks after the reactor has stopped): a prefetch in flight points into this object.
@@ -78,13 +80,15 @@ void ReadAhead::observe(uint64_t offset, uint64_t length) noexcept {
   ++s->run;
   s->last_used = tick_;
   if (offset < s->ahead_until && end > s->ahead_from)
-    counters_.prefetch_used_bytes += std::min(end, s->ahead_until) - std::max(offset, s->ahead_from);
+    counters_.prefetch_used_bytes +=
+        std::min(end, s->ahead_until) - std::max(offset, s->ahead_from);
   s->next_offset = end;
   if (s->run < opt_.trigger_reads) return;
   const uint64_t cb = opt_.chunk_bytes;
   if (s->window_bytes == 0) {
     s->window_bytes = opt_.window_min_bytes;
-    s->ahead_from = s->ahead_until = (end + cb - 1) / cb * cb;  // the chunk holding `end` is being fetched
+    s->ahead_from = s->ahead_until =
+        (end + cb - 1) / cb * cb;  // the chunk holding `end` is being fetched
     s->consumed_bytes = 0;
     return;
   }

@@ -25,12 +25,12 @@
 namespace ferry::cache {
 
 struct ReadAheadOptions {
-  uint32_t chunk_bytes = 64 * 1024;          // size of one prefetch read (the cache's chunk)
-  uint64_t window_min_bytes = 256 * 1024;    // ahead of a stream once it is sequential
-  uint64_t window_max_bytes = 512 * 1024;    // the window's cap
-  uint32_t reads_max = 16;                   // prefetch reads in flight (keep under the cache's fetches_max)
-  uint32_t streams_max = 8;                  // sequential streams tracked at once
-  uint32_t trigger_reads = 3;                // reads of one stream in a row before prefetching
+  uint32_t chunk_bytes = 64 * 1024;        // size of one prefetch read (the cache's chunk)
+  uint64_t window_min_bytes = 256 * 1024;  // ahead of a stream once it is sequential
+  uint64_t window_max_bytes = 512 * 1024;  // the window's cap
+  uint32_t reads_max = 16;     // prefetch reads in flight (keep under the cache's fetches_max)
+  uint32_t streams_max = 8;    // sequential streams tracked at once
+  uint32_t trigger_reads = 3;  // reads of one stream in a row before prefetching
 };
 
 struct ReadAheadCounters {
@@ -41,12 +41,13 @@ struct ReadAheadCounters {
   uint64_t prefetch_used_bytes = 0;  // demand bytes that fell inside what was read ahead
   uint64_t prefetch_errors = 0;
   uint64_t window_grows = 0;
-  uint64_t throttled = 0;            // prefetches not issued: reads_max in flight
+  uint64_t throttled = 0;  // prefetches not issued: reads_max in flight
 };
 
 class ReadAhead final : public BlockDevice {
  public:
-  static Result<std::unique_ptr<ReadAhead>> create(BlockDevice& next, const ReadAheadOptions& o) noexcept;
+  static Result<std::unique_ptr<ReadAhead>> create(BlockDevice& next,
+                                                   const ReadAheadOptions& o) noexcept;
   ~ReadAhead() override;
 
   Geometry geometry() const noexcept override { return next_.geometry(); }
@@ -57,13 +58,13 @@ class ReadAhead final : public BlockDevice {
 
  private:
   struct Stream {
-    uint64_t next_offset = 0;       // where the next sequential read starts
-    uint64_t ahead_from = 0;        // [ahead_from, ahead_until): read ahead for this stream
+    uint64_t next_offset = 0;  // where the next sequential read starts
+    uint64_t ahead_from = 0;   // [ahead_from, ahead_until): read ahead for this stream
     uint64_t ahead_until = 0;
     uint64_t window_bytes = 0;
-    uint64_t consumed_bytes = 0;    // sequential demand since the window last grew
-    uint32_t run = 0;               // sequential reads in a row
-    uint64_t last_used = 0;         // LRU tick
+    uint64_t consumed_bytes = 0;  // sequential demand since the window last grew
+    uint32_t run = 0;             // sequential reads in a row
+    uint64_t last_used = 0;       // LRU tick
     bool live = false;
   };
   struct Op {

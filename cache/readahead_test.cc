@@ -29,11 +29,15 @@ class Recorder final : public BlockDevice {
   void submit(IoRequest& r) noexcept override {
     if (r.op == IoOp::read) {
       ++reads;
-      if (r.priority == IoPriority::prefetch) ++prefetch_reads;
-      else ++demand_reads;
+      if (r.priority == IoPriority::prefetch)
+        ++prefetch_reads;
+      else
+        ++demand_reads;
     }
-    if (hold) held.push_back(&r);
-    else next_.submit(r);
+    if (hold)
+      held.push_back(&r);
+    else
+      next_.submit(r);
   }
   std::string_view describe() const noexcept override { return "recorder"; }
   bool release_one(size_t pick) {
@@ -174,7 +178,8 @@ TEST_F(ReadAheadTest, DataStaysRightWhenPrefetchesAndWritesCompleteInAnyOrder) {
   uint64_t seq = 0;
   size_t checked = 0;
   auto writing = [&](uint64_t off) {
-    for (auto& w : writes) if (w->req.offset_bytes == off) return true;
+    for (auto& w : writes)
+      if (w->req.offset_bytes == off) return true;
     return false;
   };
   for (int step = 0; step < 4000; ++step) {
@@ -186,7 +191,8 @@ TEST_F(ReadAheadTest, DataStaysRightWhenPrefetchesAndWritesCompleteInAnyOrder) {
     } else if (what < 7 && writes.size() < 8) {
       const uint64_t off = (rng() % 2048) * 4096;
       if (writing(off)) continue;  // one write per block at a time: the model knows its order
-      for (auto& r : reads) if (r.io->req.offset_bytes == off) r.racing = true;
+      for (auto& r : reads)
+        if (r.io->req.offset_bytes == off) r.racing = true;
       auto w = std::make_unique<Io>(IoOp::write, off, 4096);
       for (auto& b : w->buf) b = std::byte(rng());
       ra_->submit(w->req);
@@ -195,14 +201,20 @@ TEST_F(ReadAheadTest, DataStaysRightWhenPrefetchesAndWritesCompleteInAnyOrder) {
       rec_->release_one(size_t(rng()));
     }
     for (auto it = writes.begin(); it != writes.end();) {  // acknowledged: the model takes it
-      if (!(*it)->done) { ++it; continue; }
+      if (!(*it)->done) {
+        ++it;
+        continue;
+      }
       ASSERT_EQ((*it)->req.result, Errc::ok);
       std::memcpy(model_.data() + (*it)->req.offset_bytes, (*it)->buf.data(), 4096);
       it = writes.erase(it);
     }
     for (auto it = reads.begin(); it != reads.end();) {
       Io& r = *it->io;
-      if (!r.done) { ++it; continue; }
+      if (!r.done) {
+        ++it;
+        continue;
+      }
       ASSERT_EQ(r.req.result, Errc::ok);
       if (!it->racing) {
         ASSERT_EQ(std::memcmp(r.buf.data(), model_.data() + r.req.offset_bytes, 4096), 0) << step;

@@ -56,7 +56,8 @@ void S3Fifo::remove(uint32_t slot) noexcept {
 // than one per slot, so the queues stay bounded by 2 x slot_count.
 void S3Fifo::compact(std::deque<Entry>& q, uint8_t where) noexcept {
   if (q.size() <= 2 * size_t(slot_count_)) return;
-  std::erase_if(q, [&](const Entry& e) { return where_[e.slot] != where || gen_[e.slot] != e.gen; });
+  std::erase_if(q,
+                [&](const Entry& e) { return where_[e.slot] != where || gen_[e.slot] != e.gen; });
 }
 
 void S3Fifo::ghost_add(uint64_t key) noexcept {

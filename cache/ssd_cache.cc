@@ -377,14 +377,20 @@ Result<void> SsdCache::load_or_format(std::string* why) noexcept {
   } else {
     const uint32_t stored = get32(sb.get() + 12);
     put32(sb.get() + 12, 0);
-    if (crc(sb.get(), kSuperblockBytes) != stored) note = "superblock checksum mismatch";
-    else if (get32(sb.get() + 8) != kFormatVersion) note = "format version " + std::to_string(get32(sb.get() + 8));
-    else if (std::memcmp(sb.get() + 64, want.get() + 64, 16) != 0 || sb.get()[104] != want.get()[104] ||
+    if (crc(sb.get(), kSuperblockBytes) != stored)
+      note = "superblock checksum mismatch";
+    else if (get32(sb.get() + 8) != kFormatVersion)
+      note = "format version " + std::to_string(get32(sb.get() + 8));
+    else if (std::memcmp(sb.get() + 64, want.get() + 64, 16) != 0 ||
+             sb.get()[104] != want.get()[104] ||
              std::memcmp(sb.get() + 105, want.get() + 105, size_t(want.get()[104])) != 0)
       note = "cache file was written for another volume";
-    else if (get64(sb.get() + 56) != volume_bytes_) note = "the volume's size changed";
-    else if (get32(sb.get() + 80) != get32(want.get() + 80)) note = enc_ ? "cache file is not encrypted" : "cache file is encrypted";
-    else if (std::memcmp(sb.get() + 88, key_check_, 16) != 0) note = "cache file was encrypted with another key";
+    else if (get64(sb.get() + 56) != volume_bytes_)
+      note = "the volume's size changed";
+    else if (get32(sb.get() + 80) != get32(want.get() + 80))
+      note = enc_ ? "cache file is not encrypted" : "cache file is encrypted";
+    else if (std::memcmp(sb.get() + 88, key_check_, 16) != 0)
+      note = "cache file was encrypted with another key";
     else {
       put32(sb.get() + 12, stored);
       if (std::memcmp(sb.get(), want.get(), kSuperblockBytes) != 0)
@@ -402,7 +408,8 @@ Result<void> SsdCache::load_or_format(std::string* why) noexcept {
     std::vector<uint32_t> dropped;
     for (uint32_t s = 0; s < slot_count_; ++s) {
       const std::byte* r = meta.get() + size_t(s) * record_bytes_;
-      const bool nonzero = std::any_of(r, r + record_bytes_, [](std::byte b) { return b != std::byte{0}; });
+      const bool nonzero =
+          std::any_of(r, r + record_bytes_, [](std::byte b) { return b != std::byte{0}; });
       if (nonzero && !decode_record(s, r)) dropped.push_back(s);
     }
     // Slots that lost a duplicate claim after loading also go.
@@ -411,7 +418,8 @@ Result<void> SsdCache::load_or_format(std::string* why) noexcept {
       if (!slots_[s].used && get32(r) != 0) dropped.push_back(s);
     }
     if (!dropped.empty()) {
-      for (uint32_t s : dropped) std::memset(meta.get() + size_t(s) * record_bytes_, 0, record_bytes_);
+      for (uint32_t s : dropped)
+        std::memset(meta.get() + size_t(s) * record_bytes_, 0, record_bytes_);
       if (!full_pwrite(fd, meta.get(), meta_bytes, meta_offset_) || fdatasync(fd) != 0) {
         set_why(why, "cannot write the SSD cache metadata");
         return Errc::io_error;
@@ -741,7 +749,8 @@ void SsdCache::on_filled(IoRequest& io) noexcept {
 // ----------------------------------------------------------------------------------- writes
 
 template <class Fn>
-void SsdCache::for_each_slot_in(uint64_t offset_bytes, uint64_t length_bytes, Fn fn) const noexcept {
+void SsdCache::for_each_slot_in(uint64_t offset_bytes, uint64_t length_bytes,
+                                Fn fn) const noexcept {
   if (length_bytes == 0) return;
   const uint64_t first = offset_bytes / opt_.chunk_bytes;
   const uint64_t last = (offset_bytes + length_bytes - 1) / opt_.chunk_bytes;
@@ -835,7 +844,8 @@ void SsdCache::check_waiters() noexcept {
       WriteOp* w = ready_scratch_[i];
       next_.submit(w->io);
       if (check_again_) {  // re-entered: keep the rest for the next round
-        for (size_t j = i + 1; j < ready_scratch_.size(); ++j) waiting_.push_back(ready_scratch_[j]);
+        for (size_t j = i + 1; j < ready_scratch_.size(); ++j)
+          waiting_.push_back(ready_scratch_[j]);
         break;
       }
     }

@@ -39,10 +39,10 @@ class FileDevice;
 namespace ferry::cache {
 
 struct SsdCacheOptions {
-  std::string path;               // cache file (created if missing) or block device
-  uint64_t size_bytes = 0;        // size of the cache file (created / resized); 0 = as it is
+  std::string path;                  // cache file (created if missing) or block device
+  uint64_t size_bytes = 0;           // size of the cache file (created / resized); 0 = as it is
   uint32_t chunk_bytes = 64 * 1024;  // multiple of 4 KiB, at most 1 MiB
-  std::string key_file;           // AES-256-XTS key: 64 raw bytes or 128 hex digits; "" = plaintext
+  std::string key_file;  // AES-256-XTS key: 64 raw bytes or 128 hex digits; "" = plaintext
   // Identity of the cached volume, kept in the superblock with its size: a cache file written
   // for another volume (or size, chunk size, key) is never used; the cache starts empty instead.
   Uuid volume_uuid;
@@ -58,16 +58,16 @@ struct SsdCacheOptions {
 };
 
 struct SsdCacheCounters {
-  uint64_t hits = 0;             // reads served from the SSD entirely
-  uint64_t misses = 0;           // reads that needed next for at least one chunk piece
-  uint64_t bypassed = 0;         // reads sent straight to next (op/slot limits, cache failed)
-  uint64_t fetches = 0;          // chunk fetches from next (demand and prefetch)
-  uint64_t bytes_fetched = 0;    // bytes read from next by fetches for demand reads
+  uint64_t hits = 0;               // reads served from the SSD entirely
+  uint64_t misses = 0;             // reads that needed next for at least one chunk piece
+  uint64_t bypassed = 0;           // reads sent straight to next (op/slot limits, cache failed)
+  uint64_t fetches = 0;            // chunk fetches from next (demand and prefetch)
+  uint64_t bytes_fetched = 0;      // bytes read from next by fetches for demand reads
   uint64_t bytes_prefetched = 0;   // bytes read from next by fetches for prefetch reads (a tier
                                    // or read-ahead above fetching at IoPriority::prefetch)
   uint64_t prefetched_chunks = 0;  // chunks a prefetch read brought in
   uint64_t prefetch_hits = 0;      // of those: read on demand before eviction (accuracy)
-  uint64_t fills = 0;            // chunk writes to the SSD that became valid
+  uint64_t fills = 0;              // chunk writes to the SSD that became valid
   uint64_t evictions = 0;
   uint64_t busy = 0;             // writes refused: writes_max in flight
   uint64_t write_waits = 0;      // writes that waited for a durable invalidation
@@ -199,7 +199,9 @@ class SsdCache final : public BlockDevice {
     uint64_t& w = bits_[size_t(s) * words_ + u / 64];
     w = v ? (w | (1ull << (u % 64))) : (w & ~(1ull << (u % 64)));
   }
-  uint32_t& crc_of(uint32_t s, uint32_t u) noexcept { return crcs_[size_t(s) * units_per_chunk_ + u]; }
+  uint32_t& crc_of(uint32_t s, uint32_t u) noexcept {
+    return crcs_[size_t(s) * units_per_chunk_ + u];
+  }
   uint32_t block_of(uint32_t s) const noexcept { return s / records_per_block_; }
 
   BlockDevice& next_;

@@ -106,8 +106,10 @@ std::vector<std::byte> do_io(BlockDevice& d, IoOp op, uint64_t off, uint64_t len
   r.on_complete = [](IoRequest& q) noexcept { *static_cast<bool*>(q.owner) = true; };
   d.submit(r);
   EXPECT_TRUE(done);  // every device here completes inline
-  if (result) *result = r.result;
-  else EXPECT_EQ(r.result, Errc::ok) << "op " << int(op) << " at " << off << "+" << len;
+  if (result)
+    *result = r.result;
+  else
+    EXPECT_EQ(r.result, Errc::ok) << "op " << int(op) << " at " << off << "+" << len;
   return buf;
 }
 
@@ -301,7 +303,8 @@ TEST_F(SsdCacheTest, CorruptChunkIsDroppedAndFetchedAgain) {
 
 TEST_F(SsdCacheTest, TornMetadataRecordIsIgnored) {
   open();
-  for (uint64_t off = 0; off < 4 * 64 * 1024; off += 64 * 1024) do_io(*cache_, IoOp::read, off, 64 * 1024);
+  for (uint64_t off = 0; off < 4 * 64 * 1024; off += 64 * 1024)
+    do_io(*cache_, IoOp::read, off, 64 * 1024);
   cache_.reset();
   patch_file(4096 + 40, 0xff);  // inside the first slot record (its validity bitmap)
   open();
@@ -369,10 +372,12 @@ TEST_F(SsdCacheTest, ScanDoesNotEvictHotSet) {
   const uint32_t hot = cache_->slots() / 2;
   for (int round = 0; round < 3; ++round)
     for (uint32_t c = 0; c < hot; ++c) do_io(*cache_, IoOp::read, uint64_t(c) * 65536, 4096);
-  for (uint64_t c = hot; c < kVolumeBytes / 65536; ++c) do_io(*cache_, IoOp::read, c * 65536, 65536);
+  for (uint64_t c = hot; c < kVolumeBytes / 65536; ++c)
+    do_io(*cache_, IoOp::read, c * 65536, 65536);
   const uint64_t hits = cache_->counters().hits;
   for (uint32_t c = 0; c < hot; ++c) do_io(*cache_, IoOp::read, uint64_t(c) * 65536, 4096);
-  EXPECT_GE(cache_->counters().hits - hits, hot * 9 / 10) << "a one-pass scan displaced the hot set";
+  EXPECT_GE(cache_->counters().hits - hits, hot * 9 / 10)
+      << "a one-pass scan displaced the hot set";
 }
 
 // A fetch for a prefetch read (the RAM tier above fetching for read-ahead) counts as prefetched

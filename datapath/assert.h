@@ -5,10 +5,10 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define FERRY_ASSERT(cond)                                                                  \
-  do {                                                                                      \
-    if (__builtin_expect(!(cond), 0)) {                                                     \
+#define FERRY_ASSERT(cond)                                                                       \
+  do {                                                                                           \
+    if (__builtin_expect(!(cond), 0)) {                                                          \
       std::fprintf(stderr, "ferry: assertion failed: %s at %s:%d\n", #cond, __FILE__, __LINE__); \
-      std::abort();                                                                         \
-    }                                                                                       \
+      std::abort();                                                                              \
+    }                                                                                            \
   } while (0)

@@ -3,10 +3,10 @@
 // every reactor had its own SO_REUSEPORT listener and the kernel picked the listener by a hash
 // of the 4-tuple: two busy connections landed on the same thread half the time while the other
 // thread idled (measured: two fio jobs reading 1 MiB blocks over NBD ran at
-// 3.5 K or 5.7 K IOPS depending on that coin toss). Servers call place() on the accepting thread: it picks
-// and hands the socket over with Reactor::post when the answer is another thread.
-// Thread safety: join/leave/pick/release/place may run on any thread (atomics; join/leave under a
-// mutex). At most kReactorsMax reactors.
+// 3.5 K or 5.7 K IOPS depending on that coin toss). Servers call place() on the accepting thread:
+// it picks and hands the socket over with Reactor::post when the answer is another thread. Thread
+// safety: join/leave/pick/release/place may run on any thread (atomics; join/leave under a mutex).
+// At most kReactorsMax reactors.
 #pragma once
 
 #include <array>

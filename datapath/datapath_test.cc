@@ -3,10 +3,10 @@
 // listen_tcp's congestion control.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -259,7 +259,8 @@ TEST(Reactor, TimersFireInDeadlineOrderAndCancel) {
     r.arm(t3, 20'000'000, fire, &c3);
     r.cancel(t3);
   });
-  for (int i = 0; i < 2000 && done < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; i < 2000 && done < 2; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   ASSERT_EQ(done.load(), 2);
   EXPECT_EQ(order, (std::vector<int>{2, 1}));
@@ -280,8 +281,8 @@ struct NopChain final : Operation {
   void on_cqe(int32_t, uint32_t) noexcept override {
     if (--left > 0) return issue();
     spins_when_done = reactor->stats().spins;
-    reactor->arm(idle, 30'000'000, [](void* r) noexcept { static_cast<Reactor*>(r)->stop(); },
-                 reactor);
+    reactor->arm(
+        idle, 30'000'000, [](void* r) noexcept { static_cast<Reactor*>(r)->stop(); }, reactor);
   }
 };
 
@@ -345,7 +346,8 @@ TEST(FileDevice, IoUringReadWriteOnReactor) {
     };
     d.submit(req);
   });
-  for (int i = 0; i < 5000 && stage == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; i < 5000 && stage == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   ASSERT_EQ(stage.load(), 1);
   EXPECT_EQ(st.last, Errc::ok);
   EXPECT_EQ(buf, back);
@@ -386,7 +388,6 @@ TEST(DelayDevice, CompletesLaterOnTheReactor) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   EXPECT_GE(elapsed_ns.load(), 20'000'000u);
 }
-
 
 TEST(DelayDevice, HandsBackALentRead) {
   auto ram = RamDevice::create(1 << 20, 512);
@@ -446,7 +447,6 @@ TEST(ConnectionBalancer, PicksTheLeastLoadedJoinedReactor) {
   EXPECT_EQ(balancer.live(outsider), 0u);
   EXPECT_EQ(&balancer.pick(outsider), &b);  // accepted on a non-member: goes to a member
 }
-
 
 TEST(ListenTcp, CongestionControlIsInheritedAndValidated) {
   std::string error;

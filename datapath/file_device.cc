@@ -23,14 +23,20 @@ namespace {
 
 Errc errno_to_errc(int err) noexcept {
   switch (err) {
-    case ENOSPC: return Errc::no_space;
+    case ENOSPC:
+      return Errc::no_space;
     case EROFS:
     case EPERM:
-    case EACCES: return Errc::write_protected;
-    case EOPNOTSUPP: return Errc::unsupported;
-    case ECANCELED: return Errc::cancelled;
-    case EINVAL: return Errc::invalid_argument;
-    default: return Errc::io_error;
+    case EACCES:
+      return Errc::write_protected;
+    case EOPNOTSUPP:
+      return Errc::unsupported;
+    case ECANCELED:
+      return Errc::cancelled;
+    case EINVAL:
+      return Errc::invalid_argument;
+    default:
+      return Errc::io_error;
   }
 }
 
@@ -94,10 +100,10 @@ void FileOp::issue() noexcept {
       io_uring_prep_fallocate(sqe, fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, left);
       break;
     case IoOp::write_zeroes:
-      io_uring_prep_fallocate(sqe, fd_,
-                              (q.may_deallocate ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) |
-                                  FALLOC_FL_KEEP_SIZE,
-                              off, left);
+      io_uring_prep_fallocate(
+          sqe, fd_,
+          (q.may_deallocate ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE) | FALLOC_FL_KEEP_SIZE,
+          off, left);
       break;
     case IoOp::block_status:
       FERRY_ASSERT(false);
@@ -232,11 +238,10 @@ void FileDevice::submit_sync(IoRequest& req) noexcept {
     case IoOp::read:
     case IoOp::write:
       while (done < req.length_bytes) {
-        ssize_t n = req.op == IoOp::read
-                        ? pread(fd_, req.data + done, req.length_bytes - done,
-                                off_t(req.offset_bytes + done))
-                        : pwrite(fd_, req.data + done, req.length_bytes - done,
-                                 off_t(req.offset_bytes + done));
+        ssize_t n = req.op == IoOp::read ? pread(fd_, req.data + done, req.length_bytes - done,
+                                                 off_t(req.offset_bytes + done))
+                                         : pwrite(fd_, req.data + done, req.length_bytes - done,
+                                                  off_t(req.offset_bytes + done));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return req.complete(errno_to_errc(errno));
         if (n == 0) {

@@ -16,7 +16,7 @@
 namespace ferry {
 
 struct FileDeviceOptions {
-  bool direct_io = false;        // O_DIRECT
+  bool direct_io = false;  // O_DIRECT
   bool read_only = false;
   uint32_t block_size_bytes = 512;
 };

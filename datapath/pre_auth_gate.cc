@@ -48,8 +48,10 @@ bool PreAuthGate::admit_connection(uint64_t id, int fd, Reactor& reactor, const 
   if (evict) {
     const uint64_t old_id = evict->connection_id;
     auto close_old = [close_pending, context, old_id] { close_pending(context, old_id); };
-    if (evict->reactor == &reactor) reactor.defer(close_old);
-    else evict->reactor->post(close_old);
+    if (evict->reactor == &reactor)
+      reactor.defer(close_old);
+    else
+      evict->reactor->post(close_old);
   }
   return true;
 }

@@ -24,8 +24,8 @@
 namespace ferry {
 
 struct PreAuthLimits {
-  uint32_t pending_max = 256;     // unauthenticated connections in all
-  uint32_t per_source_max = 32;   // unauthenticated connections from one source address
+  uint32_t pending_max = 256;    // unauthenticated connections in all
+  uint32_t per_source_max = 32;  // unauthenticated connections from one source address
 };
 
 class PreAuthGate {

@@ -27,7 +27,8 @@ TEST(PreAuthGate, FullPoolEvictsTheOldestForTheNewcomer) {
   PreAuthGate gate({/*pending_max=*/3, /*per_source_max=*/10});
   std::optional<PreAuthGate::Eviction> evict;
   for (uint64_t id = 10; id < 13; ++id) {
-    ASSERT_EQ(gate.admit(id, "10.0.0." + std::to_string(id), *r, evict), PreAuthGate::Admit::admitted);
+    ASSERT_EQ(gate.admit(id, "10.0.0." + std::to_string(id), *r, evict),
+              PreAuthGate::Admit::admitted);
     EXPECT_FALSE(evict.has_value());
   }
   ASSERT_EQ(gate.admit(13, "127.0.0.1", *r, evict), PreAuthGate::Admit::admitted);

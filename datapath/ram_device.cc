@@ -93,8 +93,10 @@ void RamDevice::submit(IoRequest& req) noexcept {
     case IoOp::access_map:  // answered in submit()
       break;
     case IoOp::read:
-      if (req.may_lend) req.lent = base_ + req.offset_bytes;  // no copy: the caller reads ours
-      else std::memcpy(req.data, base_ + req.offset_bytes, req.length_bytes);
+      if (req.may_lend)
+        req.lent = base_ + req.offset_bytes;  // no copy: the caller reads ours
+      else
+        std::memcpy(req.data, base_ + req.offset_bytes, req.length_bytes);
       break;
     case IoOp::write:
       std::memcpy(base_ + req.offset_bytes, req.data, req.length_bytes);
@@ -127,12 +129,18 @@ Result<uint64_t> parse_size_bytes(std::string_view text) noexcept {
   if (ec != std::errc() || ptr == text.data()) return Errc::invalid_argument;
   std::string_view unit(ptr, size_t(text.data() + text.size() - ptr));
   uint64_t mult = 1;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "K" || unit == "KiB" || unit == "k") mult = 1ull << 10;
-  else if (unit == "M" || unit == "MiB") mult = 1ull << 20;
-  else if (unit == "G" || unit == "GiB") mult = 1ull << 30;
-  else if (unit == "T" || unit == "TiB") mult = 1ull << 40;
-  else return Errc::invalid_argument;
+  if (unit.empty() || unit == "B")
+    mult = 1;
+  else if (unit == "K" || unit == "KiB" || unit == "k")
+    mult = 1ull << 10;
+  else if (unit == "M" || unit == "MiB")
+    mult = 1ull << 20;
+  else if (unit == "G" || unit == "GiB")
+    mult = 1ull << 30;
+  else if (unit == "T" || unit == "TiB")
+    mult = 1ull << 40;
+  else
+    return Errc::invalid_argument;
   if (value > UINT64_MAX / mult) return Errc::out_of_range;
   return value * mult;
 }

@@ -22,16 +22,16 @@ enum class Errc : uint8_t {
   unsupported,       // operation not implemented by this device
   would_block,       // try again later (back-pressure)
   timed_out,
-  cancelled,         // aborted by task management or shutdown
-  busy,              // resource held (reservation conflict, ...)
-  closed,            // peer or device gone
-  protocol_error,    // peer broke the protocol
+  cancelled,       // aborted by task management or shutdown
+  busy,            // resource held (reservation conflict, ...)
+  closed,          // peer or device gone
+  protocol_error,  // peer broke the protocol
   auth_failed,
-  miscompare,        // COMPARE AND WRITE / VERIFY mismatch
+  miscompare,  // COMPARE AND WRITE / VERIFY mismatch
   not_found,
   exists,
   write_protected,
-  medium_error,      // unrecoverable read/write error on the medium
+  medium_error,  // unrecoverable read/write error on the medium
 };
 
 const char* to_string(Errc e) noexcept;

@@ -13,9 +13,11 @@ FaultDevice::FaultDevice(BlockDevice& next) noexcept
 void FaultDevice::submit(IoRequest& req) noexcept {
   for (FaultRule& r : rules_) {
     if (r.op != req.op || r.remaining == 0) continue;
-    const bool overlaps = req.op == IoOp::flush ||
-                          (req.offset_bytes < r.offset_bytes + std::min(r.length_bytes, UINT64_MAX - r.offset_bytes) &&
-                           r.offset_bytes < req.offset_bytes + std::max<uint64_t>(req.length_bytes, 1));
+    const bool overlaps =
+        req.op == IoOp::flush ||
+        (req.offset_bytes <
+             r.offset_bytes + std::min(r.length_bytes, UINT64_MAX - r.offset_bytes) &&
+         r.offset_bytes < req.offset_bytes + std::max<uint64_t>(req.length_bytes, 1));
     if (!overlaps) continue;
     if (r.remaining > 0) --r.remaining;
     injected_.fetch_add(1, std::memory_order_relaxed);

@@ -16,9 +16,10 @@ TEST(Uuid, TextRoundTripsInLowerCase) {
 }
 
 TEST(Uuid, MalformedTextIsRefused) {
-  for (const char* bad : {"", "0a1b2c3d4e5f40718293a4b5c6d7e8f9", "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f",
-                          "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8fg", "0a1b2c3d_4e5f-4071-8293-a4b5c6d7e8f9",
-                          "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9a"})
+  for (const char* bad :
+       {"", "0a1b2c3d4e5f40718293a4b5c6d7e8f9", "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f",
+        "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8fg", "0a1b2c3d_4e5f-4071-8293-a4b5c6d7e8f9",
+        "0a1b2c3d-4e5f-4071-8293-a4b5c6d7e8f9a"})
     EXPECT_FALSE(Uuid::parse(bad).has_value()) << bad;
 }
 

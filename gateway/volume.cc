@@ -40,7 +40,8 @@ bool parse_duration_us(const std::string& s, uint64_t& us) {
     const std::string suf = u.suffix;
     if (s.size() > suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0) {
       uint64_t v = 0;
-      if (!parse_u64(s.substr(0, s.size() - suf.size()), v) || v > 60'000'000 / u.scale) return false;
+      if (!parse_u64(s.substr(0, s.size() - suf.size()), v) || v > 60'000'000 / u.scale)
+        return false;
       us = v * u.scale;
       return true;
     }
@@ -49,12 +50,18 @@ bool parse_duration_us(const std::string& s, uint64_t& us) {
 }
 
 bool parse_op(const std::string& s, IoOp& op) {
-  if (s == "read") op = IoOp::read;
-  else if (s == "write") op = IoOp::write;
-  else if (s == "flush") op = IoOp::flush;
-  else if (s == "discard") op = IoOp::discard;
-  else if (s == "write_zeroes") op = IoOp::write_zeroes;
-  else return false;
+  if (s == "read")
+    op = IoOp::read;
+  else if (s == "write")
+    op = IoOp::write;
+  else if (s == "flush")
+    op = IoOp::flush;
+  else if (s == "discard")
+    op = IoOp::discard;
+  else if (s == "write_zeroes")
+    op = IoOp::write_zeroes;
+  else
+    return false;
   return true;
 }
 
@@ -82,7 +89,8 @@ std::string parse_fault(const std::string& arg, FaultRule& r) {
   }
   if (size_t eq = rest.find('='); eq != std::string::npos) {
     if (!parse_errc(rest.substr(eq + 1), r.error))
-      return "unknown error '" + rest.substr(eq + 1) + "' (io_error, medium_error, no_space, timed_out, busy, "
+      return "unknown error '" + rest.substr(eq + 1) +
+             "' (io_error, medium_error, no_space, timed_out, busy, "
              "write_protected, closed, unsupported)";
     rest.resize(eq);
   }
@@ -103,7 +111,8 @@ std::string parse_fault(const std::string& arg, FaultRule& r) {
       r.length_bytes = l.value();
     }
   }
-  if (!parse_op(rest, r.op)) return "unknown operation '" + rest + "' (read, write, flush, discard, write_zeroes)";
+  if (!parse_op(rest, r.op))
+    return "unknown operation '" + rest + "' (read, write, flush, discard, write_zeroes)";
   return {};
 }
 
@@ -115,7 +124,8 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
   size_t start = 0;
   while (start <= text.size()) {
     const size_t gt = text.find('>', start);
-    const std::string item = trim(text.substr(start, gt == std::string::npos ? std::string::npos : gt - start));
+    const std::string item =
+        trim(text.substr(start, gt == std::string::npos ? std::string::npos : gt - start));
     start = gt == std::string::npos ? text.size() + 1 : gt + 1;
     if (item.empty()) return "empty layer in '" + text + "'";
     LayerSpec l;
@@ -137,7 +147,8 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       l.size_bytes = cache::MapPrefetchOptions{}.bytes_max;
       if (!arg.empty()) {
         auto v = parse_size_bytes(arg);
-        if (!v.ok() || v.value() < (1u << 20)) return "prefetch-map: bad size '" + arg + "' (at least 1MiB)";
+        if (!v.ok() || v.value() < (1u << 20))
+          return "prefetch-map: bad size '" + arg + "' (at least 1MiB)";
         l.size_bytes = v.value();
       }
     } else if (kind == "readahead") {
@@ -153,20 +164,24 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       l.kind = LayerSpec::Kind::ram_cache;
       auto v = parse_size_bytes(arg);
       if (!v.ok() || v.value() < (1u << 20))
-        return "ram-cache: needs a size of at least 1MiB, e.g. ram-cache:256MiB (got '" + arg + "')";
+        return "ram-cache: needs a size of at least 1MiB, e.g. ram-cache:256MiB (got '" + arg +
+               "')";
       l.size_bytes = v.value();
     } else if (kind == "ssd-cache") {
       l.kind = LayerSpec::Kind::ssd_cache;
       size_t comma = arg.find(',');
       l.path = arg.substr(0, comma);
-      if (l.path.empty()) return "ssd-cache: needs a path, e.g. ssd-cache:/var/cache/ferry/{volume}.cache,size=8GiB";
+      if (l.path.empty())
+        return "ssd-cache: needs a path, e.g. ssd-cache:/var/cache/ferry/{volume}.cache,size=8GiB";
       l.size_bytes = 1ull << 30;
       while (comma != std::string::npos) {
         const size_t next = arg.find(',', comma + 1);
-        const std::string opt = arg.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+        const std::string opt =
+            arg.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
         if (opt.rfind("size=", 0) == 0) {
           auto v = parse_size_bytes(opt.substr(5));
-          if (!v.ok() || v.value() < (4u << 20)) return "ssd-cache: bad size '" + opt.substr(5) + "' (at least 4MiB)";
+          if (!v.ok() || v.value() < (4u << 20))
+            return "ssd-cache: bad size '" + opt.substr(5) + "' (at least 4MiB)";
           l.size_bytes = v.value();
         } else if (opt.rfind("key=", 0) == 0 && opt.size() > 4) {
           l.key_file = opt.substr(4);
@@ -192,7 +207,8 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
         l.size_bytes = v.value();
         l.path = jarg.substr(0, c);
       }
-      if (l.path.empty()) return "journal: needs a file, e.g. journal:/var/lib/ferry/vm1.journal:1GiB";
+      if (l.path.empty())
+        return "journal: needs a file, e.g. journal:/var/lib/ferry/vm1.journal:1GiB";
     } else if (kind == "redo") {
       l.kind = LayerSpec::Kind::redo;
       l.size_bytes = journal::RedoLogOptions{}.size_bytes;
@@ -200,20 +216,24 @@ std::string parse_stack(const std::string& text, std::vector<LayerSpec>& out) {
       if (size_t c = arg.rfind(':'); c != std::string::npos) {
         auto v = parse_size_bytes(arg.substr(c + 1));
         if (!v.ok() || v.value() < (4u << 20))
-          return "redo: bad size '" + arg.substr(c + 1) + "' (at least 4MiB, e.g. redo:PATH:256MiB)";
+          return "redo: bad size '" + arg.substr(c + 1) +
+                 "' (at least 4MiB, e.g. redo:PATH:256MiB)";
         l.size_bytes = v.value();
         l.path = arg.substr(0, c);
       }
       if (l.path.empty()) return "redo: needs a file, e.g. redo:/var/lib/ferry/vm1.redo:256MiB";
     } else if (kind == "delay") {
       l.kind = LayerSpec::Kind::delay;
-      if (!parse_duration_us(arg, l.delay_us)) return "delay: bad time '" + arg + "' (e.g. 500us, 2ms, at most 60s)";
+      if (!parse_duration_us(arg, l.delay_us))
+        return "delay: bad time '" + arg + "' (e.g. 500us, 2ms, at most 60s)";
     } else if (kind == "fault") {
       l.kind = LayerSpec::Kind::fault;
       if (std::string e = parse_fault(arg, l.fault); !e.empty())
         return "fault: " + e + " in '" + item + "' (fault:OP[@OFF[+LEN]][=ERROR][*COUNT])";
     } else {
-      return "unknown layer '" + kind + "' (stream, prefetch-map, readahead, ram-cache, ssd-cache, journal, redo, delay, fault)";
+      return "unknown layer '" + kind +
+             "' (stream, prefetch-map, readahead, ram-cache, ssd-cache, journal, redo, delay, "
+             "fault)";
     }
     out.push_back(std::move(l));
   }
@@ -227,8 +247,9 @@ std::string to_string(const std::vector<LayerSpec>& stack) {
 }
 
 std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
-                                        const std::vector<LayerSpec>& stack, bool shared_by_reactors,
-                                        std::string& error, const Uuid& uuid) {
+                                        const std::vector<LayerSpec>& stack,
+                                        bool shared_by_reactors, std::string& error,
+                                        const Uuid& uuid) {
   std::unique_ptr<Volume> v(new Volume());
   v->name_ = std::move(name);
   BlockDevice* below = &base;
@@ -236,8 +257,9 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
   for (auto it = stack.rbegin(); it != stack.rend(); ++it) {
     const LayerSpec& l = *it;
     if (shared_by_reactors && l.single_reactor()) {
-      error = "volume " + v->name_ + ": layer '" + l.text +
-              "' runs on one reactor thread, but this volume is served by several (use --threads 1)";
+      error =
+          "volume " + v->name_ + ": layer '" + l.text +
+          "' runs on one reactor thread, but this volume is served by several (use --threads 1)";
       return nullptr;
     }
     std::unique_ptr<BlockDevice> dev;
@@ -284,7 +306,8 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         o.capacity_bytes = l.size_bytes;
         auto r = cache::RamCache::create(*below, o);
         if (!r.ok()) {
-          error = "volume " + v->name_ + ": " + l.text + ": cannot create the RAM cache: " + to_string(r.error());
+          error = "volume " + v->name_ + ": " + l.text +
+                  ": cannot create the RAM cache: " + to_string(r.error());
           return nullptr;
         }
         v->ram_caches_.push_back(r.value().get());
@@ -294,7 +317,8 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
       case LayerSpec::Kind::ssd_cache: {
         cache::SsdCacheOptions o;
         o.path = l.path;
-        if (const size_t at = o.path.find("{volume}"); at != std::string::npos) o.path.replace(at, 8, v->name_);
+        if (const size_t at = o.path.find("{volume}"); at != std::string::npos)
+          o.path.replace(at, 8, v->name_);
         o.size_bytes = l.size_bytes;
         o.key_file = l.key_file;
         o.volume_uuid = uuid;
@@ -302,12 +326,13 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         std::string why;
         auto r = cache::SsdCache::create(*below, o, &why);
         if (!r.ok()) {
-          error = "volume " + v->name_ + ": " + l.text + ": " + (why.empty() ? to_string(r.error()) : why);
+          error = "volume " + v->name_ + ": " + l.text + ": " +
+                  (why.empty() ? to_string(r.error()) : why);
           return nullptr;
         }
         if (!r.value()->open_note().empty())
-          std::fprintf(stderr, "ferry: volume %s: ssd cache %s: %s\n", v->name_.c_str(), o.path.c_str(),
-                       r.value()->open_note().c_str());
+          std::fprintf(stderr, "ferry: volume %s: ssd cache %s: %s\n", v->name_.c_str(),
+                       o.path.c_str(), r.value()->open_note().c_str());
         v->ssd_caches_.push_back(r.value().get());
         dev = std::move(r).value();
         break;
@@ -319,7 +344,8 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         o.policy = l.policy;
         auto r = journal::JournalDevice::open(*below, o);
         if (!r.ok()) {
-          error = "volume " + v->name_ + ": " + l.text + ": cannot open the journal: " + to_string(r.error());
+          error = "volume " + v->name_ + ": " + l.text +
+                  ": cannot open the journal: " + to_string(r.error());
           return nullptr;
         }
         v->journals_.insert(v->journals_.begin(), r.value().get());
@@ -332,7 +358,8 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
         o.size_bytes = l.size_bytes;
         auto r = journal::RedoLogDevice::open(*below, o);
         if (!r.ok()) {
-          error = "volume " + v->name_ + ": " + l.text + ": cannot open the redo log: " + to_string(r.error());
+          error = "volume " + v->name_ + ": " + l.text +
+                  ": cannot open the redo log: " + to_string(r.error());
           return nullptr;
         }
         v->redo_logs_.insert(v->redo_logs_.begin(), r.value().get());
@@ -385,7 +412,9 @@ VolumeStats Volume::stats() const {
     out.journal_bytes_written_back += j->counters().bytes_written_back;
   }
   out.stream = stream_progress();
-  auto add = [&](const char* layer, const char* name, uint64_t value) { out.counters.push_back({layer, name, value}); };
+  auto add = [&](const char* layer, const char* name, uint64_t value) {
+    out.counters.push_back({layer, name, value});
+  };
   for (const cache::MapPrefetch* m : map_prefetches_) {
     const auto& c = m->counters();
     add("prefetch_map", "entries", c.entries);
@@ -469,28 +498,35 @@ std::string Volume::stats_text() const {
   for (const cache::MapPrefetch* m : map_prefetches_) {
     const auto& c = m->counters();
     std::snprintf(line, sizeof line,
-                  "prefetch-map %s: %" PRIu64 " chunks in the map, %" PRIu64 " replayed (%" PRIu64 " B), %" PRIu64
-                  " errors%s\n",
-                  name_.c_str(), c.entries, c.reads, c.bytes, c.errors, c.map_unsupported ? " (no map below)" : "");
+                  "prefetch-map %s: %" PRIu64 " chunks in the map, %" PRIu64 " replayed (%" PRIu64
+                  " B), %" PRIu64 " errors%s\n",
+                  name_.c_str(), c.entries, c.reads, c.bytes, c.errors,
+                  c.map_unsupported ? " (no map below)" : "");
     out += line;
   }
   for (const cache::ReadAhead* r : readaheads_) {
     const auto& c = r->counters();
-    const double accuracy = c.prefetch_bytes ? 100.0 * double(c.prefetch_used_bytes) / double(c.prefetch_bytes) : 0;
+    const double accuracy =
+        c.prefetch_bytes ? 100.0 * double(c.prefetch_used_bytes) / double(c.prefetch_bytes) : 0;
     std::snprintf(line, sizeof line,
                   "readahead %s: %" PRIu64 " demand reads (%" PRIu64 " sequential); %" PRIu64
-                  " prefetch reads, %" PRIu64 " B ahead, %" PRIu64 " B of it used (%.1f %%), %" PRIu64
-                  " errors, %" PRIu64 " throttled\n",
-                  name_.c_str(), c.demand_reads, c.sequential_reads, c.prefetch_reads, c.prefetch_bytes,
-                  c.prefetch_used_bytes, accuracy, c.prefetch_errors, c.throttled);
+                  " prefetch reads, %" PRIu64 " B ahead, %" PRIu64
+                  " B of it used (%.1f %%), %" PRIu64 " errors, %" PRIu64 " throttled\n",
+                  name_.c_str(), c.demand_reads, c.sequential_reads, c.prefetch_reads,
+                  c.prefetch_bytes, c.prefetch_used_bytes, accuracy, c.prefetch_errors,
+                  c.throttled);
     out += line;
   }
   for (const cache::BackgroundStream* st : streams_) {
     const cache::StreamProgress p = st->progress();
     std::snprintf(line, sizeof line,
-                  "stream %s: %.1f %% (%" PRIu64 " of %" PRIu64 " B) in %.1f s, %.1f MB/s, %" PRIu64 " failed reads%s\n",
-                  name_.c_str(), p.percent(), p.done_bytes, p.size_bytes, p.elapsed_s, p.rate_bytes_per_s / 1e6,
-                  p.errors, p.finished ? "" : p.started ? " (not finished)" : " (not started)");
+                  "stream %s: %.1f %% (%" PRIu64 " of %" PRIu64 " B) in %.1f s, %.1f MB/s, %" PRIu64
+                  " failed reads%s\n",
+                  name_.c_str(), p.percent(), p.done_bytes, p.size_bytes, p.elapsed_s,
+                  p.rate_bytes_per_s / 1e6, p.errors,
+                  p.finished  ? ""
+                  : p.started ? " (not finished)"
+                              : " (not started)");
     out += line;
   }
   for (const journal::JournalDevice* j : journals_) out += j->stats_text(name_);

@@ -55,15 +55,24 @@
 namespace ferry {
 
 struct LayerSpec {
-  enum class Kind : uint8_t { stream, prefetch_map, readahead, ram_cache, ssd_cache, journal, redo, delay, fault } kind =
-      Kind::delay;
+  enum class Kind : uint8_t {
+    stream,
+    prefetch_map,
+    readahead,
+    ram_cache,
+    ssd_cache,
+    journal,
+    redo,
+    delay,
+    fault
+  } kind = Kind::delay;
   uint64_t size_bytes = 0;  // ram-cache: capacity; readahead: window cap; stream: bytes/s cap;
                             // prefetch-map: bytes to replay; journal, redo: file size
   uint64_t delay_us = 0;
   FaultRule fault;
   std::string path, key_file;  // ssd-cache, journal, redo: the file (ssd-cache: its key)
   journal::Policy policy = journal::Policy::write_back;  // journal: what becomes of its writes
-  std::string text;         // as written, for messages
+  std::string text;                                      // as written, for messages
   bool single_reactor() const noexcept { return kind != Kind::delay && kind != Kind::fault; }
 };
 
@@ -81,8 +90,9 @@ struct VolumeStats {
   // Every other counter a layer keeps (what stats_text prints), by layer and counter name; mgmt
   // exposes each as ferry_<layer>_<name>_total{volume}.
   struct LayerCounter {
-    const char* layer;  // "readahead", "prefetch_map", "ram_cache", "ssd_cache", "journal", "stream"
-    const char* name;   // the counters struct's field name
+    const char*
+        layer;         // "readahead", "prefetch_map", "ram_cache", "ssd_cache", "journal", "stream"
+    const char* name;  // the counters struct's field name
     uint64_t value;
   };
   IoMeterSnapshot io;  // the front end's I/O at the top of the stack
@@ -103,8 +113,9 @@ class Volume {
   // `uuid` identifies the volume to layers that persist (the SSD tier never serves a cache file
   // written for another volume).
   static std::unique_ptr<Volume> compose(std::string name, BlockDevice& base,
-                                         const std::vector<LayerSpec>& stack, bool shared_by_reactors,
-                                         std::string& error, const Uuid& uuid = Uuid{});
+                                         const std::vector<LayerSpec>& stack,
+                                         bool shared_by_reactors, std::string& error,
+                                         const Uuid& uuid = Uuid{});
   ~Volume();
   Volume(const Volume&) = delete;
   Volume& operator=(const Volume&) = delete;

@@ -29,7 +29,10 @@ Errc io(BlockDevice& dev, IoOp op, uint64_t off, std::vector<std::byte>& buf) {
 
 TEST(VolumeStack, ParsesTopFirstAndNamesTheBadLayer) {
   std::vector<LayerSpec> s;
-  ASSERT_EQ(parse_stack(" readahead:4MiB > ram-cache:64MiB>delay:2ms > fault:write@1MiB+4096=medium_error*2", s), "");
+  ASSERT_EQ(
+      parse_stack(
+          " readahead:4MiB > ram-cache:64MiB>delay:2ms > fault:write@1MiB+4096=medium_error*2", s),
+      "");
   ASSERT_EQ(s.size(), 4u);
   EXPECT_EQ(s[0].kind, LayerSpec::Kind::readahead);
   EXPECT_EQ(s[0].size_bytes, 4u << 20);
@@ -52,7 +55,9 @@ TEST(VolumeStack, ParsesTopFirstAndNamesTheBadLayer) {
 
 TEST(VolumeStack, ParsesAJournalLayerWithPathAndSize) {
   std::vector<LayerSpec> st;
-  ASSERT_EQ(parse_stack("journal:/var/lib/ferry/vm1.journal:1GiB > readahead > ram-cache:256MiB", st), "");
+  ASSERT_EQ(
+      parse_stack("journal:/var/lib/ferry/vm1.journal:1GiB > readahead > ram-cache:256MiB", st),
+      "");
   ASSERT_EQ(st.size(), 3u);
   EXPECT_EQ(st[0].kind, LayerSpec::Kind::journal);
   EXPECT_EQ(st[0].path, "/var/lib/ferry/vm1.journal");

@@ -43,7 +43,9 @@ struct ArenaAllocator {
   }
   void deallocate(T* p, size_t) noexcept { arena->free.push_back(p); }
   template <class U>
-  bool operator==(const ArenaAllocator<U>& o) const noexcept { return arena == o.arena; }
+  bool operator==(const ArenaAllocator<U>& o) const noexcept {
+    return arena == o.arena;
+  }
 };
 
 }  // namespace ferry::journal

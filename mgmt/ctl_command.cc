@@ -100,7 +100,8 @@ int run_ctl_command(int argc, char** argv) {
   set_policy->add_option("POLICY", policy, "write-back | cloud-persist")->required();
   std::string wb_volume, wb_action;
   auto* write_back = app.add_subcommand(
-      "write-back", "pause, resume or flush a volume's write-back (POST /api/v1/volumes/NAME/write-back/ACTION)");
+      "write-back",
+      "pause, resume or flush a volume's write-back (POST /api/v1/volumes/NAME/write-back/ACTION)");
   write_back->add_option("NAME", wb_volume, "volume name")->required();
   write_back->add_option("ACTION", wb_action, "pause | resume | flush")
       ->required()
@@ -117,13 +118,13 @@ int run_ctl_command(int argc, char** argv) {
     std::fprintf(stderr, "ferry ctl: %s\n", e.c_str());
     return 2;
   }
-  const std::string path = volumes->parsed()  ? "/api/v1/volumes"
-                           : volume->parsed() ? "/api/v1/volumes/" + percent_encoded(volume_name)
-                           : set_policy->parsed()
-                               ? "/api/v1/volumes/" + percent_encoded(policy_volume) + "/policy"
-                           : write_back->parsed()
-                               ? "/api/v1/volumes/" + percent_encoded(wb_volume) + "/write-back/" + wb_action
-                               : "/metrics";
+  const std::string path =
+      volumes->parsed()      ? "/api/v1/volumes"
+      : volume->parsed()     ? "/api/v1/volumes/" + percent_encoded(volume_name)
+      : set_policy->parsed() ? "/api/v1/volumes/" + percent_encoded(policy_volume) + "/policy"
+      : write_back->parsed()
+          ? "/api/v1/volumes/" + percent_encoded(wb_volume) + "/write-back/" + wb_action
+          : "/metrics";
   httplib::Client client(host, port);
   client.set_connection_timeout(5);
   client.set_read_timeout(10);
@@ -131,8 +132,8 @@ int run_ctl_command(int argc, char** argv) {
   auto res =
       set_policy->parsed()
           ? client.Put(path, headers, nlohmann::json{{"policy", policy}}.dump(), "application/json")
-          : write_back->parsed() ? client.Post(path, headers, "", "application/json")
-                                 : client.Get(path, headers);
+      : write_back->parsed() ? client.Post(path, headers, "", "application/json")
+                             : client.Get(path, headers);
   if (!res) {
     std::fprintf(stderr, "ferry ctl: no answer from %s (%s)\n", address.c_str(),
                  httplib::to_string(res.error()).c_str());

@@ -1,19 +1,17 @@
 // `ferry demo` (see demo_command.h).
 #include "mgmt/demo_command.h"
-#include "mgmt/pki_script.h"
-#include "mgmt/config_file.h"
 
-#include <CLI/CLI.hpp>
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -23,6 +21,9 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "mgmt/config_file.h"
+#include "mgmt/pki_script.h"
 
 extern char** environ;
 
@@ -179,13 +180,13 @@ bool wait_port(int port) {
   return false;
 }
 
-
 }  // namespace
 
 int run_demo_command(int argc, char** argv) {
-  CLI::App app{"The whole Ferry pipeline on one machine: VMDK → qemu-nbd → dc-edge → emulated "
-               "WAN → cloud-edge → iSCSI",
-               "ferry demo"};
+  CLI::App app{
+      "The whole Ferry pipeline on one machine: VMDK → qemu-nbd → dc-edge → emulated "
+      "WAN → cloud-edge → iSCSI",
+      "ferry demo"};
   std::string listen = "127.0.0.1:3260";
   std::string nbd = "127.0.0.1:10809";
   double rate_mbit = 100, rtt_ms = 40, duration_s = 0;
@@ -198,8 +199,11 @@ int run_demo_command(int argc, char** argv) {
   app.add_option("--rtt-ms", rtt_ms, "emulated WAN round-trip time")
       ->check(CLI::Range(0.0, 10000.0))
       ->capture_default_str();
-  app.add_option("--size-mib", size_mib, "sample disk size")->check(CLI::Range(16u, 65536u))->capture_default_str();
-  app.add_option("--duration", duration_s, "stop this many seconds after the walkthrough (default: Ctrl-C)")
+  app.add_option("--size-mib", size_mib, "sample disk size")
+      ->check(CLI::Range(16u, 65536u))
+      ->capture_default_str();
+  app.add_option("--duration", duration_s,
+                 "stop this many seconds after the walkthrough (default: Ctrl-C)")
       ->check(CLI::Range(0.0, 31536000.0));
   app.set_version_flag("--version", std::string("ferry ") + FERRY_VERSION);
   if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
@@ -251,10 +255,12 @@ int run_demo_command(int argc, char** argv) {
       raw.write(buf.data(), std::streamsize(buf.size()));
     }
   }
-  if (run({"qemu-img", "convert", "-f", "raw", "-O", "vmdk", dir + "/sample.raw", dir + "/sample.vmdk"},
+  if (run({"qemu-img", "convert", "-f", "raw", "-O", "vmdk", dir + "/sample.raw",
+           dir + "/sample.vmdk"},
           dir + "/qemu-img.log") != 0)
     return fail("qemu-img convert to VMDK failed (apt-get install qemu-utils)");
-  std::printf("   sample disk: %u MiB virtual, VMDK %s\n", size_mib, (dir + "/sample.vmdk").c_str());
+  std::printf("   sample disk: %u MiB virtual, VMDK %s\n", size_mib,
+              (dir + "/sample.vmdk").c_str());
   if (run({"bash", "-c", kPkiScript, "pki", dir}, dir + "/pki.log") != 0)
     return fail("making the test certificates failed (openssl)");
 
@@ -270,12 +276,13 @@ int run_demo_command(int argc, char** argv) {
     g_children.push_back(c);
     if (!wait_port(std::stoi(p_nbd))) return fail("qemu-nbd did not listen");
   }
-  if (!start("dc-edge",
-             {ferry, "dc-edge", "--listen", "127.0.0.1:" + p_wan, "--volume",
-              "sample=nbd://127.0.0.1:" + p_nbd + "/sample", "--tls-cert", dir + "/dc-edge-cert.pem",
-              "--tls-key", dir + "/dc-edge-key.pem", "--tls-ca", dir + "/ca-cert.pem",
-              "--rate-limit-mbit", std::to_string(rate_mbit * 0.95), "--wan-sndbuf-kib", "256"},
-             dir, "dc-edge listening"))
+  if (!start(
+          "dc-edge",
+          {ferry, "dc-edge", "--listen", "127.0.0.1:" + p_wan, "--volume",
+           "sample=nbd://127.0.0.1:" + p_nbd + "/sample", "--tls-cert", dir + "/dc-edge-cert.pem",
+           "--tls-key", dir + "/dc-edge-key.pem", "--tls-ca", dir + "/ca-cert.pem",
+           "--rate-limit-mbit", std::to_string(rate_mbit * 0.95), "--wan-sndbuf-kib", "256"},
+          dir, "dc-edge listening"))
     return fail("dc-edge did not start");
   if (!start("wan-emu",
              {emu, "--listen", "127.0.0.1:" + p_emu, "--connect", "127.0.0.1:" + p_wan, "--rtt-ms",
@@ -283,19 +290,22 @@ int run_demo_command(int argc, char** argv) {
               dir + "/wan.json"},
              dir, "listening"))
     return fail("the WAN emulator did not start");
-  if (!start("cloud-edge",
-             {ferry, "cloud-edge", "--listen", listen, "--nbd", nbd, "--dc", "127.0.0.1:" + p_emu,
-              "--volume", "sample", "--tls-cert", dir + "/cloud-edge-cert.pem", "--tls-key",
-              dir + "/cloud-edge-key.pem", "--tls-ca", dir + "/ca-cert.pem", "--dc-name", "dc-edge"},
-             dir, "ferry: listening on"))
+  if (!start(
+          "cloud-edge",
+          {ferry, "cloud-edge", "--listen", listen, "--nbd", nbd, "--dc", "127.0.0.1:" + p_emu,
+           "--volume", "sample", "--tls-cert", dir + "/cloud-edge-cert.pem", "--tls-key",
+           dir + "/cloud-edge-key.pem", "--tls-ca", dir + "/ca-cert.pem", "--dc-name", "dc-edge"},
+          dir, "ferry: listening on"))
     return fail("cloud-edge did not start (is port 3260 in use?)");
-  std::printf("== pipeline up: qemu-nbd (VMDK) → ferry dc-edge :%s → WAN emulator (%.0f Mbit/s, "
-              "%.0f ms RTT) :%s → ferry cloud-edge → iSCSI %s\n",
-              p_wan.c_str(), rate_mbit, rtt_ms, p_emu.c_str(), listen.c_str());
+  std::printf(
+      "== pipeline up: qemu-nbd (VMDK) → ferry dc-edge :%s → WAN emulator (%.0f Mbit/s, "
+      "%.0f ms RTT) :%s → ferry cloud-edge → iSCSI %s\n",
+      p_wan.c_str(), rate_mbit, rtt_ms, p_emu.c_str(), listen.c_str());
 
   // 3. A real client reads the whole disk, then writes and reads back 4 MiB.
   double t0 = now_s();
-  if (run({"qemu-img", "convert", "-f", "raw", "-O", "raw", url, dir + "/copy.raw"}, dir + "/read.log") != 0)
+  if (run({"qemu-img", "convert", "-f", "raw", "-O", "raw", url, dir + "/copy.raw"},
+          dir + "/read.log") != 0)
     return fail("qemu-img read through iSCSI failed");
   const double read_s = now_s() - t0;
   const bool same = same_files(dir + "/copy.raw", dir + "/sample.raw");
@@ -303,18 +313,21 @@ int run_demo_command(int argc, char** argv) {
               same ? "byte-identical to the source image" : "DIFFERENT (bug!)");
   std::remove((dir + "/copy.raw").c_str());
   t0 = now_s();
-  const int w = run({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 8M 4M", "-c", "read -P 0x5a 8M 4M", url},
-                    dir + "/write.log");
-  std::printf("== wrote 4 MiB (pattern 0x5a) at 8 MiB through iSCSI and read it back: %s (%.1f s)\n",
-              w == 0 ? "ok" : "FAILED", now_s() - t0);
+  const int w =
+      run({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 8M 4M", "-c", "read -P 0x5a 8M 4M", url},
+          dir + "/write.log");
+  std::printf(
+      "== wrote 4 MiB (pattern 0x5a) at 8 MiB through iSCSI and read it back: %s (%.1f s)\n",
+      w == 0 ? "ok" : "FAILED", now_s() - t0);
   std::printf("   the write went back over the WAN into the VMDK in the datacenter.\n");
 
-  std::printf("\nferry demo keeps serving. Try, from another terminal:\n"
-              "  iscsi-ls -s iscsi://%s\n"
-              "  qemu-img convert -p -O raw %s copy.img\n"
-              "  nbdinfo nbd://%s/sample\n"
-              "Stop with Ctrl-C (then it prints what crossed the WAN).\n",
-              listen.c_str(), url.c_str(), nbd.c_str());
+  std::printf(
+      "\nferry demo keeps serving. Try, from another terminal:\n"
+      "  iscsi-ls -s iscsi://%s\n"
+      "  qemu-img convert -p -O raw %s copy.img\n"
+      "  nbdinfo nbd://%s/sample\n"
+      "Stop with Ctrl-C (then it prints what crossed the WAN).\n",
+      listen.c_str(), url.c_str(), nbd.c_str());
   std::fflush(stdout);
   if (duration_s > 0) {
     timespec ts{time_t(duration_s), long((duration_s - double(time_t(duration_s))) * 1e9)};
@@ -334,9 +347,10 @@ int run_demo_command(int argc, char** argv) {
   if (pos != std::string::npos) {
     const auto b = wan.find("\"bytes_delivered\":", pos);
     if (b != std::string::npos)
-      std::printf("  emulated link, datacenter → cloud: %lld bytes for a %u MiB disk (%.1f %%)\n",
-                  std::atoll(wan.c_str() + b + 18), size_mib,
-                  100.0 * double(std::atoll(wan.c_str() + b + 18)) / double(uint64_t(size_mib) << 20));
+      std::printf(
+          "  emulated link, datacenter → cloud: %lld bytes for a %u MiB disk (%.1f %%)\n",
+          std::atoll(wan.c_str() + b + 18), size_mib,
+          100.0 * double(std::atoll(wan.c_str() + b + 18)) / double(uint64_t(size_mib) << 20));
   }
   std::remove((dir + "/sample.raw").c_str());
   std::printf("logs and the sample VMDK are in %s\n", dir.c_str());

@@ -52,11 +52,16 @@ bool parse_compression(const std::string& text, wan::Compression& c) {
       return false;
     }
   }
-  if (algo == "none") c = {wan::CompressAlgo::none, 0};
-  else if (algo == "lz4") c = {wan::CompressAlgo::lz4, level};
-  else if (algo == "zstd") c = {wan::CompressAlgo::zstd, level};
-  else if (algo == "igzip") c = {wan::CompressAlgo::igzip, level};
-  else return false;
+  if (algo == "none")
+    c = {wan::CompressAlgo::none, 0};
+  else if (algo == "lz4")
+    c = {wan::CompressAlgo::lz4, level};
+  else if (algo == "zstd")
+    c = {wan::CompressAlgo::zstd, level};
+  else if (algo == "igzip")
+    c = {wan::CompressAlgo::igzip, level};
+  else
+    return false;
   return true;
 }
 
@@ -67,11 +72,13 @@ struct TlsFlags {
 void add_tls_flags(CLI::App& app, TlsFlags& t, bool client) {
   app.add_option("--tls-cert", t.cert, "PEM certificate of this edge")->required();
   app.add_option("--tls-key", t.key, "PEM private key of this edge")->required();
-  app.add_option("--tls-ca", t.ca, "PEM CA the other edge's certificate must come from")->required();
+  app.add_option("--tls-ca", t.ca, "PEM CA the other edge's certificate must come from")
+      ->required();
   if (client)
-    app.add_option("--dc-name", t.peer_name,
-                   "edge name the datacenter edge's certificate must carry (urn:ferry:dc-edge:NAME; default: "
-                   "any dc-edge from the CA)");
+    app.add_option(
+        "--dc-name", t.peer_name,
+        "edge name the datacenter edge's certificate must carry (urn:ferry:dc-edge:NAME; default: "
+        "any dc-edge from the CA)");
 }
 
 // This edge's own certificate must be valid now and carry this edge's role: an expired or
@@ -111,14 +118,16 @@ bool check_own_certificate(const std::string& path, const std::string& role) {
                  path.c_str(), role.c_str(), why.c_str());
     ok = false;
   } else if (ok) {
-    std::fprintf(stderr, "ferry: TLS: this is %s '%s' (%s)\n", role.c_str(), name.c_str(), path.c_str());
+    std::fprintf(stderr, "ferry: TLS: this is %s '%s' (%s)\n", role.c_str(), name.c_str(),
+                 path.c_str());
   }
   X509_free(cert);
   return ok;
 }
 
 std::unique_ptr<tls::TlsContext> make_tls(const TlsFlags& t, bool server) {
-  if (!t.cert.empty() && !check_own_certificate(t.cert, server ? "dc-edge" : "cloud-edge")) return nullptr;
+  if (!t.cert.empty() && !check_own_certificate(t.cert, server ? "dc-edge" : "cloud-edge"))
+    return nullptr;
   tls::TlsConfig c;
   c.cert_path = t.cert;
   c.key_path = t.key;
@@ -189,7 +198,8 @@ int run_dc_edge_command(int argc, char** argv) {
   double duration_s = 0;
   bool check_config = false;
   add_config_flags(app, check_config);
-  app.add_option("--listen", listen, "HOST:PORT of the WAN link (port 0: any)")->capture_default_str();
+  app.add_option("--listen", listen, "HOST:PORT of the WAN link (port 0: any)")
+      ->capture_default_str();
   app.add_option("--volume", volume_specs,
                  "NAME=URI: a volume and the NBD server holding it (nbd://, nbds://, nbd+unix://)")
       ->required();
@@ -205,7 +215,8 @@ int run_dc_edge_command(int argc, char** argv) {
   app.add_option("--rate-limit-file", rate_file,
                  "file holding a new cap in Mbit/s, re-read on SIGUSR1 (runtime change)");
   app.add_option("--wan-sndbuf-kib", sndbuf_kib,
-                 "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps the link full without queueing background data ahead of demand reads")
+                 "kernel send buffer of WAN sockets in KiB (0: autotuning); about rate x RTT keeps "
+                 "the link full without queueing background data ahead of demand reads")
       ->check(CLI::Range(0u, 1048576u));
   app.add_option("--layers", layers_text,
                  "each volume's stack above its NBD source, top first (e.g. 'delay:2ms' in tests; "
@@ -241,21 +252,26 @@ int run_dc_edge_command(int argc, char** argv) {
                  "other cloud edge may attach it meanwhile)")
       ->check(CLI::Range(100u, 3600000u))
       ->capture_default_str();
-  app.add_option("--access-map-dir", options.access_map_dir,
-                 "keep each volume's learned access map (first-read order of its chunks, replayed "
-                 "to cloud edges at attach) in DIR/<volume>.map across restarts (default: memory only)");
+  app.add_option(
+      "--access-map-dir", options.access_map_dir,
+      "keep each volume's learned access map (first-read order of its chunks, replayed "
+      "to cloud edges at attach) in DIR/<volume>.map across restarts (default: memory only)");
   std::string redo_dir;
   unsigned redo_mib = 256;
-  app.add_option("--redo-dir", redo_dir,
-                 "redo log per volume in DIR/<volume>.redo: write-back epochs from cloud edges are logged "
-                 "there, committed, then applied to the NBD source, so the on-prem image is always at an "
-                 "epoch boundary, even after kill -9 (offers epochs to cloud edges; without it, a cloud edge "
-                 "with a journal refuses this datacenter edge)");
-  app.add_option("--redo-mib", redo_mib, "size of a new redo log in MiB (must hold one epoch: up to 32 MiB of data, 8 KiB of log per 4 KiB write)")
+  app.add_option(
+      "--redo-dir", redo_dir,
+      "redo log per volume in DIR/<volume>.redo: write-back epochs from cloud edges are logged "
+      "there, committed, then applied to the NBD source, so the on-prem image is always at an "
+      "epoch boundary, even after kill -9 (offers epochs to cloud edges; without it, a cloud edge "
+      "with a journal refuses this datacenter edge)");
+  app.add_option("--redo-mib", redo_mib,
+                 "size of a new redo log in MiB (must hold one epoch: up to 32 MiB of data, 8 KiB "
+                 "of log per 4 KiB write)")
       ->check(CLI::Range(4u, 1u << 20))
       ->capture_default_str();
-  app.add_option("--idle-timeout-ms", options.idle_timeout_ms,
-                 "close a cloud edge connection that sends nothing for this long (they ping every second)")
+  app.add_option(
+         "--idle-timeout-ms", options.idle_timeout_ms,
+         "close a cloud edge connection that sends nothing for this long (they ping every second)")
       ->check(CLI::Range(2000u, 3600000u))
       ->capture_default_str();
   app.add_option("--duration", duration_s, "stop after this many seconds (0: until SIGTERM)")
@@ -281,8 +297,8 @@ int run_dc_edge_command(int argc, char** argv) {
   for (const auto& spec : volume_specs) {
     const auto eq = spec.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
-      std::fprintf(stderr, "ferry: %s wants NAME=URI, got '%s'\n", option_origin(app, "volume").c_str(),
-                   spec.c_str());
+      std::fprintf(stderr, "ferry: %s wants NAME=URI, got '%s'\n",
+                   option_origin(app, "volume").c_str(), spec.c_str());
       return 2;
     }
   }
@@ -318,7 +334,8 @@ int run_dc_edge_command(int argc, char** argv) {
     std::vector<LayerSpec> vstack = stack;
     if (!redo_dir.empty()) {
       std::vector<LayerSpec> redo;
-      const std::string r = "redo:" + redo_dir + "/" + name + ".redo:" + std::to_string(redo_mib) + "MiB";
+      const std::string r =
+          "redo:" + redo_dir + "/" + name + ".redo:" + std::to_string(redo_mib) + "MiB";
       if (std::string e = parse_stack(r, redo); !e.empty()) {
         std::fprintf(stderr, "ferry: --redo-dir: %s\n", e.c_str());
         return 2;
@@ -330,7 +347,8 @@ int run_dc_edge_command(int argc, char** argv) {
       std::fprintf(stderr, "ferry: %s\n", error.c_str());
       return 2;
     }
-    if (!vstack.empty()) std::fprintf(stderr, "ferry: volume %s: %s\n", name.c_str(), vol->describe().c_str());
+    if (!vstack.empty())
+      std::fprintf(stderr, "ferry: volume %s: %s\n", name.c_str(), vol->describe().c_str());
     volumes.push_back({name, &vol->top()});
     devices.push_back(std::move(dev.value()));
     stacks.push_back(std::move(vol));
@@ -403,7 +421,8 @@ int run_dc_edge_command(int argc, char** argv) {
   MetricsRegistry registry;
   std::string mgmt_error;
   auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
-  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
+  if (!mgmt_error.empty())
+    std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   wait_for_stop(set, duration_s, [&] {
     std::ifstream in(rate_file);
     double mbit = -1;
@@ -448,7 +467,9 @@ int run_dc_edge_command(int argc, char** argv) {
       one();
     });
     if (applied->get_future().wait_for(std::chrono::seconds(30)) != std::future_status::ready)
-      std::fprintf(stderr, "ferry: dc-edge: committed epochs not applied within 30 s; they are applied at the next start\n");
+      std::fprintf(stderr,
+                   "ferry: dc-edge: committed epochs not applied within 30 s; they are applied at "
+                   "the next start\n");
   }
   std::promise<void> shut;
   reactor.post([&] {
@@ -519,7 +540,8 @@ static Uuid wan_volume_uuid(const std::string& dc_identity, const std::string& v
 // True when every journal reached the datacenter edge (or there are none). A journal whose policy
 // does not write back is not drained: a cloud-persist one keeps its data (false when it holds
 // any), a test clone's writes are discarded at the next open.
-static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>>& volumes, double timeout_s) {
+static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>>& volumes,
+                           double timeout_s) {
   std::vector<journal::JournalDevice*> js;
   for (const auto& v : volumes)
     for (journal::JournalDevice* j : v->journals()) js.push_back(j);
@@ -538,7 +560,8 @@ static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
         j->drain(done);
         continue;
       }
-      // cloud-persist, or write-back paused: what it holds stays (a paused one ships at the next start).
+      // cloud-persist, or write-back paused: what it holds stays (a paused one ships at the next
+      // start).
       if (j->policy() != journal::Policy::test_clone && j->state().dirty_bytes > 0) *kept = true;
       done();
     }
@@ -570,8 +593,10 @@ static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
       break;
     }
     if (std::chrono::steady_clock::now() >= until) {
-      std::fprintf(stderr, "ferry: cloud-edge: journals not drained within %.0f s (%s); the rest is "
-                           "written back at the next start\n", timeout_s, progress.c_str());
+      std::fprintf(stderr,
+                   "ferry: cloud-edge: journals not drained within %.0f s (%s); the rest is "
+                   "written back at the next start\n",
+                   timeout_s, progress.c_str());
       break;
     }
     std::fprintf(stderr, "ferry: cloud-edge: draining journals: %s\n", progress.c_str());
@@ -619,7 +644,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   app.add_flag("--stream", stream,
                "stream every volume in the background (lowest priority) through its cache so later "
                "reads are local: puts 'stream' on top of the stack (progress logged every 10 %)");
-  app.add_option("--stream-mbit", stream_mbit, "cap for that background stream in Mbit/s (0 = none)")
+  app.add_option("--stream-mbit", stream_mbit,
+                 "cap for that background stream in Mbit/s (0 = none)")
       ->check(CLI::Range(0u, 100000u));
   app.add_option("--content-store-mib", content_store_mib,
                  "memory for content already received (dedup by SHA-256; acts as the read cache)")
@@ -653,9 +679,10 @@ int run_cloud_edge_command(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--ssd-cache-key", ssd_cache_key,
                  "AES-256-XTS key file for the SSD cache (64 bytes, mode 0600; none = plaintext)");
-  app.add_option("--journal-dir", journal_dir,
-                 "write-back journal per volume in DIR/<volume>.journal on top of the stack: writes are "
-                 "acknowledged once durable there and shipped to the datacenter edge in the background");
+  app.add_option(
+      "--journal-dir", journal_dir,
+      "write-back journal per volume in DIR/<volume>.journal on top of the stack: writes are "
+      "acknowledged once durable there and shipped to the datacenter edge in the background");
   app.add_option("--journal-mib", journal_mib, "size of a new journal file in MiB")
       ->check(CLI::Range(size_t(1), size_t(1) << 20))
       ->capture_default_str();
@@ -713,8 +740,8 @@ int run_cloud_edge_command(int argc, char** argv) {
     return 2;
   }
   iscsi::TargetAuthConfig target_cfg;
-  if (std::string e = make_target_auth(iqn, chap.chap, chap.mutual_chap, allowed_initiators,
-                                       target_cfg);
+  if (std::string e =
+          make_target_auth(iqn, chap.chap, chap.mutual_chap, allowed_initiators, target_cfg);
       !e.empty()) {
     std::fprintf(stderr, "ferry: %s\n", e.c_str());
     return 2;
@@ -729,26 +756,33 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::vector<LayerSpec> stack;
   std::string ssd_layer;
   if (!ssd_cache_path.empty()) {
-    ssd_layer = " > ssd-cache:" + (volume_names.size() == 1 ? ssd_cache_path : ssd_cache_path + ".{volume}") +
-                ",size=" + std::to_string(ssd_cache_mib) + "MiB" + (ssd_cache_key.empty() ? "" : ",key=" + ssd_cache_key);
+    ssd_layer = " > ssd-cache:" +
+                (volume_names.size() == 1 ? ssd_cache_path : ssd_cache_path + ".{volume}") +
+                ",size=" + std::to_string(ssd_cache_mib) + "MiB" +
+                (ssd_cache_key.empty() ? "" : ",key=" + ssd_cache_key);
     if (!layers_text.empty()) {
-      std::fprintf(stderr, "ferry: --ssd-cache and --layers: put the ssd-cache layer into --layers\n");
+      std::fprintf(stderr,
+                   "ferry: --ssd-cache and --layers: put the ssd-cache layer into --layers\n");
       return 2;
     }
   }
   const std::string stack_text =
       !layers_text.empty() ? layers_text
-      : ram_cache_mib != 0 ? "prefetch-map:" + std::to_string(ram_cache_mib) + "MiB > readahead > ram-cache:" +
-                                 std::to_string(ram_cache_mib) + "MiB" + ssd_layer
+      : ram_cache_mib != 0
+          ? "prefetch-map:" + std::to_string(ram_cache_mib) +
+                "MiB > readahead > ram-cache:" + std::to_string(ram_cache_mib) + "MiB" + ssd_layer
       : !ssd_layer.empty() ? "readahead" + ssd_layer
                            : std::string();
   const std::string stream_layer =
-      stream ? (stream_mbit ? "stream:" + std::to_string(stream_mbit) + "Mbit" : std::string("stream")) : "";
+      stream
+          ? (stream_mbit ? "stream:" + std::to_string(stream_mbit) + "Mbit" : std::string("stream"))
+          : "";
   const std::string base_text = stream_layer.empty() ? stack_text
-                                : stack_text.empty()  ? stream_layer
-                                                      : stream_layer + " > " + stack_text;
+                                : stack_text.empty() ? stream_layer
+                                                     : stream_layer + " > " + stack_text;
   if (std::string e = parse_stack(base_text, stack); !e.empty()) {
-    std::fprintf(stderr, "ferry: %s: %s\n", option_origin(app, layers_text.empty() ? "ram-cache-mib" : "layers").c_str(),
+    std::fprintf(stderr, "ferry: %s: %s\n",
+                 option_origin(app, layers_text.empty() ? "ram-cache-mib" : "layers").c_str(),
                  e.c_str());
     return 2;
   }
@@ -834,7 +868,8 @@ int run_cloud_edge_command(int argc, char** argv) {
     timespec poll{0, 0};
     const int sig = sigtimedwait(&set, nullptr, &poll);
     if (sig == SIGINT || sig == SIGTERM) {
-      std::fprintf(stderr, "ferry: cloud-edge: stopped before the link to %s came up\n", dc.c_str());
+      std::fprintf(stderr, "ferry: cloud-edge: stopped before the link to %s came up\n",
+                   dc.c_str());
       std::promise<void> stopped;
       reactor.post([&] {
         client.stop();
@@ -854,10 +889,12 @@ int run_cloud_edge_command(int argc, char** argv) {
   if ((!journal_dir.empty() || layers_text.find("journal:") != std::string::npos) &&
       !(client.capabilities() & wan::kCapEpochs)) {
     // Write-back would land on the on-prem image write by write: not crash-consistent there.
-    std::fprintf(stderr, "ferry: cloud-edge: the datacenter edge %s does not offer write-back epochs (an older "
-                         "version, or no --redo-dir): a journal's write-back would not be crash-consistent "
-                         "on-prem; refusing it (give the dc-edge --redo-dir, or drop --journal-dir)\n",
-                 dc.c_str());
+    std::fprintf(
+        stderr,
+        "ferry: cloud-edge: the datacenter edge %s does not offer write-back epochs (an older "
+        "version, or no --redo-dir): a journal's write-back would not be crash-consistent "
+        "on-prem; refusing it (give the dc-edge --redo-dir, or drop --journal-dir)\n",
+        dc.c_str());
     return stop_early();
   }
 
@@ -874,13 +911,15 @@ int run_cloud_edge_command(int argc, char** argv) {
         wan_volume_uuid(tls_flags.peer_name.empty() ? dc : tls_flags.peer_name, volume_names[i]);
     std::vector<LayerSpec> vstack;
     (void)volume_stack(volume_names[i], vstack);  // checked above
-    auto vol = Volume::compose(volume_names[i], client.device(i), vstack, false, error, volume_uuid);
+    auto vol =
+        Volume::compose(volume_names[i], client.device(i), vstack, false, error, volume_uuid);
     if (!vol) {
       std::fprintf(stderr, "ferry: %s\n", error.c_str());
       return stop_early();
     }
     BlockDevice* dev = &vol->top();
-    std::fprintf(stderr, "ferry: volume %s: %s\n", volume_names[i].c_str(), vol->describe().c_str());
+    std::fprintf(stderr, "ferry: volume %s: %s\n", volume_names[i].c_str(),
+                 vol->describe().c_str());
     volumes.push_back(std::move(vol));
     scsi::LuIdentity id;
     id.uuid = volume_uuid;
@@ -959,8 +998,8 @@ int run_cloud_edge_command(int argc, char** argv) {
             case ControlAction::Kind::set_policy:
               if (j.set_policy(action.policy, why) != Errc::ok)
                 return ControlAnswer{ControlAnswer::Status::conflict,
-                                     std::string("from ") + journal::to_string(j.policy()) + " to " +
-                                         journal::to_string(action.policy) + ": " + why};
+                                     std::string("from ") + journal::to_string(j.policy()) +
+                                         " to " + journal::to_string(action.policy) + ": " + why};
               std::fprintf(stderr, "ferry: cloud-edge: volume %s: policy %s\n", name.c_str(),
                            journal::to_string(action.policy));
               return ControlAnswer{};
@@ -982,8 +1021,10 @@ int run_cloud_edge_command(int argc, char** argv) {
   MetricsRegistry registry;
   std::string mgmt_error;
   auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
-  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
-  std::fprintf(stderr, "ferry: listening on %s:%u\n", ioptions.listen_address.c_str(), ioptions.port);
+  if (!mgmt_error.empty())
+    std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
+  std::fprintf(stderr, "ferry: listening on %s:%u\n", ioptions.listen_address.c_str(),
+               ioptions.port);
   wait_for_stop(set, duration_s, [] {});
   std::fprintf(stderr, "ferry: cloud-edge stopping\n");
   if (mgmt) mgmt->stop();
@@ -1017,13 +1058,16 @@ int run_cloud_edge_command(int argc, char** argv) {
   // not attach before this one comes back (same certificate) and finishes the write-back.
   auto released = std::make_shared<std::promise<void>>();
   if (!drained)
-    std::fprintf(stderr, "ferry: cloud-edge: leases kept (journals not drained): restart this edge "
-                         "to finish the write-back; other edges are refused until the lease expires\n");
+    std::fprintf(stderr,
+                 "ferry: cloud-edge: leases kept (journals not drained): restart this edge "
+                 "to finish the write-back; other edges are refused until the lease expires\n");
   else
     reactor.post([&client, released] { client.release([released] { released->set_value(); }); });
-  if (drained && released->get_future().wait_for(std::chrono::seconds(3)) != std::future_status::ready)
-    std::fprintf(stderr, "ferry: cloud-edge: leases not released within 3 s (they expire on the "
-                         "datacenter edge)\n");
+  if (drained &&
+      released->get_future().wait_for(std::chrono::seconds(3)) != std::future_status::ready)
+    std::fprintf(stderr,
+                 "ferry: cloud-edge: leases not released within 3 s (they expire on the "
+                 "datacenter edge)\n");
   std::promise<void> client_stopped;
   reactor.post([&] {
     client.stop();

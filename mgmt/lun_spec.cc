@@ -1,21 +1,24 @@
 // LUN specification parsing and device opening (see lun_spec.h). Start-up only.
 #include "mgmt/lun_spec.h"
 
-#include "datapath/file_device.h"
-#include "datapath/ram_device.h"
-
 #include <sys/xattr.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 
+#include "datapath/file_device.h"
+#include "datapath/ram_device.h"
+
 namespace ferry::mgmt {
 
 static bool parse_block_size(const std::string& s, uint32_t& out) {
-  if (s == "512") out = 512;
-  else if (s == "4096" || s == "4KiB" || s == "4K") out = 4096;
-  else return false;
+  if (s == "512")
+    out = 512;
+  else if (s == "4096" || s == "4KiB" || s == "4K")
+    out = 4096;
+  else
+    return false;
   return true;
 }
 
@@ -45,12 +48,16 @@ std::string parse_lun_spec(const std::string& text, LunSpec& out) {
     if (out.path.empty()) return "file LUN needs a path (file:/path/to/image)";
     while (comma != std::string::npos) {
       size_t next = rest.find(',', comma + 1);
-      std::string opt = rest.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+      std::string opt =
+          rest.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
       if (opt.rfind("uuid=", 0) == 0) {
         out.uuid = Uuid::parse(opt.substr(5));
-        if (!out.uuid) return "bad uuid '" + opt.substr(5) + "' (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)";
-      } else if (opt == "direct") out.direct_io = true;
-      else if (opt == "ro") out.read_only = true;
+        if (!out.uuid)
+          return "bad uuid '" + opt.substr(5) + "' (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)";
+      } else if (opt == "direct")
+        out.direct_io = true;
+      else if (opt == "ro")
+        out.read_only = true;
       else if (opt.rfind("bs=", 0) == 0) {
         if (!parse_block_size(opt.substr(3), out.block_size_bytes))
           return "bad block size '" + opt.substr(3) + "' (512 or 4096)";
@@ -99,7 +106,8 @@ std::string lun_uuid(const LunSpec& spec, Uuid& out) {
   const ssize_t n = ::getxattr(spec.path.c_str(), kXattr, text, sizeof text - 1);
   if (n > 0) {
     auto u = Uuid::parse(std::string_view(text, size_t(n)));
-    if (!u) return "extended attribute " + std::string(kXattr) + " of " + spec.path + " is not a UUID";
+    if (!u)
+      return "extended attribute " + std::string(kXattr) + " of " + spec.path + " is not a UUID";
     out = *u;
     return {};
   }

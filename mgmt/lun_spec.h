@@ -1,6 +1,7 @@
 // Parsing of LUN specifications given on the command line and building their device stacks:
 //   ram:SIZE[:BLOCK]            e.g. ram:1GiB, ram:64MiB:4096
-//   file:PATH[,bs=BLOCK][,direct][,ro][,uuid=UUID]   e.g. file:/var/lib/ferry/disk.img,bs=4096,direct
+//   file:PATH[,bs=BLOCK][,direct][,ro][,uuid=UUID]   e.g.
+//   file:/var/lib/ferry/disk.img,bs=4096,direct
 // Runs at start-up on the main thread; errors are returned as text for the user.
 #pragma once
 

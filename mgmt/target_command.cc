@@ -18,13 +18,13 @@
 #include "gateway/iscsi/server.h"
 #include "gateway/nbd/server.h"
 #include "gateway/scsi/logical_unit.h"
+#include "gateway/volume.h"
+#include "mgmt/cli_util.h"
 #include "mgmt/config_file.h"
 #include "mgmt/control.h"
 #include "mgmt/gateway_metrics.h"
-#include "mgmt/mgmt_flags.h"
-#include "gateway/volume.h"
-#include "mgmt/cli_util.h"
 #include "mgmt/lun_spec.h"
+#include "mgmt/mgmt_flags.h"
 #include "mgmt/target_auth.h"
 
 namespace ferry::mgmt {
@@ -49,14 +49,15 @@ struct TargetFlags {
   uint32_t tx_batch_pdus = 256;
   uint32_t spin_us = uint32_t(Reactor::kSpinNsDefault / 1000);
   std::string tcp_congestion;  // "": the system's
-  std::string nbd;  // HOST:PORT
+  std::string nbd;             // HOST:PORT
   std::string nbd_unix;
   std::string layers;
   NbdTlsFlags nbd_tls;
   double duration_s = 0;  // 0: until a signal
   MgmtFlags mgmt;
   bool check_only = false;
-  const CLI::App* app = nullptr;  // names an option in messages (file line when from --config)  // --check-config: validate, then exit before opening anything
+  const CLI::App* app = nullptr;  // names an option in messages (file line when from --config)  //
+                                  // --check-config: validate, then exit before opening anything
 };
 
 void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
@@ -103,19 +104,23 @@ void add_target_flags(CLI::App& app, TargetFlags& f, bool luns_required) {
                  "iSCSI PDUs gathered into one sendmsg (1 = no batching; for benchmarks)")
       ->check(CLI::Range(1u, 256u))
       ->capture_default_str();
-  app.add_option("--layers", f.layers,
-                 "each LUN's stack above its device, top first (e.g. 'delay:2ms > fault:write@0+4096'; "
-                 "caches need --threads 1; see gateway/volume.h)");
+  app.add_option(
+      "--layers", f.layers,
+      "each LUN's stack above its device, top first (e.g. 'delay:2ms > fault:write@0+4096'; "
+      "caches need --threads 1; see gateway/volume.h)");
   app.add_option("--nbd", f.nbd, "also export every LUN over NBD on HOST:PORT (lun0, lun1, ...)");
   app.add_option("--nbd-unix", f.nbd_unix, "also export over NBD on this Unix socket path");
   add_nbd_tls_flags(app, f.nbd_tls);
   add_mgmt_flags(app, f.mgmt);
-  app.add_option("--duration", f.duration_s, "stop after this many seconds (default: until SIGTERM)")
+  app.add_option("--duration", f.duration_s,
+                 "stop after this many seconds (default: until SIGTERM)")
       ->check(CLI::Range(0.0, 31536000.0));
 }
 
 int run_target(TargetFlags& f, const char* banner) {
-  auto flag = [&](const char* key) { return f.app ? option_origin(*f.app, key) : "--" + std::string(key); };
+  auto flag = [&](const char* key) {
+    return f.app ? option_origin(*f.app, key) : "--" + std::string(key);
+  };
   iscsi::ServerOptions options;
   if (!split_host_port(f.listen, options.listen_address, options.port)) {
     std::fprintf(stderr, "ferry: --listen wants HOST:PORT, got '%s'\n", f.listen.c_str());
@@ -154,7 +159,8 @@ int run_target(TargetFlags& f, const char* banner) {
     if (f.chap.discovery_chap.empty() ||
         !split_user_secret(f.chap.discovery_mutual_chap, portal.discovery_mutual_chap_user,
                            portal.discovery_mutual_chap_secret)) {
-      std::fprintf(stderr, "ferry: --discovery-mutual-chap wants USER:SECRET and --discovery-chap\n");
+      std::fprintf(stderr,
+                   "ferry: --discovery-mutual-chap wants USER:SECRET and --discovery-chap\n");
       return 2;
     }
   }
@@ -189,7 +195,8 @@ int run_target(TargetFlags& f, const char* banner) {
   for (const auto& t : f.extra_target_luns) {
     const auto eq = t.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == t.size()) {
-      std::fprintf(stderr, "ferry: %s wants IQN=SPEC, got '%s'\n", flag("target").c_str(), t.c_str());
+      std::fprintf(stderr, "ferry: %s wants IQN=SPEC, got '%s'\n", flag("target").c_str(),
+                   t.c_str());
       return 2;
     }
     plan.push_back({t.substr(0, eq), t.substr(eq + 1), flag("target") + " " + t});
@@ -267,13 +274,13 @@ int run_target(TargetFlags& f, const char* banner) {
                  id.uuid.to_string().c_str(),
                  static_cast<unsigned long long>(dev->geometry().block_count),
                  dev->geometry().block_size_bytes);
-    const std::string export_name = plan[i].iqn == f.iqn
-                                        ? "lun" + std::to_string(lun)
-                                        : plan[i].iqn + "/" + std::to_string(lun);
+    const std::string export_name = plan[i].iqn == f.iqn ? "lun" + std::to_string(lun)
+                                                         : plan[i].iqn + "/" + std::to_string(lun);
     // A CHAP-protected LUN's export requires TLS (with the client certificate the CA checks).
     const bool export_tls = chap_exports_tls && plan[i].iqn == f.iqn;
     exports.push_back(nbd::NbdExport{export_name, dev, std::string(dev->describe()), export_tls});
-    api_names.push_back(plan[i].iqn == f.iqn ? export_name : plan[i].iqn + "-lun" + std::to_string(lun));
+    api_names.push_back(plan[i].iqn == f.iqn ? export_name
+                                             : plan[i].iqn + "-lun" + std::to_string(lun));
   }
   for (size_t i = 1; i < targets.size(); ++i) {
     iscsi::TargetAuthConfig extra;
@@ -376,7 +383,8 @@ int run_target(TargetFlags& f, const char* banner) {
   MetricsRegistry registry;
   std::string mgmt_error;
   auto mgmt = start_mgmt(f.mgmt, control, registry, mgmt_error);
-  if (!mgmt_error.empty()) std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
+  if (!mgmt_error.empty())
+    std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   if (banner != nullptr) std::fprintf(stderr, "%s", banner);
 
   int sig = 0;

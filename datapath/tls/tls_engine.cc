@@ -33,7 +33,8 @@ EdgeIdentity edge_identity_of(X509* cert) {
     id.client_auth = (xku & XKU_SSL_CLIENT) != 0;
     id.server_auth = (xku & XKU_SSL_SERVER) != 0;
   }
-  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   if (sans == nullptr) return id;
   static constexpr std::string_view kPrefix = "urn:ferry:";
   for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
@@ -46,30 +47,34 @@ EdgeIdentity edge_identity_of(X509* cert) {
     const std::string_view rest = uri.substr(kPrefix.size());
     const size_t colon = rest.find(':');
     id.roles.emplace_back(rest.substr(0, colon));
-    id.names.emplace_back(colon == std::string_view::npos ? std::string_view() : rest.substr(colon + 1));
+    id.names.emplace_back(colon == std::string_view::npos ? std::string_view()
+                                                          : rest.substr(colon + 1));
   }
   GENERAL_NAMES_free(sans);
   return id;
 }
 
-std::string check_edge_role(const EdgeIdentity& id, const std::string& role, const std::string& name,
-                            std::string& name_out) {
+std::string check_edge_role(const EdgeIdentity& id, const std::string& role,
+                            const std::string& name, std::string& name_out) {
   const bool client = role == "cloud-edge";
   if (client ? !id.client_auth : !id.server_auth)
     return std::string("its extended key usage lacks ") +
-           (client ? "clientAuth (TLS Web Client Authentication)" : "serverAuth (TLS Web Server Authentication)") +
+           (client ? "clientAuth (TLS Web Client Authentication)"
+                   : "serverAuth (TLS Web Server Authentication)") +
            ", required of a " + role;
   std::string found;
   for (size_t i = 0; i < id.roles.size(); ++i) {
     if (id.roles[i] != role)
-      return "it also carries the role '" + id.roles[i] + "' (urn:ferry:" + id.roles[i] + ":" + id.names[i] +
-             "): one certificate per role";
+      return "it also carries the role '" + id.roles[i] + "' (urn:ferry:" + id.roles[i] + ":" +
+             id.names[i] + "): one certificate per role";
     if (id.names[i].empty()) return "its role URI urn:ferry:" + role + ": has no edge name";
     if (!found.empty() && found != id.names[i]) return "it names two " + role + "s";
     found = id.names[i];
   }
-  if (found.empty()) return "it carries no SAN URI urn:ferry:" + role + ":NAME (not a " + role + " certificate)";
-  if (!name.empty() && found != name) return "it belongs to " + role + " '" + found + "', not '" + name + "'";
+  if (found.empty())
+    return "it carries no SAN URI urn:ferry:" + role + ":NAME (not a " + role + " certificate)";
+  if (!name.empty() && found != name)
+    return "it belongs to " + role + " '" + found + "', not '" + name + "'";
   name_out = found;
   return {};
 }
@@ -102,7 +107,8 @@ std::unique_ptr<TlsContext> TlsContext::create(const TlsConfig& config, std::str
     error = "CA " + config.ca_path + ": " + openssl_errors();
     return nullptr;
   }
-  SSL_CTX_set_verify(c->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, &TlsEngine::on_verify);
+  SSL_CTX_set_verify(c->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                     &TlsEngine::on_verify);
   return c;
 }
 
@@ -141,21 +147,24 @@ TlsEngine::TlsEngine(const TlsContext& context) noexcept : config_(context.confi
 // wrong role fails the handshake itself (the peer gets an alert) rather than a later frame.
 int TlsEngine::on_verify(int preverify_ok, X509_STORE_CTX* store) noexcept {
   if (X509_STORE_CTX_get_error_depth(store) != 0) return preverify_ok;
-  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
   auto* self = ssl != nullptr ? static_cast<TlsEngine*>(SSL_get_app_data(ssl)) : nullptr;
   if (self == nullptr) return preverify_ok;
   const TlsConfig& cfg = self->config_;
   if (cfg.expected_peer_role.empty()) return preverify_ok;
   // OpenSSL's own purpose check (the extended key usage of the peer's side) failed: say which
   // role was wanted, in the same words as ours.
-  if (preverify_ok != 1 && X509_STORE_CTX_get_error(store) != X509_V_ERR_INVALID_PURPOSE) return preverify_ok;
+  if (preverify_ok != 1 && X509_STORE_CTX_get_error(store) != X509_V_ERR_INVALID_PURPOSE)
+    return preverify_ok;
   X509* cert = X509_STORE_CTX_get_current_cert(store);
   char cn[256] = "?";
   X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn);
   const std::string why = check_edge_role(edge_identity_of(cert), cfg.expected_peer_role,
                                           cfg.expected_peer_name, self->role_name_);
   if (why.empty()) return preverify_ok;  // never overrides a failure of OpenSSL's own checks
-  self->role_error_ = std::string("certificate '") + cn + "' refused as " + cfg.expected_peer_role + ": " + why;
+  self->role_error_ =
+      std::string("certificate '") + cn + "' refused as " + cfg.expected_peer_role + ": " + why;
   X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
   return 0;
 }
@@ -163,7 +172,8 @@ int TlsEngine::on_verify(int preverify_ok, X509_STORE_CTX* store) noexcept {
 void TlsEngine::on_info(const SSL* ssl, int where, int ret) noexcept {
   if ((where & SSL_CB_READ_ALERT) == 0 || (ret >> 8) != SSL3_AL_FATAL) return;
   auto* self = static_cast<TlsEngine*>(SSL_get_app_data(ssl));
-  if (self != nullptr && self->peer_alert_.empty()) self->peer_alert_ = SSL_alert_desc_string_long(ret);
+  if (self != nullptr && self->peer_alert_.empty())
+    self->peer_alert_ = SSL_alert_desc_string_long(ret);
 }
 
 std::string TlsEngine::verify_error() const noexcept {
@@ -199,7 +209,8 @@ Errc TlsEngine::start() noexcept {
 }
 
 Errc TlsEngine::drive_handshake() noexcept {
-  if (state_ != TlsState::handshaking) return state_ == TlsState::failed ? Errc::auth_failed : Errc::ok;
+  if (state_ != TlsState::handshaking)
+    return state_ == TlsState::failed ? Errc::auth_failed : Errc::ok;
   ERR_clear_error();
   const int r = SSL_do_handshake(ssl_);
   if (r == 1) {
@@ -234,7 +245,8 @@ size_t TlsEngine::read_plaintext(std::span<uint8_t> out) noexcept {
   size_t total = 0;
   while (total < out.size()) {
     ERR_clear_error();
-    const int n = SSL_read(ssl_, out.data() + total, int(std::min<size_t>(out.size() - total, INT_MAX)));
+    const int n =
+        SSL_read(ssl_, out.data() + total, int(std::min<size_t>(out.size() - total, INT_MAX)));
     if (n > 0) {
       total += size_t(n);
       continue;

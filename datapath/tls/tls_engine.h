@@ -49,8 +49,8 @@ struct EdgeIdentity {
 EdgeIdentity edge_identity_of(X509* cert);
 // Why `id` cannot act as `role` (and be named `name` when not empty); "" when it can. On
 // success `name_out` is the certificate's edge name for that role.
-std::string check_edge_role(const EdgeIdentity& id, const std::string& role, const std::string& name,
-                            std::string& name_out);
+std::string check_edge_role(const EdgeIdentity& id, const std::string& role,
+                            const std::string& name, std::string& name_out);
 
 class TlsContext {
  public:

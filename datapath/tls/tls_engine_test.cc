@@ -17,8 +17,8 @@ class TlsEngineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new std::string("/tmp/ferry-tls-test-" + std::to_string(getpid()));
-    const std::string cmd = std::string(FERRY_SOURCE_DIR) + "/scripts/make-test-pki.sh " + *dir_ +
-                            " >/dev/null";
+    const std::string cmd =
+        std::string(FERRY_SOURCE_DIR) + "/scripts/make-test-pki.sh " + *dir_ + " >/dev/null";
     ASSERT_EQ(std::system(cmd.c_str()), 0);
   }
   static void TearDownTestSuite() {
@@ -27,7 +27,8 @@ class TlsEngineTest : public ::testing::Test {
   }
   static std::string f(const std::string& name) { return *dir_ + "/" + name; }
   static std::unique_ptr<TlsContext> ctx(bool server, const std::string& who, const std::string& ca,
-                                         const std::string& expect = "", const char* role = nullptr) {
+                                         const std::string& expect = "",
+                                         const char* role = nullptr) {
     TlsConfig c;
     c.expected_peer_role = role != nullptr ? role : server ? "cloud-edge" : "dc-edge";
     c.server = server;
@@ -148,7 +149,8 @@ TEST_F(TlsEngineTest, CertificateWithoutARoleUriIsRefused) {
   TlsEngine server(*server_ctx), client(*client_ctx);
   ASSERT_EQ(client.start(), Errc::ok);
   EXPECT_FALSE(pump(client, server));
-  EXPECT_NE(server.verify_error().find("urn:ferry:cloud-edge"), std::string::npos) << server.verify_error();
+  EXPECT_NE(server.verify_error().find("urn:ferry:cloud-edge"), std::string::npos)
+      << server.verify_error();
 }
 
 TEST_F(TlsEngineTest, PeerNameIsTheEdgeNameOfItsRole) {

@@ -47,7 +47,9 @@ struct EncodedChunk {
   CompressAlgo algo = CompressAlgo::none;  // when compressed
   std::span<const uint8_t> payload;        // empty (zero), the input (raw) or the caller's out
   uint8_t frame_flags() const noexcept {
-    return kind == ChunkKind::zero ? kFlagZero : kind == ChunkKind::compressed ? kFlagCompressed : 0;
+    return kind == ChunkKind::zero         ? kFlagZero
+           : kind == ChunkKind::compressed ? kFlagCompressed
+                                           : 0;
   }
 };
 
@@ -68,8 +70,7 @@ class ChunkEncoder {
   // One chunk (1 .. kChunkBytesMax bytes): zero → zero run; else compressed into `out` when that
   // saves the margin, else raw (payload = `in`, nothing copied). `out` needs at least
   // compressed_keep_bytes_max(in.size()) bytes. Compression::none skips compression.
-  EncodedChunk encode(std::span<const uint8_t> in, std::span<uint8_t> out,
-                      Compression c) noexcept;
+  EncodedChunk encode(std::span<const uint8_t> in, std::span<uint8_t> out, Compression c) noexcept;
 
   // Compresses `in` into `out`, whole or not at all: the compressed size, or Errc::no_space
   // when it does not fit `out`, Errc::invalid_argument for a bad algorithm or level.

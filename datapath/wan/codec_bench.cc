@@ -96,8 +96,8 @@ DataSet build_ext4(const char* src_dir, const char* size) {
     return s;
   }
   const std::string img = dir + "/disk.img";
-  const std::string cmd = std::string("mke2fs -q -t ext4 -d '") + src_dir + "' -F '" + img +
-                          "' " + size + " >/dev/null 2>&1";
+  const std::string cmd = std::string("mke2fs -q -t ext4 -d '") + src_dir + "' -F '" + img + "' " +
+                          size + " >/dev/null 2>&1";
   if (std::system(cmd.c_str()) != 0) {
     s.error = std::string("mke2fs -d ") + src_dir + " failed (e2fsprogs installed?)";
   } else {
@@ -126,11 +126,12 @@ const DataSet& data_set(const std::string& name) {
     }
   }
   if (s.error.empty()) {
-    std::fprintf(stderr, "wan codec data set %s: %llu chunks of 64 KiB, %llu all-zero (%.1f %%), "
-                 "%zu non-zero sampled (%zu MiB)\n", name.c_str(),
-                 (unsigned long long)s.image_chunks, (unsigned long long)s.zero_chunks,
-                 100.0 * double(s.zero_chunks) / double(s.image_chunks), s.chunks,
-                 s.data.size() >> 20);
+    std::fprintf(
+        stderr,
+        "wan codec data set %s: %llu chunks of 64 KiB, %llu all-zero (%.1f %%), "
+        "%zu non-zero sampled (%zu MiB)\n",
+        name.c_str(), (unsigned long long)s.image_chunks, (unsigned long long)s.zero_chunks,
+        100.0 * double(s.zero_chunks) / double(s.image_chunks), s.chunks, s.data.size() >> 20);
   }
   return sets.emplace(name, std::move(s)).first->second;
 }
@@ -262,9 +263,8 @@ const struct {
     {"lz4:1", {CompressAlgo::lz4, 1}},     {"lz4hc:9", {CompressAlgo::lz4, 9}},
     {"zstd:-1", {CompressAlgo::zstd, -1}}, {"zstd:1", {CompressAlgo::zstd, 1}},
     {"zstd:3", {CompressAlgo::zstd, 3}},   {"zstd:6", {CompressAlgo::zstd, 6}},
-    {"igzip:0", {CompressAlgo::igzip, 0}},
-    {"igzip:1", {CompressAlgo::igzip, 1}}, {"igzip:2", {CompressAlgo::igzip, 2}},
-    {"igzip:3", {CompressAlgo::igzip, 3}},
+    {"igzip:0", {CompressAlgo::igzip, 0}}, {"igzip:1", {CompressAlgo::igzip, 1}},
+    {"igzip:2", {CompressAlgo::igzip, 2}}, {"igzip:3", {CompressAlgo::igzip, 3}},
 };
 
 int register_all() {

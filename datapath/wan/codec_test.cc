@@ -20,8 +20,8 @@ constexpr uint8_t kGuard = 0xA5;
 
 // Text-like data: compresses well with every algorithm.
 Bytes texty(size_t n, uint32_t seed = 1) {
-  static const char* words[] = {"block ", "storage ", "gateway ", "ferry ", "volume ", "cache ",
-                                "journal\n", "0x7f3a ", "datacenter ", "cloud "};
+  static const char* words[] = {"block ", "storage ",  "gateway ", "ferry ",      "volume ",
+                                "cache ", "journal\n", "0x7f3a ",  "datacenter ", "cloud "};
   std::mt19937 rng(seed);
   Bytes b;
   b.reserve(n);
@@ -184,8 +184,8 @@ TEST(WanCodec, WrongDeclaredSizeIsRefused) {
     EXPECT_TRUE(guarded_decompress(c.dec, k.algo, z, in.size())) << name(k);
     // A frame claiming less data than the stream holds must not write past the smaller output;
     // one claiming more must not be accepted short.
-    for (size_t claim : {in.size() - 1, in.size() - 4096, size_t{1}, in.size() + 1,
-                         size_t{kChunkBytesMax}}) {
+    for (size_t claim :
+         {in.size() - 1, in.size() - 4096, size_t{1}, in.size() + 1, size_t{kChunkBytesMax}}) {
       EXPECT_EQ(guarded_decompress(c.dec, k.algo, z, claim).error(), Errc::protocol_error)
           << name(k) << " claim " << claim;
     }
@@ -219,7 +219,8 @@ TEST(WanCodec, GarbageAndCorruptedStreamsNeverOverrunTheOutput) {
     for (int trial = 0; trial < 200; ++trial) {
       Bytes bad = z;
       const int flips = 1 + trial % 8;
-      for (int i = 0; i < flips; ++i) bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
+      for (int i = 0; i < flips; ++i)
+        bad[rng() % bad.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
       Bytes out;
       Result<void> r = guarded_decompress(c.dec, k.algo, bad, in.size(), &out);
       // Either refused, or (rarely, a flip in literal bytes of lz4/deflate) a full-size output.
@@ -242,8 +243,7 @@ TEST(WanCodec, ZstdFramesThatAreNotOursAreRefused) {
   const Bytes b = compressed(c.enc, Bytes(in.begin() + 4096, in.end()), {CompressAlgo::zstd, 1});
   Bytes two = a;
   two.insert(two.end(), b.begin(), b.end());
-  EXPECT_EQ(guarded_decompress(c.dec, CompressAlgo::zstd, two, 8192).error(),
-            Errc::protocol_error);
+  EXPECT_EQ(guarded_decompress(c.dec, CompressAlgo::zstd, two, 8192).error(), Errc::protocol_error);
   // A frame without a content size (streaming API) is refused: the size must be declared.
   ZSTD_CCtx* cc = ZSTD_createCCtx();
   ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 0);
@@ -293,8 +293,7 @@ TEST(WanCodec, DecodeFollowsTheFrameHeader) {
   h.payload_bytes = kContentHashBytes;
   EXPECT_EQ(c.dec.decode(h, Bytes(kContentHashBytes), out).error(), Errc::invalid_argument);
   EXPECT_EQ(c.dec.decompress(CompressAlgo::none, z, out).error(), Errc::invalid_argument);
-  EXPECT_EQ(c.dec.decompress(static_cast<CompressAlgo>(9), z, out).error(),
-            Errc::invalid_argument);
+  EXPECT_EQ(c.dec.decompress(static_cast<CompressAlgo>(9), z, out).error(), Errc::invalid_argument);
 }
 
 TEST(WanCodec, ContextsMoveAndReinit) {
@@ -345,7 +344,8 @@ TEST(WanCodec, ChooseCompressionFollowsTheLinkRate) {
   // Running estimates replace the table: barely compressible data goes raw...
   const LevelEstimate random_data[] = {{{CompressAlgo::zstd, 3}, 1.0, 239e6},
                                        {{CompressAlgo::lz4, 1}, 1.03, 2000e6}};
-  EXPECT_TRUE(is(choose_compression(100 * kMbit, 0.5, kAllCaps, random_data), CompressAlgo::none, 0));
+  EXPECT_TRUE(
+      is(choose_compression(100 * kMbit, 0.5, kAllCaps, random_data), CompressAlgo::none, 0));
   // ... and text compresses harder on the same link.
   const LevelEstimate text[] = {{{CompressAlgo::zstd, 6}, 6.0, 300e6},
                                 {{CompressAlgo::zstd, 3}, 5.0, 600e6}};
@@ -355,8 +355,7 @@ TEST(WanCodec, ChooseCompressionFollowsTheLinkRate) {
 
 TEST(WanCodec, ContentHashIsSha256) {
   const std::string abc = "abc";
-  const ContentHash h =
-      content_hash({reinterpret_cast<const uint8_t*>(abc.data()), abc.size()});
+  const ContentHash h = content_hash({reinterpret_cast<const uint8_t*>(abc.data()), abc.size()});
   const uint8_t want[32] = {0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40,
                             0xde, 0x5d, 0xae, 0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17,
                             0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad};

@@ -138,7 +138,8 @@ const char* check_header(const FrameHeader& h) noexcept {
     case FrameType::write:
       return check_data(h, kDataEncodingFlags | kFlagFinal | kFlagFua | kFlagEpoch);
     case FrameType::epoch_commit:
-      if (h.flags || h.volume_id == 0 || h.offset_bytes || h.length_bytes) return "bad epoch commit header";
+      if (h.flags || h.volume_id == 0 || h.offset_bytes || h.length_bytes)
+        return "bad epoch commit header";
       if (h.payload_bytes != kEpochCommitBytes) return "bad epoch commit size";
       return nullptr;
     case FrameType::epoch_committed:
@@ -163,7 +164,8 @@ const char* check_header(const FrameHeader& h) noexcept {
     case FrameType::access_map:
       return check_bare(h, true);
     case FrameType::access_map_reply:
-      if (h.flags || h.volume_id == 0 || h.offset_bytes || h.length_bytes) return "bad access map header";
+      if (h.flags || h.volume_id == 0 || h.offset_bytes || h.length_bytes)
+        return "bad access map header";
       if (h.payload_bytes % 8 != 0) return "bad access map size";
       return nullptr;
     case FrameType::ping:
@@ -197,10 +199,14 @@ FrameHeader decode_fields(const uint8_t* p) noexcept {
 
 uint32_t capability_for(CompressAlgo a) noexcept {
   switch (a) {
-    case CompressAlgo::none: return 0;
-    case CompressAlgo::lz4: return kCapLz4;
-    case CompressAlgo::zstd: return kCapZstd;
-    case CompressAlgo::igzip: return kCapIgzip;
+    case CompressAlgo::none:
+      return 0;
+    case CompressAlgo::lz4:
+      return kCapLz4;
+    case CompressAlgo::zstd:
+      return kCapZstd;
+    case CompressAlgo::igzip:
+      return kCapIgzip;
   }
   return 0;
 }
@@ -252,7 +258,8 @@ HeaderParse parse_header(std::span<const uint8_t> in, uint32_t payload_bytes_max
     return r;
   }
   r.header = decode_fields(p);
-  if (r.header.payload_bytes > payload_bytes_max || r.header.payload_bytes > kFramePayloadBytesMax) {
+  if (r.header.payload_bytes > payload_bytes_max ||
+      r.header.payload_bytes > kFramePayloadBytesMax) {
     r.status = ParseStatus::fatal;
     r.why = "payload over the frame limit";
     return r;
@@ -354,8 +361,7 @@ void encode_hello(uint8_t out[kHelloBytes], const Hello& h) noexcept {
 }
 
 Result<Hello> parse_hello(std::span<const uint8_t> payload) noexcept {
-  if (payload.size() < kHelloBytes || payload.size() > kHelloBytesMax)
-    return Errc::protocol_error;
+  if (payload.size() < kHelloBytes || payload.size() > kHelloBytesMax) return Errc::protocol_error;
   const uint8_t* p = payload.data();
   Hello h;
   h.version_min = load_be16(p + 0);
@@ -374,10 +380,10 @@ Result<Hello> parse_hello(std::span<const uint8_t> payload) noexcept {
 }
 
 Result<Hello> negotiate(const Hello& client, const Hello& server, uint64_t session_id) noexcept {
-  const uint16_t lo = client.version_min > server.version_min ? client.version_min
-                                                               : server.version_min;
-  const uint16_t hi = client.version_max < server.version_max ? client.version_max
-                                                               : server.version_max;
+  const uint16_t lo =
+      client.version_min > server.version_min ? client.version_min : server.version_min;
+  const uint16_t hi =
+      client.version_max < server.version_max ? client.version_max : server.version_max;
   if (lo > hi) return Errc::unsupported;
   Hello a;
   a.version_min = a.version_max = hi;
@@ -439,51 +445,80 @@ Extent extent_at(std::span<const uint8_t> payload, size_t i) noexcept {
 // The one table between Errc and the wire.
 WireError to_wire_error(Errc e) noexcept {
   switch (e) {
-    case Errc::invalid_argument: return WireError::invalid_argument;
-    case Errc::out_of_range: return WireError::out_of_range;
-    case Errc::no_space: return WireError::no_space;
+    case Errc::invalid_argument:
+      return WireError::invalid_argument;
+    case Errc::out_of_range:
+      return WireError::out_of_range;
+    case Errc::no_space:
+      return WireError::no_space;
     case Errc::no_memory:
     case Errc::would_block:
-    case Errc::busy: return WireError::busy;
-    case Errc::unsupported: return WireError::unsupported;
-    case Errc::timed_out: return WireError::timed_out;
+    case Errc::busy:
+      return WireError::busy;
+    case Errc::unsupported:
+      return WireError::unsupported;
+    case Errc::timed_out:
+      return WireError::timed_out;
     case Errc::cancelled:
-    case Errc::closed: return WireError::shutting_down;
-    case Errc::protocol_error: return WireError::protocol_error;
-    case Errc::auth_failed: return WireError::auth_failed;
-    case Errc::not_found: return WireError::not_found;
-    case Errc::write_protected: return WireError::write_protected;
-    case Errc::medium_error: return WireError::medium_error;
+    case Errc::closed:
+      return WireError::shutting_down;
+    case Errc::protocol_error:
+      return WireError::protocol_error;
+    case Errc::auth_failed:
+      return WireError::auth_failed;
+    case Errc::not_found:
+      return WireError::not_found;
+    case Errc::write_protected:
+      return WireError::write_protected;
+    case Errc::medium_error:
+      return WireError::medium_error;
     case Errc::ok:
     case Errc::io_error:
     case Errc::miscompare:
-    case Errc::exists: return WireError::io_error;
+    case Errc::exists:
+      return WireError::io_error;
   }
   return WireError::io_error;
 }
 
 Errc from_wire_error(uint16_t code) noexcept {
   switch (static_cast<WireError>(code)) {
-    case WireError::io_error: return Errc::io_error;
-    case WireError::invalid_argument: return Errc::invalid_argument;
-    case WireError::out_of_range: return Errc::out_of_range;
-    case WireError::not_found: return Errc::not_found;
-    case WireError::unsupported: return Errc::unsupported;
-    case WireError::busy: return Errc::busy;
-    case WireError::no_space: return Errc::no_space;
-    case WireError::write_protected: return Errc::write_protected;
-    case WireError::protocol_error: return Errc::protocol_error;
-    case WireError::auth_failed: return Errc::auth_failed;
-    case WireError::timed_out: return Errc::timed_out;
-    case WireError::dedup_miss: return Errc::not_found;
-    case WireError::shutting_down: return Errc::closed;
-    case WireError::medium_error: return Errc::medium_error;
-    case WireError::lease_held: return Errc::busy;
+    case WireError::io_error:
+      return Errc::io_error;
+    case WireError::invalid_argument:
+      return Errc::invalid_argument;
+    case WireError::out_of_range:
+      return Errc::out_of_range;
+    case WireError::not_found:
+      return Errc::not_found;
+    case WireError::unsupported:
+      return Errc::unsupported;
+    case WireError::busy:
+      return Errc::busy;
+    case WireError::no_space:
+      return Errc::no_space;
+    case WireError::write_protected:
+      return Errc::write_protected;
+    case WireError::protocol_error:
+      return Errc::protocol_error;
+    case WireError::auth_failed:
+      return Errc::auth_failed;
+    case WireError::timed_out:
+      return Errc::timed_out;
+    case WireError::dedup_miss:
+      return Errc::not_found;
+    case WireError::shutting_down:
+      return Errc::closed;
+    case WireError::medium_error:
+      return Errc::medium_error;
+    case WireError::lease_held:
+      return Errc::busy;
   }
   return Errc::io_error;
 }
 
-size_t encode_error(uint8_t out[kErrorBytesMax], WireError code, std::string_view message) noexcept {
+size_t encode_error(uint8_t out[kErrorBytesMax], WireError code,
+                    std::string_view message) noexcept {
   const size_t n = message.size() < kErrorMessageBytesMax ? message.size() : kErrorMessageBytesMax;
   store_be16(out + 0, static_cast<uint16_t>(code));
   store_be16(out + 2, static_cast<uint16_t>(n));
@@ -511,28 +546,50 @@ Result<ErrorBody> parse_error(std::span<const uint8_t> payload) noexcept {
 
 const char* to_string(FrameType t) noexcept {
   switch (t) {
-    case FrameType::hello: return "HELLO";
-    case FrameType::hello_ack: return "HELLO_ACK";
-    case FrameType::open_volume: return "OPEN_VOLUME";
-    case FrameType::volume_info: return "VOLUME_INFO";
-    case FrameType::close_volume: return "CLOSE_VOLUME";
-    case FrameType::volume_closed: return "VOLUME_CLOSED";
-    case FrameType::read: return "READ";
-    case FrameType::read_data: return "READ_DATA";
-    case FrameType::read_done: return "READ_DONE";
-    case FrameType::write: return "WRITE";
-    case FrameType::write_ack: return "WRITE_ACK";
-    case FrameType::flush: return "FLUSH";
-    case FrameType::flush_ack: return "FLUSH_ACK";
-    case FrameType::block_status: return "BLOCK_STATUS";
-    case FrameType::block_status_reply: return "BLOCK_STATUS_REPLY";
-    case FrameType::access_map: return "ACCESS_MAP";
-    case FrameType::access_map_reply: return "ACCESS_MAP_REPLY";
-    case FrameType::epoch_commit: return "EPOCH_COMMIT";
-    case FrameType::epoch_committed: return "EPOCH_COMMITTED";
-    case FrameType::ping: return "PING";
-    case FrameType::pong: return "PONG";
-    case FrameType::error: return "ERROR";
+    case FrameType::hello:
+      return "HELLO";
+    case FrameType::hello_ack:
+      return "HELLO_ACK";
+    case FrameType::open_volume:
+      return "OPEN_VOLUME";
+    case FrameType::volume_info:
+      return "VOLUME_INFO";
+    case FrameType::close_volume:
+      return "CLOSE_VOLUME";
+    case FrameType::volume_closed:
+      return "VOLUME_CLOSED";
+    case FrameType::read:
+      return "READ";
+    case FrameType::read_data:
+      return "READ_DATA";
+    case FrameType::read_done:
+      return "READ_DONE";
+    case FrameType::write:
+      return "WRITE";
+    case FrameType::write_ack:
+      return "WRITE_ACK";
+    case FrameType::flush:
+      return "FLUSH";
+    case FrameType::flush_ack:
+      return "FLUSH_ACK";
+    case FrameType::block_status:
+      return "BLOCK_STATUS";
+    case FrameType::block_status_reply:
+      return "BLOCK_STATUS_REPLY";
+    case FrameType::access_map:
+      return "ACCESS_MAP";
+    case FrameType::access_map_reply:
+      return "ACCESS_MAP_REPLY";
+    case FrameType::epoch_commit:
+      return "EPOCH_COMMIT";
+    case FrameType::epoch_committed:
+      return "EPOCH_COMMITTED";
+    case FrameType::ping:
+      return "PING";
+    case FrameType::pong:
+      return "PONG";
+    case FrameType::error:
+      return "ERROR";
   }
   return "UNKNOWN";
 }

@@ -31,36 +31,37 @@ inline constexpr uint16_t kProtocolVersion = 1;  // the only version this build 
 inline constexpr uint32_t kFramePayloadBytesMax = 256 * 1024;
 inline constexpr uint32_t kFramePayloadBytesMin = 4096;  // smallest limit a peer may announce
 inline constexpr uint32_t kChunkBytesMax = kFramePayloadBytesMax;
-inline constexpr uint32_t kRequestBytesMax = 32u << 20;  // READ, WRITE request, ZERO run, BLOCK_STATUS
+inline constexpr uint32_t kRequestBytesMax = 32u
+                                             << 20;  // READ, WRITE request, ZERO run, BLOCK_STATUS
 inline constexpr size_t kVolumeNameBytesMax = 255;
 inline constexpr size_t kErrorMessageBytesMax = 256;
-inline constexpr uint16_t kVolumeIdMax = 0xFFFF;  // 0 = no volume
-inline constexpr size_t kContentHashBytes = 32;   // SHA-256
+inline constexpr uint16_t kVolumeIdMax = 0xFFFF;                           // 0 = no volume
+inline constexpr size_t kContentHashBytes = 32;                            // SHA-256
 inline constexpr size_t kAccessMapEntriesMax = kFramePayloadBytesMax / 8;  // one reply frame
 
 enum class FrameType : uint8_t {
-  hello = 0x01,               // client → server, first frame: versions, capabilities, limits
-  hello_ack = 0x02,           // server → client: the negotiated link
-  open_volume = 0x03,         // payload: volume name
-  volume_info = 0x04,         // reply: header volume_id = assigned id, payload VolumeInfo
-  close_volume = 0x05,        // the client is done with volume_id: release its lease
-  volume_closed = 0x06,       // reply: released
-  read = 0x10,                // offset, length; no payload
-  read_data = 0x11,           // one chunk of a READ's data (raw / zero / compressed / dedup)
-  read_done = 0x12,           // the READ completed successfully (after all its READ_DATA)
-  write = 0x13,               // one chunk of a write request; the last one carries kFlagFinal
-  write_ack = 0x14,           // the whole write request is applied (durable if kFlagFua)
-  flush = 0x15,               // make every acknowledged write of the volume durable
+  hello = 0x01,          // client → server, first frame: versions, capabilities, limits
+  hello_ack = 0x02,      // server → client: the negotiated link
+  open_volume = 0x03,    // payload: volume name
+  volume_info = 0x04,    // reply: header volume_id = assigned id, payload VolumeInfo
+  close_volume = 0x05,   // the client is done with volume_id: release its lease
+  volume_closed = 0x06,  // reply: released
+  read = 0x10,           // offset, length; no payload
+  read_data = 0x11,      // one chunk of a READ's data (raw / zero / compressed / dedup)
+  read_done = 0x12,      // the READ completed successfully (after all its READ_DATA)
+  write = 0x13,          // one chunk of a write request; the last one carries kFlagFinal
+  write_ack = 0x14,      // the whole write request is applied (durable if kFlagFua)
+  flush = 0x15,          // make every acknowledged write of the volume durable
   flush_ack = 0x16,
   block_status = 0x17,        // offset, length: allocation of a range
   block_status_reply = 0x18,  // payload: extents from offset
   access_map = 0x19,          // the volume's learned access map (IoOp::access_map)
   access_map_reply = 0x1A,    // payload: 0..32768 big-endian u64 chunk offsets, in first-read order
-  epoch_commit = 0x1B,        // commit the volume's open epoch (kCapEpochs); payload EpochCommitBody
-  epoch_committed = 0x1C,     // reply: the epoch is durable on the datacenter edge (redo log)
-  ping = 0x20,                // keepalive; request_id is the token PONG echoes
+  epoch_commit = 0x1B,     // commit the volume's open epoch (kCapEpochs); payload EpochCommitBody
+  epoch_committed = 0x1C,  // reply: the epoch is durable on the datacenter edge (redo log)
+  ping = 0x20,             // keepalive; request_id is the token PONG echoes
   pong = 0x21,
-  error = 0x30,               // ends request request_id (0: the connection) with a WireError
+  error = 0x30,  // ends request request_id (0: the connection) with a WireError
 };
 
 // Header flags. ZERO, COMPRESSED and DEDUP_REF are mutually exclusive data encodings.
@@ -70,7 +71,7 @@ inline constexpr uint8_t kFlagDedupRef = 0x04;    // payload = content hash the 
 inline constexpr uint8_t kFlagFinal = 0x08;       // WRITE: last frame of the request
 inline constexpr uint8_t kFlagFua = 0x10;         // WRITE: durable before WRITE_ACK
 inline constexpr uint8_t kFlagNoDedup = 0x20;     // READ: never answer with a DEDUP_REF
-inline constexpr uint8_t kFlagEpoch = 0x40;       // WRITE: part of the volume's open epoch (kCapEpochs)
+inline constexpr uint8_t kFlagEpoch = 0x40;  // WRITE: part of the volume's open epoch (kCapEpochs)
 inline constexpr uint8_t kDataEncodingFlags = kFlagZero | kFlagCompressed | kFlagDedupRef;
 
 // Scheduling class, most urgent first. Responses carry their request's class.
@@ -107,7 +108,7 @@ struct FrameHeader {
   uint64_t offset_bytes = 0;  // byte offset in the volume (data, READ, BLOCK_STATUS)
   uint32_t length_bytes = 0;  // bytes of the volume this frame covers (decoded length)
   uint32_t payload_bytes = 0;
-  uint32_t payload_crc = 0;   // CRC32C of the payload; 0 when there is none
+  uint32_t payload_crc = 0;  // CRC32C of the payload; 0 when there is none
 };
 
 // Standard CRC32C (Castagnoli, reflected, init and xorout 0xFFFFFFFF; "123456789" →
@@ -135,9 +136,9 @@ HeaderParse parse_header(std::span<const uint8_t> in, uint32_t payload_bytes_max
 
 struct FrameParse {
   ParseStatus status = ParseStatus::need_more;
-  FrameHeader header;                 // when ok or reject
-  std::span<const uint8_t> payload;   // borrowed from the input, when ok
-  size_t frame_bytes = 0;             // header + payload to consume, when ok or reject
+  FrameHeader header;                       // when ok or reject
+  std::span<const uint8_t> payload;         // borrowed from the input, when ok
+  size_t frame_bytes = 0;                   // header + payload to consume, when ok or reject
   size_t bytes_needed = kFrameHeaderBytes;  // when need_more: the whole frame needs this many
   const char* why = nullptr;
 };
@@ -179,9 +180,9 @@ inline constexpr uint32_t kVolumeCanFlush = 1u << 2;
 inline constexpr uint32_t kVolumeFlagsKnown = (1u << 3) - 1;
 struct VolumeInfo {
   uint64_t size_bytes = 0;
-  uint32_t block_bytes = 512;      // logical block size: power of two, 512 .. 64 KiB
+  uint32_t block_bytes = 512;  // logical block size: power of two, 512 .. 64 KiB
   uint32_t flags = 0;
-  uint32_t chunk_bytes = 65536;    // preferred data frame size: power of two, >= block_bytes
+  uint32_t chunk_bytes = 65536;  // preferred data frame size: power of two, >= block_bytes
 };
 void encode_volume_info(uint8_t out[kVolumeInfoBytes], const VolumeInfo& v) noexcept;
 Result<VolumeInfo> parse_volume_info(std::span<const uint8_t> payload) noexcept;
@@ -222,18 +223,18 @@ enum class WireError : uint16_t {
   io_error = 1,
   invalid_argument = 2,
   out_of_range = 3,
-  not_found = 4,          // unknown volume
-  unsupported = 5,        // unknown frame type / capability not negotiated / no common version
-  busy = 6,               // too many outstanding requests: retry later
+  not_found = 4,    // unknown volume
+  unsupported = 5,  // unknown frame type / capability not negotiated / no common version
+  busy = 6,         // too many outstanding requests: retry later
   no_space = 7,
   write_protected = 8,
-  protocol_error = 9,     // a rejected frame
+  protocol_error = 9,  // a rejected frame
   auth_failed = 10,
   timed_out = 11,
-  dedup_miss = 12,        // a DEDUP_REF the receiver cannot resolve: resend with kFlagNoDedup
+  dedup_miss = 12,  // a DEDUP_REF the receiver cannot resolve: resend with kFlagNoDedup
   shutting_down = 13,
   medium_error = 14,
-  lease_held = 15,        // OPEN_VOLUME: another cloud edge holds the volume; I/O: lease lost
+  lease_held = 15,  // OPEN_VOLUME: another cloud edge holds the volume; I/O: lease lost
 };
 WireError to_wire_error(Errc e) noexcept;
 Errc from_wire_error(uint16_t code) noexcept;  // unknown codes → Errc::io_error

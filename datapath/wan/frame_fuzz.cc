@@ -194,20 +194,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     case 3: {
       if (in.size() < 3 || in.size() - 2 > kChunkBytesMax) return 0;
-      static const Compression kChoices[] = {
-          {CompressAlgo::none, 0}, {CompressAlgo::lz4, 1},   {CompressAlgo::lz4, 9},
-          {CompressAlgo::zstd, 1}, {CompressAlgo::zstd, -3}, {CompressAlgo::igzip, 0},
-          {CompressAlgo::igzip, 1}, {CompressAlgo::igzip, 3}};
+      static const Compression kChoices[] = {{CompressAlgo::none, 0},  {CompressAlgo::lz4, 1},
+                                             {CompressAlgo::lz4, 9},   {CompressAlgo::zstd, 1},
+                                             {CompressAlgo::zstd, -3}, {CompressAlgo::igzip, 0},
+                                             {CompressAlgo::igzip, 1}, {CompressAlgo::igzip, 3}};
       const Compression c = kChoices[in[0] % 8];
       const std::span<const uint8_t> chunk = in.subspan(2);
       static auto* out = new uint8_t[kChunkBytesMax];
-      const EncodedChunk e = encoder().encode(chunk, {out, compressed_keep_bytes_max(chunk.size())}, c);
+      const EncodedChunk e =
+          encoder().encode(chunk, {out, compressed_keep_bytes_max(chunk.size())}, c);
       switch (e.kind) {
         case ChunkKind::zero:
           if (!is_zero(chunk)) __builtin_trap();
           break;
         case ChunkKind::raw:
-          if (e.payload.data() != chunk.data() || e.payload.size() != chunk.size()) __builtin_trap();
+          if (e.payload.data() != chunk.data() || e.payload.size() != chunk.size())
+            __builtin_trap();
           break;
         case ChunkKind::compressed: {
           if (e.payload.size() > compressed_keep_bytes_max(chunk.size())) __builtin_trap();

@@ -374,7 +374,8 @@ TEST(WanFrame, TruncatedInputIsNeedMore) {
   EXPECT_EQ(parse(f).status, ParseStatus::ok);
   EXPECT_EQ(parse_header(std::span<const uint8_t>(f.data(), 39), kFramePayloadBytesMax).status,
             ParseStatus::need_more);
-  const HeaderParse hp = parse_header(std::span<const uint8_t>(f.data(), 40), kFramePayloadBytesMax);
+  const HeaderParse hp =
+      parse_header(std::span<const uint8_t>(f.data(), 40), kFramePayloadBytesMax);
   ASSERT_EQ(hp.status, ParseStatus::ok);
   EXPECT_EQ(hp.header.payload_bytes, 3000u);
 }
@@ -498,8 +499,8 @@ TEST(WanFrame, EveryRuleBreakIsRejectAndTheStreamStaysInSync) {
     EXPECT_EQ(p.header.request_id, c.frame.size() >= 16 ? load_be64(c.frame.data() + 8) : 0)
         << c.name;
     // Skipping the rejected frame lands on the next one.
-    const FrameParse q = parse_frame(std::span<const uint8_t>(stream).subspan(p.frame_bytes),
-                                     kFramePayloadBytesMax);
+    const FrameParse q =
+        parse_frame(std::span<const uint8_t>(stream).subspan(p.frame_bytes), kFramePayloadBytesMax);
     EXPECT_EQ(q.status, ParseStatus::ok) << c.name;
     EXPECT_EQ(q.header.request_id, 4242u) << c.name;
   }
@@ -532,8 +533,8 @@ TEST(WanFrame, StreamOfInterleavedFramesParsesInOrder) {
 TEST(WanFrame, LimitsAtTheBoundary) {
   // A raw chunk of exactly the hard limit is fine; a compressed one may describe up to
   // kChunkBytesMax of data.
-  FrameParse p = parse(frame(data_header(FrameType::write, kFramePayloadBytesMax),
-                             Bytes(kFramePayloadBytesMax, 1)));
+  FrameParse p = parse(
+      frame(data_header(FrameType::write, kFramePayloadBytesMax), Bytes(kFramePayloadBytesMax, 1)));
   EXPECT_EQ(p.status, ParseStatus::ok) << p.why;
   FrameHeader h = data_header(FrameType::write, kChunkBytesMax, kFlagCompressed);
   h.algo = CompressAlgo::lz4;
@@ -578,19 +579,30 @@ TEST(WanFrame, EpochCommitRoundTripsAndBadBodiesReject) {
   EXPECT_EQ(b.value().data_bytes, 3u * 4096);
   // Epoch id 0 means "no epoch": refused; so are a short body and a commit without a volume.
   encode_epoch_commit(body, {1, 0, 0});
-  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 3, 9, 0, 0, Bytes(body, body + sizeof body)), kFramePayloadBytesMax).status,
+  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 3, 9, 0, 0, Bytes(body, body + sizeof body)),
+                        kFramePayloadBytesMax)
+                .status,
             ParseStatus::reject);
-  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 3, 9, 0, 0, Bytes(body, body + 16)), kFramePayloadBytesMax).status,
+  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 3, 9, 0, 0, Bytes(body, body + 16)),
+                        kFramePayloadBytesMax)
+                .status,
             ParseStatus::reject);
-  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 0, 9, 0, 0, Bytes(body, body + sizeof body)), kFramePayloadBytesMax).status,
+  EXPECT_EQ(parse_frame(raw_frame(0x1B, 0, 1, 0, 0, 9, 0, 0, Bytes(body, body + sizeof body)),
+                        kFramePayloadBytesMax)
+                .status,
             ParseStatus::reject);
-  EXPECT_EQ(parse_frame(raw_frame(0x1C, 0, 1, 0, 3, 9, 0, 0, {}), kFramePayloadBytesMax).status, ParseStatus::ok);
+  EXPECT_EQ(parse_frame(raw_frame(0x1C, 0, 1, 0, 3, 9, 0, 0, {}), kFramePayloadBytesMax).status,
+            ParseStatus::ok);
   // The EPOCH flag is valid on WRITE frames only.
   const Bytes p4k(4096, 7);
-  EXPECT_EQ(parse_frame(raw_frame(0x13, kFlagEpoch | kFlagFinal, 1, 0, 1, 1, 0, 4096, p4k), kFramePayloadBytesMax).status,
+  EXPECT_EQ(parse_frame(raw_frame(0x13, kFlagEpoch | kFlagFinal, 1, 0, 1, 1, 0, 4096, p4k),
+                        kFramePayloadBytesMax)
+                .status,
             ParseStatus::ok);
-  EXPECT_EQ(parse_frame(raw_frame(0x11, kFlagEpoch, 0, 0, 1, 1, 0, 4096, p4k), kFramePayloadBytesMax).status,
-            ParseStatus::reject);
+  EXPECT_EQ(
+      parse_frame(raw_frame(0x11, kFlagEpoch, 0, 0, 1, 1, 0, 4096, p4k), kFramePayloadBytesMax)
+          .status,
+      ParseStatus::reject);
 }
 
 }  // namespace

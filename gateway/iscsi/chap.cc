@@ -74,7 +74,8 @@ std::optional<std::vector<uint8_t>> decode_binary_value(std::string_view text) {
           if (v[k] < 0) return std::nullopt;
         }
       }
-      uint32_t w = uint32_t(v[0]) << 18 | uint32_t(v[1]) << 12 | uint32_t(v[2]) << 6 | uint32_t(v[3]);
+      uint32_t w =
+          uint32_t(v[0]) << 18 | uint32_t(v[1]) << 12 | uint32_t(v[2]) << 6 | uint32_t(v[3]);
       out.push_back(uint8_t(w >> 16));
       if (pads < 2) out.push_back(uint8_t(w >> 8));
       if (pads < 1) out.push_back(uint8_t(w));

@@ -133,7 +133,7 @@ TEST(ChapDecode, Base64UpToLimitAcceptedOneByteMoreRejected) {
   ASSERT_TRUE(v);
   EXPECT_EQ(v->size(), kChapBinaryMax);
   EXPECT_FALSE(decode_binary_value("0b" + std::string(341 * 4, 'A') + "AAA="));  // 1025
-  EXPECT_FALSE(decode_binary_value("0b" + std::string(342 * 4, 'A')));          // 1026
+  EXPECT_FALSE(decode_binary_value("0b" + std::string(342 * 4, 'A')));           // 1026
   EXPECT_FALSE(decode_binary_value("0b" + std::string(400 * 4, 'A')));
 }
 

@@ -41,11 +41,11 @@ struct TxPdu {
   uint32_t data_bytes = 0;
   uint8_t trailer[8];  // padding + data digest
   uint32_t trailer_bytes = 0;
-  bool advances_stat_sn = false;  // response PDU: takes the next StatSN
-  bool carries_sn = true;         // StatSN/ExpCmdSN/MaxCmdSN fields present
-  IscsiTask* task_done = nullptr; // task to free once this PDU is on the wire
-  uint8_t inline_data[64];        // small payloads (sense data)
-  Buffer owned;                   // larger payloads this PDU owns (NOP-In echo, text)
+  bool advances_stat_sn = false;   // response PDU: takes the next StatSN
+  bool carries_sn = true;          // StatSN/ExpCmdSN/MaxCmdSN fields present
+  IscsiTask* task_done = nullptr;  // task to free once this PDU is on the wire
+  uint8_t inline_data[64];         // small payloads (sense data)
+  Buffer owned;                    // larger payloads this PDU owns (NOP-In echo, text)
 };
 
 // A SCSI command as the iSCSI layer tracks it.
@@ -56,18 +56,18 @@ struct IscsiTask {
   uint32_t cmd_sn = 0;
   uint32_t ttt = kReservedTag;
   uint32_t edtl = 0;
-  uint32_t received_bytes = 0;     // data-out received so far (in order)
-  uint32_t unsolicited_end = 0;    // bytes the initiator may send without R2T
-  bool unsolicited_done = true;    // the unsolicited sequence has ended (F bit seen)
-  uint32_t next_r2t_offset = 0;    // next byte to solicit
+  uint32_t received_bytes = 0;   // data-out received so far (in order)
+  uint32_t unsolicited_end = 0;  // bytes the initiator may send without R2T
+  bool unsolicited_done = true;  // the unsolicited sequence has ended (F bit seen)
+  uint32_t next_r2t_offset = 0;  // next byte to solicit
   uint32_t r2t_outstanding = 0;
   uint32_t r2t_sn = 0;
-  uint32_t data_sn = 0;            // next DataSN for Data-In
-  uint32_t data_out_sn = 0;        // next DataSN expected in the current Data-Out sequence
-  bool executing = false;          // inside the SCSI layer
-  bool aborted = false;            // response must not be sent
-  bool discard_data = false;       // no buffer: swallow data-out, answer BUSY
-  bool data_error = false;         // Data-Out sequence error: fail with DATA PHASE ERROR
+  uint32_t data_sn = 0;       // next DataSN for Data-In
+  uint32_t data_out_sn = 0;   // next DataSN expected in the current Data-Out sequence
+  bool executing = false;     // inside the SCSI layer
+  bool aborted = false;       // response must not be sent
+  bool discard_data = false;  // no buffer: swallow data-out, answer BUSY
+  bool data_error = false;    // Data-Out sequence error: fail with DATA PHASE ERROR
 };
 
 Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) noexcept
@@ -76,7 +76,8 @@ Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) no
       fd_(fd),
       id_(id),
       queue_depth_max_(server.options().queue_depth_max),
-      tx_batch_pdus_max_(std::clamp<size_t>(server.options().tx_batch_pdus_max, 1, kTxBatchPdusMax)) {
+      tx_batch_pdus_max_(
+          std::clamp<size_t>(server.options().tx_batch_pdus_max, 1, kTxBatchPdusMax)) {
   recv_op_.c = this;
   send_op_.c = this;
   sockaddr_in6 addr{};
@@ -131,8 +132,10 @@ void Connection::close(const char* why) noexcept {
   // frees task_done: freeing them here too put them twice on free_tasks_, a double delete).
   std::vector<IscsiTask*> keep;
   for (IscsiTask* t : active_) {
-    if (t->executing || response_queued(t)) keep.push_back(t);
-    else free_task(t);
+    if (t->executing || response_queued(t))
+      keep.push_back(t);
+    else
+      free_task(t);
   }
   active_.swap(keep);
   if (tsih_ != 0) {
@@ -207,7 +210,8 @@ void Connection::on_recv(int32_t res, uint32_t) noexcept {
   if (phase_ == Phase::closing) return maybe_free();
   if (res == -EINTR || res == -EAGAIN) return post_recv();
   if (res <= 0) {
-    if (phase_ == Phase::logout_sent || res == 0) return close(res == 0 ? nullptr : "receive error");
+    if (phase_ == Phase::logout_sent || res == 0)
+      return close(res == 0 ? nullptr : "receive error");
     return close("receive error");
   }
   rx_len_ += size_t(res);
@@ -279,7 +283,8 @@ bool Connection::process_rx() noexcept {
   return true;
 }
 
-bool Connection::handle_pdu(const Bhs& h, std::span<const uint8_t> pdu, const PduFrame& f) noexcept {
+bool Connection::handle_pdu(const Bhs& h, std::span<const uint8_t> pdu,
+                            const PduFrame& f) noexcept {
   std::span<const uint8_t> data = pdu.subspan(f.data_offset, f.data_bytes);
   if (phase_ == Phase::login) {
     if (h.opcode() != Opcode::login_request) {
@@ -540,8 +545,8 @@ bool Connection::handle_scsi_command(const Bhs& h, std::span<const uint8_t> data
   if (!data.empty() && !t->discard_data) std::memcpy(t->scsi.data.data(), data.data(), data.size());
   t->received_bytes = uint32_t(data.size());
   const bool more_unsolicited = !h.final_bit() && !params_.initial_r2t;
-  t->unsolicited_end = params_.initial_r2t ? t->received_bytes
-                                           : std::min(params_.first_burst_length, edtl);
+  t->unsolicited_end =
+      params_.initial_r2t ? t->received_bytes : std::min(params_.first_burst_length, edtl);
   t->unsolicited_done = !more_unsolicited;
   if (t->unsolicited_done) t->unsolicited_end = t->received_bytes;
   t->next_r2t_offset = t->unsolicited_end;
@@ -591,7 +596,8 @@ bool Connection::handle_data_out(const Bhs& h, std::span<const uint8_t> data) no
     close("Data-Out offset/length outside the expected transfer");
     return false;
   }
-  if (h.ttt() == kReservedTag && (t->unsolicited_done || offset + data.size() > t->unsolicited_end)) {
+  if (h.ttt() == kReservedTag &&
+      (t->unsolicited_done || offset + data.size() > t->unsolicited_end)) {
     send_reject(h, RejectReason::protocol_error);
     close("unsolicited Data-Out beyond FirstBurstLength");
     return false;
@@ -697,8 +703,8 @@ void Connection::complete_task(IscsiTask* t) noexcept {
   const uint32_t in_bytes = s.data_in ? std::min(s.command_transfer_bytes, t->edtl) : 0;
 
   if (in_bytes > 0 && s.status == scsi::Status::good) {
-    const uint32_t seg_max = std::min(params_.initiator_max_recv_data_segment_length,
-                                      params_.max_burst_length);
+    const uint32_t seg_max =
+        std::min(params_.initiator_max_recv_data_segment_length, params_.max_burst_length);
     uint32_t off = 0;
     while (off < in_bytes) {
       const uint32_t len = std::min(seg_max, in_bytes - off);
@@ -708,7 +714,7 @@ void Connection::complete_task(IscsiTask* t) noexcept {
       p->bhs.set_opcode(Opcode::data_in);
       uint8_t flags = 0;
       if (last || (off + len) % params_.max_burst_length == 0) flags |= 0x80;  // F
-      if (last && good) flags |= 0x01 | residual_flags;                       // S + U/O
+      if (last && good) flags |= 0x01 | residual_flags;                        // S + U/O
       p->bhs.b[1] = flags;
       p->bhs.b[3] = last && good ? uint8_t(s.status) : 0;
       p->bhs.set_lun((flags & 0x01) ? 0 : s.lun_raw);
@@ -773,7 +779,8 @@ bool Connection::handle_nop_out(const Bhs& h, std::span<const uint8_t> data) noe
   p->bhs.set_itt(h.itt());
   p->bhs.set_ttt(kReservedTag);
   if (!data.empty()) {
-    const size_t len = std::min<size_t>(data.size(), params_.initiator_max_recv_data_segment_length);
+    const size_t len =
+        std::min<size_t>(data.size(), params_.initiator_max_recv_data_segment_length);
     p->owned = reactor_.pool().allocate(len);
     if (p->owned) {
       std::memcpy(p->owned.data(), data.data(), len);
@@ -851,22 +858,22 @@ bool Connection::handle_task_mgmt(const Bhs& h) noexcept {
       }
       break;
     }
-    case 2:    // ABORT TASK SET
-    case 4:    // CLEAR TASK SET
-    case 5:    // LOGICAL UNIT RESET
+    case 2:  // ABORT TASK SET
+    case 4:  // CLEAR TASK SET
+    case 5:  // LOGICAL UNIT RESET
       for (IscsiTask* a : active_)
         if (!a->aborted && a->scsi.lun_raw == h.lun() && a->itt != h.itt()) victims.push_back(a);
       if (target_->find(h.lun()) == nullptr) response = 2;  // LUN does not exist
       break;
-    case 6:    // TARGET WARM RESET
-    case 7:    // TARGET COLD RESET
+    case 6:  // TARGET WARM RESET
+    case 7:  // TARGET COLD RESET
       for (IscsiTask* a : active_)
         if (!a->aborted) victims.push_back(a);
       break;
-    case 3:    // CLEAR ACA: ACA is not supported (NACA=0 only)
+    case 3:  // CLEAR ACA: ACA is not supported (NACA=0 only)
       response = 5;
       break;
-    case 8:    // TASK REASSIGN: needs ErrorRecoveryLevel 2
+    case 8:  // TASK REASSIGN: needs ErrorRecoveryLevel 2
       response = 4;
       break;
     default:
@@ -1027,7 +1034,11 @@ void Connection::queue_pdu(TxPdu* p) noexcept {
     tx_tail_->next = p;
     tx_tail_ = p;
   }
-  if (!send_in_flight_) reactor_.defer([this, id = id_] { (void)id; flush_tx(); });
+  if (!send_in_flight_)
+    reactor_.defer([this, id = id_] {
+      (void)id;
+      flush_tx();
+    });
   send_in_flight_ = true;  // a flush is scheduled or running
 }
 
@@ -1068,7 +1079,8 @@ void Connection::on_sent(int32_t res, uint32_t) noexcept {
     for (TxPdu* p : tx_batch_) release_pdu(p);
     tx_batch_.clear();
     send_in_flight_ = false;
-    if (phase_ != Phase::closing) close(res == -EPIPE || res == -ECONNRESET ? nullptr : "send error");
+    if (phase_ != Phase::closing)
+      close(res == -EPIPE || res == -ECONNRESET ? nullptr : "send error");
     return maybe_free();
   }
   // Advance over what was sent; resubmit the remainder on a short send.

@@ -67,9 +67,7 @@ const KeyValue* find_key(const std::vector<KeyValue>& pairs, std::string_view ke
   return nullptr;
 }
 
-bool is_security_key(std::string_view k) {
-  return k == "AuthMethod" || k.starts_with("CHAP_");
-}
+bool is_security_key(std::string_view k) { return k == "AuthMethod" || k.starts_with("CHAP_"); }
 
 // Keys irrelevant to a discovery session (RFC 7143 §13: "Irrelevant when SessionType=Discovery").
 bool irrelevant_for_discovery(std::string_view k) {
@@ -109,7 +107,8 @@ LoginStatus LoginNegotiator::first_request(const std::vector<KeyValue>& pairs, c
     return LoginStatus::missing_parameter;
   }
   params_.initiator_name = initiator->value;
-  if (const KeyValue* alias = find_key(pairs, "InitiatorAlias")) params_.initiator_alias = alias->value;
+  if (const KeyValue* alias = find_key(pairs, "InitiatorAlias"))
+    params_.initiator_alias = alias->value;
   const KeyValue* type = find_key(pairs, "SessionType");
   if (type == nullptr || type->value == "Normal") {
     params_.session_type = SessionType::normal;
@@ -223,10 +222,10 @@ LoginStatus LoginNegotiator::security_key(const KeyValue& kv, const std::vector<
     }
     auto response = decode_binary_value(r->value);
     const auto expected = chap_md5_response(challenge_id_, chap_secret_, challenge_);
-    const bool user_ok = kv.value.size() == chap_user_.size() &&
-                         bytes_equal(reinterpret_cast<const uint8_t*>(kv.value.data()),
-                                     reinterpret_cast<const uint8_t*>(chap_user_.data()),
-                                     chap_user_.size());
+    const bool user_ok =
+        kv.value.size() == chap_user_.size() &&
+        bytes_equal(reinterpret_cast<const uint8_t*>(kv.value.data()),
+                    reinterpret_cast<const uint8_t*>(chap_user_.data()), chap_user_.size());
     if (!response || response->size() != expected.size() || !user_ok ||
         !bytes_equal(response->data(), expected.data(), expected.size())) {
       if (backoff_ != nullptr) backoff_->record_failure(source_);
@@ -298,8 +297,10 @@ void LoginNegotiator::operational_key(const KeyValue& kv, std::string& out) {
     append_pair(out, k, pick);
   } else if (k == "MaxRecvDataSegmentLength") {
     // Declarative: the most the initiator accepts per PDU from us.
-    if (auto n = number_in(512, (1u << 24) - 1)) p.initiator_max_recv_data_segment_length = *n;
-    else append_pair(out, k, "Reject");
+    if (auto n = number_in(512, (1u << 24) - 1))
+      p.initiator_max_recv_data_segment_length = *n;
+    else
+      append_pair(out, k, "Reject");
   } else if (k == "MaxBurstLength") {
     if (auto n = number_in(512, (1u << 24) - 1)) {
       p.max_burst_length = std::min(*n, portal_.max_burst_length_max);
@@ -342,8 +343,10 @@ void LoginNegotiator::operational_key(const KeyValue& kv, std::string& out) {
     }
   } else if (k == "DataPDUInOrder" || k == "DataSequenceInOrder") {
     // Result is OR and we answer Yes: data arrives in order.
-    if (parse_bool(v)) append_pair(out, k, "Yes");
-    else append_pair(out, k, "Reject");
+    if (parse_bool(v))
+      append_pair(out, k, "Yes");
+    else
+      append_pair(out, k, "Reject");
   } else if (k == "DefaultTime2Wait") {
     if (auto n = number_in(0, 3600)) {
       p.default_time2wait = std::max<uint32_t>(*n, 2);
@@ -359,19 +362,27 @@ void LoginNegotiator::operational_key(const KeyValue& kv, std::string& out) {
       append_pair(out, k, "Reject");
     }
   } else if (k == "ErrorRecoveryLevel") {
-    if (number_in(0, 2)) append_pair(out, k, "0");
-    else append_pair(out, k, "Reject");
+    if (number_in(0, 2))
+      append_pair(out, k, "0");
+    else
+      append_pair(out, k, "Reject");
   } else if (k == "MaxConnections") {
-    if (number_in(1, 65535)) append_pair(out, k, "1");
-    else append_pair(out, k, "Reject");
+    if (number_in(1, 65535))
+      append_pair(out, k, "1");
+    else
+      append_pair(out, k, "Reject");
   } else if (k == "IFMarker" || k == "OFMarker") {
-    if (parse_bool(v)) append_pair(out, k, "No");
-    else append_pair(out, k, "Reject");
+    if (parse_bool(v))
+      append_pair(out, k, "No");
+    else
+      append_pair(out, k, "Reject");
   } else if (k == "IFMarkInt" || k == "OFMarkInt") {
     append_pair(out, k, "Irrelevant");
   } else if (k == "iSCSIProtocolLevel") {
-    if (auto n = number_in(0, 31)) append_pair(out, k, *n >= 1 ? "1" : "0");
-    else append_pair(out, k, "Reject");
+    if (auto n = number_in(0, 31))
+      append_pair(out, k, *n >= 1 ? "1" : "0");
+    else
+      append_pair(out, k, "Reject");
   } else if (k == "TaskReporting") {
     append_pair(out, k, "RFC3720");
   } else {
@@ -384,13 +395,15 @@ void LoginNegotiator::declare_target_keys(std::string& out) {
   if (declared_) return;
   declared_ = true;
   params_.target_max_recv_data_segment_length = portal_.max_recv_data_segment_length;
-  append_pair(out, "MaxRecvDataSegmentLength", std::to_string(portal_.max_recv_data_segment_length));
+  append_pair(out, "MaxRecvDataSegmentLength",
+              std::to_string(portal_.max_recv_data_segment_length));
 }
 
 LoginStep LoginNegotiator::on_request(const Bhs& h, std::span<const uint8_t> data,
                                       LoginReply& reply) {
   if (failure_reason_ != nullptr) return fail(failure_status_, failure_reason_, h, reply);
-  if (++pdus_ > kLoginPdusMax) return fail(LoginStatus::initiator_error, "too many login PDUs", h, reply);
+  if (++pdus_ > kLoginPdusMax)
+    return fail(LoginStatus::initiator_error, "too many login PDUs", h, reply);
 
   const uint8_t flags = h.flags();
   const bool transit = (flags & kTransit) != 0;
@@ -399,7 +412,8 @@ LoginStep LoginNegotiator::on_request(const Bhs& h, std::span<const uint8_t> dat
   const uint8_t nsg = flags & 3;
 
   if (first_) {
-    if (h.b[3] > 0) return fail(LoginStatus::unsupported_version, "unsupported iSCSI version", h, reply);
+    if (h.b[3] > 0)
+      return fail(LoginStatus::unsupported_version, "unsupported iSCSI version", h, reply);
     if (load_be16(h.b + 14) != 0)
       return fail(LoginStatus::session_does_not_exist,
                   "TSIH set: adding connections to a session is not supported (MaxConnections=1)",
@@ -411,7 +425,8 @@ LoginStep LoginNegotiator::on_request(const Bhs& h, std::span<const uint8_t> dat
   }
   if (csg != stage_ || csg == 2 || csg == kStageFullFeature)
     return fail(LoginStatus::initiator_error, "login request in the wrong stage", h, reply);
-  if (transit && cont) return fail(LoginStatus::initiator_error, "login request with both T and C", h, reply);
+  if (transit && cont)
+    return fail(LoginStatus::initiator_error, "login request with both T and C", h, reply);
   if (transit && (nsg <= csg || nsg == 2))
     return fail(LoginStatus::initiator_error, "invalid next stage", h, reply);
 
@@ -434,10 +449,10 @@ LoginStep LoginNegotiator::on_request(const Bhs& h, std::span<const uint8_t> dat
   const TextParse parsed = parse_text_pairs(pending_text_, pairs);
   pending_text_.clear();
   if (parsed != TextParse::ok)
-    return fail(LoginStatus::initiator_error,
-                parsed == TextParse::duplicate_key ? "duplicate key in login text"
-                                                   : "malformed login text",
-                h, reply);
+    return fail(
+        LoginStatus::initiator_error,
+        parsed == TextParse::duplicate_key ? "duplicate key in login text" : "malformed login text",
+        h, reply);
 
   const char* why = nullptr;
   if (first_) {

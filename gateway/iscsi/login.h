@@ -93,12 +93,19 @@ class LoginNegotiator {
   LoginStatus failure_status() const noexcept { return failure_status_; }
 
  private:
-  enum class Auth : uint8_t { undecided, not_required, want_method, want_chap_a, want_response, done };
+  enum class Auth : uint8_t {
+    undecided,
+    not_required,
+    want_method,
+    want_chap_a,
+    want_response,
+    done
+  };
 
   LoginStep fail(LoginStatus status, const char* why, const Bhs& request, LoginReply& reply);
   LoginStatus first_request(const std::vector<KeyValue>& pairs, const char*& why);
-  LoginStatus security_key(const KeyValue& kv, const std::vector<KeyValue>& pairs,
-                           std::string& out, const char*& why);
+  LoginStatus security_key(const KeyValue& kv, const std::vector<KeyValue>& pairs, std::string& out,
+                           const char*& why);
   void operational_key(const KeyValue& kv, std::string& out);
   void declare_target_keys(std::string& out);
   bool backed_off() noexcept;
@@ -118,7 +125,7 @@ class LoginNegotiator {
   uint8_t isid_[6] = {};
   std::vector<uint8_t> pending_text_;  // request text split over PDUs with C=1
   unsigned pdus_ = 0;
-  bool declared_ = false;               // MaxRecvDataSegmentLength etc. sent
+  bool declared_ = false;  // MaxRecvDataSegmentLength etc. sent
   bool tpgt_sent_ = false;
   const char* failure_reason_ = nullptr;
   LoginStatus failure_status_ = LoginStatus::success;

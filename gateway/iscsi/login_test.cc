@@ -116,12 +116,14 @@ class LoginTest : public ::testing::Test {
     return login_.on_request(h, {reinterpret_cast<const uint8_t*>(data.data()), data.size()},
                              reply_);
   }
-  LoginStep send(uint8_t flags, const std::string& data) { return send(login_bhs(flags, ++itt_), data); }
+  LoginStep send(uint8_t flags, const std::string& data) {
+    return send(login_bhs(flags, ++itt_), data);
+  }
 
   // The first request of a normal session to `iqn`, followed by `more`.
   std::string first_text(std::string_view iqn, std::initializer_list<std::string_view> more = {}) {
-    std::string t = text({pair("InitiatorName", kInitiator), pair("TargetName", iqn),
-                          "SessionType=Normal"});
+    std::string t =
+        text({pair("InitiatorName", kInitiator), pair("TargetName", iqn), "SessionType=Normal"});
     return t + text(more);
   }
 
@@ -174,8 +176,9 @@ class LoginTest : public ::testing::Test {
 // ---- normal login ----
 
 TEST_F(LoginTest, NormalSessionStraightToFullFeatureCompletes) {
-  ASSERT_EQ(send(login_bhs(kT | stages(kOperational, kFullFeature), 0xabcd1234), first_text(kOpenIqn)),
-            LoginStep::login_complete);
+  ASSERT_EQ(
+      send(login_bhs(kT | stages(kOperational, kFullFeature), 0xabcd1234), first_text(kOpenIqn)),
+      LoginStep::login_complete);
   EXPECT_EQ(reply_.bhs.opcode(), Opcode::login_response);
   EXPECT_EQ(reply_.bhs.flags(), kT | stages(kOperational, kFullFeature));
   EXPECT_EQ(std::memcmp(reply_.bhs.b + 8, kIsid, 6), 0);
@@ -366,9 +369,9 @@ TEST_F(LoginTest, DiscoverySessionAnswersIrrelevantForSessionOnlyKeys) {
                        "DataSequenceInOrder=Yes", "MaxConnections=1", "HeaderDigest=CRC32C"})),
             LoginStep::login_complete)
       << login_.failure_reason();
-  for (const char* k : {"MaxBurstLength", "FirstBurstLength", "InitialR2T", "ImmediateData",
-                        "MaxOutstandingR2T", "DataPDUInOrder", "DataSequenceInOrder",
-                        "MaxConnections"})
+  for (const char* k :
+       {"MaxBurstLength", "FirstBurstLength", "InitialR2T", "ImmediateData", "MaxOutstandingR2T",
+        "DataPDUInOrder", "DataSequenceInOrder", "MaxConnections"})
     EXPECT_EQ(reply_value(k), "Irrelevant") << k;
   EXPECT_EQ(reply_value("HeaderDigest"), "CRC32C");
   EXPECT_EQ(reply_value("TargetPortalGroupTag"), "<absent>");
@@ -392,8 +395,9 @@ TEST_F(LoginTest, MissingInitiatorNameFailsWithMissingParameter) {
 }
 
 TEST_F(LoginTest, MissingTargetNameInNormalSessionFailsWithMissingParameter) {
-  EXPECT_EQ(send(kT | stages(kOperational, kFullFeature), text({pair("InitiatorName", kInitiator)})),
-            LoginStep::failed);
+  EXPECT_EQ(
+      send(kT | stages(kOperational, kFullFeature), text({pair("InitiatorName", kInitiator)})),
+      LoginStep::failed);
   EXPECT_EQ(status(), 0x0207);
 }
 
@@ -408,8 +412,7 @@ TEST_F(LoginTest, InitiatorOutsideTheAclFailsWithAuthorizationFailure) {
   // The negotiator reads the portal (by reference) at the first request.
   for (auto& t : portal_.targets)
     if (t.iqn == kOpenIqn) t.allowed_initiators = {"iqn.2026-12.io.ferry.test:someone-else"};
-  EXPECT_EQ(send(kT | stages(kOperational, kFullFeature), first_text(kOpenIqn)),
-            LoginStep::failed);
+  EXPECT_EQ(send(kT | stages(kOperational, kFullFeature), first_text(kOpenIqn)), LoginStep::failed);
   EXPECT_EQ(status(), 0x0202);
 }
 
@@ -506,8 +509,9 @@ TEST_F(LoginTest, FailureIsStickyForLaterRequests) {
 }
 
 TEST_F(LoginTest, SecurityKeyInOperationalStageFails) {
-  EXPECT_EQ(send(kT | stages(kOperational, kFullFeature), first_text(kOpenIqn, {"AuthMethod=None"})),
-            LoginStep::failed);
+  EXPECT_EQ(
+      send(kT | stages(kOperational, kFullFeature), first_text(kOpenIqn, {"AuthMethod=None"})),
+      LoginStep::failed);
   EXPECT_EQ(status(), 0x020b);
 }
 
@@ -531,7 +535,8 @@ TEST_F(LoginTest, LoginTextOverLimitFails) {
 // ---- continued text ----
 
 TEST_F(LoginTest, ContinuedTextOverTwoPdusAnsweredAfterTheLast) {
-  const std::string all = first_text(kOpenIqn, {"HeaderDigest=CRC32C,None", "MaxBurstLength=65536"});
+  const std::string all =
+      first_text(kOpenIqn, {"HeaderDigest=CRC32C,None", "MaxBurstLength=65536"});
   const size_t split = all.find("TargetName") + 4;  // split inside a key
   ASSERT_EQ(send(kC | stages(kOperational, 0), all.substr(0, split)), LoginStep::continue_login);
   EXPECT_EQ(reply_.data_length, 0u);
@@ -553,9 +558,10 @@ TEST_F(LoginTest, ChapExchangeSucceeds) {
   uint8_t id = 0;
   std::vector<uint8_t> c;
   ASSERT_NO_FATAL_FAILURE(chap_until_challenge(kChapIqn, id, c));
-  ASSERT_EQ(send(kT | stages(kSecurity, kOperational),
-                 text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, kChapSecret, c))})),
-            LoginStep::continue_login)
+  ASSERT_EQ(
+      send(kT | stages(kSecurity, kOperational),
+           text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, kChapSecret, c))})),
+      LoginStep::continue_login)
       << login_.failure_reason();
   EXPECT_EQ(reply_.bhs.flags(), kT | stages(kSecurity, kOperational));
   EXPECT_EQ(reply_value("MaxRecvDataSegmentLength"), "65536");
@@ -573,7 +579,8 @@ TEST_F(LoginTest, ChapResponseInBase64Accepted) {
   unsigned char b64[32] = {};
   const int n = EVP_EncodeBlock(b64, md.data(), int(md.size()));
   const std::string r = "0b" + std::string(reinterpret_cast<char*>(b64), size_t(n));
-  EXPECT_EQ(send(kT | stages(kSecurity, kOperational), text({pair("CHAP_N", kChapUser), pair("CHAP_R", r)})),
+  EXPECT_EQ(send(kT | stages(kSecurity, kOperational),
+                 text({pair("CHAP_N", kChapUser), pair("CHAP_R", r)})),
             LoginStep::continue_login)
       << login_.failure_reason();
   EXPECT_EQ(reply_.bhs.flags() & kT, kT);
@@ -583,9 +590,10 @@ TEST_F(LoginTest, ChapWrongSecretFailsWithAuthenticationFailure) {
   uint8_t id = 0;
   std::vector<uint8_t> c;
   ASSERT_NO_FATAL_FAILURE(chap_until_challenge(kChapIqn, id, c));
-  EXPECT_EQ(send(kT | stages(kSecurity, kOperational),
-                 text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, "wrong-secret", c))})),
-            LoginStep::failed);
+  EXPECT_EQ(
+      send(kT | stages(kSecurity, kOperational),
+           text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, "wrong-secret", c))})),
+      LoginStep::failed);
   EXPECT_EQ(status(), 0x0201);
 }
 
@@ -675,7 +683,8 @@ TEST_F(LoginTest, MutualChapAnswersWithMutualSecret) {
   const uint8_t our_id = 0x5a;
   ASSERT_EQ(send(kT | stages(kSecurity, kOperational),
                  text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, kChapSecret, c)),
-                       pair("CHAP_I", std::to_string(our_id)), pair("CHAP_C", hex(ours.data(), ours.size()))})),
+                       pair("CHAP_I", std::to_string(our_id)),
+                       pair("CHAP_C", hex(ours.data(), ours.size()))})),
             LoginStep::continue_login)
       << login_.failure_reason();
   EXPECT_EQ(reply_.bhs.flags(), kT | stages(kSecurity, kOperational));
@@ -688,10 +697,11 @@ TEST_F(LoginTest, MutualChapReflectedChallengeRefused) {
   uint8_t id = 0;
   std::vector<uint8_t> c;
   ASSERT_NO_FATAL_FAILURE(chap_until_challenge(kMutualIqn, id, c));
-  EXPECT_EQ(send(kT | stages(kSecurity, kOperational),
-                 text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, kChapSecret, c)),
-                       pair("CHAP_I", std::to_string(id)), pair("CHAP_C", hex(c.data(), c.size()))})),
-            LoginStep::failed);
+  EXPECT_EQ(
+      send(kT | stages(kSecurity, kOperational),
+           text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, kChapSecret, c)),
+                 pair("CHAP_I", std::to_string(id)), pair("CHAP_C", hex(c.data(), c.size()))})),
+      LoginStep::failed);
   EXPECT_EQ(status(), 0x0201);
   EXPECT_EQ(reply_.data_length, 0u) << "no CHAP_R may leak for a reflected challenge";
 }
@@ -760,7 +770,8 @@ uint16_t chap_login(const PortalConfig& portal, AuthBackoff& backoff, const std:
   std::map<std::string, std::string> m;
   for (auto& p : kv) m[p.key] = p.value;
   const uint8_t id = uint8_t(std::stoi(m["CHAP_I"]));
-  if (send(text({pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(id, secret, unhex(m["CHAP_C"])))})) ==
+  if (send(text({pair("CHAP_N", kChapUser),
+                 pair("CHAP_R", chap_response(id, secret, unhex(m["CHAP_C"])))})) ==
       LoginStep::failed)
     return refused();
   return 0;
@@ -815,9 +826,9 @@ TEST(LoginBackoff, ParallelLoginChallengedBeforeTheBackOffIsRefusedAtItsResponse
   EXPECT_EQ(chap_login(portal, backoff, "192.0.2.20", "guess-1"), 0x0201);
   EXPECT_EQ(chap_login(portal, backoff, "192.0.2.20", "guess-2"), 0x0201);
   // ... and the early connection's answer is not checked while the back-off lasts.
-  const std::string answer =
-      text({pair("CHAP_N", kChapUser),
-            pair("CHAP_R", chap_response(uint8_t(std::stoi(m["CHAP_I"])), kChapSecret, unhex(m["CHAP_C"])))});
+  const std::string answer = text(
+      {pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(uint8_t(std::stoi(m["CHAP_I"])),
+                                                               kChapSecret, unhex(m["CHAP_C"])))});
   EXPECT_EQ(early.on_request(login_bhs(flags, 3), bytes(answer), r), LoginStep::failed);
   EXPECT_EQ(early.failure_status(), LoginStatus::service_unavailable);
 }
@@ -842,9 +853,9 @@ TEST(LoginBackoff, DiscoveryChapFailuresCountToo) {
     EXPECT_EQ(parse_text_pairs({r.data.data(), r.data_length}, kv), TextParse::ok);
     std::map<std::string, std::string> m;
     for (auto& p : kv) m[p.key] = p.value;
-    const std::string answer = text({pair("CHAP_N", kChapUser),
-                                     pair("CHAP_R", chap_response(uint8_t(std::stoi(m["CHAP_I"])),
-                                                                  secret, unhex(m["CHAP_C"])))});
+    const std::string answer = text(
+        {pair("CHAP_N", kChapUser), pair("CHAP_R", chap_response(uint8_t(std::stoi(m["CHAP_I"])),
+                                                                 secret, unhex(m["CHAP_C"])))});
     return send(3, answer) == LoginStep::failed ? uint16_t(n.failure_status()) : uint16_t(0);
   };
   EXPECT_EQ(discovery("guess-1"), 0x0201);

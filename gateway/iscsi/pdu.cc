@@ -45,7 +45,8 @@ PduFrame frame_pdu(std::span<const uint8_t> in, const FramingLimits& limits) noe
     return f;
   }
   f.total_bytes = header_bytes;
-  if (f.data_bytes > 0) f.total_bytes += pad4(f.data_bytes) + (limits.data_digest ? kDigestBytes : 0);
+  if (f.data_bytes > 0)
+    f.total_bytes += pad4(f.data_bytes) + (limits.data_digest ? kDigestBytes : 0);
   if (in.size() < header_bytes) return f;  // need_more (total_bytes already known)
   if (limits.header_digest) {
     const uint32_t want = load_le32(in.data() + kBhsBytes + f.ahs_bytes);

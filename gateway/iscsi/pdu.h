@@ -114,7 +114,7 @@ enum class ParseStatus : uint8_t { ok, need_more, reject, fatal };
 
 struct PduFrame {
   ParseStatus status = ParseStatus::need_more;
-  size_t total_bytes = 0;        // whole PDU incl. digests and padding (when ok)
+  size_t total_bytes = 0;  // whole PDU incl. digests and padding (when ok)
   size_t ahs_bytes = 0;
   size_t data_offset = 0;        // offset of the data segment in the PDU
   uint32_t data_bytes = 0;       // DataSegmentLength (unpadded)

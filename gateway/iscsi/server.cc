@@ -132,7 +132,8 @@ void Server::connection_closed(Connection* c) noexcept {
 }
 
 uint16_t Server::register_session(const std::string& initiator_name, const uint8_t isid[6],
-                                  const std::string& target_name, Reactor& reactor, uint64_t connection_id) noexcept {
+                                  const std::string& target_name, Reactor& reactor,
+                                  uint64_t connection_id) noexcept {
   std::lock_guard<std::mutex> lock(sessions_mutex_);
   // Session reinstatement (RFC 7143 §6.3.5): same initiator name and ISID → close the old one.
   for (auto it = sessions_.begin(); it != sessions_.end();) {
@@ -144,8 +145,10 @@ uint16_t Server::register_session(const std::string& initiator_name, const uint8
         auto found = t_connections.find(old_id);
         if (found != t_connections.end()) found->second->close("session reinstated");
       };
-      if (old_reactor == &reactor) reactor.defer(close_old);
-      else old_reactor->post(close_old);
+      if (old_reactor == &reactor)
+        reactor.defer(close_old);
+      else
+        old_reactor->post(close_old);
       it = sessions_.erase(it);
     } else {
       ++it;

@@ -30,15 +30,15 @@ class Connection;
 struct ServerOptions {
   std::string listen_address = "127.0.0.1";
   uint16_t port = 3260;
-  uint32_t queue_depth_max = 128;         // commands outstanding per session (CmdSN window)
-  uint32_t login_timeout_ms = 15000;      // connect → full feature phase
-  uint32_t nop_interval_ms = 5000;        // idle time before the target pings with NOP-In
-  uint32_t nop_timeout_ms = 15000;        // no answer to a ping → drop the connection
-  uint32_t connections_max = 4096;        // per server; beyond that accept closes at once
-  PreAuthLimits pre_auth;                 // connections still in login (see pre_auth_gate.h)
-  AuthBackoffLimits auth_backoff;         // failed CHAP logins per source (see auth_backoff.h)
-  uint32_t tx_batch_pdus_max = 256;       // PDUs per sendmsg (1 = no batching; for measuring)
-  std::string tcp_congestion;             // TCP congestion control of the portal ("": system's)
+  uint32_t queue_depth_max = 128;     // commands outstanding per session (CmdSN window)
+  uint32_t login_timeout_ms = 15000;  // connect → full feature phase
+  uint32_t nop_interval_ms = 5000;    // idle time before the target pings with NOP-In
+  uint32_t nop_timeout_ms = 15000;    // no answer to a ping → drop the connection
+  uint32_t connections_max = 4096;    // per server; beyond that accept closes at once
+  PreAuthLimits pre_auth;             // connections still in login (see pre_auth_gate.h)
+  AuthBackoffLimits auth_backoff;     // failed CHAP logins per source (see auth_backoff.h)
+  uint32_t tx_batch_pdus_max = 256;   // PDUs per sendmsg (1 = no batching; for measuring)
+  std::string tcp_congestion;         // TCP congestion control of the portal ("": system's)
 };
 
 class Server {
@@ -68,8 +68,8 @@ class Server {
   // Session registry. register_session returns the TSIH to use; if a session with the same
   // initiator name and ISID exists it is reinstated: its connection is closed on its thread.
   uint16_t register_session(const std::string& initiator_name, const uint8_t isid[6],
-                            const std::string& target_name,
-                            Reactor& reactor, uint64_t connection_id) noexcept;
+                            const std::string& target_name, Reactor& reactor,
+                            uint64_t connection_id) noexcept;
   void unregister_session(uint16_t tsih, uint64_t connection_id) noexcept;
 
   // Per-thread connection table (id → Connection*), used by cross-thread closes.

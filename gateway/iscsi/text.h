@@ -25,8 +25,8 @@ class TextResponder {
  public:
   // Feeds one text request PDU. `own_target` is the session's target (empty for discovery).
   // protocol_error on malformed or oversized text.
-  Errc feed(const PortalConfig& portal, std::string_view own_target,
-            std::span<const uint8_t> data, bool continued);
+  Errc feed(const PortalConfig& portal, std::string_view own_target, std::span<const uint8_t> data,
+            bool continued);
   // True while the initiator still has request text to send (answered with empty chunks).
   bool collecting() const noexcept { return collecting_; }
   // Next part of the response, at most max_bytes.

@@ -48,10 +48,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   std::string_view own;
   switch (data[0] & 3) {
-    case 0: own = {}; break;
-    case 1: own = kOpenIqn; break;
-    case 2: own = kSecureIqn; break;
-    case 3: own = "iqn.2024-01.io.ferry:nonexistent"; break;
+    case 0:
+      own = {};
+      break;
+    case 1:
+      own = kOpenIqn;
+      break;
+    case 2:
+      own = kSecureIqn;
+      break;
+    case 3:
+      own = "iqn.2024-01.io.ferry:nonexistent";
+      break;
   }
   std::span<const uint8_t> in(data + 1, size - 1);
 

@@ -57,7 +57,9 @@ OptionParse parse_option(std::span<const uint8_t> in) noexcept {
   return p;
 }
 
-uint16_t InfoRequest::request(size_t i) const noexcept { return load_be16(requests.data() + 2 * i); }
+uint16_t InfoRequest::request(size_t i) const noexcept {
+  return load_be16(requests.data() + 2 * i);
+}
 
 Result<InfoRequest> parse_info_request(std::span<const uint8_t> data) noexcept {
   if (data.size() < 6) return Errc::protocol_error;
@@ -172,16 +174,28 @@ RequestParse parse_request(std::span<const uint8_t> in) noexcept {
 }
 
 uint32_t validate_request(const Request& r, const ExportLimits& l) noexcept {
-  constexpr uint16_t kKnown = kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne |
-                              kCmdFlagFastZero;
+  constexpr uint16_t kKnown =
+      kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
   if (r.flags & ~kKnown) return kEinval;
   uint16_t allowed = kCmdFlagFua;  // FUA is harmless on any command
   switch (r.type) {
-    case kCmdRead: allowed |= kCmdFlagDf; break;
-    case kCmdWriteZeroes: allowed |= kCmdFlagNoHole | kCmdFlagFastZero; break;
-    case kCmdBlockStatus: allowed |= kCmdFlagReqOne; break;
-    case kCmdWrite: case kCmdTrim: case kCmdCache: case kCmdFlush: case kCmdDisc: break;
-    default: return kEinval;
+    case kCmdRead:
+      allowed |= kCmdFlagDf;
+      break;
+    case kCmdWriteZeroes:
+      allowed |= kCmdFlagNoHole | kCmdFlagFastZero;
+      break;
+    case kCmdBlockStatus:
+      allowed |= kCmdFlagReqOne;
+      break;
+    case kCmdWrite:
+    case kCmdTrim:
+    case kCmdCache:
+    case kCmdFlush:
+    case kCmdDisc:
+      break;
+    default:
+      return kEinval;
   }
   if (r.flags & ~allowed) return kEinval;
   if ((r.flags & kCmdFlagDf) && !l.structured_replies) return kEinval;
@@ -250,25 +264,33 @@ void build_block_descriptor(uint8_t out[8], uint32_t length_bytes, uint32_t stat
 
 uint32_t to_nbd_error(Errc e) noexcept {
   switch (e) {
-    case Errc::ok: return 0;
+    case Errc::ok:
+      return 0;
     case Errc::invalid_argument:
     case Errc::protocol_error:
-    case Errc::out_of_range: return kEinval;
-    case Errc::no_space: return kEnospc;
+    case Errc::out_of_range:
+      return kEinval;
+    case Errc::no_space:
+      return kEnospc;
     case Errc::no_memory:
     case Errc::would_block:
-    case Errc::busy: return kEnomem;
-    case Errc::unsupported: return kEnotsup;
+    case Errc::busy:
+      return kEnomem;
+    case Errc::unsupported:
+      return kEnotsup;
     case Errc::write_protected:
-    case Errc::auth_failed: return kEperm;
+    case Errc::auth_failed:
+      return kEperm;
     case Errc::cancelled:
-    case Errc::closed: return kEshutdown;
+    case Errc::closed:
+      return kEshutdown;
     case Errc::io_error:
     case Errc::timed_out:
     case Errc::medium_error:
     case Errc::miscompare:
     case Errc::not_found:
-    case Errc::exists: return kEio;
+    case Errc::exists:
+      return kEio;
   }
   return kEio;
 }

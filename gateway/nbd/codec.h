@@ -20,7 +20,7 @@ enum class ParseStatus : uint8_t { ok, need_more, reject, fatal };
 
 // Bounds enforced by the parsers.
 inline constexpr uint32_t kOptionDataBytesMax = 64 * 1024;
-inline constexpr uint32_t kNameBytesMax = 4096;            // export names, context queries
+inline constexpr uint32_t kNameBytesMax = 4096;  // export names, context queries
 inline constexpr uint32_t kMetaQueriesMax = 128;
 inline constexpr uint32_t kInfoRequestsMax = 64;
 inline constexpr uint32_t kWritePayloadBytesMax = 32u << 20;

@@ -27,9 +27,9 @@ constexpr size_t kRxBytes = 128 * 1024;
 constexpr size_t kTlsRxBytes = 64 * 1024;
 constexpr size_t kTlsTxBytes = 256 * 1024;
 constexpr size_t kTlsRecordRoom = 16384 + 512;  // one record plus overhead
-constexpr size_t kTxIovMax = 512;                 // per sendmsg (< IOV_MAX)
-constexpr uint32_t kReadChunksMax = 16;           // structured READ: chunks per reply
-constexpr uint32_t kExtentsMax = 64;              // BLOCK_STATUS: descriptors per reply
+constexpr size_t kTxIovMax = 512;               // per sendmsg (< IOV_MAX)
+constexpr uint32_t kReadChunksMax = 16;         // structured READ: chunks per reply
+constexpr uint32_t kExtentsMax = 64;            // BLOCK_STATUS: descriptors per reply
 constexpr size_t kHeadBytes = kBlockStatusHeadBytes + 8 * kExtentsMax;
 constexpr uint32_t kIovPerTask = 2 * kReadChunksMax + 1;
 // 32 MiB: the most the NBD spec expects a client to send in one request (pool allows more).
@@ -93,8 +93,8 @@ void Connection::start() noexcept {
   server_.connection_opened(this);
   rx_ = reactor_.pool().allocate(kRxBytes);
   if (!rx_) return close("no receive buffer");
-  reactor_.arm(timer_, uint64_t(server_.options().handshake_timeout_ms) * kMs, &Connection::on_timer,
-               this);
+  reactor_.arm(timer_, uint64_t(server_.options().handshake_timeout_ms) * kMs,
+               &Connection::on_timer, this);
   NbdTask* t = new_task();
   if (t == nullptr) return close("no memory");
   build_greeting(t->head);
@@ -108,8 +108,9 @@ void Connection::start() noexcept {
 
 void Connection::close(const char* why) noexcept {
   if (phase_ == Phase::closing) return;
-  if (why != nullptr) std::fprintf(stderr, "ferry: nbd connection %lu: closing: %s\n",
-                                   static_cast<unsigned long>(id_), why);
+  if (why != nullptr)
+    std::fprintf(stderr, "ferry: nbd connection %lu: closing: %s\n",
+                 static_cast<unsigned long>(id_), why);
   phase_ = Phase::closing;
   reactor_.cancel(timer_);
   reactor_.cancel(retry_timer_);
@@ -231,8 +232,10 @@ void Connection::on_recv(int32_t res, uint32_t) noexcept {
   if (res <= 0) return close(res == 0 || res == -ECONNRESET ? nullptr : "receive error");
   if (ssl_ != nullptr) {
     if (BIO_write(rbio_, tls_rx_.data(), res) != res) return close("TLS buffer");
-    if (phase_ == Phase::tls_handshake) tls_handshake_step();
-    else if (!tls_pump_rx()) return;
+    if (phase_ == Phase::tls_handshake)
+      tls_handshake_step();
+    else if (!tls_pump_rx())
+      return;
   } else if (payload_task_ != nullptr && !payload_task_->discard_payload && rx_len_ == 0) {
     on_plain_bytes(size_t(res));
   } else {
@@ -248,8 +251,10 @@ void Connection::on_plain_bytes(size_t n) noexcept {
   t->payload_received += uint32_t(n);
   if (t->payload_received < t->req.length_bytes) return;
   payload_task_ = nullptr;
-  if (t->discard_payload) reply(t, t->error);
-  else execute(t);
+  if (t->discard_payload)
+    reply(t, t->error);
+  else
+    execute(t);
   process_rx();
 }
 
@@ -312,8 +317,10 @@ void Connection::process_rx() noexcept {
       t->payload_received += uint32_t(take);
       if (t->payload_received < t->req.length_bytes) continue;
       payload_task_ = nullptr;
-      if (t->discard_payload) reply(t, t->error);
-      else execute(t);
+      if (t->discard_payload)
+        reply(t, t->error);
+      else
+        execute(t);
       continue;
     }
     if (rx_paused()) break;
@@ -501,9 +508,9 @@ bool Connection::handle_info_or_go(uint32_t option, std::span<const uint8_t> dat
       queue_option_reply(option, kRepInfo, t,
                          {reinterpret_cast<const uint8_t*>(e->name.data()), e->name.size()});
     } else if (type == kInfoDescription && !e->description.empty()) {
-      queue_option_reply(option, kRepInfo, t,
-                         {reinterpret_cast<const uint8_t*>(e->description.data()),
-                          e->description.size()});
+      queue_option_reply(
+          option, kRepInfo, t,
+          {reinterpret_cast<const uint8_t*>(e->description.data()), e->description.size()});
     }
   }
   queue_option_reply(option, kRepAck, {});
@@ -536,9 +543,9 @@ bool Connection::handle_meta_context(uint32_t option, std::span<const uint8_t> d
   if (match) {
     uint8_t id[4];
     store_be32(id, list ? 0 : kMetaContextId);
-    queue_option_reply(option, kRepMetaContext, id,
-                       {reinterpret_cast<const uint8_t*>(kBaseAllocation),
-                        sizeof kBaseAllocation - 1});
+    queue_option_reply(
+        option, kRepMetaContext, id,
+        {reinterpret_cast<const uint8_t*>(kBaseAllocation), sizeof kBaseAllocation - 1});
   }
   queue_option_reply(option, kRepAck, {});
   return phase_ != Phase::closing;
@@ -600,12 +607,15 @@ void Connection::tls_handshake_step() noexcept {
   // The client's certificate was refused (none sent, or not from the CA): an authentication
   // failure for the back-off. A client refusing our certificate is not.
   const int reason = ERR_GET_REASON(ERR_peek_last_error());
-  if (SSL_get_verify_result(ssl_) != X509_V_OK || reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ||
+  if (SSL_get_verify_result(ssl_) != X509_V_OK ||
+      reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ||
       reason == SSL_R_CERTIFICATE_VERIFY_FAILED)
     server_.auth_backoff().record_failure(source_);
   char msg[160];
   std::snprintf(msg, sizeof msg, "TLS handshake failed: %s",
-                ERR_reason_error_string(ERR_peek_last_error()) ? ERR_reason_error_string(ERR_peek_last_error()) : "?");
+                ERR_reason_error_string(ERR_peek_last_error())
+                    ? ERR_reason_error_string(ERR_peek_last_error())
+                    : "?");
   close(msg);
 }
 
@@ -647,8 +657,10 @@ bool Connection::handle_request(const RequestParse& p) noexcept {
     payload_task_ = t;
     return true;
   }
-  if (error != 0) reply(t, error);
-  else execute(t);
+  if (error != 0)
+    reply(t, error);
+  else
+    execute(t);
   return true;
 }
 
@@ -720,9 +732,9 @@ void Connection::submit_io(NbdTask* t) noexcept {
       io.length_bytes = end - t->pos_bytes;
       break;
     case NbdTask::Stage::data: {
-      const uint64_t piece = std::min<uint64_t>(end - t->pos_bytes,
-                                                std::max<uint32_t>(geometry_.max_transfer_bytes,
-                                                                   geometry_.block_size_bytes));
+      const uint64_t piece = std::min<uint64_t>(
+          end - t->pos_bytes,
+          std::max<uint32_t>(geometry_.max_transfer_bytes, geometry_.block_size_bytes));
       io.op = r.type == kCmdWrite ? IoOp::write : IoOp::read;
       io.fua = r.type == kCmdWrite && (r.flags & kCmdFlagFua);
       io.offset_bytes = t->pos_bytes;
@@ -777,8 +789,8 @@ void Connection::io_done(NbdTask* t) noexcept {
       uint32_t flags = 0;
       if (io.status_flags & kStatusHole) flags |= kStateHole;
       if (io.status_flags & kStatusZero) flags |= kStateZero;
-      const uint64_t len = std::min<uint64_t>(std::max<uint64_t>(io.status_length_bytes, 1),
-                                              end - t->pos_bytes);
+      const uint64_t len =
+          std::min<uint64_t>(std::max<uint64_t>(io.status_length_bytes, 1), end - t->pos_bytes);
       const bool is_read = r.type == kCmdRead;
       // READ only cares about "reads as zero"; BLOCK_STATUS keeps every distinction.
       const uint32_t key = is_read ? (flags & kStateZero) : flags;
@@ -788,8 +800,8 @@ void Connection::io_done(NbdTask* t) noexcept {
         t->extents[t->extent_count++] = {uint32_t(len), key};
       }
       t->pos_bytes += len;
-      const uint32_t limit = is_read ? kReadChunksMax - 1
-                                     : ((r.flags & kCmdFlagReqOne) ? 1 : kExtentsMax);
+      const uint32_t limit =
+          is_read ? kReadChunksMax - 1 : ((r.flags & kCmdFlagReqOne) ? 1 : kExtentsMax);
       if (t->pos_bytes < end && t->extent_count < limit) return submit_io(t);
       if (!is_read) return finish_block_status(t);
       if (t->pos_bytes < end) {  // too fragmented: the rest goes as data
@@ -901,7 +913,8 @@ void Connection::queue_task(NbdTask* t) noexcept {
     return maybe_free();
   }
   t->next = nullptr;
-  if (tx_tail_ == nullptr) tx_head_ = tx_tail_ = t;
+  if (tx_tail_ == nullptr)
+    tx_head_ = tx_tail_ = t;
   else {
     tx_tail_->next = t;
     tx_tail_ = t;
@@ -1011,7 +1024,8 @@ void Connection::on_sent(int32_t res, uint32_t) noexcept {
   if (phase_ == Phase::closing || res < 0) {
     for (NbdTask* t : tx_batch_) release_task(t);
     tx_batch_.clear();
-    if (phase_ != Phase::closing) close(res == -EPIPE || res == -ECONNRESET ? nullptr : "send error");
+    if (phase_ != Phase::closing)
+      close(res == -EPIPE || res == -ECONNRESET ? nullptr : "send error");
     return maybe_free();
   }
   if (ssl_ != nullptr && tx_batch_.empty()) {

@@ -4,7 +4,8 @@
 // and answered (simple or structured replies, out of order) through a bounded send queue that
 // is gathered into one sendmsg per batch.
 //
-//   accept ─▶ GREETING ─flags─▶ OPTIONS ─GO/EXPORT_NAME─▶ TRANSMISSION ─DISC/error─▶ CLOSING ─▶ freed
+//   accept ─▶ GREETING ─flags─▶ OPTIONS ─GO/EXPORT_NAME─▶ TRANSMISSION ─DISC/error─▶ CLOSING ─▶
+//   freed
 //                                  │  ▲
 //                          STARTTLS│  │handshake done
 //                                  ▼  │
@@ -61,10 +62,19 @@ class Connection {
   // Closes the connection (idempotent); frees itself when nothing is in flight.
   void close(const char* why) noexcept;
   uint64_t id() const noexcept { return id_; }
-  bool in_handshake() const noexcept { return phase_ != Phase::transmission && phase_ != Phase::closing; }
+  bool in_handshake() const noexcept {
+    return phase_ != Phase::transmission && phase_ != Phase::closing;
+  }
 
  private:
-  enum class Phase : uint8_t { greeting, options, tls_starting, tls_handshake, transmission, closing };
+  enum class Phase : uint8_t {
+    greeting,
+    options,
+    tls_starting,
+    tls_handshake,
+    transmission,
+    closing
+  };
 
   struct RecvOp final : Operation {
     Connection* c;
@@ -79,9 +89,9 @@ class Connection {
   void post_recv() noexcept;
   void on_recv(int32_t res, uint32_t flags) noexcept;
   void on_plain_bytes(size_t n) noexcept;  // n bytes landed at the current receive target
-  bool tls_pump_rx() noexcept;              // decrypt what the read BIO holds; false: closed
-  void process_rx() noexcept;               // parse what rx_ holds
-  void resume() noexcept;                   // re-enter the receive loop after a pause
+  bool tls_pump_rx() noexcept;             // decrypt what the read BIO holds; false: closed
+  void process_rx() noexcept;              // parse what rx_ holds
+  void resume() noexcept;                  // re-enter the receive loop after a pause
   bool rx_paused() const noexcept;
   bool handle_option(uint32_t option, std::span<const uint8_t> data) noexcept;
   bool handle_info_or_go(uint32_t option, std::span<const uint8_t> data) noexcept;
@@ -150,7 +160,7 @@ class Connection {
   ExportLimits limits_;
 
   // tasks
-  uint32_t tasks_live_ = 0;       // parsed and not yet sent (and handshake replies)
+  uint32_t tasks_live_ = 0;  // parsed and not yet sent (and handshake replies)
   uint32_t device_in_flight_ = 0;
   std::vector<NbdTask*> free_tasks_;
   NbdTask* tx_head_ = nullptr;

@@ -63,15 +63,22 @@ class NbdServerTest : public ::testing::Test {
     reactor_ = std::make_unique<Reactor>(0, 256ull << 20);
     std::atomic<int> ready{0};
     thread_ = std::thread([&] {
-      if (!reactor_->init()) { ready = -1; return; }
-      if (!server_->start_listening(*reactor_)) { ready = -1; return; }
+      if (!reactor_->init()) {
+        ready = -1;
+        return;
+      }
+      if (!server_->start_listening(*reactor_)) {
+        ready = -1;
+        return;
+      }
       ready = 1;
       reactor_->run();
       server_->stop_listening(*reactor_);
       // Let the connections drain for a moment, then stop for good.
       Timer t;
-      reactor_->arm(t, 100'000'000, [](void* r) noexcept { static_cast<Reactor*>(r)->stop(); },
-                    reactor_.get());
+      reactor_->arm(
+          t, 100'000'000, [](void* r) noexcept { static_cast<Reactor*>(r)->stop(); },
+          reactor_.get());
       reactor_->run();
     });
     while (ready == 0) std::this_thread::yield();
@@ -275,7 +282,8 @@ TEST_F(NbdServerTest, ManyInFlightAndLargeRequests) {
   std::vector<std::vector<char>> bufs(kN, std::vector<char>(4096));
   for (int i = 0; i < kN; ++i) {
     std::memset(bufs[i].data(), i & 0xff, 4096);
-    ASSERT_NE(nbd_aio_pwrite(h, bufs[i].data(), 4096, uint64_t(i) * 4096, NBD_NULL_COMPLETION, 0), -1);
+    ASSERT_NE(nbd_aio_pwrite(h, bufs[i].data(), 4096, uint64_t(i) * 4096, NBD_NULL_COMPLETION, 0),
+              -1);
   }
   while (nbd_aio_in_flight(h) > 0) ASSERT_NE(nbd_poll(h, -1), -1);
   std::vector<char> big(16 << 20);
@@ -325,7 +333,6 @@ TEST(NbdCodec, RejectsBadInput) {
   EXPECT_EQ(to_nbd_error(Errc::write_protected), kEperm);
 }
 
-
 // Two reactors: connections are spread evenly whichever listener the kernel hands them to, and
 // a connection moved to the other reactor serves I/O like any other.
 TEST(NbdServerReactors, ConnectionsAreSpreadOverReactors) {
@@ -348,7 +355,8 @@ TEST(NbdServerReactors, ConnectionsAreSpreadOverReactors) {
       r->run();
       server.stop_listening(*r);
       Timer t;
-      r->arm(t, 50'000'000, [](void* p) noexcept { static_cast<Reactor*>(p)->stop(); }, r);
+      r->arm(
+          t, 50'000'000, [](void* p) noexcept { static_cast<Reactor*>(p)->stop(); }, r);
       r->run();
     });
   }

@@ -9,17 +9,17 @@
 namespace ferry::nbd {
 
 // ---- magics
-inline constexpr uint64_t kNbdMagic = 0x4e42444d41474943ull;        // "NBDMAGIC"
-inline constexpr uint64_t kIHaveOpt = 0x49484156454f5054ull;        // "IHAVEOPT"
+inline constexpr uint64_t kNbdMagic = 0x4e42444d41474943ull;  // "NBDMAGIC"
+inline constexpr uint64_t kIHaveOpt = 0x49484156454f5054ull;  // "IHAVEOPT"
 inline constexpr uint64_t kOptionReplyMagic = 0x0003e889045565a9ull;
 inline constexpr uint32_t kRequestMagic = 0x25609513u;
 inline constexpr uint32_t kSimpleReplyMagic = 0x67446698u;
 inline constexpr uint32_t kStructuredReplyMagic = 0x668e33efu;
 
 // ---- wire sizes
-inline constexpr size_t kGreetingBytes = 18;       // NBDMAGIC, IHAVEOPT, handshake flags
+inline constexpr size_t kGreetingBytes = 18;  // NBDMAGIC, IHAVEOPT, handshake flags
 inline constexpr size_t kClientFlagsBytes = 4;
-inline constexpr size_t kOptionHeaderBytes = 16;   // IHAVEOPT, option, length
+inline constexpr size_t kOptionHeaderBytes = 16;  // IHAVEOPT, option, length
 inline constexpr size_t kOptionReplyHeaderBytes = 20;
 inline constexpr size_t kRequestBytes = 28;
 inline constexpr size_t kSimpleReplyBytes = 16;

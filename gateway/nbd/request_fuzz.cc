@@ -28,7 +28,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (e == 0 && r.type != kCmdDisc && r.type != kCmdFlush) {
       // Accepted requests are inside the export and aligned.
       if (r.offset_bytes + r.length_bytes > l.size_bytes) __builtin_trap();
-      if (r.offset_bytes % l.block_min_bytes || r.length_bytes % l.block_min_bytes) __builtin_trap();
+      if (r.offset_bytes % l.block_min_bytes || r.length_bytes % l.block_min_bytes)
+        __builtin_trap();
     }
     build_simple_reply(out, e, r.cookie);
     build_error_chunk(out, kReplyFlagDone, r.cookie, e);

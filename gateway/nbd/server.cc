@@ -1,4 +1,5 @@
-// NbdServer: listeners (one TCP and one Unix socket, on the first reactor), export table, TLS context (see server.h).
+// NbdServer: listeners (one TCP and one Unix socket, on the first reactor), export table, TLS
+// context (see server.h).
 #include "gateway/nbd/server.h"
 
 #include <arpa/inet.h>
@@ -57,12 +58,17 @@ Result<void> NbdServer::init_tls() noexcept {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_num_tickets(ctx, 0);
   const char* what = nullptr;
-  if (SSL_CTX_use_certificate_chain_file(ctx, options_.tls_cert_path.c_str()) != 1) what = "certificate";
-  else if (SSL_CTX_use_PrivateKey_file(ctx, options_.tls_key_path.c_str(), SSL_FILETYPE_PEM) != 1) what = "key";
-  else if (SSL_CTX_check_private_key(ctx) != 1) what = "key (does not match the certificate)";
+  if (SSL_CTX_use_certificate_chain_file(ctx, options_.tls_cert_path.c_str()) != 1)
+    what = "certificate";
+  else if (SSL_CTX_use_PrivateKey_file(ctx, options_.tls_key_path.c_str(), SSL_FILETYPE_PEM) != 1)
+    what = "key";
+  else if (SSL_CTX_check_private_key(ctx) != 1)
+    what = "key (does not match the certificate)";
   else if (!options_.tls_ca_path.empty()) {
-    if (SSL_CTX_load_verify_locations(ctx, options_.tls_ca_path.c_str(), nullptr) != 1) what = "CA";
-    else SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    if (SSL_CTX_load_verify_locations(ctx, options_.tls_ca_path.c_str(), nullptr) != 1)
+      what = "CA";
+    else
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
   }
   if (what != nullptr) {
     char err[256];
@@ -124,7 +130,8 @@ void NbdServer::add_listener(Reactor& reactor, int fd) noexcept {
 
 Result<void> NbdServer::listen_tcp(Reactor& reactor) noexcept {
   std::string error;
-  auto fd = ferry::listen_tcp(options_.listen_address, options_.port, error, options_.tcp_congestion);
+  auto fd =
+      ferry::listen_tcp(options_.listen_address, options_.port, error, options_.tcp_congestion);
   if (!fd.ok()) {
     std::fprintf(stderr, "ferry: nbd: %s\n", error.c_str());
     return fd.error();

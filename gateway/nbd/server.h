@@ -41,17 +41,17 @@ struct NbdOptions {
   std::string unix_path;                     // empty: no Unix socket
   std::string tls_cert_path;                 // PEM; empty: STARTTLS refused (NBD_REP_ERR_POLICY)
   std::string tls_key_path;
-  std::string tls_ca_path;                   // non-empty: client certificates required, from it
-  bool tls_required = false;                 // every export requires TLS
-  uint32_t requests_in_flight_max = 128;     // per connection; reading pauses at the limit
-  uint32_t handshake_timeout_ms = 10000;     // connect → transmission phase
+  std::string tls_ca_path;                // non-empty: client certificates required, from it
+  bool tls_required = false;              // every export requires TLS
+  uint32_t requests_in_flight_max = 128;  // per connection; reading pauses at the limit
+  uint32_t handshake_timeout_ms = 10000;  // connect → transmission phase
   uint32_t connections_max = 4096;
-  PreAuthLimits pre_auth;                    // connections still in the handshake
-  AuthBackoffLimits auth_backoff;            // refused TLS client certificates per source
+  PreAuthLimits pre_auth;          // connections still in the handshake
+  AuthBackoffLimits auth_backoff;  // refused TLS client certificates per source
 };
 
 struct NbdExport {
-  std::string name;            // "lun0", "lun1", ...; "" from the client means the first export
+  std::string name;               // "lun0", "lun1", ...; "" from the client means the first export
   BlockDevice* device = nullptr;  // not owned; outlives the server
   std::string description;
   bool tls_required = false;

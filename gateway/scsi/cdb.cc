@@ -15,12 +15,14 @@ constexpr Access W = Access::write;
 // READ/WRITE byte 1: DPO 0x10, FUA 0x08, FUA_NV 0x02 (accepted and ignored: no NV cache).
 // Usage masks: byte 0 is the opcode (0xff), the control byte (last) is 0x00: NACA and LINK
 // are not supported and are rejected like any other unused bit.
-#define U6(b1, b2, b3, b4) {0xff, b1, b2, b3, b4, 0x00}
-#define U10(b1, b2, b3, b4, b5, b6, b7, b8) {0xff, b1, b2, b3, b4, b5, b6, b7, b8, 0x00}
+#define U6(b1, b2, b3, b4) \
+  { 0xff, b1, b2, b3, b4, 0x00 }
+#define U10(b1, b2, b3, b4, b5, b6, b7, b8) \
+  { 0xff, b1, b2, b3, b4, b5, b6, b7, b8, 0x00 }
 #define U12(b1, b2, b3, b4, b5, b6, b7, b8, b9, b10) \
-  {0xff, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, 0x00}
+  { 0xff, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, 0x00 }
 #define U16(b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14) \
-  {0xff, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, 0x00}
+  { 0xff, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, 0x00 }
 
 // Read/write 10/12/16 shapes.
 #define RW10(b1) U10(b1, 0xff, 0xff, 0xff, 0xff, 0x1f, 0xff, 0xff)
@@ -102,17 +104,23 @@ std::span<const CommandSpec> supported_commands() noexcept { return kCommands; }
 
 size_t cdb_length(uint8_t opcode) noexcept {
   switch (opcode >> 5) {
-    case 0: return 6;
-    case 1: case 2: return 10;
-    case 4: return 16;
-    case 5: return 12;
-    default: return 0;
+    case 0:
+      return 6;
+    case 1:
+    case 2:
+      return 10;
+    case 4:
+      return 16;
+    case 5:
+      return 12;
+    default:
+      return 0;
   }
 }
 
 bool opcode_has_service_action(uint8_t opcode) noexcept {
-  return opcode == 0x5e || opcode == 0x5f || opcode == 0x9e || opcode == 0x9f ||
-         opcode == 0xa3 || opcode == 0xa4 || opcode == 0x7f;
+  return opcode == 0x5e || opcode == 0x5f || opcode == 0x9e || opcode == 0x9f || opcode == 0xa3 ||
+         opcode == 0xa4 || opcode == 0x7f;
 }
 
 CdbCheck check_cdb(const uint8_t* cdb) noexcept {
@@ -180,17 +188,25 @@ BlockCdb decode_block_cdb(const uint8_t* cdb) noexcept {
       b.transfer_length = cdb[13];
       b.fua = f & 0x08;
       break;
-    case 0x2e: case 0xae: case 0x8e:  // WRITE AND VERIFY
+    case 0x2e:
+    case 0xae:
+    case 0x8e:  // WRITE AND VERIFY
       b.bytchk = (f >> 1) & 0x01;
       break;
-    case 0x2f: case 0xaf: case 0x8f:  // VERIFY
+    case 0x2f:
+    case 0xaf:
+    case 0x8f:  // VERIFY
       b.bytchk = (f >> 1) & 0x03;
       break;
-    case 0x34: case 0x90: case 0x35: case 0x91:  // PRE-FETCH, SYNCHRONIZE CACHE
+    case 0x34:
+    case 0x90:
+    case 0x35:
+    case 0x91:  // PRE-FETCH, SYNCHRONIZE CACHE
       b.immed = f & 0x02;
       b.dpo = false;
       break;
-    case 0x41: case 0x93:  // WRITE SAME
+    case 0x41:
+    case 0x93:  // WRITE SAME
       b.anchor = f & 0x10;
       b.unmap = f & 0x08;
       b.ndob = op == 0x93 && (f & 0x01);
@@ -205,17 +221,23 @@ BlockCdb decode_block_cdb(const uint8_t* cdb) noexcept {
 
 uint32_t cdb_allocation_length(const uint8_t* cdb) noexcept {
   switch (cdb[0]) {
-    case 0x03: case 0x12: case 0x1a:  // REQUEST SENSE, INQUIRY, MODE SENSE(6)
+    case 0x03:
+    case 0x12:
+    case 0x1a:  // REQUEST SENSE, INQUIRY, MODE SENSE(6)
       return cdb[0] == 0x12 ? load_be16(cdb + 3) : cdb[4];
     case 0x15:  // MODE SELECT(6)
       return cdb[4];
-    case 0x55: case 0x5a: case 0x5e: case 0x42:  // MODE SELECT/SENSE(10), PR IN, UNMAP
+    case 0x55:
+    case 0x5a:
+    case 0x5e:
+    case 0x42:  // MODE SELECT/SENSE(10), PR IN, UNMAP
       return load_be16(cdb + 7);
     case 0x5f:  // PR OUT
       return load_be32(cdb + 5);
     case 0x9e:  // READ CAPACITY(16), GET LBA STATUS
       return load_be32(cdb + 10);
-    case 0xa0: case 0xa3:  // REPORT LUNS, MAINTENANCE IN
+    case 0xa0:
+    case 0xa3:  // REPORT LUNS, MAINTENANCE IN
       return load_be32(cdb + 6);
     default:
       return 0;

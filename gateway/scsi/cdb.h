@@ -13,12 +13,48 @@
 namespace ferry::scsi {
 
 enum class Cmd : uint8_t {
-  test_unit_ready, request_sense, read6, write6, inquiry, mode_select6, reserve6, release6,
-  mode_sense6, start_stop_unit, prevent_allow, read_capacity10, read10, write10,
-  write_verify10, verify10, prefetch10, sync_cache10, write_same10, unmap, mode_select10,
-  reserve10, release10, mode_sense10, pr_in, pr_out, read16, compare_and_write, write16,
-  write_verify16, verify16, prefetch16, sync_cache16, write_same16, read_capacity16,
-  get_lba_status, report_luns, report_opcodes, read12, write12, write_verify12, verify12,
+  test_unit_ready,
+  request_sense,
+  read6,
+  write6,
+  inquiry,
+  mode_select6,
+  reserve6,
+  release6,
+  mode_sense6,
+  start_stop_unit,
+  prevent_allow,
+  read_capacity10,
+  read10,
+  write10,
+  write_verify10,
+  verify10,
+  prefetch10,
+  sync_cache10,
+  write_same10,
+  unmap,
+  mode_select10,
+  reserve10,
+  release10,
+  mode_sense10,
+  pr_in,
+  pr_out,
+  read16,
+  compare_and_write,
+  write16,
+  write_verify16,
+  verify16,
+  prefetch16,
+  sync_cache16,
+  write_same16,
+  read_capacity16,
+  get_lba_status,
+  report_luns,
+  report_opcodes,
+  read12,
+  write12,
+  write_verify12,
+  verify12,
 };
 
 // How a command fares under a reservation held by another I_T nexus (SPC-4 table 45).
@@ -35,9 +71,9 @@ struct CommandSpec {
   uint8_t cdb_bytes;
   Cmd cmd;
   Access access;
-  bool ua_exempt;      // INQUIRY, REPORT LUNS, REQUEST SENSE: never report unit attention
-  bool spc2_allowed;   // allowed while another nexus holds a RESERVE(6/10)
-  uint8_t usage[16];   // CDB usage data: bits the device server looks at
+  bool ua_exempt;     // INQUIRY, REPORT LUNS, REQUEST SENSE: never report unit attention
+  bool spc2_allowed;  // allowed while another nexus holds a RESERVE(6/10)
+  uint8_t usage[16];  // CDB usage data: bits the device server looks at
 };
 
 // Every supported command, in opcode order.

@@ -41,13 +41,14 @@ LogicalUnit::LogicalUnit(BlockDevice& device, LuIdentity identity)
     : device_(device),
       identity_(std::move(identity)),
       geometry_(device.geometry()),
-      max_transfer_blocks_(std::max<uint32_t>(1, geometry_.max_transfer_bytes /
-                                                     geometry_.block_size_bytes)) {
+      max_transfer_blocks_(
+          std::max<uint32_t>(1, geometry_.max_transfer_bytes / geometry_.block_size_bytes)) {
   FERRY_ASSERT(geometry_.block_size_bytes >= 512 && geometry_.block_size_bytes <= 65536);
   wce_.store(geometry_.volatile_cache);
 }
 
-void LogicalUnit::reply(ScsiTask& t, const uint8_t* src, size_t bytes, uint32_t alloc_len) noexcept {
+void LogicalUnit::reply(ScsiTask& t, const uint8_t* src, size_t bytes,
+                        uint32_t alloc_len) noexcept {
   const size_t n = std::min<size_t>(bytes, alloc_len);
   t.data_in = true;
   t.command_transfer_bytes = static_cast<uint32_t>(n);
@@ -74,9 +75,17 @@ void LogicalUnit::execute(ScsiTask& t) noexcept {
   }
 
   switch (spec.cmd) {
-    case Cmd::read6: case Cmd::read10: case Cmd::read12: case Cmd::read16:
-    case Cmd::write6: case Cmd::write10: case Cmd::write12: case Cmd::write16:
-    case Cmd::write_verify10: case Cmd::write_verify12: case Cmd::write_verify16:
+    case Cmd::read6:
+    case Cmd::read10:
+    case Cmd::read12:
+    case Cmd::read16:
+    case Cmd::write6:
+    case Cmd::write10:
+    case Cmd::write12:
+    case Cmd::write16:
+    case Cmd::write_verify10:
+    case Cmd::write_verify12:
+    case Cmd::write_verify16:
       return read_write(t, spec);
     case Cmd::start_stop_unit:
       // Fixed medium: LOEJ (load/eject) is refused, START/STOP and power conditions are no-ops.
@@ -85,24 +94,51 @@ void LogicalUnit::execute(ScsiTask& t) noexcept {
     case Cmd::test_unit_ready:
     case Cmd::prevent_allow:
       return complete(t);
-    case Cmd::request_sense: return request_sense(t);
-    case Cmd::inquiry: return inquiry(t);
-    case Cmd::mode_select6: case Cmd::mode_select10: return mode_select(t);
-    case Cmd::mode_sense6: case Cmd::mode_sense10: return mode_sense(t);
-    case Cmd::reserve6: case Cmd::reserve10: return reserve(t, true);
-    case Cmd::release6: case Cmd::release10: return reserve(t, false);
-    case Cmd::read_capacity10: return read_capacity10(t);
-    case Cmd::read_capacity16: return read_capacity16(t);
-    case Cmd::verify10: case Cmd::verify12: case Cmd::verify16: return verify(t, spec);
-    case Cmd::prefetch10: case Cmd::prefetch16: return prefetch(t, spec);
-    case Cmd::sync_cache10: case Cmd::sync_cache16: return sync_cache(t, spec);
-    case Cmd::write_same10: case Cmd::write_same16: return write_same(t, spec);
-    case Cmd::unmap: return unmap(t);
-    case Cmd::get_lba_status: return get_lba_status(t);
-    case Cmd::compare_and_write: return compare_and_write(t);
-    case Cmd::pr_in: return pr_in(t);
-    case Cmd::pr_out: return pr_out(t);
-    case Cmd::report_opcodes: return report_opcodes(t);
+    case Cmd::request_sense:
+      return request_sense(t);
+    case Cmd::inquiry:
+      return inquiry(t);
+    case Cmd::mode_select6:
+    case Cmd::mode_select10:
+      return mode_select(t);
+    case Cmd::mode_sense6:
+    case Cmd::mode_sense10:
+      return mode_sense(t);
+    case Cmd::reserve6:
+    case Cmd::reserve10:
+      return reserve(t, true);
+    case Cmd::release6:
+    case Cmd::release10:
+      return reserve(t, false);
+    case Cmd::read_capacity10:
+      return read_capacity10(t);
+    case Cmd::read_capacity16:
+      return read_capacity16(t);
+    case Cmd::verify10:
+    case Cmd::verify12:
+    case Cmd::verify16:
+      return verify(t, spec);
+    case Cmd::prefetch10:
+    case Cmd::prefetch16:
+      return prefetch(t, spec);
+    case Cmd::sync_cache10:
+    case Cmd::sync_cache16:
+      return sync_cache(t, spec);
+    case Cmd::write_same10:
+    case Cmd::write_same16:
+      return write_same(t, spec);
+    case Cmd::unmap:
+      return unmap(t);
+    case Cmd::get_lba_status:
+      return get_lba_status(t);
+    case Cmd::compare_and_write:
+      return compare_and_write(t);
+    case Cmd::pr_in:
+      return pr_in(t);
+    case Cmd::pr_out:
+      return pr_out(t);
+    case Cmd::report_opcodes:
+      return report_opcodes(t);
     case Cmd::report_luns: {
       // Normally answered by Target; an LU alone reports itself as LUN 0.
       uint8_t b[16] = {};
@@ -179,9 +215,11 @@ bool LogicalUnit::conflicts_locked(const ScsiTask& t, const CommandSpec& spec) c
       return spec.access == Access::write;
     case 3:  // exclusive access
       return true;
-    case 5: case 7:  // write exclusive, registrants only / all registrants
+    case 5:
+    case 7:  // write exclusive, registrants only / all registrants
       return !registered && spec.access == Access::write;
-    case 6: case 8:  // exclusive access, registrants only / all registrants
+    case 6:
+    case 8:  // exclusive access, registrants only / all registrants
       return !registered;
     default:
       return false;
@@ -378,9 +416,9 @@ void LogicalUnit::inquiry(ScsiTask& t) noexcept {
       break;
     case 0xb2:
       n = 8;
-      if (g.can_discard) b[5] = 0x80 | 0x40 | 0x20;  // LBPU, LBPWS, LBPWS10
+      if (g.can_discard) b[5] = 0x80 | 0x40 | 0x20;         // LBPU, LBPWS, LBPWS10
       if (g.can_discard && g.discard_zeroes) b[5] |= 0x04;  // LBPRZ
-      b[6] = g.can_discard ? 0x02 : 0x00;  // thin provisioned
+      b[6] = g.can_discard ? 0x02 : 0x00;                   // thin provisioned
       break;
     default:
       return fail(t, invalid_field_in_cdb(2));
@@ -404,7 +442,7 @@ void LogicalUnit::read_capacity16(ScsiTask& t) noexcept {
   store_be64(b, geometry_.block_count - 1);
   store_be32(b + 8, geometry_.block_size_bytes);
   if (geometry_.can_discard) {
-    b[14] = 0x80;  // LBPME
+    b[14] = 0x80;                                 // LBPME
     if (geometry_.discard_zeroes) b[14] |= 0x40;  // LBPRZ
   }
   reply(t, b, sizeof(b), load_be32(t.cdb + 10));
@@ -430,9 +468,9 @@ size_t LogicalUnit::mode_page(uint8_t page, uint8_t pc, uint8_t* out) const noex
       out[0] = 0x0a;
       out[1] = 0x0a;
       if (pc != 1) {
-        out[3] = 0x10;  // unrestricted reordering allowed
+        out[3] = 0x10;                           // unrestricted reordering allowed
         if (geometry_.read_only) out[4] = 0x08;  // SWP
-        store_be16(out + 8, 0xffff);  // busy timeout: unlimited
+        store_be16(out + 8, 0xffff);             // busy timeout: unlimited
       }
       return 12;
     }

@@ -27,12 +27,12 @@
 namespace ferry::scsi {
 
 struct LuIdentity {
-  std::string vendor = "FERRY";     // INQUIRY T10 vendor (8 chars, space padded)
+  std::string vendor = "FERRY";          // INQUIRY T10 vendor (8 chars, space padded)
   std::string product = "VIRTUAL DISK";  // 16 chars
-  std::string revision = "0001";    // 4 chars
-  std::string serial;               // VPD 0x80 (serial_of(uuid) for a volume)
-  Uuid uuid;                        // the volume's identity: the NAA designator derives from it
-  std::string lu_name;              // optional SCSI name string designator (VPD 0x83)
+  std::string revision = "0001";         // 4 chars
+  std::string serial;                    // VPD 0x80 (serial_of(uuid) for a volume)
+  Uuid uuid;            // the volume's identity: the NAA designator derives from it
+  std::string lu_name;  // optional SCSI name string designator (VPD 0x83)
 };
 
 // The unit serial number of a volume: its UUID as 32 hex digits (stable wherever it is served).

@@ -44,8 +44,8 @@ TEST_F(LuTest, InquiryVpdPages) {
   EXPECT_EQ(std::string(r.data.begin() + 4, r.data.end()), "SN0001");
   r = run(cdb({0x12, 1, 0x83, 1, 0, 0}), {}, 256, &nexus_[0]);
   ASSERT_TRUE(r.good());
-  EXPECT_EQ(r.data[4 + 1] & 0x0f, 3);        // first designator: NAA
-  EXPECT_EQ(r.data[4 + 4] >> 4, 6);          // NAA 6
+  EXPECT_EQ(r.data[4 + 1] & 0x0f, 3);  // first designator: NAA
+  EXPECT_EQ(r.data[4 + 4] >> 4, 6);    // NAA 6
   r = run(cdb({0x12, 1, 0xb0, 0, 255, 0}), {}, 255);
   ASSERT_TRUE(r.good());
   EXPECT_EQ(load_be32(r.data.data() + 8), (1u << 20) / 512);
@@ -252,8 +252,7 @@ TEST_F(LuTest, UnmapErrors) {
   dev_.mutable_geometry().block_count = 1ull << 30;
   dev_.bytes_.resize(0);
   make_lu();
-  EXPECT_TRUE(
-      run(unmap_cdb(uint16_t(huge.size())), huge, uint32_t(huge.size())).check(5, 0x26, 0));
+  EXPECT_TRUE(run(unmap_cdb(uint16_t(huge.size())), huge, uint32_t(huge.size())).check(5, 0x26, 0));
 }
 
 TEST_F(LuTest, GetLbaStatusReportsMapped) {

@@ -108,7 +108,8 @@ class LuTest : public ::testing::Test {
       }
       rr.command_transfer_bytes = task.command_transfer_bytes;
       if (task.data_in && task.status == Status::good) {
-        const size_t n = std::min<size_t>(task.command_transfer_bytes, task.expected_transfer_bytes);
+        const size_t n =
+            std::min<size_t>(task.command_transfer_bytes, task.expected_transfer_bytes);
         const auto* p = reinterpret_cast<const uint8_t*>(task.data.data());
         rr.data.assign(p, p + n);
       }

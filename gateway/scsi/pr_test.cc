@@ -13,8 +13,8 @@ class PrTest : public LuTest {
     LuTest::SetUp();
     login_both();
   }
-  Reply prout(int who, uint8_t sa, uint8_t type, uint64_t key, uint64_t sa_key,
-              uint8_t flags = 0, uint32_t len = 24) {
+  Reply prout(int who, uint8_t sa, uint8_t type, uint64_t key, uint64_t sa_key, uint8_t flags = 0,
+              uint32_t len = 24) {
     std::vector<uint8_t> c(10, 0);
     c[0] = 0x5f;
     c[1] = sa;
@@ -48,10 +48,10 @@ TEST_F(PrTest, RegisterReadKeysAndUnregister) {
   EXPECT_TRUE(prout(1, 0, 0, 0, 0xb).good());
   EXPECT_EQ(keys(0), (std::vector<uint64_t>{0xa, 0xb}));
   EXPECT_TRUE(conflict(prout(0, 0, 0, 0x99, 0xc)));  // wrong key
-  EXPECT_TRUE(prout(0, 6, 0, 0x99, 0xc).good());      // ignore existing key
-  EXPECT_TRUE(prout(0, 0, 0, 0xc, 0).good());         // unregister
+  EXPECT_TRUE(prout(0, 6, 0, 0x99, 0xc).good());     // ignore existing key
+  EXPECT_TRUE(prout(0, 0, 0, 0xc, 0).good());        // unregister
   EXPECT_EQ(keys(0), (std::vector<uint64_t>{0xb}));
-  EXPECT_EQ(load_be32(prin(0, 0).data.data()), 4u);   // generation
+  EXPECT_EQ(load_be32(prin(0, 0).data.data()), 4u);  // generation
 }
 
 TEST_F(PrTest, ReserveWriteExclusiveBlocksOtherWriters) {

@@ -32,10 +32,14 @@ Progress& progress_of(ScsiTask& t) noexcept {
 
 uint16_t tl_field(uint8_t opcode) noexcept {
   switch (cdb_length(opcode)) {
-    case 6: return 4;
-    case 10: return 7;
-    case 12: return 6;
-    default: return 10;
+    case 6:
+      return 4;
+    case 10:
+      return 7;
+    case 12:
+      return 6;
+    default:
+      return 10;
   }
 }
 
@@ -119,7 +123,8 @@ void LogicalUnit::read_write(ScsiTask& t, const CommandSpec& spec) noexcept {
   if (is_write) {
     blocks = std::min<uint64_t>(b.transfer_length, t.expected_transfer_bytes / bs);
   } else {
-    blocks = std::min<uint64_t>(b.transfer_length, (uint64_t{t.expected_transfer_bytes} + bs - 1) / bs);
+    blocks =
+        std::min<uint64_t>(b.transfer_length, (uint64_t{t.expected_transfer_bytes} + bs - 1) / bs);
     if (blocks * bs > t.data.capacity()) blocks = t.data.capacity() / bs;
   }
   if (blocks == 0) return complete(t);
@@ -357,8 +362,8 @@ void LogicalUnit::lba_status_next(ScsiTask& t) noexcept {
   const uint64_t next = st.next_lba;
   const uint64_t ndesc = st.descriptor_count;
   const uint32_t alloc = load_be32(t.cdb + 10);
-  const uint64_t want = std::clamp<uint64_t>(alloc > 8 ? (alloc - 8) / 16 : 1, 1,
-                                             kMaxLbaStatusDescriptors);
+  const uint64_t want =
+      std::clamp<uint64_t>(alloc > 8 ? (alloc - 8) / 16 : 1, 1, kMaxLbaStatusDescriptors);
   if (next >= geometry_.block_count || ndesc >= want) {
     auto* out = reinterpret_cast<uint8_t*>(t.lu_buffer.data());
     store_be32(out, static_cast<uint32_t>(4 + 16 * ndesc));
@@ -496,8 +501,7 @@ void LogicalUnit::on_caw_io(IoRequest& io) noexcept {
     caw.phase = CompareAndWriteProgress::Phase::write;
     start_io(t, IoOp::write, b.lba * lu->geometry_.block_size_bytes, half, t.data.data() + half,
              &LogicalUnit::on_caw_io);
-    t.io.fua = b.fua ||
-               (lu->geometry_.volatile_cache && !lu->wce_.load(std::memory_order_relaxed));
+    t.io.fua = b.fua || (lu->geometry_.volatile_cache && !lu->wce_.load(std::memory_order_relaxed));
     return lu->device_.submit(t.io);
   }
   finish(nullptr);

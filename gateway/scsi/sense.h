@@ -63,9 +63,9 @@ struct Sense {
   uint32_t information = 0;  // e.g. miscompare offset
   // Sense-key specific field pointer (ILLEGAL REQUEST): which byte/bit was wrong.
   bool sksv = false;
-  bool in_cdb = true;           // C/D bit: 1 = CDB, 0 = parameter data
-  uint16_t field_pointer = 0;   // byte
-  int8_t bit_pointer = -1;      // -1: no BPV
+  bool in_cdb = true;          // C/D bit: 1 = CDB, 0 = parameter data
+  uint16_t field_pointer = 0;  // byte
+  int8_t bit_pointer = -1;     // -1: no BPV
 };
 
 inline constexpr size_t kFixedSenseBytes = 18;

@@ -74,10 +74,10 @@ using BlockCommandProgress =
 struct ScsiTask {
   // ---- inputs (transport) ----
   uint8_t cdb[16] = {};
-  uint64_t lun_raw = 0;                 // 8-byte SAM LUN as on the wire
-  uint32_t expected_transfer_bytes = 0; // EDTL: data the initiator expects to move
-  bool transport_read = false;          // initiator set the R bit (data-in expected)
-  bool transport_write = false;         // initiator set the W bit (data-out expected)
+  uint64_t lun_raw = 0;                  // 8-byte SAM LUN as on the wire
+  uint32_t expected_transfer_bytes = 0;  // EDTL: data the initiator expects to move
+  bool transport_read = false;           // initiator set the R bit (data-in expected)
+  bool transport_write = false;          // initiator set the W bit (data-out expected)
   const Nexus* nexus = nullptr;
   // Pool of the reactor thread running the task, for the LU's scratch buffers (WRITE SAME
   // pattern, COMPARE AND WRITE / VERIFY reads). Set by the transport; may be null, in which

@@ -172,7 +172,8 @@ bool WanStream::parse_frames() noexcept {
         e.type = FrameType::error;
         e.request_id = f.header.request_id;
         e.volume_id = f.header.volume_id;
-        const size_t n = encode_error(body, WireError::protocol_error, f.why != nullptr ? f.why : "");
+        const size_t n =
+            encode_error(body, WireError::protocol_error, f.why != nullptr ? f.why : "");
         send_frame(e, {body, n});
       } else if (!handler_.on_frame(f.header, f.payload)) {
         return false;

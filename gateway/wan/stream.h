@@ -36,13 +36,13 @@ class WanStreamHandler {
 
 struct WanStreamCounters {
   uint64_t frames_in = 0, frames_out = 0;
-  uint64_t plain_bytes_in = 0, plain_bytes_out = 0;    // frames (header + payload)
-  uint64_t wire_bytes_in = 0, wire_bytes_out = 0;      // TLS records on the socket
+  uint64_t plain_bytes_in = 0, plain_bytes_out = 0;  // frames (header + payload)
+  uint64_t wire_bytes_in = 0, wire_bytes_out = 0;    // TLS records on the socket
 };
 
 class WanStream {
  public:
-  static constexpr size_t kBacklogLowBytes = 128 * 1024;   // on_writable below this
+  static constexpr size_t kBacklogLowBytes = 128 * 1024;    // on_writable below this
   static constexpr size_t kBacklogHighBytes = 1024 * 1024;  // send_frame refuses above this
 
   WanStream(Reactor& reactor, const tls::TlsContext& tls, WanStreamHandler& handler) noexcept;
@@ -100,8 +100,8 @@ class WanStream {
   SendOp send_op_;
   bool recv_in_flight_ = false;
   bool send_in_flight_ = false;
-  Buffer cipher_in_;   // socket receive buffer
-  Buffer plain_in_;    // decrypted bytes awaiting a whole frame
+  Buffer cipher_in_;  // socket receive buffer
+  Buffer plain_in_;   // decrypted bytes awaiting a whole frame
   size_t plain_len_ = 0;
   Buffer cipher_out_;  // ciphertext being sent
   size_t out_len_ = 0, out_pos_ = 0;

@@ -182,7 +182,8 @@ void WanClient::on_reconnect_timer(void* ctx) noexcept { static_cast<WanClient*>
 void WanClient::on_established() noexcept {
   last_rx_ns_ = reactor_.now_ns_fresh();
   Hello h;
-  h.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite | kCapEpochs;
+  h.capabilities =
+      kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite | kCapEpochs;
   h.requests_max = options_.requests_max;
   h.session_id = session_id_;
   uint8_t body[kHelloBytes];
@@ -566,8 +567,10 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
           stream_->close("undecodable READ_DATA");
           return false;
         }
-        if (h.flags & kFlagZero) c.bytes_zero += out.size();
-        else store_.remember(out);
+        if (h.flags & kFlagZero)
+          c.bytes_zero += out.size();
+        else
+          store_.remember(out);
         if (h.flags & kFlagCompressed) c.bytes_compressed += out.size();
       }
       p->received_bytes += h.length_bytes;

@@ -179,7 +179,6 @@ class WanClient final : public WanStreamHandler {
   ChunkDecoder decoder_;
   Buffer scratch_;  // compression output for writes
 
-
   cache::ContentStore store_;  // dedup: content received, by hash (cache/content_store.h)
 };
 

@@ -71,7 +71,8 @@ void fix_up(std::vector<uint8_t>& b) {
 
 Hello our_server_hello() {
   Hello ours;
-  ours.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite;
+  ours.capabilities =
+      kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite;
   ours.requests_max = 4096;
   return ours;
 }
@@ -96,7 +97,8 @@ void server_side(std::span<const uint8_t> in) {
       if (!ack) return;
       const Hello& a = ack.value();
       check(a.version_min == a.version_max);
-      check(a.version_min >= client.value().version_min && a.version_min <= client.value().version_max);
+      check(a.version_min >= client.value().version_min &&
+            a.version_min <= client.value().version_max);
       check(a.version_min >= ours.version_min && a.version_min <= ours.version_max);
       check((a.capabilities & ~(client.value().capabilities & ours.capabilities)) == 0);
       check(a.frame_payload_bytes_max <= client.value().frame_payload_bytes_max);
@@ -104,7 +106,8 @@ void server_side(std::span<const uint8_t> in) {
       uint8_t body[kHelloBytes];
       encode_hello(body, a);
       auto back = parse_hello({body, sizeof body});
-      check(back.ok() && back.value().session_id == 42 && back.value().capabilities == a.capabilities);
+      check(back.ok() && back.value().session_id == 42 &&
+            back.value().capabilities == a.capabilities);
       hello_done = true;
       continue;
     }
@@ -132,7 +135,8 @@ void client_side(std::span<const uint8_t> in) {
     }
     if (f.header.type == FrameType::volume_info) {
       auto v = parse_volume_info(f.payload);
-      if (v) check(v.value().block_bytes >= 512 && v.value().size_bytes % v.value().block_bytes == 0);
+      if (v)
+        check(v.value().block_bytes >= 512 && v.value().size_bytes % v.value().block_bytes == 0);
     } else if (f.header.type == FrameType::error) {
       auto e = parse_error(f.payload);
       if (e) (void)from_wire_error(e.value().code);
@@ -150,8 +154,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     certificate(b);
   } else {
     fix_up(b);
-    if (mode == 1) server_side(b);
-    else client_side(b);
+    if (mode == 1)
+      server_side(b);
+    else
+      client_side(b);
   }
   return 0;
 }

@@ -208,7 +208,8 @@ class EpochRecorder final : public BlockDevice {
     next_.submit(r);
   }
   BlockDevice& next_;
-  std::atomic<uint64_t> writes{0}, epoch_write_bytes{0}, commit_id{0}, commit_stream{0}, commit_bytes{0};
+  std::atomic<uint64_t> writes{0}, epoch_write_bytes{0}, commit_id{0}, commit_stream{0},
+      commit_bytes{0};
 };
 
 TEST_F(WanLinkTest, WritesFlushAndBlockStatusReachTheDevice) {
@@ -315,7 +316,8 @@ TEST_F(WanLinkTest, AccessMapIsKeptAcrossADatacenterEdgeRestart) {
     server_->save_access_maps();
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  auto again = std::make_unique<WanServer>(server_options_, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
+  auto again = std::make_unique<WanServer>(server_options_, *server_tls_,
+                                           std::vector<WanVolume>{{"vol", device_.get()}});
   std::string error;
   on_reactor([&] { ASSERT_TRUE(again->start(reactor_, error).ok()) << error; });
   size_t n = 0;
@@ -332,7 +334,8 @@ TEST_F(WanLinkTest, AccessMapIsKeptAcrossADatacenterEdgeRestart) {
     std::fputc(0x55, f);
     std::fclose(f);
   }
-  auto third = std::make_unique<WanServer>(server_options_, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
+  auto third = std::make_unique<WanServer>(server_options_, *server_tls_,
+                                           std::vector<WanVolume>{{"vol", device_.get()}});
   on_reactor([&] { ASSERT_TRUE(third->start(reactor_, error).ok()) << error; });
   on_reactor([&] { n = third->access_map_entries(0); });
   EXPECT_EQ(n, 0u);
@@ -386,24 +389,21 @@ TEST_F(WanLinkTest, WriteChunksBeyondTheDeviceOpPoolAreRefusedBusyNotACrash) {
   EXPECT_EQ(io(IoOp::read, 0, back.data(), kLen, *vol), Errc::ok);  // the link is still up
 }
 
-TEST_F(WanLinkTest, UnknownVolumeIsRefused) {
-  EXPECT_EQ(start({"nope"}), Errc::not_found);
-}
+TEST_F(WanLinkTest, UnknownVolumeIsRefused) { EXPECT_EQ(start({"nope"}), Errc::not_found); }
 
 TEST_F(WanLinkTest, RequestsSurviveTheServerDroppingTheLink) {
   ASSERT_EQ(start({"vol"}), Errc::ok);
   RemoteDevice& remote = client_->device(0);
   // Drop every connection; the client reconnects and resends what was in flight.
-  on_reactor([&] {
-    server_->stop();
-  });
+  on_reactor([&] { server_->stop(); });
   std::string error;
   // A second server on the same port (the first one's listener is shut) stands in for the
   // restarted edge.
   const uint16_t port = server_->bound_port();
   WanServerOptions so;
   so.port = port;
-  auto second = std::make_unique<WanServer>(so, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
+  auto second =
+      std::make_unique<WanServer>(so, *server_tls_, std::vector<WanVolume>{{"vol", device_.get()}});
   on_reactor([&] { ASSERT_TRUE(second->start(reactor_, error).ok()) << error; });
   std::vector<std::byte> got(1u << 20);
   ASSERT_EQ(io(IoOp::read, 0, got.data(), got.size(), remote), Errc::ok);
@@ -476,7 +476,9 @@ class WanEpochTest : public WanLinkTest {
     w.req.epoch_id = id;
     w.req.epoch_stream = 99;
     w.req.owner = &w;
-    w.req.on_complete = [](IoRequest& r) noexcept { static_cast<Wait*>(r.owner)->done.set_value(r.result); };
+    w.req.on_complete = [](IoRequest& r) noexcept {
+      static_cast<Wait*>(r.owner)->done.set_value(r.result);
+    };
     auto fut = w.done.get_future();
     RemoteDevice& remote = client_->device(0);
     reactor_.post([&] { remote.submit(w.req); });
@@ -502,7 +504,8 @@ TEST_F(WanEpochTest, EpochWritesAndTheirCommitCrossTheLinkWhenNegotiated) {
 
 TEST_F(WanEpochTest, EpochCommitIsRefusedByADatacenterEdgeWithoutEpochs) {
   EpochRecorder& rec = recorder();
-  ASSERT_EQ(start({"vol"}), Errc::ok);  // server_options_.epochs = false: an edge without a redo log
+  ASSERT_EQ(start({"vol"}),
+            Errc::ok);  // server_options_.epochs = false: an edge without a redo log
   EXPECT_FALSE(client_->capabilities() & kCapEpochs);
   std::vector<std::byte> data(8192, std::byte{6});
   ASSERT_EQ(submit_epoch(IoOp::write, 0, data.data(), data.size()), Errc::ok);

@@ -31,7 +31,10 @@ bool low_priority(Priority p) { return p == Priority::prefetch || p == Priority:
 class ServerSession final : public WanStreamHandler {
  public:
   ServerSession(WanServer& server, Reactor& reactor, uint64_t id)
-      : server_(server), reactor_(reactor), id_(id), stream_(reactor, server.tls_, *this),
+      : server_(server),
+        reactor_(reactor),
+        id_(id),
+        stream_(reactor, server.tls_, *this),
         accepted_ns_(reactor.now_ns()) {}
   ~ServerSession() { reactor_.cancel(pace_timer_); }
 
@@ -130,7 +133,8 @@ class ServerSession final : public WanStreamHandler {
     index = volumes_[id - 1].index;
     if (!server_.lease_valid(*this, index, volumes_[id - 1].generation)) {
       send_error(h.request_id, id, WireError::lease_held,
-                 "lease of volume " + server_.volumes_[index].name + " lost (taken over)", h.priority);
+                 "lease of volume " + server_.volumes_[index].name + " lost (taken over)",
+                 h.priority);
       return false;
     }
     return true;
@@ -209,11 +213,14 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
     }
     auto client = parse_hello(payload);
     Hello ours;
-    ours.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite |
-                        (server_.options_.epochs ? kCapEpochs : 0u);
+    ours.capabilities = kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus |
+                        kCapWrite | (server_.options_.epochs ? kCapEpochs : 0u);
     ours.requests_max = kRequestsMax;
-    if (client) dedup_session_ = server_.resume_or_new_session(stream_.peer_name(), client.value().session_id);
-    auto ack = client ? negotiate(client.value(), ours, dedup_session_) : Result<Hello>(Errc::protocol_error);
+    if (client)
+      dedup_session_ =
+          server_.resume_or_new_session(stream_.peer_name(), client.value().session_id);
+    auto ack = client ? negotiate(client.value(), ours, dedup_session_)
+                      : Result<Hello>(Errc::protocol_error);
     if (!ack) {
       send_error(0, 0, WireError::unsupported, "no common protocol version");
       close("HELLO: no common version");
@@ -316,7 +323,8 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       if (!volume_of(h, vol)) return true;
       const Geometry g = server_.volumes_[vol].device->geometry();
       if (h.offset_bytes + h.length_bytes > g.size_bytes()) {
-        send_error(h.request_id, h.volume_id, WireError::out_of_range, "read beyond the end", h.priority);
+        send_error(h.request_id, h.volume_id, WireError::out_of_range, "read beyond the end",
+                   h.priority);
         return true;
       }
       ReadJob* job = job_pool_.take();
@@ -348,7 +356,8 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       auto& dev = *server_.volumes_[vol].device;
       WriteJob* wp = writes_.insert(h.request_id);
       if (wp == nullptr) {
-        send_error(h.request_id, h.volume_id, WireError::busy, "too many write requests", h.priority);
+        send_error(h.request_id, h.volume_id, WireError::busy, "too many write requests",
+                   h.priority);
         return true;
       }
       WriteJob& w = *wp;
@@ -358,10 +367,14 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       w.fua |= (h.flags & kFlagFua) != 0;
       if (h.flags & kFlagFinal) w.final_seen = true;
       const Geometry g = dev.geometry();
-      if (g.read_only) w.error = Errc::write_protected;
-      else if (h.offset_bytes + h.length_bytes > g.size_bytes()) w.error = Errc::out_of_range;
-      else if (h.flags & kFlagDedupRef) w.error = Errc::invalid_argument;  // we keep no content
-      else if ((h.flags & kFlagEpoch) && !(caps_ & kCapEpochs)) w.error = Errc::unsupported;
+      if (g.read_only)
+        w.error = Errc::write_protected;
+      else if (h.offset_bytes + h.length_bytes > g.size_bytes())
+        w.error = Errc::out_of_range;
+      else if (h.flags & kFlagDedupRef)
+        w.error = Errc::invalid_argument;  // we keep no content
+      else if ((h.flags & kFlagEpoch) && !(caps_ & kCapEpochs))
+        w.error = Errc::unsupported;
       if (w.error == Errc::ok) {
         DeviceOp* op = op_pool_.take();
         if (op == nullptr) {
@@ -376,15 +389,18 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
           op->io.offset_bytes = h.offset_bytes;
           op->io.length_bytes = h.length_bytes;
           op->io.fua = w.fua;
-          op->io.epoch_write = (h.flags & kFlagEpoch) != 0;  // the redo log holds it until EPOCH_COMMIT
+          op->io.epoch_write =
+              (h.flags & kFlagEpoch) != 0;  // the redo log holds it until EPOCH_COMMIT
           if (h.flags & kFlagZero) {
             op->io.op = IoOp::write_zeroes;
           } else {
             op->io.op = IoOp::write;
             op->buf = reactor_.pool().allocate(h.length_bytes);
             const bool decoded =
-                op->buf &&
-                decoder_.decode(h, payload, {reinterpret_cast<uint8_t*>(op->buf.data()), h.length_bytes}).ok();
+                op->buf && decoder_
+                               .decode(h, payload,
+                                       {reinterpret_cast<uint8_t*>(op->buf.data()), h.length_bytes})
+                               .ok();
             if (!decoded) {
               w.error = op->buf ? Errc::protocol_error : Errc::no_memory;
               op_pool_.put(op);
@@ -413,7 +429,8 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       if (h.type == FrameType::epoch_commit) {
         auto b = parse_epoch_commit(payload);  // validated by the codec already
         if (!(caps_ & kCapEpochs) || !b) {
-          send_error(h.request_id, h.volume_id, WireError::unsupported, "epochs not negotiated", h.priority);
+          send_error(h.request_id, h.volume_id, WireError::unsupported, "epochs not negotiated",
+                     h.priority);
           return true;
         }
         commit = b.value();
@@ -435,7 +452,8 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
       op->io.op = h.type == FrameType::block_status ? IoOp::block_status : IoOp::flush;
       op->io.offset_bytes = h.offset_bytes;
       op->io.length_bytes = h.length_bytes;
-      if (h.type == FrameType::epoch_commit) {  // a flush that commits the open epoch (block_device.h)
+      if (h.type ==
+          FrameType::epoch_commit) {  // a flush that commits the open epoch (block_device.h)
         op->io.epoch_id = commit.epoch_id;
         op->io.epoch_stream = commit.stream;
         op->io.length_bytes = commit.data_bytes;
@@ -468,7 +486,9 @@ void ServerSession::on_device_op(IoRequest& io) noexcept {
     }
   } else if (io.result != Errc::ok) {
     s->send_error(op->request_id, op->volume_id, to_wire_error(io.result),
-                  io.epoch_id ? "epoch commit failed" : io.op == IoOp::flush ? "flush failed" : "block status failed",
+                  io.epoch_id            ? "epoch commit failed"
+                  : io.op == IoOp::flush ? "flush failed"
+                                         : "block status failed",
                   op->priority);
   } else if (io.op == IoOp::flush) {
     FrameHeader a;
@@ -478,8 +498,8 @@ void ServerSession::on_device_op(IoRequest& io) noexcept {
     a.priority = op->priority;
     s->send_control(a, {});
   } else {  // block status: one extent
-    const uint32_t len = uint32_t(std::min<uint64_t>(
-        std::max<uint64_t>(io.status_length_bytes, 1), op->requested));
+    const uint32_t len =
+        uint32_t(std::min<uint64_t>(std::max<uint64_t>(io.status_length_bytes, 1), op->requested));
     uint8_t body[kExtentBytes];
     Extent e;
     e.length_bytes = len;
@@ -576,7 +596,8 @@ bool ServerSession::take_tokens(size_t bytes, bool may_wait) {
   const uint64_t now = Reactor::now_ns_fresh();
   if (b.last_ns == 0) b.last_ns = now;
   // Burst allowance: 10 ms of the rate or one chunk, whichever is larger.
-  const double burst = std::max<double>(double(rate) / 100, double(server_.options_.chunk_bytes) + 1024);
+  const double burst =
+      std::max<double>(double(rate) / 100, double(server_.options_.chunk_bytes) + 1024);
   b.tokens = std::min(burst, b.tokens + double(now - b.last_ns) * double(rate) / 1e9);
   b.last_ns = now;
   if (b.tokens >= double(bytes) || !may_wait) {
@@ -614,8 +635,8 @@ bool ServerSession::send_chunk(ReadJob& job, ChunkRead* c) {
     if (!dedup) {
       Compression comp = server_.options_.compression;
       if (!(caps_ & capability_for(comp.algo))) comp.algo = CompressAlgo::none;
-      enc = encoder_.encode(data, {reinterpret_cast<uint8_t*>(compress_buf_.data()),
-                                   compress_buf_.capacity()}, comp);
+      enc = encoder_.encode(
+          data, {reinterpret_cast<uint8_t*>(compress_buf_.data()), compress_buf_.capacity()}, comp);
     }
   }
   std::span<const uint8_t> payload;
@@ -667,7 +688,8 @@ void ServerSession::finish_write(uint64_t request_id) {
   const WriteJob done = *found;
   writes_.erase(request_id);
   if (done.error != Errc::ok) {
-    send_error(request_id, done.volume_id, to_wire_error(done.error), "write failed", done.priority);
+    send_error(request_id, done.volume_id, to_wire_error(done.error), "write failed",
+               done.priority);
     return;
   }
   FrameHeader a;
@@ -698,7 +720,8 @@ void ServerSession::finish_job_if_done(ReadJob& job) {
   if (job.chunks_in_flight != 0) return;
   if (job.error == Errc::ok && job.next_offset < job.end) return;
   if (job.error != Errc::ok) {
-    send_error(job.request_id, job.volume_id, to_wire_error(job.error), "read failed", job.priority);
+    send_error(job.request_id, job.volume_id, to_wire_error(job.error), "read failed",
+               job.priority);
   } else {
     FrameHeader d;
     d.type = FrameType::read_done;
@@ -749,7 +772,9 @@ WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
       pre_auth_(options_.pre_auth) {
   // Access maps are bounded and allocated here, not on the read path.
   for (size_t v = 0; v < volumes_.size(); ++v) {
-    const uint64_t chunks = (volumes_[v].device->geometry().size_bytes() + options_.chunk_bytes - 1) / options_.chunk_bytes;
+    const uint64_t chunks =
+        (volumes_[v].device->geometry().size_bytes() + options_.chunk_bytes - 1) /
+        options_.chunk_bytes;
     maps_[v].seen.assign(size_t((chunks + 63) / 64), 0);
     maps_[v].offsets.reserve(std::min<uint64_t>(kAccessMapEntriesMax, chunks));
   }
@@ -801,8 +826,8 @@ std::string WanServer::acquire_lease(ServerSession& s, size_t v, uint64_t& gener
   const uint64_t now = reactor_->now_ns();
   const std::string& name = volumes_[v].name;
   if (!l.holder.empty() && l.owner == nullptr && now >= l.expires_ns) {
-    std::fprintf(stderr, "ferry: wan: lease of volume '%s' by cloud edge '%s' expired\n", name.c_str(),
-                 l.holder.c_str());
+    std::fprintf(stderr, "ferry: wan: lease of volume '%s' by cloud edge '%s' expired\n",
+                 name.c_str(), l.holder.c_str());
     l.holder.clear();
   }
   const char* how = "granted";
@@ -814,12 +839,14 @@ std::string WanServer::acquire_lease(ServerSession& s, size_t v, uint64_t& gener
     if (l.holder != s.edge_name()) {
       char why[320];
       if (l.owner != nullptr)
-        std::snprintf(why, sizeof why, "volume '%s' is attached by cloud edge '%s' (lease held for %.0f s)",
+        std::snprintf(why, sizeof why,
+                      "volume '%s' is attached by cloud edge '%s' (lease held for %.0f s)",
                       name.c_str(), l.holder.c_str(), double(now - l.since_ns) / 1e9);
       else
-        std::snprintf(why, sizeof why,
-                      "volume '%s' is leased to cloud edge '%s', disconnected; the lease expires in %.0f s",
-                      name.c_str(), l.holder.c_str(), double(l.expires_ns - now) / 1e9);
+        std::snprintf(
+            why, sizeof why,
+            "volume '%s' is leased to cloud edge '%s', disconnected; the lease expires in %.0f s",
+            name.c_str(), l.holder.c_str(), double(l.expires_ns - now) / 1e9);
       return why;
     }
     // The same edge. Its previous connection is gone, or it is the same process (same session)
@@ -827,10 +854,11 @@ std::string WanServer::acquire_lease(ServerSession& s, size_t v, uint64_t& gener
     // Another process with the same certificate while the first is connected is refused.
     if (l.owner != nullptr && l.holder_session != s.session()) {
       char why[320];
-      std::snprintf(why, sizeof why,
-                    "volume '%s' is attached by another process of cloud edge '%s' (same certificate, "
-                    "another session)",
-                    name.c_str(), l.holder.c_str());
+      std::snprintf(
+          why, sizeof why,
+          "volume '%s' is attached by another process of cloud edge '%s' (same certificate, "
+          "another session)",
+          name.c_str(), l.holder.c_str());
       return why;
     }
     how = l.owner != nullptr ? "taken over from its previous connection" : "resumed";
@@ -840,7 +868,8 @@ std::string WanServer::acquire_lease(ServerSession& s, size_t v, uint64_t& gener
   l.holder_session = s.session();
   l.owner = &s;
   generation = ++l.generation;
-  std::fprintf(stderr, "ferry: wan: lease of volume '%s' %s: cloud edge '%s' (generation %" PRIu64 ")\n",
+  std::fprintf(stderr,
+               "ferry: wan: lease of volume '%s' %s: cloud edge '%s' (generation %" PRIu64 ")\n",
                name.c_str(), how, l.holder.c_str(), l.generation);
   return {};
 }
@@ -860,7 +889,8 @@ void WanServer::release_lease(ServerSession& s, size_t v, bool closed_cleanly) n
     l.holder.clear();
   } else {
     l.expires_ns = reactor_->now_ns() + uint64_t(options_.lease_ms) * 1'000'000;
-    std::fprintf(stderr, "ferry: wan: cloud edge '%s' lost; its lease of volume '%s' is kept %u ms\n",
+    std::fprintf(stderr,
+                 "ferry: wan: cloud edge '%s' lost; its lease of volume '%s' is kept %u ms\n",
                  l.holder.c_str(), volumes_[v].name.c_str(), options_.lease_ms);
   }
 }
@@ -894,7 +924,8 @@ void WanServer::load_access_maps() {
     std::vector<uint8_t> b;
     uint8_t buf[65536];
     size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0 && b.size() < (kAccessMapEntriesMax + 4) * 8) b.insert(b.end(), buf, buf + n);
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0 && b.size() < (kAccessMapEntriesMax + 4) * 8)
+      b.insert(b.end(), buf, buf + n);
     std::fclose(f);
     auto le = [&](size_t at, int bytes) {
       uint64_t x = 0;
@@ -902,11 +933,17 @@ void WanServer::load_access_maps() {
       return x;
     };
     const char* why = nullptr;
-    if (b.size() < 28 || std::memcmp(b.data(), "FERRYMAP", 8) != 0) why = "not an access map";
-    else if (le(8, 4) != 1) why = "unknown version";
-    else if (le(12, 4) != options_.chunk_bytes) why = "made with another chunk size";
-    else if (const uint64_t count = le(16, 8); count > kAccessMapEntriesMax || b.size() != 24 + count * 8 + 4) why = "truncated";
-    else if (crc32c({b.data(), b.size() - 4}) != uint32_t(le(b.size() - 4, 4))) why = "checksum mismatch";
+    if (b.size() < 28 || std::memcmp(b.data(), "FERRYMAP", 8) != 0)
+      why = "not an access map";
+    else if (le(8, 4) != 1)
+      why = "unknown version";
+    else if (le(12, 4) != options_.chunk_bytes)
+      why = "made with another chunk size";
+    else if (const uint64_t count = le(16, 8);
+             count > kAccessMapEntriesMax || b.size() != 24 + count * 8 + 4)
+      why = "truncated";
+    else if (crc32c({b.data(), b.size() - 4}) != uint32_t(le(b.size() - 4, 4)))
+      why = "checksum mismatch";
     if (why != nullptr) {
       std::fprintf(stderr, "ferry: wan: access map %s ignored: %s\n", path.c_str(), why);
       continue;
@@ -914,14 +951,15 @@ void WanServer::load_access_maps() {
     const uint64_t size = volumes_[v].device->geometry().size_bytes();
     for (uint64_t i = 0; i < le(16, 8); ++i)
       if (const uint64_t o = le(24 + size_t(i) * 8, 8);
-          o < size && o % options_.chunk_bytes == 0 && maps_[v].offsets.size() < maps_[v].offsets.capacity()) {
+          o < size && o % options_.chunk_bytes == 0 &&
+          maps_[v].offsets.size() < maps_[v].offsets.capacity()) {
         const uint64_t c = o / options_.chunk_bytes;
         if (maps_[v].seen[size_t(c / 64)] & (1ull << (c % 64))) continue;  // duplicate entry
         maps_[v].seen[size_t(c / 64)] |= 1ull << (c % 64);
         maps_[v].offsets.push_back(o);
       }
-    std::fprintf(stderr, "ferry: wan: volume '%s': access map of %zu chunks from %s\n", volumes_[v].name.c_str(),
-                 maps_[v].offsets.size(), path.c_str());
+    std::fprintf(stderr, "ferry: wan: volume '%s': access map of %zu chunks from %s\n",
+                 volumes_[v].name.c_str(), maps_[v].offsets.size(), path.c_str());
   }
 }
 
@@ -943,11 +981,12 @@ void WanServer::save_access_maps() const {
     const std::string path = options_.access_map_dir + "/" + volumes_[v].name + ".map";
     const std::string tmp = path + ".tmp";
     FILE* f = std::fopen(tmp.c_str(), "wb");
-    const bool ok = f != nullptr && std::fwrite(b.data(), 1, b.size(), f) == b.size() && std::fflush(f) == 0 &&
-                    ::fsync(fileno(f)) == 0;
+    const bool ok = f != nullptr && std::fwrite(b.data(), 1, b.size(), f) == b.size() &&
+                    std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
     if (f != nullptr) std::fclose(f);
     if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0)
-      std::fprintf(stderr, "ferry: wan: cannot save the access map %s: %s\n", path.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "ferry: wan: cannot save the access map %s: %s\n", path.c_str(),
+                   std::strerror(errno));
     else
       std::fprintf(stderr, "ferry: wan: volume '%s': access map of %zu chunks saved to %s\n",
                    volumes_[v].name.c_str(), m.offsets.size(), path.c_str());
@@ -1023,9 +1062,10 @@ void WanServer::on_sweep(void* ctx) noexcept {
       late.push_back(s.get());
   for (ServerSession* s : late) s->close("nothing received within the idle timeout (link dead)");
   const size_t before = self->closing_.size();
-  self->closing_.erase(std::remove_if(self->closing_.begin(), self->closing_.end(),
-                                      [](const std::unique_ptr<ServerSession>& s) { return s->idle(); }),
-                       self->closing_.end());
+  self->closing_.erase(
+      std::remove_if(self->closing_.begin(), self->closing_.end(),
+                     [](const std::unique_ptr<ServerSession>& s) { return s->idle(); }),
+      self->closing_.end());
   for (size_t i = self->closing_.size(); i < before; ++i) self->sessions_alive_.remove();
   if (!self->stopping_ || !self->closing_.empty() || !self->sessions_.empty())
     self->reactor_->arm(self->sweep_timer_, kSweepNs, &WanServer::on_sweep, self);
@@ -1044,8 +1084,9 @@ std::string WanServer::stats_text() const {
     char line[512];
     std::snprintf(line, sizeof line,
                   "volume %s: requested %" PRIu64 " B; sent %" PRIu64 " B of payload in %" PRIu64
-                  " frames (zero %" PRIu64 " B, dedup %" PRIu64 " B, compressed %" PRIu64 " -> %" PRIu64
-                  " B, raw %" PRIu64 " B); written %" PRIu64 " B; access map %zu chunks\n",
+                  " frames (zero %" PRIu64 " B, dedup %" PRIu64 " B, compressed %" PRIu64
+                  " -> %" PRIu64 " B, raw %" PRIu64 " B); written %" PRIu64
+                  " B; access map %zu chunks\n",
                   volumes_[i].name.c_str(), c.bytes_requested, c.payload_bytes_sent, c.frames_sent,
                   c.bytes_zero, c.bytes_dedup, c.bytes_compressed_in, c.bytes_compressed_out,
                   c.bytes_raw, c.bytes_written, maps_[i].offsets.size());

@@ -39,16 +39,16 @@ struct WanServerOptions {
   uint16_t port = 9111;  // 0: ephemeral (bound_port())
   uint32_t chunk_bytes = 64 * 1024;
   Compression compression{CompressAlgo::zstd, 3};  // measured choice: datapath/wan/DESIGN.md
-  uint64_t rate_limit_bytes_per_s = 0;  // 0: unlimited; change with set_rate_limit
-  bool rate_limit_all = false;          // the cap also holds demand reads and write-back
-  uint32_t chunk_reads_max = 32;        // device reads in flight per connection
-  size_t dedup_entries_max = 1u << 20;  // content hashes remembered per client
-  uint32_t connections_max = 64;        // authenticated connections (past HELLO)
+  uint64_t rate_limit_bytes_per_s = 0;             // 0: unlimited; change with set_rate_limit
+  bool rate_limit_all = false;                     // the cap also holds demand reads and write-back
+  uint32_t chunk_reads_max = 32;                   // device reads in flight per connection
+  size_t dedup_entries_max = 1u << 20;             // content hashes remembered per client
+  uint32_t connections_max = 64;                   // authenticated connections (past HELLO)
   // Connections not past HELLO yet: at most 32 (8 per source address); the oldest is dropped
   // for a newcomer when full, and each must finish TLS + HELLO within handshake_timeout_ms.
   PreAuthLimits pre_auth{32, 8};
   uint32_t handshake_timeout_ms = 10000;
-  uint32_t socket_send_bytes = 0;       // SO_SNDBUF of WAN sockets (0: kernel autotuning)
+  uint32_t socket_send_bytes = 0;  // SO_SNDBUF of WAN sockets (0: kernel autotuning)
   // A volume is owned by one cloud edge at a time (see "Leases" in gateway/wan/DESIGN.md): its
   // lease outlives the holder's connection by lease_ms, so the same edge can reconnect and
   // resume while no other edge can attach.
@@ -66,10 +66,10 @@ struct WanServerOptions {
 
 // Per-volume counters (what crossed the WAN for it, from this server's side).
 struct WanVolumeCounters {
-  uint64_t bytes_requested = 0;   // READ lengths asked for
-  uint64_t bytes_zero = 0;        // sent as ZERO runs (no payload)
-  uint64_t bytes_dedup = 0;       // sent as DEDUP_REF (32-byte payload)
-  uint64_t bytes_raw = 0;         // sent as they are
+  uint64_t bytes_requested = 0;  // READ lengths asked for
+  uint64_t bytes_zero = 0;       // sent as ZERO runs (no payload)
+  uint64_t bytes_dedup = 0;      // sent as DEDUP_REF (32-byte payload)
+  uint64_t bytes_raw = 0;        // sent as they are
   uint64_t bytes_compressed_in = 0, bytes_compressed_out = 0;
   uint64_t payload_bytes_sent = 0;  // data frame payloads on the wire (before TLS)
   uint64_t frames_sent = 0;
@@ -99,13 +99,17 @@ class WanServer {
   size_t connection_count() const noexcept { return sessions_.size(); }
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   // Counters by volume index (reactor thread, or after stop).
-  const WanVolumeCounters& counters(size_t volume_index) const noexcept { return counters_[volume_index]; }
+  const WanVolumeCounters& counters(size_t volume_index) const noexcept {
+    return counters_[volume_index];
+  }
   const std::vector<WanVolume>& volumes() const noexcept { return volumes_; }
   std::string stats_text() const;
   // The edge holding volume i's lease ("" when free or expired), for tests and stats.
   std::string lease_holder(size_t volume_index) const;
   // Chunks in volume i's access map.
-  size_t access_map_entries(size_t volume_index) const noexcept { return maps_[volume_index].offsets.size(); }
+  size_t access_map_entries(size_t volume_index) const noexcept {
+    return maps_[volume_index].offsets.size();
+  }
   // Writes the maps to access_map_dir (after stop; main thread). Errors are logged.
   void save_access_maps() const;
 
@@ -134,7 +138,7 @@ class WanServer {
   // of the holding process. `generation` is the fencing token: bumped at every grant, so a
   // connection whose lease was taken over can no longer touch the volume.
   struct VolumeLease {
-    std::string holder;             // "" = free
+    std::string holder;  // "" = free
     uint64_t holder_session = 0;
     uint64_t generation = 0;
     class ServerSession* owner = nullptr;  // the connection that opened it; nullptr: gone
@@ -142,8 +146,10 @@ class WanServer {
     uint64_t since_ns = 0;
   };
   // Grants volume i's lease to the session (or refuses: returns why, for the ERROR and the log).
-  std::string acquire_lease(class ServerSession& s, size_t volume_index, uint64_t& generation) noexcept;
-  bool lease_valid(const class ServerSession& s, size_t volume_index, uint64_t generation) const noexcept;
+  std::string acquire_lease(class ServerSession& s, size_t volume_index,
+                            uint64_t& generation) noexcept;
+  bool lease_valid(const class ServerSession& s, size_t volume_index,
+                   uint64_t generation) const noexcept;
   // The session let go (CLOSE_VOLUME: free now) or disconnected (kept for lease_ms).
   void release_lease(class ServerSession& s, size_t volume_index, bool closed_cleanly) noexcept;
   void connection_lost(class ServerSession& s) noexcept;

@@ -26,9 +26,9 @@
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
-#include <new>
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "datapath/assert.h"
 

@@ -53,9 +53,9 @@ constexpr std::string_view kTargetIqn = "iqn.2024-01.io.ferry:fuzz";
 constexpr std::string_view kInitiatorIqn = "iqn.2024-01.io.ferry:fuzz-initiator";
 constexpr uint64_t kRamBytes = 8ull << 20;
 constexpr uint64_t kPoolBytesMax = 256ull << 20;
-constexpr uint64_t kFastSteps = 2000;           // zero-delay steps before ticking
-constexpr uint64_t kTickNs = 1'000'000;         // 1 ms
-constexpr uint64_t kHangNs = 10'000'000'000;    // 10 s
+constexpr uint64_t kFastSteps = 2000;         // zero-delay steps before ticking
+constexpr uint64_t kTickNs = 1'000'000;       // 1 ms
+constexpr uint64_t kHangNs = 10'000'000'000;  // 10 s
 
 // ---------------------------------------------------------------- process-wide state
 
@@ -198,7 +198,8 @@ Prefix make_prefix(uint8_t mode) {
 }
 
 // Copies a digest-less PDU stream into `out`, inserting correct header/data digests.
-void insert_digests(std::span<const uint8_t> in, bool header, bool data, std::vector<uint8_t>& out) {
+void insert_digests(std::span<const uint8_t> in, bool header, bool data,
+                    std::vector<uint8_t>& out) {
   uint8_t crc[4];
   while (!in.empty()) {
     if (in.size() < iscsi::kBhsBytes) {
@@ -237,7 +238,8 @@ struct Peer {
   // Non-blocking: writes what fits, then half-closes; reads and discards what the target sent.
   void pump() noexcept {
     while (sent < out.size()) {
-      const ssize_t n = ::send(fd, out.data() + sent, out.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+      const ssize_t n =
+          ::send(fd, out.data() + sent, out.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
         sent += size_t(n);
       } else if (n < 0 && errno == EINTR) {
