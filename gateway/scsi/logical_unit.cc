@@ -58,7 +58,6 @@ void LogicalUnit::reply(ScsiTask& t, const uint8_t* src, size_t bytes,
   complete(t);
 }
 
-// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::execute(ScsiTask& t) noexcept {
   t.status = Status::good;
   t.sense_bytes = 0;
@@ -707,7 +706,6 @@ LogicalUnit* Target::find(uint64_t lun_raw) const noexcept {
   return it != luns_.end() && it->first == lun ? it->second : nullptr;
 }
 
-// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void Target::execute(ScsiTask& t) noexcept {
   if (t.cdb[0] == 0xa0) return report_luns(t);
   LogicalUnit* lu = find(t.lun_raw);

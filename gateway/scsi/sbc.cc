@@ -146,7 +146,6 @@ void LogicalUnit::read_write(ScsiTask& t, const CommandSpec& spec) noexcept {
 
 // ---- VERIFY ----
 
-// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::verify(ScsiTask& t, const CommandSpec&) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;
@@ -210,7 +209,6 @@ void LogicalUnit::on_verify_io(IoRequest& io) noexcept {
 
 // ---- WRITE SAME ----
 
-// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::write_same(ScsiTask& t, const CommandSpec&) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;
@@ -280,7 +278,6 @@ void LogicalUnit::on_write_same_io(IoRequest& io) noexcept {
 
 // ---- UNMAP ----
 
-// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::unmap(ScsiTask& t) noexcept {
   if (!geometry_.can_discard) return fail(t, illegal_request(kInvalidOpcode));
   if (geometry_.read_only) return fail(t, write_protected());
@@ -344,7 +341,6 @@ void LogicalUnit::on_unmap_io(IoRequest& io) noexcept {
 
 // ---- GET LBA STATUS ----
 
-// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::get_lba_status(ScsiTask& t) noexcept {
   const uint64_t lba = load_be64(t.cdb + 2);
   if (lba >= geometry_.block_count) return fail(t, lba_out_of_range());
@@ -440,7 +436,6 @@ void LogicalUnit::caw_unlock(uint64_t lba, uint64_t blocks) noexcept {
   FERRY_ASSERT(false);
 }
 
-// NOLINTNEXTLINE(bugprone-exception-escape): std::variant assignment in set_progress (task.h)
 void LogicalUnit::compare_and_write(ScsiTask& t) noexcept {
   const BlockCdb b = decode_block_cdb(t.cdb);
   const uint32_t bs = geometry_.block_size_bytes;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string_view>
 #include <type_traits>
 #include <variant>
@@ -108,12 +109,14 @@ struct ScsiTask {
   Buffer lu_buffer;  // extra buffer for multi-step commands (COMPARE AND WRITE, VERIFY)
 };
 
-// Starts (or resets) the task's command progress. Every alternative is trivially copyable, so the
-// assignment cannot throw; clang-tidy 14 does not follow std::variant's conditional noexcept.
+// Starts (or resets) the task's command progress: the old alternative is destroyed and the new
+// one constructed in place (every alternative is trivially copyable, so nothing can throw).
 template <class Progress>
-void set_progress(ScsiTask& t, const Progress& p) noexcept {  // NOLINT(bugprone-exception-escape)
-  static_assert(std::is_nothrow_assignable_v<BlockCommandProgress&, const Progress&>);
-  t.progress = p;
+void set_progress(ScsiTask& t, const Progress& p) noexcept {
+  static_assert(std::is_trivially_copyable_v<Progress>);
+  static_assert(std::is_trivially_destructible_v<BlockCommandProgress>);
+  std::destroy_at(&t.progress);
+  std::construct_at(&t.progress, std::in_place_type<Progress>, p);
 }
 
 }  // namespace ferry::scsi

@@ -184,7 +184,7 @@ class WanClient final : public WanStreamHandler {
 
 class RemoteDevice final : public BlockDevice {
  public:
-  RemoteDevice(WanClient& client, size_t volume, std::string name) noexcept
+  RemoteDevice(WanClient& client, size_t volume, const std::string& name) noexcept
       : client_(client), volume_(volume), description_("wan:" + name) {}
   Geometry geometry() const noexcept override { return geometry_; }
   void submit(IoRequest& req) noexcept override { client_.submit(volume_, req); }
