@@ -15,6 +15,7 @@
 #include <random>
 
 #include "datapath/wan/frame.h"
+#include "journal/log_file.h"
 
 namespace ferry::journal {
 
@@ -205,37 +206,10 @@ Result<void> JournalDevice::format_or_replay() noexcept {
   if (geometry_.read_only) return Errc::write_protected;
 
   // The file: created (and its space reserved) when missing or empty.
-  bool fresh = false;
-  {
-    int fd = ::open(opt_.path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      std::fprintf(stderr, "ferry: journal %s: %s\n", opt_.path.c_str(), std::strerror(errno));
-      return Errc::io_error;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-      ::close(fd);
-      return Errc::io_error;
-    }
-    if (S_ISREG(st.st_mode) && st.st_size == 0) {
-      const uint64_t size = opt_.size_bytes - opt_.size_bytes % kBlock;
-      if (size < 64 * kBlock) {
-        ::close(fd);
-        std::fprintf(stderr, "ferry: journal %s: size %" PRIu64 " is below 256KiB\n",
-                     opt_.path.c_str(), size);
-        return Errc::invalid_argument;
-      }
-      int e = posix_fallocate(fd, 0, off_t(size));
-      if (e != 0) {
-        ::close(fd);
-        std::fprintf(stderr, "ferry: journal %s: cannot reserve %" PRIu64 " bytes: %s\n",
-                     opt_.path.c_str(), size, std::strerror(e));
-        return e == ENOSPC ? Errc::no_space : Errc::io_error;
-      }
-      fresh = true;
-    }
-    ::close(fd);
-  }
+  const uint64_t size = opt_.size_bytes - opt_.size_bytes % kBlock;
+  auto created = create_or_open_log_file("journal", opt_.path, size, 64 * kBlock);
+  if (!created.ok()) return created.error();
+  const bool fresh = created.value();
   FileDeviceOptions fo;
   fo.direct_io = opt_.direct_io;
   fo.block_size_bytes = 512;

@@ -16,6 +16,7 @@
 
 #include "datapath/assert.h"
 #include "datapath/wan/frame.h"
+#include "journal/log_file.h"
 
 namespace ferry::journal {
 
@@ -157,37 +158,11 @@ void RedoLogDevice::encode_record(std::byte* h, Type type, uint64_t offset, uint
 Result<void> RedoLogDevice::format_or_scan() noexcept {
   geometry_ = next_.geometry();
   geometry_.max_transfer_bytes = std::min(geometry_.max_transfer_bytes, opt_.record_data_bytes_max);
-  bool fresh = false;
-  {
-    int fd = ::open(opt_.path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      std::fprintf(stderr, "ferry: redo log %s: %s\n", opt_.path.c_str(), std::strerror(errno));
-      return Errc::io_error;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-      ::close(fd);
-      return Errc::io_error;
-    }
-    if (S_ISREG(st.st_mode) && st.st_size == 0) {
-      const uint64_t size = opt_.size_bytes - opt_.size_bytes % kBlock;
-      if (size < 2 * kBlock + 4 * (kBlock + opt_.record_data_bytes_max)) {
-        ::close(fd);
-        std::fprintf(stderr, "ferry: redo log %s: size %" PRIu64 " is too small\n",
-                     opt_.path.c_str(), size);
-        return Errc::invalid_argument;
-      }
-      int e = posix_fallocate(fd, 0, off_t(size));
-      if (e != 0) {
-        ::close(fd);
-        std::fprintf(stderr, "ferry: redo log %s: cannot reserve %" PRIu64 " bytes: %s\n",
-                     opt_.path.c_str(), size, std::strerror(e));
-        return e == ENOSPC ? Errc::no_space : Errc::io_error;
-      }
-      fresh = true;
-    }
-    ::close(fd);
-  }
+  const uint64_t size = opt_.size_bytes - opt_.size_bytes % kBlock;
+  auto created = create_or_open_log_file("redo log", opt_.path, size,
+                                         2 * kBlock + 4 * (kBlock + opt_.record_data_bytes_max));
+  if (!created.ok()) return created.error();
+  const bool fresh = created.value();
   FileDeviceOptions fo;
   fo.block_size_bytes = 512;
   auto f = FileDevice::open(opt_.path, fo);
