@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <future>
 #include <map>
@@ -94,11 +95,11 @@ bool check_own_certificate(const std::string& path, const std::string& role) {
   bool ok = true;
   int days = 0, secs = 0;
   const ASN1_TIME* not_after = X509_get0_notAfter(cert);
-  BIO* b = BIO_new(BIO_s_mem());
-  ASN1_TIME_print(b, not_after);
-  char when[64] = {};
-  BIO_read(b, when, sizeof when - 1);
-  BIO_free(b);
+  // Printed as ASN1_TIME_print would ("Dec  3 11:22:58 2026 GMT"), without a memory BIO.
+  char when[64] = "?";
+  std::tm tm{};
+  if (ASN1_TIME_to_tm(not_after, &tm) == 1)
+    std::strftime(when, sizeof when, "%b %e %T %Y GMT", &tm);
   if (X509_cmp_current_time(X509_get0_notBefore(cert)) > 0) {
     std::fprintf(stderr, "ferry: TLS: certificate %s is not valid yet\n", path.c_str());
     ok = false;

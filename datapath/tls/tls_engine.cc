@@ -80,8 +80,10 @@ std::string check_edge_role(const EdgeIdentity& id, const std::string& role,
 }
 
 std::unique_ptr<TlsContext> TlsContext::create(const TlsConfig& config, std::string& error) {
-  if (config.cert_path.empty() || config.key_path.empty() || config.ca_path.empty()) {
-    error = "TLS needs a certificate, its key and a CA (mutual authentication)";
+  if (config.cert_path.empty() || config.key_path.empty() ||
+      (config.verify_peer && config.ca_path.empty())) {
+    error = config.verify_peer ? "TLS needs a certificate, its key and a CA (mutual authentication)"
+                               : "TLS needs a certificate and its key";
     return nullptr;
   }
   std::unique_ptr<TlsContext> c(new TlsContext());
@@ -92,7 +94,8 @@ std::unique_ptr<TlsContext> TlsContext::create(const TlsConfig& config, std::str
     error = "SSL_CTX_new: " + openssl_errors();
     return nullptr;
   }
-  SSL_CTX_set_min_proto_version(c->ctx_, TLS1_3_VERSION);
+  SSL_CTX_set_min_proto_version(c->ctx_, config.allow_tls12 ? TLS1_2_VERSION : TLS1_3_VERSION);
+  if (!config.session_tickets) SSL_CTX_set_num_tickets(c->ctx_, 0);
   SSL_CTX_set_mode(c->ctx_, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
   if (SSL_CTX_use_certificate_chain_file(c->ctx_, config.cert_path.c_str()) != 1) {
     error = "certificate " + config.cert_path + ": " + openssl_errors();
@@ -103,6 +106,7 @@ std::unique_ptr<TlsContext> TlsContext::create(const TlsConfig& config, std::str
     error = "private key " + config.key_path + ": " + openssl_errors();
     return nullptr;
   }
+  if (!config.verify_peer) return c;  // SSL_VERIFY_NONE: no certificate asked of the peer
   if (SSL_CTX_load_verify_locations(c->ctx_, config.ca_path.c_str(), nullptr) != 1) {
     error = "CA " + config.ca_path + ": " + openssl_errors();
     return nullptr;
@@ -190,6 +194,10 @@ TlsEngine::~TlsEngine() {
 Errc TlsEngine::fail(Errc e, const char* what) noexcept {
   state_ = TlsState::failed;
   const long verify = SSL_get_verify_result(ssl_);
+  const int reason = ERR_GET_REASON(ERR_peek_last_error());
+  peer_refused_ = verify != X509_V_OK || !role_error_.empty() ||
+                  reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ||
+                  reason == SSL_R_CERTIFICATE_VERIFY_FAILED;
   error_ = what;
   if (!role_error_.empty()) {
     error_ += ": " + role_error_;
@@ -241,25 +249,27 @@ Errc TlsEngine::feed_ciphertext(std::span<const uint8_t> bytes) noexcept {
 }
 
 size_t TlsEngine::read_plaintext(std::span<uint8_t> out) noexcept {
-  if (ssl_ == nullptr || state_ != TlsState::established || out.empty()) return 0;
   size_t total = 0;
   while (total < out.size()) {
-    ERR_clear_error();
-    const int n =
-        SSL_read(ssl_, out.data() + total, int(std::min<size_t>(out.size() - total, INT_MAX)));
-    if (n > 0) {
-      total += size_t(n);
-      continue;
-    }
-    const int err = SSL_get_error(ssl_, n);
-    if (err == SSL_ERROR_ZERO_RETURN) {
-      state_ = TlsState::closed;
-    } else if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
-      fail(Errc::protocol_error, "TLS read failed");
-    }
-    break;
+    const size_t n = read_plaintext_record(out.subspan(total));
+    if (n == 0) break;
+    total += n;
   }
   return total;
+}
+
+size_t TlsEngine::read_plaintext_record(std::span<uint8_t> out) noexcept {
+  if (ssl_ == nullptr || state_ != TlsState::established || out.empty()) return 0;
+  ERR_clear_error();
+  const int n = SSL_read(ssl_, out.data(), int(std::min<size_t>(out.size(), INT_MAX)));
+  if (n > 0) return size_t(n);
+  const int err = SSL_get_error(ssl_, n);
+  if (err == SSL_ERROR_ZERO_RETURN) {
+    state_ = TlsState::closed;
+  } else if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+    fail(Errc::protocol_error, "TLS read failed");
+  }
+  return 0;
 }
 
 Errc TlsEngine::write_plaintext(std::span<const uint8_t> bytes) noexcept {

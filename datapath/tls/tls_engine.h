@@ -1,7 +1,10 @@
 // TLS 1.3 with mutual certificate authentication as a pure byte transformer (OpenSSL with memory
 // BIOs): the owner moves ciphertext between the engine and its io_uring socket, so TLS never
-// blocks or touches a file descriptor. Used by the WAN link (both ends). One engine per
-// connection, on one thread; a TlsContext is shared read-only by all engines of a process.
+// blocks or touches a file descriptor. Used by the WAN link (both ends) and by the NBD server
+// (STARTTLS on an open connection: the engine starts after the plaintext option phase, fed the
+// bytes that followed STARTTLS). One engine per connection, on one thread; a TlsContext is
+// shared read-only by all engines of a process. Plaintext is read into and encrypted from the
+// caller's buffers: no copy besides OpenSSL's own, no allocation per record beyond the BIOs'.
 //
 //   socket bytes ─feed_ciphertext()─▶ [engine] ─read_plaintext()─▶ protocol
 //   protocol ─write_plaintext()─▶ [engine] ─take_ciphertext()─▶ socket
@@ -27,8 +30,15 @@ namespace ferry::tls {
 struct TlsConfig {
   std::string cert_path;  // PEM: our certificate (chain)
   std::string key_path;   // PEM: its private key
-  std::string ca_path;    // PEM: the CA the peer's certificate must chain to (required)
+  std::string ca_path;    // PEM: the CA the peer's certificate must chain to
   bool server = false;
+  // false: the peer is not asked for a certificate and ca_path may be empty (an NBD export
+  // without client certificates). The WAN link always verifies (mutual authentication).
+  bool verify_peer = true;
+  // TLS 1.2 accepted too (NBD clients: qemu, libnbd); otherwise TLS 1.3 only (the WAN link).
+  bool allow_tls12 = false;
+  // false: a server sends no TLS 1.3 session tickets (NBD clients never resume a session).
+  bool session_tickets = true;
   // The role the peer's certificate must carry (see "Certificates" in gateway/wan/DESIGN.md):
   // the extended key usage of its side (clientAuth for a cloud edge, serverAuth for a datacenter
   // edge) and a SAN URI urn:ferry:ROLE:NAME, and no other Ferry role. Empty: any certificate
@@ -91,11 +101,19 @@ class TlsEngine {
   // Why this side refused the peer's certificate ("" if it did not), e.g. "certificate has
   // expired".
   std::string verify_error() const noexcept;
+  // The handshake failed because this side refused the peer's certificate (none sent, not from
+  // the CA, wrong role): an authentication failure, e.g. for a failed-authentication back-off.
+  // False when the peer refused ours or the protocol failed.
+  bool peer_certificate_refused() const noexcept { return peer_refused_; }
 
   // Bytes received from the socket. Drives the handshake. protocol_error/auth_failed on failure.
   Errc feed_ciphertext(std::span<const uint8_t> bytes) noexcept;
-  // Decrypted application bytes, up to out.size(); 0 when none are ready.
+  // Decrypted application bytes, up to out.size(); 0 when none are ready (then state() says
+  // whether the peer closed or the engine failed).
   size_t read_plaintext(std::span<uint8_t> out) noexcept;
+  // The same, but at most the rest of one TLS record (one SSL_read), so a caller that parses
+  // as it goes can aim the next record elsewhere (NBD: a WRITE payload straight into its buffer).
+  size_t read_plaintext_record(std::span<uint8_t> out) noexcept;
   // Encrypts application bytes (only once established). protocol_error if the engine failed.
   Errc write_plaintext(std::span<const uint8_t> bytes) noexcept;
   // Ciphertext waiting to be sent (handshake records included).
@@ -117,6 +135,7 @@ class TlsEngine {
   BIO* rbio_ = nullptr;  // owned by ssl_
   BIO* wbio_ = nullptr;  // owned by ssl_
   TlsState state_ = TlsState::handshaking;
+  bool peer_refused_ = false;
   std::string error_;
   std::string peer_name_;
   std::string peer_alert_;

@@ -1,12 +1,9 @@
-// NBD connection: handshake, transmission, TLS over memory BIOs (see connection.h).
+// NBD connection: handshake, transmission, TLS through datapath/tls (see connection.h).
 // Reactor thread only.
 #include "gateway/nbd/connection.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,6 +15,7 @@
 #include <new>
 
 #include "datapath/endian.h"
+#include "datapath/tls/tls_engine.h"
 #include "gateway/nbd/server.h"
 
 namespace ferry::nbd {
@@ -83,7 +81,6 @@ Connection::Connection(NbdServer& server, Reactor& reactor, int fd, uint64_t id)
 
 Connection::~Connection() {
   for (NbdTask* t : free_tasks_) delete t;
-  if (ssl_ != nullptr) SSL_free(ssl_);  // frees both BIOs
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -205,7 +202,7 @@ void Connection::post_recv() noexcept {
   if (phase_ == Phase::closing || phase_ == Phase::tls_starting || recv_in_flight_) return;
   if (payload_task_ == nullptr && rx_paused()) return;
   io_uring_sqe* sqe;
-  if (ssl_ != nullptr) {
+  if (tls_engine_ != nullptr) {
     sqe = reactor_.get_sqe();
     io_uring_prep_recv(sqe, fd_, tls_rx_.data(), tls_rx_.capacity(), 0);
   } else if (payload_task_ != nullptr && !payload_task_->discard_payload && rx_len_ == 0) {
@@ -230,10 +227,13 @@ void Connection::on_recv(int32_t res, uint32_t) noexcept {
   if (phase_ == Phase::closing) return maybe_free();
   if (res == -EINTR || res == -EAGAIN) return post_recv();
   if (res <= 0) return close(res == 0 || res == -ECONNRESET ? nullptr : "receive error");
-  if (ssl_ != nullptr) {
-    if (BIO_write(rbio_, tls_rx_.data(), res) != res) return close("TLS buffer");
+  if (tls_engine_ != nullptr) {
+    const Errc fed = tls_engine_->feed_ciphertext(
+        {reinterpret_cast<const uint8_t*>(tls_rx_.data()), size_t(res)});
     if (phase_ == Phase::tls_handshake)
-      tls_handshake_step();
+      tls_handshake_step(fed);
+    else if (fed != Errc::ok)
+      return close(tls_engine_->error().c_str());
     else if (!tls_pump_rx())
       return;
   } else if (payload_task_ != nullptr && !payload_task_->discard_payload && rx_len_ == 0) {
@@ -274,20 +274,20 @@ bool Connection::tls_pump_rx() noexcept {
       cap = rx_.capacity() - rx_len_;
     }
     if (cap == 0) return true;
-    const int n = SSL_read(ssl_, dst, int(std::min<size_t>(cap, 1u << 30)));
-    if (n <= 0) {
-      const int err = SSL_get_error(ssl_, n);
-      if (err == SSL_ERROR_WANT_READ) {
-        if (BIO_ctrl_pending(wbio_) > 0) kick_tx();
+    const size_t n = tls_engine_->read_plaintext_record({reinterpret_cast<uint8_t*>(dst), cap});
+    if (n == 0) {
+      const tls::TlsState state = tls_engine_->state();
+      if (state == tls::TlsState::established) {  // needs more ciphertext
+        if (tls_engine_->pending_ciphertext() > 0) kick_tx();
         return true;
       }
-      close(err == SSL_ERROR_ZERO_RETURN ? nullptr : "TLS read error");
+      close(state == tls::TlsState::closed ? nullptr : tls_engine_->error().c_str());
       return false;
     }
     if (to_payload) {
-      on_plain_bytes(size_t(n));
+      on_plain_bytes(n);
     } else {
-      rx_len_ += size_t(n);
+      rx_len_ += n;
       process_rx();
     }
   }
@@ -295,7 +295,7 @@ bool Connection::tls_pump_rx() noexcept {
 
 void Connection::resume() noexcept {
   if (phase_ == Phase::closing || phase_ == Phase::tls_starting) return;
-  if (ssl_ != nullptr) {
+  if (tls_engine_ != nullptr) {
     if (phase_ != Phase::tls_handshake && !tls_pump_rx()) return;
   } else {
     process_rx();
@@ -568,55 +568,31 @@ void Connection::enter_transmission(const NbdExport& e) noexcept {
 
 void Connection::start_tls() noexcept {
   if (phase_ != Phase::tls_starting) return;
-  ssl_ = SSL_new(server_.tls_context());
-  rbio_ = BIO_new(BIO_s_mem());
-  wbio_ = BIO_new(BIO_s_mem());
+  tls_engine_.reset(new (std::nothrow) tls::TlsEngine(*server_.tls_context()));
   tls_rx_ = reactor_.pool().allocate(kTlsRxBytes);
-  if (ssl_ == nullptr || rbio_ == nullptr || wbio_ == nullptr || !tls_rx_) {
-    if (ssl_ == nullptr) {
-      BIO_free(rbio_);
-      BIO_free(wbio_);
-    } else if (rbio_ != nullptr && wbio_ != nullptr) {
-      SSL_set_bio(ssl_, rbio_, wbio_);
-    }
-    return close("cannot start TLS");
-  }
-  SSL_set_bio(ssl_, rbio_, wbio_);  // ssl_ owns both BIOs now
-  SSL_set_accept_state(ssl_);
-  // Whatever followed STARTTLS in the plaintext buffer is the start of the TLS handshake.
-  if (rx_len_ > 0 && BIO_write(rbio_, rx_.data(), int(rx_len_)) != int(rx_len_))
-    return close("TLS buffer");
-  rx_len_ = 0;
+  if (tls_engine_ == nullptr || !tls_engine_->ok() || !tls_rx_) return close("cannot start TLS");
   phase_ = Phase::tls_handshake;
-  tls_handshake_step();
+  // Whatever followed STARTTLS in the plaintext buffer is the start of the TLS handshake.
+  const Errc fed =
+      tls_engine_->feed_ciphertext({reinterpret_cast<const uint8_t*>(rx_.data()), rx_len_});
+  rx_len_ = 0;
+  tls_handshake_step(fed);
   post_recv();
 }
 
-void Connection::tls_handshake_step() noexcept {
-  ERR_clear_error();
-  const int r = SSL_do_handshake(ssl_);
-  if (BIO_ctrl_pending(wbio_) > 0) kick_tx();
-  if (r == 1) {
+void Connection::tls_handshake_step(Errc fed) noexcept {
+  if (tls_engine_->pending_ciphertext() > 0) kick_tx();
+  if (fed == Errc::ok) {
+    if (tls_engine_->state() != tls::TlsState::established) return;  // wants more
     tls_ = true;
     phase_ = Phase::options;
     tls_pump_rx();
     return;
   }
-  const int err = SSL_get_error(ssl_, r);
-  if (err == SSL_ERROR_WANT_READ) return;
   // The client's certificate was refused (none sent, or not from the CA): an authentication
   // failure for the back-off. A client refusing our certificate is not.
-  const int reason = ERR_GET_REASON(ERR_peek_last_error());
-  if (SSL_get_verify_result(ssl_) != X509_V_OK ||
-      reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE ||
-      reason == SSL_R_CERTIFICATE_VERIFY_FAILED)
-    server_.auth_backoff().record_failure(source_);
-  char msg[160];
-  std::snprintf(msg, sizeof msg, "TLS handshake failed: %s",
-                ERR_reason_error_string(ERR_peek_last_error())
-                    ? ERR_reason_error_string(ERR_peek_last_error())
-                    : "?");
-  close(msg);
+  if (tls_engine_->peer_certificate_refused()) server_.auth_backoff().record_failure(source_);
+  close(tls_engine_->error().c_str());
 }
 
 // ---------------------------------------------------------------- transmission
@@ -843,7 +819,7 @@ void Connection::io_done(NbdTask* t) noexcept {
 
 void Connection::finish_read(NbdTask* t) noexcept {
   const Request& r = t->req;
-  // iovec wants a mutable pointer; sendmsg and SSL_write only read through it.
+  // iovec wants a mutable pointer; sendmsg and the TLS engine only read through it.
   std::byte* data = t->lent != nullptr ? const_cast<std::byte*>(t->lent) : t->buf.data();
   if (!structured_) {
     build_simple_reply(t->head, 0, r.cookie);
@@ -932,7 +908,7 @@ void Connection::flush_tx() noexcept {
   flush_scheduled_ = false;
   if (phase_ == Phase::closing) return maybe_free();
   if (send_busy_) return;
-  if (ssl_ != nullptr) {
+  if (tls_engine_ != nullptr) {
     if (!tls_fill_tx()) return close("TLS write error");
     if (tls_tx_len_ == 0) {
       if (close_after_send_ && tx_head_ == nullptr) close(nullptr);
@@ -979,17 +955,20 @@ bool Connection::tls_fill_tx() noexcept {
     tls_tx_ = reactor_.pool().allocate(kTlsTxBytes);
     if (!tls_tx_) return false;
   }
-  auto* out = reinterpret_cast<char*>(tls_tx_.data());
+  auto* out = reinterpret_cast<uint8_t*>(tls_tx_.data());
   const size_t cap = tls_tx_.capacity();
+  tls::TlsEngine& engine = *tls_engine_;
   auto drain = [&]() noexcept {
-    while (tls_tx_len_ < cap && BIO_ctrl_pending(wbio_) > 0) {
-      const int n = BIO_read(wbio_, out + tls_tx_len_, int(cap - tls_tx_len_));
-      if (n <= 0) break;
-      tls_tx_len_ += size_t(n);
+    while (tls_tx_len_ < cap && engine.pending_ciphertext() > 0) {
+      const size_t n = engine.take_ciphertext({out + tls_tx_len_, cap - tls_tx_len_});
+      if (n == 0) break;
+      tls_tx_len_ += n;
     }
   };
   drain();
-  while (tls_ && tls_tx_len_ + kTlsRecordRoom <= cap && BIO_ctrl_pending(wbio_) == 0) {
+  // Encrypt only while established (a peer's close_notify ends writing; the receive side closes).
+  while (tls_ && engine.state() == tls::TlsState::established &&
+         tls_tx_len_ + kTlsRecordRoom <= cap && engine.pending_ciphertext() == 0) {
     if (tls_task_ == nullptr) {
       if (tx_head_ == nullptr) break;
       tls_task_ = tx_head_;
@@ -1002,7 +981,8 @@ bool Connection::tls_fill_tx() noexcept {
     if (tls_iov_ < t->iov_count) {
       const iovec& v = t->iov[tls_iov_];
       const size_t n = std::min<size_t>(16384, v.iov_len - tls_iov_off_);
-      if (n > 0 && SSL_write(ssl_, static_cast<char*>(v.iov_base) + tls_iov_off_, int(n)) != int(n))
+      if (n > 0 && engine.write_plaintext(
+                       {static_cast<const uint8_t*>(v.iov_base) + tls_iov_off_, n}) != Errc::ok)
         return false;
       tls_iov_off_ += n;
       if (tls_iov_off_ == v.iov_len) {
@@ -1028,7 +1008,7 @@ void Connection::on_sent(int32_t res, uint32_t) noexcept {
       close(res == -EPIPE || res == -ECONNRESET ? nullptr : "send error");
     return maybe_free();
   }
-  if (ssl_ != nullptr && tx_batch_.empty()) {
+  if (tls_engine_ != nullptr && tx_batch_.empty()) {
     tls_tx_sent_ += size_t(res);
     if (tls_tx_sent_ == tls_tx_len_) tls_tx_sent_ = tls_tx_len_ = 0;
     flush_tx();  // sends the rest, or encrypts more

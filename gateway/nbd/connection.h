@@ -11,12 +11,15 @@
 //                                  ▼  │
 //                              TLS_HANDSHAKE
 //
-// TLS: OpenSSL over a memory BIO pair, so socket I/O stays on io_uring: raw bytes received are
-// written into the read BIO and decrypted with SSL_read; replies are encrypted with SSL_write
-// into the write BIO, drained into a pooled buffer and sent. A handshake that fails on the
-// client's certificate (none, or not from the CA) counts against the server's failed-
-// authentication back-off for the peer's address; while it is backed off, STARTTLS is answered
-// NBD_REP_ERR_POLICY (no handshake is attempted).
+// TLS: the one engine of datapath/tls (tls::TlsEngine, OpenSSL over memory BIOs), so socket I/O
+// stays on io_uring: after the STARTTLS reply is sent the connection creates its engine (server
+// side, the server's TlsContext) and feeds it what followed STARTTLS; raw bytes received are fed
+// to it and decrypted one record at a time into the receive buffer or straight into a WRITE's
+// payload buffer; replies are encrypted from their own iovecs (16 KiB per record) and the
+// ciphertext drained into a pooled buffer and sent. A handshake that fails on the client's
+// certificate (TlsEngine::peer_certificate_refused: none, or not from the CA) counts against the
+// server's failed-authentication back-off for the peer's address; while it is backed off,
+// STARTTLS is answered NBD_REP_ERR_POLICY (no handshake is attempted).
 //
 // Threading: everything runs on the owning reactor thread. The connection frees itself once
 // closing and no receive, send or device I/O is in flight.
@@ -28,6 +31,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -35,8 +39,9 @@
 #include "datapath/reactor.h"
 #include "gateway/nbd/codec.h"
 
-typedef struct ssl_st SSL;
-typedef struct bio_st BIO;
+namespace ferry::tls {
+class TlsEngine;
+}  // namespace ferry::tls
 
 namespace ferry::nbd {
 
@@ -89,7 +94,7 @@ class Connection {
   void post_recv() noexcept;
   void on_recv(int32_t res, uint32_t flags) noexcept;
   void on_plain_bytes(size_t n) noexcept;  // n bytes landed at the current receive target
-  bool tls_pump_rx() noexcept;             // decrypt what the read BIO holds; false: closed
+  bool tls_pump_rx() noexcept;             // decrypt what the engine holds; false: closed
   void process_rx() noexcept;              // parse what rx_ holds
   void resume() noexcept;                  // re-enter the receive loop after a pause
   bool rx_paused() const noexcept;
@@ -123,7 +128,7 @@ class Connection {
   void send_tx() noexcept;  // submits tx_msg_ (all of it: MSG_WAITALL)
   void after_task_sent(NbdTask* t) noexcept;
   void start_tls() noexcept;
-  void tls_handshake_step() noexcept;
+  void tls_handshake_step(Errc fed) noexcept;  // after ciphertext was fed to the engine
 
   static void on_timer(void* ctx) noexcept;
   static void on_retry(void* ctx) noexcept;
@@ -171,12 +176,10 @@ class Connection {
   msghdr tx_msg_{};
 
   // TLS
-  SSL* ssl_ = nullptr;
-  BIO* rbio_ = nullptr;  // network → SSL
-  BIO* wbio_ = nullptr;  // SSL → network
-  bool tls_ = false;     // TLS established (records both ways)
-  Buffer tls_rx_;        // raw bytes from the socket
-  Buffer tls_tx_;        // encrypted bytes being sent
+  std::unique_ptr<tls::TlsEngine> tls_engine_;  // from STARTTLS on (records both ways)
+  bool tls_ = false;                            // TLS established
+  Buffer tls_rx_;                               // raw bytes from the socket
+  Buffer tls_tx_;                               // encrypted bytes being sent
   size_t tls_tx_len_ = 0;
   size_t tls_tx_sent_ = 0;
   NbdTask* tls_task_ = nullptr;  // task being encrypted (popped from the queue)

@@ -1,11 +1,9 @@
 // NbdServer: listeners (one TCP and one Unix socket, on the first reactor), export table, TLS
-// context (see server.h).
+// context of datapath/tls (see server.h).
 #include "gateway/nbd/server.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -34,7 +32,6 @@ NbdServer::NbdServer(NbdOptions options, std::vector<NbdExport> exports) noexcep
 NbdServer::~NbdServer() {
   listeners_.clear();  // closes the listening sockets
   if (unix_bound_ && !options_.unix_path.empty()) ::unlink(options_.unix_path.c_str());
-  if (tls_ctx_ != nullptr) SSL_CTX_free(tls_ctx_);
 }
 
 const NbdExport* NbdServer::find_export(std::string_view name) const noexcept {
@@ -53,31 +50,20 @@ Result<void> NbdServer::init_tls() noexcept {
     }
     return {};
   }
-  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-  if (ctx == nullptr) return Errc::no_memory;
-  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  SSL_CTX_set_num_tickets(ctx, 0);
-  const char* what = nullptr;
-  if (SSL_CTX_use_certificate_chain_file(ctx, options_.tls_cert_path.c_str()) != 1)
-    what = "certificate";
-  else if (SSL_CTX_use_PrivateKey_file(ctx, options_.tls_key_path.c_str(), SSL_FILETYPE_PEM) != 1)
-    what = "key";
-  else if (SSL_CTX_check_private_key(ctx) != 1)
-    what = "key (does not match the certificate)";
-  else if (!options_.tls_ca_path.empty()) {
-    if (SSL_CTX_load_verify_locations(ctx, options_.tls_ca_path.c_str(), nullptr) != 1)
-      what = "CA";
-    else
-      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
-  }
-  if (what != nullptr) {
-    char err[256];
-    ERR_error_string_n(ERR_get_error(), err, sizeof err);
-    std::fprintf(stderr, "ferry: nbd: cannot load TLS %s: %s\n", what, err);
-    SSL_CTX_free(ctx);
+  tls::TlsConfig config;
+  config.cert_path = options_.tls_cert_path;
+  config.key_path = options_.tls_key_path;
+  config.ca_path = options_.tls_ca_path;
+  config.server = true;
+  config.verify_peer = !options_.tls_ca_path.empty();  // client certificates only with a CA
+  config.allow_tls12 = true;
+  config.session_tickets = false;
+  std::string error;
+  tls_ctx_ = tls::TlsContext::create(config, error);
+  if (tls_ctx_ == nullptr) {
+    std::fprintf(stderr, "ferry: nbd: cannot load TLS %s\n", error.c_str());
     return Errc::invalid_argument;
   }
-  tls_ctx_ = ctx;
   return {};
 }
 

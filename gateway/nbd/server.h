@@ -6,7 +6,7 @@
 // (ConnectionBalancer) and lives there (see connection.h).
 //
 // Threading: construct on any thread before the reactors run; start_listening/stop_listening
-// run on each reactor thread. Shared state after start (exports, SSL_CTX, counters) is
+// run on each reactor thread. Shared state after start (exports, TLS context, counters) is
 // read-only or atomic (the back-off table has its own mutex, handshake time only); the listener
 // table is guarded by a mutex (start/stop only).
 #pragma once
@@ -26,8 +26,7 @@
 #include "datapath/drain_count.h"
 #include "datapath/pre_auth_gate.h"
 #include "datapath/reactor.h"
-
-typedef struct ssl_ctx_st SSL_CTX;
+#include "datapath/tls/tls_engine.h"
 
 namespace ferry::nbd {
 
@@ -80,7 +79,8 @@ class NbdServer {
   bool export_requires_tls(const NbdExport& e) const noexcept {
     return options_.tls_required || e.tls_required;
   }
-  SSL_CTX* tls_context() const noexcept { return tls_ctx_; }
+  // The context of every connection's TLS engine; nullptr when STARTTLS is refused.
+  const tls::TlsContext* tls_context() const noexcept { return tls_ctx_.get(); }
 
   // Per-thread connection table.
   void connection_opened(Connection* c) noexcept;
@@ -108,7 +108,7 @@ class NbdServer {
 
   NbdOptions options_;
   std::vector<NbdExport> exports_;
-  SSL_CTX* tls_ctx_ = nullptr;
+  std::unique_ptr<tls::TlsContext> tls_ctx_;
 
   std::mutex mutex_;  // listeners_, tls init, unix socket ownership
   bool tls_initialised_ = false;
