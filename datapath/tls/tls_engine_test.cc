@@ -1,10 +1,13 @@
 // TlsEngine: two engines pumped into each other in memory (no sockets): mutual TLS 1.3 works
 // with certificates from the test PKI; a wrong CA, a missing client certificate, a wrong server
 // name or a certificate in the wrong role is refused; data flows both ways; garbage ciphertext
-// fails cleanly.
+// fails cleanly. The NBD server's settings: no client certificate asked without verify_peer,
+// TLS 1.2 only with allow_tls12, no session tickets, one record per read_plaintext_record, and
+// peer_certificate_refused only on the side that refused.
 #include "datapath/tls/tls_engine.h"
 
 #include <gtest/gtest.h>
+#include <openssl/ssl.h>
 
 #include <cstdlib>
 #include <string>
@@ -55,6 +58,31 @@ class TlsEngineTest : public ::testing::Test {
       if (!moved) break;
     }
     return a.state() != TlsState::failed && b.state() != TlsState::failed;
+  }
+  // An NBD export's server context: no role; client certificates only with a CA.
+  static std::unique_ptr<TlsContext> nbd_server_ctx(const std::string& ca, bool tickets = false) {
+    TlsConfig c;
+    c.server = true;
+    c.cert_path = f("dc-edge-cert.pem");
+    c.key_path = f("dc-edge-key.pem");
+    c.ca_path = ca.empty() ? std::string() : f(ca + "-cert.pem");
+    c.verify_peer = !ca.empty();
+    c.allow_tls12 = true;
+    c.session_tickets = tickets;
+    std::string err;
+    auto p = TlsContext::create(c, err);
+    EXPECT_NE(p, nullptr) << err;
+    return p;
+  }
+  // One flight from `from` to `to`; the bytes moved.
+  static size_t flight(TlsEngine& from, TlsEngine& to) {
+    std::vector<uint8_t> buf(65536);
+    size_t total = 0;
+    while (size_t n = from.take_ciphertext(buf)) {
+      total += n;
+      EXPECT_EQ(to.feed_ciphertext({buf.data(), n}), Errc::ok) << to.error();
+    }
+    return total;
   }
   static std::string* dir_;
 };
@@ -184,6 +212,113 @@ TEST_F(TlsEngineTest, GarbageCiphertextFailsWithoutCrashing) {
   uint8_t out[16];
   EXPECT_EQ(server.read_plaintext(out), 0u);
   EXPECT_NE(server.write_plaintext({out, 4}), Errc::ok);
+}
+
+// NBD without --nbd-tls-ca: the server asks for no certificate, so a client whose certificate
+// comes from another CA (it would be refused with verify_peer) gets in; no CA file is needed.
+TEST_F(TlsEngineTest, ServerWithoutPeerVerificationAsksForNoCertificate) {
+  auto server_ctx = nbd_server_ctx("");
+  auto client_ctx = ctx(false, "rogue", "ca", "", "dc-edge");
+  TlsEngine server(*server_ctx), client(*client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  ASSERT_TRUE(pump(client, server)) << client.error() << " / " << server.error();
+  EXPECT_EQ(server.state(), TlsState::established);
+  EXPECT_EQ(server.peer_name(), "");  // no peer certificate
+  // With verify_peer the same client is refused.
+  auto verifying_ctx = nbd_server_ctx("ca");
+  TlsEngine verifying(*verifying_ctx), client2(*client_ctx);
+  ASSERT_EQ(client2.start(), Errc::ok);
+  EXPECT_FALSE(pump(client2, verifying));
+  // verify_peer without a CA is refused at creation.
+  TlsConfig c;
+  c.server = true;
+  c.cert_path = f("dc-edge-cert.pem");
+  c.key_path = f("dc-edge-key.pem");
+  std::string err;
+  EXPECT_EQ(TlsContext::create(c, err), nullptr);
+  c.verify_peer = false;
+  EXPECT_NE(TlsContext::create(c, err), nullptr) << err;
+}
+
+TEST_F(TlsEngineTest, Tls12OnlyWithAllowTls12) {
+  auto client_ctx = ctx(false, "cloud-edge", "ca", "", "dc-edge");
+  SSL_CTX_set_min_proto_version(client_ctx->native(), TLS1_2_VERSION);
+  SSL_CTX_set_max_proto_version(client_ctx->native(), TLS1_2_VERSION);
+  auto nbd_ctx = nbd_server_ctx("ca");
+  TlsEngine nbd(*nbd_ctx), client(*client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  ASSERT_TRUE(pump(client, nbd)) << client.error() << " / " << nbd.error();
+  EXPECT_EQ(nbd.state(), TlsState::established);
+  EXPECT_EQ(nbd.peer_name(), "cloud-edge");
+
+  auto wan_ctx = ctx(true, "dc-edge", "ca");  // the WAN link: TLS 1.3 only
+  TlsEngine wan(*wan_ctx), client2(*client_ctx);
+  ASSERT_EQ(client2.start(), Errc::ok);
+  EXPECT_FALSE(pump(client2, wan));
+  EXPECT_EQ(wan.state(), TlsState::failed);
+  EXPECT_FALSE(wan.peer_certificate_refused()) << wan.error();  // a protocol failure
+}
+
+// The server's last handshake flight is NewSessionTicket records, sent once it has the client's
+// Finished; without session tickets it has nothing left to send then.
+TEST_F(TlsEngineTest, NoSessionTicketsWhenTurnedOff) {
+  auto client_ctx = ctx(false, "cloud-edge", "ca", "", "dc-edge");
+  for (const bool tickets : {false, true}) {
+    auto server_ctx = nbd_server_ctx("ca", tickets);
+    TlsEngine server(*server_ctx), client(*client_ctx);
+    ASSERT_EQ(client.start(), Errc::ok);
+    EXPECT_GT(flight(client, server), 0u);  // ClientHello
+    EXPECT_GT(flight(server, client), 0u);  // ServerHello ... Finished
+    EXPECT_GT(flight(client, server), 0u);  // Certificate ... Finished
+    ASSERT_EQ(server.state(), TlsState::established) << server.error();
+    EXPECT_EQ(server.pending_ciphertext() > 0, tickets);
+  }
+}
+
+TEST_F(TlsEngineTest, ReadPlaintextRecordReturnsOneRecordAtATime) {
+  auto server_ctx = nbd_server_ctx("ca");
+  auto client_ctx = ctx(false, "cloud-edge", "ca", "", "dc-edge");
+  TlsEngine server(*server_ctx), client(*client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  ASSERT_TRUE(pump(client, server));
+  std::vector<uint8_t> data(40000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = uint8_t(i * 13);
+  ASSERT_EQ(client.write_plaintext(data), Errc::ok);
+  ASSERT_TRUE(pump(client, server));
+  std::vector<uint8_t> got(65536);
+  const size_t first = server.read_plaintext_record(got);
+  EXPECT_EQ(first, 16384u);  // one full record, though all 40000 bytes are in
+  const size_t rest = server.read_plaintext({got.data() + first, got.size() - first});
+  ASSERT_EQ(first + rest, data.size());
+  got.resize(data.size());
+  EXPECT_EQ(got, data);
+  EXPECT_EQ(server.read_plaintext_record(got), 0u);
+  EXPECT_EQ(server.state(), TlsState::established);  // 0: waiting for more
+  client.shutdown();
+  ASSERT_TRUE(pump(client, server));
+  EXPECT_EQ(server.read_plaintext_record(got), 0u);
+  EXPECT_EQ(server.state(), TlsState::closed);
+}
+
+// The NBD server counts a refused client certificate against the back-off; a client refusing
+// the server's is not the client's authentication failure.
+TEST_F(TlsEngineTest, PeerCertificateRefusedOnlyOnTheRefusingSide) {
+  auto server_ctx = nbd_server_ctx("ca");
+  auto rogue_client_ctx = ctx(false, "rogue", "ca", "", "dc-edge");
+  TlsEngine server(*server_ctx), client(*rogue_client_ctx);
+  ASSERT_EQ(client.start(), Errc::ok);
+  EXPECT_FALSE(pump(client, server));
+  EXPECT_EQ(server.state(), TlsState::failed);
+  EXPECT_TRUE(server.peer_certificate_refused()) << server.error();
+  EXPECT_FALSE(client.peer_certificate_refused()) << client.error();
+
+  auto rogue_server_ctx = ctx(true, "rogue", "ca", "", "");
+  auto good_client_ctx = ctx(false, "cloud-edge", "ca", "", "dc-edge");
+  TlsEngine rogue_server(*rogue_server_ctx), good_client(*good_client_ctx);
+  ASSERT_EQ(good_client.start(), Errc::ok);
+  EXPECT_FALSE(pump(good_client, rogue_server));
+  EXPECT_TRUE(good_client.peer_certificate_refused()) << good_client.error();
+  EXPECT_FALSE(rogue_server.peer_certificate_refused()) << rogue_server.error();
 }
 
 }  // namespace
