@@ -7,7 +7,7 @@
 # ROUNDS. Several builds (e.g. before/after a change) run side by side and are visited in turn
 # each round, so a busy machine slows them alike.
 # Usage: perf/nbd_tls_bench.sh /path/to/ferry [/path/to/other/ferry ...]
-# Environment: SIZE_MIB (default 512), ROUNDS (default 5).
+# Environment: SIZE_MIB (default 512), ROUNDS (default 5). Writes perf/results/nbd-tls-latest.md.
 set -u
 [ $# -ge 1 ] || { echo "usage: $0 /path/to/ferry [/path/to/other/ferry ...]"; exit 2; }
 SIZE_MIB=${SIZE_MIB:-512}
@@ -67,9 +67,12 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 median() { sort -n -k"$2" "$1" | awk -v k="$2" '{a[NR]=$k} END {print a[int((NR+1)/2)]}'; }
-echo "NBD over TLS, $SIZE_MIB MiB RAM LUN, nbdcopy, median of $ROUNDS rounds:"
+HERE=$(cd "$(dirname "$0")" && pwd)
+{
+echo "NBD over TLS, $SIZE_MIB MiB RAM LUN, nbdcopy, median of $ROUNDS rounds ($(date -u +%FT%TZ)):"
 printf '%-40s %12s %14s %12s %14s\n' build "write MB/s" "write CPU ms/MiB" "read MB/s" "read CPU ms/MiB"
 for i in $(seq $#); do
   printf '%-40s %12s %14s %12s %14s\n' "${!i}" "$(median "$TMP/write$i" 1)" "$(median "$TMP/write$i" 2)" \
     "$(median "$TMP/read$i" 1)" "$(median "$TMP/read$i" 2)"
 done
+} | tee "$HERE/results/nbd-tls-latest.md"
