@@ -71,10 +71,10 @@ struct IscsiTask {
 };
 
 Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) noexcept
-    : server_(server),
+    : HubConnection(id),
+      server_(server),
       reactor_(reactor),
       fd_(fd),
-      id_(id),
       queue_depth_max_(server.options().queue_depth_max),
       tx_batch_pdus_max_(
           std::clamp<size_t>(server.options().tx_batch_pdus_max, 1, kTxBatchPdusMax)) {
@@ -106,7 +106,7 @@ Connection::~Connection() {
 void Connection::start() noexcept {
   int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  server_.connection_opened(this);  // before any close(): closing counts it out again
+  server_.hub().opened(this);  // before any close(): closing counts it out again
   connected_ns_ = reactor_.now_ns();
   last_rx_ns_ = connected_ns_;
   rx_ = reactor_.pool().allocate(kLoginRxBytes);
@@ -139,7 +139,7 @@ void Connection::close(const char* why) noexcept {
   }
   active_.swap(keep);
   if (tsih_ != 0) {
-    server_.unregister_session(tsih_, id_);
+    server_.unregister_session(tsih_, id());
     if (target_ != nullptr) target_->nexus_gone(nexus_);
     tsih_ = 0;
   }
@@ -155,7 +155,7 @@ void Connection::maybe_free() noexcept {
     tx_head_ = p->next;
     release_pdu(p);
   }
-  server_.connection_closed(this);
+  server_.hub().closed(this);
   Connection* self = this;
   reactor_.defer([self] { delete self; });
 }
@@ -355,7 +355,7 @@ bool Connection::handle_login(const Bhs& h, std::span<const uint8_t> data) noexc
                   isid_[2], isid_[3], isid_[4], isid_[5]);
     initiator_port_name_ = initiator_name_ + ",i,0x" + isid_hex;
     target_port_name_ = target_name_ + ",t,0x0001";
-    tsih_ = server_.register_session(initiator_name_, isid_, target_name_, reactor_, id_);
+    tsih_ = server_.register_session(initiator_name_, isid_, target_name_, reactor_, id());
     store_be16(reply.bhs.b + 14, tsih_);
   }
   TxPdu* p = new_pdu();
@@ -392,13 +392,13 @@ bool Connection::handle_login(const Bhs& h, std::span<const uint8_t> data) noexc
 
 void Connection::enter_full_feature() noexcept {
   phase_ = Phase::full_feature;
-  server_.connection_authenticated(this);
+  server_.hub().authenticated(this);
   login_.reset();
   limits_.header_digest = params_.header_digest;
   limits_.data_digest = params_.data_digest;
   limits_.max_data_segment_bytes = params_.target_max_recv_data_segment_length;
   if (!discovery_) {
-    nexus_.id = id_;
+    nexus_.id = id();
     nexus_.initiator_port_name = initiator_port_name_;
     nexus_.initiator_name = initiator_name_;
     nexus_.target_name = target_name_;
@@ -1035,7 +1035,7 @@ void Connection::queue_pdu(TxPdu* p) noexcept {
     tx_tail_ = p;
   }
   if (!send_in_flight_)
-    reactor_.defer([this, id = id_] {
+    reactor_.defer([this, id = id()] {
       (void)id;
       flush_tx();
     });

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "datapath/connection_hub.h"
 #include "datapath/reactor.h"
 #include "gateway/iscsi/login.h"
 #include "gateway/iscsi/pdu.h"
@@ -47,7 +48,7 @@ struct ConnectionStats {
   uint64_t waits_for_buffer = 0;
 };
 
-class Connection {
+class Connection final : public HubConnection {
  public:
   Connection(Server& server, Reactor& reactor, int fd, uint64_t id) noexcept;
   ~Connection();
@@ -56,8 +57,9 @@ class Connection {
 
   void start() noexcept;
   // Closes the connection (idempotent); frees itself when nothing is in flight.
-  void close(const char* why) noexcept;
-  uint64_t id() const noexcept { return id_; }
+  void close(const char* why) noexcept override;
+  uint64_t id() const noexcept { return hub_id(); }
+  bool authenticating() const noexcept override { return logging_in(); }
   bool logging_in() const noexcept { return phase_ == Phase::login; }
 
  private:
@@ -119,7 +121,6 @@ class Connection {
   Server& server_;
   Reactor& reactor_;
   int fd_;
-  uint64_t id_;
   Phase phase_ = Phase::login;
   std::string peer_;
 

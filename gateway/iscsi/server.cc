@@ -1,4 +1,4 @@
-// iSCSI Server: listeners (multishot accept per reactor), session registry, connection tables.
+// iSCSI Server: the portal's listener (through the ConnectionHub), targets, session registry.
 #include "gateway/iscsi/server.h"
 
 #include <arpa/inet.h>
@@ -10,22 +10,16 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <unordered_map>
 
-#include "datapath/acceptor.h"
 #include "gateway/iscsi/connection.h"
 
 namespace ferry::iscsi {
 
-namespace {
-// Connections of the reactor running on this thread, by id.
-thread_local std::unordered_map<uint64_t, Connection*> t_connections;
-}  // namespace
-
 Server::Server(ServerOptions options, PortalConfig portal) noexcept
     : options_(std::move(options)),
       portal_(std::move(portal)),
-      pre_auth_(options_.pre_auth),
+      hub_(HubOptions{"iscsi", options_.connections_max, false, options_.pre_auth},
+           &Server::start_connection, this),
       auth_backoff_(options_.auth_backoff, "iscsi") {}
 
 Server::~Server() = default;
@@ -48,87 +42,31 @@ scsi::Target* Server::find_target(std::string_view iqn) const noexcept {
 
 Result<void> Server::start_listening(Reactor& reactor) noexcept {
   std::lock_guard<std::mutex> lock(listeners_mutex_);
-  if (listeners_.empty()) {  // the portal's one listener, on the first reactor to get here
+  if (!listening_) {  // the portal's one listener, on the first reactor to get here
     std::string error;
     auto fd = listen_tcp(options_.listen_address, options_.port, error, options_.tcp_congestion);
     if (!fd.ok()) {
       std::fprintf(stderr, "ferry: iscsi: %s\n", error.c_str());
       return fd.error();
     }
-    auto acceptor = std::make_unique<Acceptor>(
-        reactor, fd.value(),
-        [](void* ctx, int conn_fd) noexcept {
-          auto* self = static_cast<Server*>(ctx);
-          self->adopt_connection(*Reactor::current(), conn_fd);
-        },
-        this, "iscsi");
-    acceptor->start();
-    listeners_.push_back(std::move(acceptor));
+    hub_.add_listener(reactor, fd.value());
+    listening_ = true;
   }
-  balancer_.join(reactor);
+  hub_.join(reactor);
   return {};
 }
 
 void Server::stop_listening(Reactor& reactor) noexcept {
-  balancer_.leave(reactor);
-  {
-    std::lock_guard<std::mutex> lock(listeners_mutex_);
-    for (auto& l : listeners_)
-      if (&l->reactor() == &reactor) l->stop();
-  }
-  std::vector<Connection*> all;
-  for (auto& [id, c] : t_connections) all.push_back(c);
-  for (Connection* c : all) c->close("target shutting down");
+  hub_.stop(reactor, "target shutting down");
 }
 
-void Server::adopt_connection(Reactor& reactor, int fd) noexcept {
-  if (connections_.value() >= options_.connections_max) {
-    std::fprintf(stderr, "ferry: iscsi: connection limit reached, refusing\n");
-    ::close(fd);
-    return;
-  }
-  balancer_.place(
-      reactor, fd,
-      [](void* self, Reactor& r, int conn_fd) noexcept {
-        static_cast<Server*>(self)->start_connection(r, conn_fd);
-      },
-      this);
-}
+void Server::adopt_connection(Reactor& reactor, int fd) noexcept { hub_.adopt(reactor, fd); }
 
-void Server::start_connection(Reactor& reactor, int fd) noexcept {
-  const uint64_t id = next_connection_id_.fetch_add(1);
-  auto close_pending = [](void*, uint64_t old_id) noexcept {
-    auto found = t_connections.find(old_id);
-    if (found != t_connections.end() && found->second->logging_in())
-      found->second->close("evicted: too many connections still in login");
-  };
-  if (!pre_auth_.admit_connection(id, fd, reactor, "iscsi", close_pending, nullptr)) {
-    ::close(fd);
-    balancer_.release(reactor);
-    return;
-  }
-  auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
-  if (c == nullptr) {
-    pre_auth_.leave(id);
-    ::close(fd);
-    balancer_.release(reactor);
-    return;
-  }
+bool Server::start_connection(void* self, Reactor& reactor, int fd, uint64_t id) noexcept {
+  auto* c = new (std::nothrow) Connection(*static_cast<Server*>(self), reactor, fd, id);
+  if (c == nullptr) return false;
   c->start();
-}
-
-void Server::connection_authenticated(Connection* c) noexcept { pre_auth_.leave(c->id()); }
-
-void Server::connection_opened(Connection* c) noexcept {
-  t_connections.emplace(c->id(), c);
-  connections_.add();
-}
-
-void Server::connection_closed(Connection* c) noexcept {
-  pre_auth_.leave(c->id());
-  t_connections.erase(c->id());
-  if (Reactor* r = Reactor::current()) balancer_.release(*r);
-  connections_.remove();  // last: the stopping thread may go on once it reaches zero
+  return true;
 }
 
 uint16_t Server::register_session(const std::string& initiator_name, const uint8_t isid[6],
@@ -141,9 +79,8 @@ uint16_t Server::register_session(const std::string& initiator_name, const uint8
         std::memcmp(it->isid, isid, 6) == 0) {
       const uint64_t old_id = it->connection_id;
       Reactor* old_reactor = it->reactor;
-      auto close_old = [old_id] {
-        auto found = t_connections.find(old_id);
-        if (found != t_connections.end()) found->second->close("session reinstated");
+      auto close_old = [this, old_id] {
+        if (HubConnection* old = hub_.find_here(old_id)) old->close("session reinstated");
       };
       if (old_reactor == &reactor)
         reactor.defer(close_old);

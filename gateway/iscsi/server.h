@@ -1,5 +1,6 @@
-// iSCSI Server: the portal (one listening socket on the first reactor; each accepted
-// connection moves to the reactor with the fewest live connections), the targets it serves, and
+// iSCSI Server: the portal (one listening socket on the first reactor; accept, limits, hand-over
+// to the reactor with the fewest live connections and the connection tables are the
+// ConnectionHub's, datapath/connection_hub.h), the targets it serves, and
 // the session registry used for TSIH allocation and session reinstatement, and the
 // failed-authentication back-off of CHAP logins per source address. Shared by all reactor
 // threads: the registry and the back-off table are guarded by mutexes (login-time only, never
@@ -14,11 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "datapath/acceptor.h"
 #include "datapath/auth_backoff.h"
-#include "datapath/connection_balancer.h"
-#include "datapath/drain_count.h"
-#include "datapath/pre_auth_gate.h"
+#include "datapath/connection_hub.h"
 #include "datapath/reactor.h"
 #include "gateway/iscsi/portal_config.h"
 #include "gateway/scsi/logical_unit.h"
@@ -72,18 +70,16 @@ class Server {
                             uint64_t connection_id) noexcept;
   void unregister_session(uint16_t tsih, uint64_t connection_id) noexcept;
 
-  // Per-thread connection table (id → Connection*), used by cross-thread closes.
-  void connection_opened(Connection* c) noexcept;
-  void connection_closed(Connection* c) noexcept;
-  // The connection finished login: it no longer counts against the pre-authentication bounds.
-  void connection_authenticated(Connection* c) noexcept;
-  const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
+  // Accept, limits and the per-thread connection table (opened / authenticated at the end of
+  // login / closed, cross-thread closes by id).
+  ConnectionHub& hub() noexcept { return hub_; }
+  const PreAuthGate& pre_auth() const noexcept { return hub_.pre_auth(); }
   AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
-  const DrainCount& connection_count() const noexcept { return connections_; }
+  const DrainCount& connection_count() const noexcept { return hub_.count(); }
   // After stop_listening() on every reactor: waits until every connection is gone (each goes
   // once its tasks' device I/O has completed), at most timeout_ms; returns how many are left.
   uint64_t wait_connections_closed(uint32_t timeout_ms) noexcept {
-    return connections_.wait_zero_for(timeout_ms);
+    return hub_.wait_closed(timeout_ms);
   }
   // Logged-in sessions (any thread; takes the registry's mutex: for management, not per I/O).
   size_t session_count() noexcept {
@@ -92,7 +88,7 @@ class Server {
   }
 
  private:
-  void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
+  static bool start_connection(void* self, Reactor& reactor, int fd, uint64_t id) noexcept;
 
   struct SessionEntry {
     std::string initiator_name;
@@ -112,13 +108,10 @@ class Server {
   std::vector<SessionEntry> sessions_;
   uint16_t next_tsih_ = 1;
 
-  std::mutex listeners_mutex_;
-  std::vector<std::unique_ptr<Acceptor>> listeners_;
-  std::atomic<uint64_t> next_connection_id_{1};
-  DrainCount connections_;       // open connections, counted for a bounded shutdown
-  ConnectionBalancer balancer_;  // spreads connections over the reactors
-  PreAuthGate pre_auth_;         // bounds connections that have not logged in yet
-  AuthBackoff auth_backoff_;     // failed CHAP logins per source address
+  std::mutex listeners_mutex_;  // the portal's listener is opened once
+  bool listening_ = false;
+  ConnectionHub hub_;
+  AuthBackoff auth_backoff_;  // failed CHAP logins per source address
 };
 
 }  // namespace ferry::iscsi

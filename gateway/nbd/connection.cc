@@ -67,10 +67,10 @@ struct NbdTask {
 };
 
 Connection::Connection(NbdServer& server, Reactor& reactor, int fd, uint64_t id) noexcept
-    : server_(server),
+    : HubConnection(id),
+      server_(server),
       reactor_(reactor),
       fd_(fd),
-      id_(id),
       source_(peer_address(fd)),
       in_flight_max_(std::max<uint32_t>(1, server.options().requests_in_flight_max)) {
   recv_op_.c = this;
@@ -87,7 +87,7 @@ Connection::~Connection() {
 void Connection::start() noexcept {
   int one = 1;
   setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on AF_UNIX
-  server_.connection_opened(this);
+  server_.hub().opened(this);
   rx_ = reactor_.pool().allocate(kRxBytes);
   if (!rx_) return close("no receive buffer");
   reactor_.arm(timer_, uint64_t(server_.options().handshake_timeout_ms) * kMs,
@@ -107,7 +107,7 @@ void Connection::close(const char* why) noexcept {
   if (phase_ == Phase::closing) return;
   if (why != nullptr)
     std::fprintf(stderr, "ferry: nbd connection %lu: closing: %s\n",
-                 static_cast<unsigned long>(id_), why);
+                 static_cast<unsigned long>(id()), why);
   phase_ = Phase::closing;
   reactor_.cancel(timer_);
   reactor_.cancel(retry_timer_);
@@ -133,7 +133,7 @@ void Connection::maybe_free() noexcept {
     release_task(t);
   }
   tx_tail_ = nullptr;
-  server_.connection_closed(this);
+  server_.hub().closed(this);
   Connection* self = this;
   reactor_.defer([self] { delete self; });
 }
@@ -563,7 +563,7 @@ void Connection::enter_transmission(const NbdExport& e) noexcept {
   limits_.meta_context_base_allocation = meta_export_ == &e;
   phase_ = Phase::transmission;
   reactor_.cancel(timer_);
-  server_.connection_authenticated(this);
+  server_.hub().authenticated(this);
 }
 
 void Connection::start_tls() noexcept {

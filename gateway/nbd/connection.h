@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "datapath/connection_hub.h"
 #include "datapath/block_device.h"
 #include "datapath/reactor.h"
 #include "gateway/nbd/codec.h"
@@ -56,7 +57,7 @@ struct ConnectionStats {
   uint64_t waits_for_buffer = 0;
 };
 
-class Connection {
+class Connection final : public HubConnection {
  public:
   Connection(NbdServer& server, Reactor& reactor, int fd, uint64_t id) noexcept;
   ~Connection();
@@ -65,8 +66,9 @@ class Connection {
 
   void start() noexcept;
   // Closes the connection (idempotent); frees itself when nothing is in flight.
-  void close(const char* why) noexcept;
-  uint64_t id() const noexcept { return id_; }
+  void close(const char* why) noexcept override;
+  uint64_t id() const noexcept { return hub_id(); }
+  bool authenticating() const noexcept override { return in_handshake(); }
   bool in_handshake() const noexcept {
     return phase_ != Phase::transmission && phase_ != Phase::closing;
   }
@@ -137,7 +139,6 @@ class Connection {
   NbdServer& server_;
   Reactor& reactor_;
   int fd_;
-  uint64_t id_;
   std::string source_;  // peer address without the port ("" for a Unix socket)
   Phase phase_ = Phase::greeting;
   uint32_t in_flight_max_;

@@ -12,25 +12,19 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <unordered_map>
 
-#include "datapath/acceptor.h"
 #include "gateway/nbd/connection.h"
 
 namespace ferry::nbd {
 
-namespace {
-thread_local std::unordered_map<uint64_t, Connection*> t_connections;
-}  // namespace
-
 NbdServer::NbdServer(NbdOptions options, std::vector<NbdExport> exports) noexcept
     : options_(std::move(options)),
       exports_(std::move(exports)),
-      pre_auth_(options_.pre_auth),
+      hub_(HubOptions{"nbd", options_.connections_max, false, options_.pre_auth},
+           &NbdServer::start_connection, this),
       auth_backoff_(options_.auth_backoff, "nbd") {}
 
 NbdServer::~NbdServer() {
-  listeners_.clear();  // closes the listening sockets
   if (unix_bound_ && !options_.unix_path.empty()) ::unlink(options_.unix_path.c_str());
 }
 
@@ -67,51 +61,11 @@ Result<void> NbdServer::init_tls() noexcept {
   return {};
 }
 
-void NbdServer::accepted(Reactor& reactor, int fd) noexcept {
-  if (connection_count() >= options_.connections_max) {
-    std::fprintf(stderr, "ferry: nbd: connection limit reached, refusing\n");
-    ::close(fd);
-    return;
-  }
-  balancer_.place(
-      reactor, fd,
-      [](void* self, Reactor& r, int conn_fd) noexcept {
-        static_cast<NbdServer*>(self)->start_connection(r, conn_fd);
-      },
-      this);
-}
-
-void NbdServer::start_connection(Reactor& reactor, int fd) noexcept {
-  const uint64_t id = next_connection_id_.fetch_add(1);
-  auto close_pending = [](void*, uint64_t old_id) noexcept {
-    auto found = t_connections.find(old_id);
-    if (found != t_connections.end() && found->second->in_handshake())
-      found->second->close("evicted: too many connections still in the handshake");
-  };
-  if (!pre_auth_.admit_connection(id, fd, reactor, "nbd", close_pending, nullptr)) {
-    ::close(fd);
-    balancer_.release(reactor);
-    return;
-  }
-  auto* c = new (std::nothrow) Connection(*this, reactor, fd, id);
-  if (c == nullptr) {
-    pre_auth_.leave(id);
-    ::close(fd);
-    balancer_.release(reactor);
-    return;
-  }
+bool NbdServer::start_connection(void* self, Reactor& reactor, int fd, uint64_t id) noexcept {
+  auto* c = new (std::nothrow) Connection(*static_cast<NbdServer*>(self), reactor, fd, id);
+  if (c == nullptr) return false;
   c->start();
-}
-
-void NbdServer::add_listener(Reactor& reactor, int fd) noexcept {
-  auto l = std::make_unique<Acceptor>(
-      reactor, fd,
-      [](void* ctx, int conn) noexcept {
-        static_cast<NbdServer*>(ctx)->accepted(*Reactor::current(), conn);
-      },
-      this, "nbd");
-  l->start();
-  listeners_.push_back(std::move(l));
+  return true;
 }
 
 Result<void> NbdServer::listen_tcp(Reactor& reactor) noexcept {
@@ -123,7 +77,7 @@ Result<void> NbdServer::listen_tcp(Reactor& reactor) noexcept {
     return fd.error();
   }
   bound_port_.store(local_port(fd.value()));
-  add_listener(reactor, fd.value());
+  hub_.add_listener(reactor, fd.value());
   return {};
 }
 
@@ -142,7 +96,7 @@ Result<void> NbdServer::listen_unix(Reactor& reactor) noexcept {
     return Errc::io_error;
   }
   unix_bound_ = true;
-  add_listener(reactor, fd);
+  hub_.add_listener(reactor, fd);
   return {};
 }
 
@@ -161,34 +115,12 @@ Result<void> NbdServer::start_listening(Reactor& reactor) noexcept {
     Result<void> r = listen_unix(reactor);
     if (!r) return r;
   }
-  balancer_.join(reactor);
+  hub_.join(reactor);
   return {};
 }
 
 void NbdServer::stop_listening(Reactor& reactor) noexcept {
-  balancer_.leave(reactor);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& l : listeners_)
-      if (&l->reactor() == &reactor) l->stop();
-  }
-  std::vector<Connection*> all;
-  for (auto& [id, c] : t_connections) all.push_back(c);
-  for (Connection* c : all) c->close("server shutting down");
-}
-
-void NbdServer::connection_opened(Connection* c) noexcept {
-  t_connections.emplace(c->id(), c);
-  connections_.add();
-}
-
-void NbdServer::connection_authenticated(Connection* c) noexcept { pre_auth_.leave(c->id()); }
-
-void NbdServer::connection_closed(Connection* c) noexcept {
-  pre_auth_.leave(c->id());
-  t_connections.erase(c->id());
-  if (Reactor* r = Reactor::current()) balancer_.release(*r);
-  connections_.remove();  // last: the stopping thread may go on once it reaches zero
+  hub_.stop(reactor, "server shutting down");
 }
 
 }  // namespace ferry::nbd

@@ -2,8 +2,9 @@
 // STARTTLS). Owns the export table, the optional TLS context, the failed-authentication back-off
 // (TLS client certificates refused, per source address) and the listeners: one TCP
 // listener and one Unix-socket listener, both on the first reactor that starts (a port in use
-// fails the start). Each accepted connection moves to the reactor with the fewest live connections
-// (ConnectionBalancer) and lives there (see connection.h).
+// fails the start). Accept, limits, hand-over to the reactor with the fewest live connections and
+// the connection tables are the ConnectionHub's (datapath/connection_hub.h); a connection lives
+// on its reactor (see connection.h).
 //
 // Threading: construct on any thread before the reactors run; start_listening/stop_listening
 // run on each reactor thread. Shared state after start (exports, TLS context, counters) is
@@ -19,12 +20,9 @@
 #include <string_view>
 #include <vector>
 
-#include "datapath/acceptor.h"
 #include "datapath/auth_backoff.h"
 #include "datapath/block_device.h"
-#include "datapath/connection_balancer.h"
-#include "datapath/drain_count.h"
-#include "datapath/pre_auth_gate.h"
+#include "datapath/connection_hub.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
 
@@ -82,44 +80,36 @@ class NbdServer {
   // The context of every connection's TLS engine; nullptr when STARTTLS is refused.
   const tls::TlsContext* tls_context() const noexcept { return tls_ctx_.get(); }
 
-  // Per-thread connection table.
-  void connection_opened(Connection* c) noexcept;
-  void connection_closed(Connection* c) noexcept;
-  // The connection reached the transmission phase: it leaves the pre-authentication bounds.
-  void connection_authenticated(Connection* c) noexcept;
-  const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
+  // Accept, limits and the per-thread connection table (opened / authenticated at the
+  // transmission phase / closed).
+  ConnectionHub& hub() noexcept { return hub_; }
+  const PreAuthGate& pre_auth() const noexcept { return hub_.pre_auth(); }
   AuthBackoff& auth_backoff() noexcept { return auth_backoff_; }
-  uint64_t connection_count() const noexcept { return connections_.value(); }
+  uint64_t connection_count() const noexcept { return hub_.count().value(); }
   // After stop_listening() on every reactor: waits until every connection is gone (each goes
   // once its requests' device I/O has completed), at most timeout_ms; returns how many are left.
   uint64_t wait_connections_closed(uint32_t timeout_ms) noexcept {
-    return connections_.wait_zero_for(timeout_ms);
+    return hub_.wait_closed(timeout_ms);
   }
   // Connections placed on a reactor (by the balancer) and not yet closed.
-  uint32_t connections_on(const Reactor& reactor) const noexcept { return balancer_.live(reactor); }
+  uint32_t connections_on(const Reactor& reactor) const noexcept { return hub_.live_on(reactor); }
 
  private:
   Result<void> init_tls() noexcept;
   Result<void> listen_tcp(Reactor& reactor) noexcept;
   Result<void> listen_unix(Reactor& reactor) noexcept;
-  void add_listener(Reactor& reactor, int fd) noexcept;
-  void accepted(Reactor& reactor, int fd) noexcept;
-  void start_connection(Reactor& reactor, int fd) noexcept;  // on `reactor`'s thread
+  static bool start_connection(void* self, Reactor& reactor, int fd, uint64_t id) noexcept;
 
   NbdOptions options_;
   std::vector<NbdExport> exports_;
   std::unique_ptr<tls::TlsContext> tls_ctx_;
 
-  std::mutex mutex_;  // listeners_, tls init, unix socket ownership
+  std::mutex mutex_;  // tls init, listener creation, unix socket ownership
   bool tls_initialised_ = false;
   bool unix_bound_ = false;
-  std::vector<std::unique_ptr<Acceptor>> listeners_;
   std::atomic<uint16_t> bound_port_{0};
-  std::atomic<uint64_t> next_connection_id_{1};
-  DrainCount connections_;       // open connections, counted for a bounded shutdown
-  ConnectionBalancer balancer_;  // spreads connections over the reactors
-  PreAuthGate pre_auth_;         // bounds connections still in the handshake
-  AuthBackoff auth_backoff_;     // refused client certificates per source address
+  ConnectionHub hub_;         // owns the listeners
+  AuthBackoff auth_backoff_;  // refused client certificates per source address
 };
 
 }  // namespace ferry::nbd

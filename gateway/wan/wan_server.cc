@@ -28,12 +28,12 @@ bool low_priority(Priority p) { return p == Priority::prefetch || p == Priority:
 }  // namespace
 
 // One cloud edge connection.
-class ServerSession final : public WanStreamHandler {
+class ServerSession final : public WanStreamHandler, public HubConnection {
  public:
   ServerSession(WanServer& server, Reactor& reactor, uint64_t id)
-      : server_(server),
+      : HubConnection(id),
+        server_(server),
         reactor_(reactor),
-        id_(id),
         stream_(reactor, server.tls_, *this),
         accepted_ns_(reactor.now_ns()) {}
   ~ServerSession() { reactor_.cancel(pace_timer_); }
@@ -42,9 +42,10 @@ class ServerSession final : public WanStreamHandler {
     stream_.set_socket_send_bytes(server_.options_.socket_send_bytes);
     stream_.start(fd, false);
   }
-  void close(const char* why) { stream_.close(why); }
+  void close(const char* why) noexcept override { stream_.close(why); }
+  bool authenticating() const noexcept override { return !hello_done_; }
   bool idle() const { return stream_.idle() && device_ios_ == 0; }
-  uint64_t id() const { return id_; }
+  uint64_t id() const { return hub_id(); }
   bool authenticated() const { return hello_done_; }
   uint64_t accepted_ns() const { return accepted_ns_; }
   uint64_t last_rx_ns() const { return last_rx_ns_; }
@@ -52,13 +53,13 @@ class ServerSession final : public WanStreamHandler {
   uint64_t session() const { return dedup_session_; }
 
   void on_established() noexcept override {
-    std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " from cloud edge '%s' (TLS 1.3)\n", id_,
-                 stream_.peer_name().c_str());
+    std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " from cloud edge '%s' (TLS 1.3)\n",
+                 id(), stream_.peer_name().c_str());
   }
   bool on_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept override;
   void on_writable() noexcept override { pump(); }
   void on_closed(const char* why) noexcept override {
-    std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " ('%s') closed: %s\n", id_,
+    std::fprintf(stderr, "ferry: wan: connection %" PRIu64 " ('%s') closed: %s\n", id(),
                  stream_.peer_name().c_str(), why != nullptr ? why : "");
     while (ReadJob* job = jobs_head_) {
       jobs_head_ = job->next;
@@ -167,7 +168,6 @@ class ServerSession final : public WanStreamHandler {
 
   WanServer& server_;
   Reactor& reactor_;
-  uint64_t id_;
   WanStream stream_;
   bool hello_done_ = false;
   uint32_t caps_ = 0;
@@ -242,7 +242,7 @@ bool ServerSession::on_frame(const FrameHeader& h, std::span<const uint8_t> payl
     a.type = FrameType::hello_ack;
     send_control(a, {body, sizeof body});
     hello_done_ = true;
-    server_.session_authenticated(this);
+    server_.hub_.authenticated(this);
     return true;
   }
   size_t vol = 0;
@@ -769,7 +769,8 @@ WanServer::WanServer(WanServerOptions options, const tls::TlsContext& tls,
       leases_(volumes_.size()),
       maps_(volumes_.size()),
       rate_limit_(options_.rate_limit_bytes_per_s),
-      pre_auth_(options_.pre_auth) {
+      hub_(HubOptions{"wan", options_.connections_max, true, options_.pre_auth},
+           &WanServer::start_session, this) {
   // Access maps are bounded and allocated here, not on the read path.
   for (size_t v = 0; v < volumes_.size(); ++v) {
     const uint64_t chunks =
@@ -793,11 +794,8 @@ Result<void> WanServer::start(Reactor& reactor, std::string& error) noexcept {
   auto fd = listen_tcp(options_.listen_address, options_.port, error);
   if (!fd.ok()) return fd.error();
   bound_port_ = local_port(fd.value());
-  acceptor_ = std::make_unique<Acceptor>(
-      reactor, fd.value(),
-      [](void* ctx, int conn) noexcept { static_cast<WanServer*>(ctx)->accepted(conn); }, this,
-      "wan");
-  acceptor_->start();
+  hub_.join(reactor);
+  hub_.add_listener(reactor, fd.value());
   reactor.arm(sweep_timer_, kSweepNs, &WanServer::on_sweep, this);
   return {};
 }
@@ -1000,42 +998,18 @@ std::string WanServer::lease_holder(size_t v) const {
   return l.holder;
 }
 
-void WanServer::accepted(int fd) noexcept {
-  // Only authenticated sessions count against connections_max: silent or slow peers are bounded
-  // by the pre-authentication gate and the handshake deadline instead (63 silent connections
-  // used to keep every real cloud edge out).
-  if (stopping_ || authenticated_count() >= options_.connections_max) {
-    std::fprintf(stderr, "ferry: wan: connection refused (%s)\n",
-                 stopping_ ? "stopping" : "connection limit");
-    ::close(fd);
-    return;
-  }
-  const uint64_t id = next_session_id_++;
-  auto close_pending = [](void* ctx, uint64_t old_id) noexcept {
-    ServerSession* victim = nullptr;
-    for (auto& s : static_cast<WanServer*>(ctx)->sessions_)
-      if (s->id() == old_id && !s->authenticated()) victim = s.get();
-    if (victim != nullptr) victim->close("evicted: too many connections not yet authenticated");
-  };
-  if (!pre_auth_.admit_connection(id, fd, *reactor_, "wan", close_pending, this)) {
-    ::close(fd);
-    return;
-  }
-  sessions_.push_back(std::make_unique<ServerSession>(*this, *reactor_, id));
-  sessions_alive_.add();
-  sessions_.back()->start(fd);
+bool WanServer::start_session(void* self, Reactor& reactor, int fd, uint64_t id) noexcept {
+  auto* server = static_cast<WanServer*>(self);
+  auto* s = new (std::nothrow) ServerSession(*server, reactor, id);
+  if (s == nullptr) return false;
+  server->sessions_.emplace_back(s);
+  server->hub_.opened(s);
+  s->start(fd);
+  return true;
 }
 
-size_t WanServer::authenticated_count() const noexcept {
-  size_t n = 0;
-  for (const auto& s : sessions_) n += s->authenticated();
-  return n;
-}
-
-void WanServer::session_authenticated(ServerSession* s) noexcept { pre_auth_.leave(s->id()); }
-
+// A closed session stays (in closing_, and counted by the hub) until its I/O has completed.
 void WanServer::session_closed(ServerSession* s) noexcept {
-  pre_auth_.leave(s->id());
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
     if (it->get() == s) {
       closing_.push_back(std::move(*it));
@@ -1061,20 +1035,20 @@ void WanServer::on_sweep(void* ctx) noexcept {
     if (s->authenticated() && now - std::max(s->last_rx_ns(), s->accepted_ns()) > idle_ns)
       late.push_back(s.get());
   for (ServerSession* s : late) s->close("nothing received within the idle timeout (link dead)");
-  const size_t before = self->closing_.size();
-  self->closing_.erase(
-      std::remove_if(self->closing_.begin(), self->closing_.end(),
-                     [](const std::unique_ptr<ServerSession>& s) { return s->idle(); }),
-      self->closing_.end());
-  for (size_t i = self->closing_.size(); i < before; ++i) self->sessions_alive_.remove();
+  self->closing_.erase(std::remove_if(self->closing_.begin(), self->closing_.end(),
+                                      [self](const std::unique_ptr<ServerSession>& s) {
+                                        if (!s->idle()) return false;
+                                        self->hub_.closed(s.get());
+                                        return true;
+                                      }),
+                       self->closing_.end());
   if (!self->stopping_ || !self->closing_.empty() || !self->sessions_.empty())
     self->reactor_->arm(self->sweep_timer_, kSweepNs, &WanServer::on_sweep, self);
 }
 
 void WanServer::stop() noexcept {
   stopping_ = true;
-  if (acceptor_) acceptor_->stop();
-  for (auto& s : sessions_) s->close("datacenter edge shutting down");
+  if (reactor_ != nullptr) hub_.stop(*reactor_, "datacenter edge shutting down");
 }
 
 std::string WanServer::stats_text() const {

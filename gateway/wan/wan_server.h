@@ -18,10 +18,8 @@
 #include <unordered_set>
 #include <vector>
 
-#include "datapath/acceptor.h"
 #include "datapath/block_device.h"
-#include "datapath/drain_count.h"
-#include "datapath/pre_auth_gate.h"
+#include "datapath/connection_hub.h"
 #include "datapath/reactor.h"
 #include "datapath/tls/tls_engine.h"
 #include "datapath/wan/codec.h"
@@ -90,14 +88,14 @@ class WanServer {
   // After stop() (any thread): waits until every session is gone — closed and with no device
   // I/O left in flight — at most timeout_ms; returns how many are left.
   uint64_t wait_sessions_closed(uint32_t timeout_ms) noexcept {
-    return sessions_alive_.wait_zero_for(timeout_ms);
+    return hub_.wait_closed(timeout_ms);
   }
   uint16_t bound_port() const noexcept { return bound_port_; }
   // Thread safe: takes effect on the next frame.
   void set_rate_limit(uint64_t bytes_per_s) noexcept { rate_limit_.store(bytes_per_s); }
   uint64_t rate_limit() const noexcept { return rate_limit_.load(); }
   size_t connection_count() const noexcept { return sessions_.size(); }
-  const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
+  const PreAuthGate& pre_auth() const noexcept { return hub_.pre_auth(); }
   // Counters by volume index (reactor thread, or after stop).
   const WanVolumeCounters& counters(size_t volume_index) const noexcept {
     return counters_[volume_index];
@@ -122,10 +120,8 @@ class WanServer {
     std::vector<ContentHash> order;  // ring in insertion order, for the bound
     size_t next_evict = 0;
   };
-  void accepted(int fd) noexcept;
+  static bool start_session(void* self, Reactor& reactor, int fd, uint64_t id) noexcept;
   void session_closed(class ServerSession* s) noexcept;
-  void session_authenticated(class ServerSession* s) noexcept;
-  size_t authenticated_count() const noexcept;
   static void on_sweep(void* ctx) noexcept;
   // The dedup set of a client session: what this cloud edge process has received. A client
   // that resumes (HELLO with its previous session id, same certificate name) keeps its set; a
@@ -171,15 +167,14 @@ class WanServer {
   void load_access_maps();
   std::atomic<uint64_t> rate_limit_;
   Reactor* reactor_ = nullptr;
-  std::unique_ptr<Acceptor> acceptor_;
   uint16_t bound_port_ = 0;
   std::vector<std::unique_ptr<ServerSession>> sessions_;
   std::vector<std::unique_ptr<ServerSession>> closing_;
-  DrainCount sessions_alive_;                        // sessions_ + closing_, for a counted shutdown
   std::unordered_map<std::string, DedupSet> dedup_;  // key: client name + "/" + session id
   std::vector<std::string> dedup_order_;
-  uint64_t next_session_id_ = 1;
-  PreAuthGate pre_auth_;
+  // Accept, limits (authenticated sessions only), pre-authentication gate, and the count of
+  // sessions_ + closing_ for a counted shutdown.
+  ConnectionHub hub_;
   Timer sweep_timer_;
   bool stopping_ = false;
 

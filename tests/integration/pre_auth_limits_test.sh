@@ -65,7 +65,7 @@ check_port iscsi "$P_ISCSI" iscsi-inq "iscsi://127.0.0.1:$P_ISCSI/$IQN/0"
 check_port nbd "$P_NBD" nbdinfo "nbd://127.0.0.1:$P_NBD/lun0"
 grep -q 'iscsi 127.0.0.2: connection refused: 16 connections from it not yet authenticated' "$TMP/target.log" &&
   ok "refusals are logged: $(grep -m1 'not yet authenticated' "$TMP/target.log")" || fail "no refusal log line"
-grep -q 'evicted: too many connections still in' "$TMP/target.log" && ok "evictions are logged" ||
+grep -q 'evicted: too many connections not yet authenticated' "$TMP/target.log" && ok "evictions are logged" ||
   fail "no eviction log line"
 kill -0 "$FERRY_PID" 2>/dev/null && ok "target alive" || fail "target died"
 stop_pid "$FERRY_PID"
