@@ -74,12 +74,11 @@ Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) no
     : HubConnection(id),
       server_(server),
       reactor_(reactor),
-      fd_(fd),
+      channel_(reactor, *this, kTxBatchPdusMax * 4),
       queue_depth_max_(server.options().queue_depth_max),
       tx_batch_pdus_max_(
           std::clamp<size_t>(server.options().tx_batch_pdus_max, 1, kTxBatchPdusMax)) {
-  recv_op_.c = this;
-  send_op_.c = this;
+  channel_.attach(fd);
   sockaddr_in6 addr{};
   socklen_t len = sizeof addr;
   char host[INET6_ADDRSTRLEN] = "?";
@@ -93,26 +92,22 @@ Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) no
       peer_ = std::string(host) + ":" + std::to_string(ntohs(addr.sin6_port));
     }
   }
-  tx_iov_.reserve(kTxBatchPdusMax * 3);
   tx_batch_.reserve(kTxBatchPdusMax);
 }
 
 Connection::~Connection() {
   for (IscsiTask* t : free_tasks_) delete t;
   for (TxPdu* p : free_pdus_) delete p;
-  if (fd_ >= 0) ::close(fd_);
 }
 
 void Connection::start() noexcept {
-  int one = 1;
-  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   server_.hub().opened(this);  // before any close(): closing counts it out again
   connected_ns_ = reactor_.now_ns();
   last_rx_ns_ = connected_ns_;
   rx_ = reactor_.pool().allocate(kLoginRxBytes);
   if (!rx_) return close("no receive buffer");
   login_ = std::make_unique<LoginNegotiator>(server_.portal(), &server_.auth_backoff(),
-                                             peer_address(fd_));
+                                             peer_address(channel_.fd()));
   arm_timer();
   post_recv();
 }
@@ -125,7 +120,7 @@ void Connection::close(const char* why) noexcept {
     std::fprintf(stderr, "ferry: iscsi %s: closing connection: %s\n", peer_.c_str(), why);
   phase_ = Phase::closing;
   reactor_.cancel(timer_);
-  ::shutdown(fd_, SHUT_RDWR);  // wakes the in-flight receive and send
+  channel_.shutdown();  // wakes the in-flight receive and send
   for (IscsiTask* t : active_) t->aborted = true;
   // Tasks not inside the SCSI layer can go now; the others are freed when they complete, and
   // those whose response PDU is queued or being sent when that PDU is released (release_pdu
@@ -147,7 +142,7 @@ void Connection::close(const char* why) noexcept {
 }
 
 void Connection::maybe_free() noexcept {
-  if (phase_ != Phase::closing || recv_in_flight_ || send_in_flight_ || device_io_in_flight_ > 0)
+  if (phase_ != Phase::closing || !channel_.idle() || tx_active_ || device_io_in_flight_ > 0)
     return;
   // Drop queued PDUs (their tasks are already aborted).
   while (tx_head_ != nullptr) {
@@ -197,18 +192,13 @@ void Connection::on_timer(void* ctx) noexcept {
 // ---------------------------------------------------------------- receive
 
 void Connection::post_recv() noexcept {
-  if (phase_ == Phase::closing || recv_in_flight_) return;
+  if (phase_ == Phase::closing || channel_.receiving()) return;
   if (rx_len_ == rx_.capacity()) return;  // full: process_rx must make room first
-  io_uring_sqe* sqe = reactor_.get_sqe();
-  io_uring_prep_recv(sqe, fd_, rx_.data() + rx_len_, rx_.capacity() - rx_len_, 0);
-  Reactor::prepare(sqe, &recv_op_);
-  recv_in_flight_ = true;
+  channel_.receive(rx_.data() + rx_len_, rx_.capacity() - rx_len_);
 }
 
-void Connection::on_recv(int32_t res, uint32_t) noexcept {
-  recv_in_flight_ = false;
+void Connection::on_received(int32_t res) noexcept {
   if (phase_ == Phase::closing) return maybe_free();
-  if (res == -EINTR || res == -EAGAIN) return post_recv();
   if (res <= 0) {
     if (phase_ == Phase::logout_sent || res == 0)
       return close(res == 0 ? nullptr : "receive error");
@@ -1034,77 +1024,46 @@ void Connection::queue_pdu(TxPdu* p) noexcept {
     tx_tail_->next = p;
     tx_tail_ = p;
   }
-  if (!send_in_flight_)
-    reactor_.defer([this, id = id()] {
-      (void)id;
-      flush_tx();
-    });
-  send_in_flight_ = true;  // a flush is scheduled or running
+  if (!tx_active_) reactor_.defer([this] { flush_tx(); });
+  tx_active_ = true;  // a flush is scheduled or running
 }
 
 void Connection::flush_tx() noexcept {
   // Called once per batch: gathers queued PDUs into one sendmsg.
   if (phase_ == Phase::closing) {
-    send_in_flight_ = false;
+    tx_active_ = false;
     return maybe_free();
   }
   tx_batch_.clear();
-  tx_iov_.clear();
-  tx_iov_pos_ = 0;
+  std::vector<iovec>& iov = channel_.gather();
   while (tx_head_ != nullptr && tx_batch_.size() < tx_batch_pdus_max_) {
     TxPdu* p = tx_head_;
     tx_head_ = p->next;
     if (tx_head_ == nullptr) tx_tail_ = nullptr;
     tx_batch_.push_back(p);
-    tx_iov_.push_back({p->bhs.b, kBhsBytes});
-    if (p->has_header_digest) tx_iov_.push_back({p->header_digest, 4});
-    if (p->data_bytes > 0) tx_iov_.push_back({const_cast<std::byte*>(p->data), p->data_bytes});
-    if (p->trailer_bytes > 0) tx_iov_.push_back({p->trailer, p->trailer_bytes});
+    iov.push_back({p->bhs.b, kBhsBytes});
+    if (p->has_header_digest) iov.push_back({p->header_digest, 4});
+    if (p->data_bytes > 0) iov.push_back({const_cast<std::byte*>(p->data), p->data_bytes});
+    if (p->trailer_bytes > 0) iov.push_back({p->trailer, p->trailer_bytes});
   }
   if (tx_batch_.empty()) {
-    send_in_flight_ = false;
+    tx_active_ = false;
     return;
   }
-  tx_msg_ = msghdr{};
-  tx_msg_.msg_iov = tx_iov_.data();
-  tx_msg_.msg_iovlen = tx_iov_.size();
-  io_uring_sqe* sqe = reactor_.get_sqe();
-  io_uring_prep_sendmsg(sqe, fd_, &tx_msg_, MSG_NOSIGNAL);
-  Reactor::prepare(sqe, &send_op_);
-  ++stats_.sendmsg_calls;
+  channel_.send();
 }
 
-void Connection::on_sent(int32_t res, uint32_t) noexcept {
+void Connection::on_sent(int32_t res) noexcept {
+  for (TxPdu* p : tx_batch_) release_pdu(p);
+  tx_batch_.clear();
   if (phase_ == Phase::closing || res < 0) {
-    for (TxPdu* p : tx_batch_) release_pdu(p);
-    tx_batch_.clear();
-    send_in_flight_ = false;
+    tx_active_ = false;
     if (phase_ != Phase::closing)
       close(res == -EPIPE || res == -ECONNRESET ? nullptr : "send error");
     return maybe_free();
   }
-  // Advance over what was sent; resubmit the remainder on a short send.
-  size_t left = size_t(res);
-  while (tx_iov_pos_ < tx_iov_.size() && left >= tx_iov_[tx_iov_pos_].iov_len) {
-    left -= tx_iov_[tx_iov_pos_].iov_len;
-    ++tx_iov_pos_;
-  }
-  if (tx_iov_pos_ < tx_iov_.size()) {
-    iovec& v = tx_iov_[tx_iov_pos_];
-    v.iov_base = static_cast<char*>(v.iov_base) + left;
-    v.iov_len -= left;
-    tx_msg_.msg_iov = tx_iov_.data() + tx_iov_pos_;
-    tx_msg_.msg_iovlen = tx_iov_.size() - tx_iov_pos_;
-    io_uring_sqe* sqe = reactor_.get_sqe();
-    io_uring_prep_sendmsg(sqe, fd_, &tx_msg_, MSG_NOSIGNAL);
-    Reactor::prepare(sqe, &send_op_);
-    ++stats_.sendmsg_calls;
-    return;
-  }
-  for (TxPdu* p : tx_batch_) release_pdu(p);
-  tx_batch_.clear();
   if (tx_head_ != nullptr) return flush_tx();
-  send_in_flight_ = false;
+  tx_active_ = false;
   if (close_after_send_) close(nullptr);
 }
 

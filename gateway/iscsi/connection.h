@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "datapath/connection_hub.h"
+#include "datapath/socket_channel.h"
 #include "datapath/reactor.h"
 #include "gateway/iscsi/login.h"
 #include "gateway/iscsi/pdu.h"
@@ -44,11 +45,10 @@ struct ConnectionStats {
   uint64_t data_in_pdus = 0;
   uint64_t r2ts = 0;
   uint64_t rejects = 0;
-  uint64_t sendmsg_calls = 0;
   uint64_t waits_for_buffer = 0;
 };
 
-class Connection final : public HubConnection {
+class Connection final : public HubConnection, private SocketChannelOwner {
  public:
   Connection(Server& server, Reactor& reactor, int fd, uint64_t id) noexcept;
   ~Connection();
@@ -65,18 +65,9 @@ class Connection final : public HubConnection {
  private:
   enum class Phase : uint8_t { login, full_feature, logout_sent, closing };
 
-  struct RecvOp final : Operation {
-    Connection* c;
-    void on_cqe(int32_t res, uint32_t flags) noexcept override { c->on_recv(res, flags); }
-  };
-  struct SendOp final : Operation {
-    Connection* c;
-    void on_cqe(int32_t res, uint32_t flags) noexcept override { c->on_sent(res, flags); }
-  };
-
   // receive side
   void post_recv() noexcept;
-  void on_recv(int32_t res, uint32_t flags) noexcept;
+  void on_received(int32_t res) noexcept override;
   bool process_rx() noexcept;  // false when the connection must stop reading
   bool handle_pdu(const Bhs& h, std::span<const uint8_t> pdu, const PduFrame& f) noexcept;
   bool handle_login(const Bhs& h, std::span<const uint8_t> data) noexcept;
@@ -107,7 +98,7 @@ class Connection final : public HubConnection {
   void queue_pdu(TxPdu* p) noexcept;  // assigns StatSN/ExpCmdSN/MaxCmdSN where needed
   void fill_sn(Bhs& h, bool advance_stat_sn) noexcept;
   void flush_tx() noexcept;
-  void on_sent(int32_t res, uint32_t flags) noexcept;
+  void on_sent(int32_t res) noexcept override;
   void release_pdu(TxPdu* p) noexcept;
 
   // timers
@@ -120,14 +111,11 @@ class Connection final : public HubConnection {
 
   Server& server_;
   Reactor& reactor_;
-  int fd_;
+  SocketChannel channel_;  // the socket: one receive and one gathered send in flight
   Phase phase_ = Phase::login;
   std::string peer_;
 
-  RecvOp recv_op_;
-  SendOp send_op_;
-  bool recv_in_flight_ = false;
-  bool send_in_flight_ = false;
+  bool tx_active_ = false;  // a flush is scheduled or a send is in flight
   Buffer rx_;
   size_t rx_len_ = 0;
   FramingLimits limits_;
@@ -167,9 +155,6 @@ class Connection final : public HubConnection {
   TxPdu* tx_head_ = nullptr;
   TxPdu* tx_tail_ = nullptr;
   std::vector<TxPdu*> tx_batch_;
-  std::vector<iovec> tx_iov_;
-  size_t tx_iov_pos_ = 0;
-  msghdr tx_msg_{};
   std::vector<TxPdu*> free_pdus_;
   size_t pdus_allocated_ = 0;
 
