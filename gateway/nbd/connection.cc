@@ -70,23 +70,18 @@ Connection::Connection(NbdServer& server, Reactor& reactor, int fd, uint64_t id)
     : HubConnection(id),
       server_(server),
       reactor_(reactor),
-      fd_(fd),
+      channel_(reactor, *this, kTxIovMax),
       source_(peer_address(fd)),
       in_flight_max_(std::max<uint32_t>(1, server.options().requests_in_flight_max)) {
-  recv_op_.c = this;
-  send_op_.c = this;
-  tx_iov_.reserve(kTxIovMax);
+  channel_.attach(fd);
   tx_batch_.reserve(kTxIovMax);
 }
 
 Connection::~Connection() {
   for (NbdTask* t : free_tasks_) delete t;
-  if (fd_ >= 0) ::close(fd_);
 }
 
 void Connection::start() noexcept {
-  int one = 1;
-  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on AF_UNIX
   server_.hub().opened(this);
   rx_ = reactor_.pool().allocate(kRxBytes);
   if (!rx_) return close("no receive buffer");
@@ -111,7 +106,7 @@ void Connection::close(const char* why) noexcept {
   phase_ = Phase::closing;
   reactor_.cancel(timer_);
   reactor_.cancel(retry_timer_);
-  ::shutdown(fd_, SHUT_RDWR);  // wakes the in-flight receive and send
+  channel_.shutdown();  // wakes the in-flight receive and send
   if (payload_task_ != nullptr) {
     NbdTask* t = payload_task_;
     payload_task_ = nullptr;
@@ -121,7 +116,7 @@ void Connection::close(const char* why) noexcept {
 }
 
 void Connection::maybe_free() noexcept {
-  if (phase_ != Phase::closing || recv_in_flight_ || send_busy_ || flush_scheduled_ ||
+  if (phase_ != Phase::closing || !channel_.idle() || flush_scheduled_ ||
       device_in_flight_ > 0)
     return;
   for (NbdTask* t : tx_batch_) release_task(t);
@@ -199,33 +194,21 @@ bool Connection::rx_paused() const noexcept {
 }
 
 void Connection::post_recv() noexcept {
-  if (phase_ == Phase::closing || phase_ == Phase::tls_starting || recv_in_flight_) return;
+  if (phase_ == Phase::closing || phase_ == Phase::tls_starting || channel_.receiving()) return;
   if (payload_task_ == nullptr && rx_paused()) return;
-  io_uring_sqe* sqe;
   if (tls_engine_ != nullptr) {
-    sqe = reactor_.get_sqe();
-    io_uring_prep_recv(sqe, fd_, tls_rx_.data(), tls_rx_.capacity(), 0);
+    channel_.receive(tls_rx_.data(), tls_rx_.capacity());
   } else if (payload_task_ != nullptr && !payload_task_->discard_payload && rx_len_ == 0) {
-    NbdTask* t = payload_task_;
-    sqe = reactor_.get_sqe();
-    io_uring_prep_recv(sqe, fd_, t->buf.data() + t->payload_received,
-                       t->req.length_bytes - t->payload_received, 0);
-  } else {
-    if (rx_len_ == rx_.capacity()) return;  // cannot happen: items fit (asserted by bounds)
-    sqe = reactor_.get_sqe();
-    io_uring_prep_recv(sqe, fd_, rx_.data() + rx_len_, rx_.capacity() - rx_len_, 0);
-    // The last receive left the socket empty: wait for data before trying (saves a recv that
-    // would only return EAGAIN before the ring arms its poll).
-    if (rx_drained_) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    NbdTask* t = payload_task_;  // a WRITE's payload lands in its own buffer
+    channel_.receive(t->buf.data() + t->payload_received,
+                     t->req.length_bytes - t->payload_received);
+  } else if (rx_len_ < rx_.capacity()) {  // always: items fit (asserted by bounds)
+    channel_.receive(rx_.data() + rx_len_, rx_.capacity() - rx_len_);
   }
-  Reactor::prepare(sqe, &recv_op_);
-  recv_in_flight_ = true;
 }
 
-void Connection::on_recv(int32_t res, uint32_t) noexcept {
-  recv_in_flight_ = false;
+void Connection::on_received(int32_t res) noexcept {
   if (phase_ == Phase::closing) return maybe_free();
-  if (res == -EINTR || res == -EAGAIN) return post_recv();
   if (res <= 0) return close(res == 0 || res == -ECONNRESET ? nullptr : "receive error");
   if (tls_engine_ != nullptr) {
     const Errc fed = tls_engine_->feed_ciphertext(
@@ -239,7 +222,6 @@ void Connection::on_recv(int32_t res, uint32_t) noexcept {
   } else if (payload_task_ != nullptr && !payload_task_->discard_payload && rx_len_ == 0) {
     on_plain_bytes(size_t(res));
   } else {
-    rx_drained_ = size_t(res) < rx_.capacity() - rx_len_;
     rx_len_ += size_t(res);
     process_rx();
   }
@@ -352,7 +334,7 @@ void Connection::process_rx() noexcept {
     std::memmove(rx_.data(), rx_.data() + pos, rx_len_ - pos);
     rx_len_ -= pos;
   }
-  if (disc_ && tasks_live_ == 0 && payload_task_ == nullptr && tx_head_ == nullptr && !send_busy_)
+  if (disc_ && tasks_live_ == 0 && payload_task_ == nullptr && tx_head_ == nullptr && !channel_.sending())
     close(nullptr);
 }
 
@@ -899,7 +881,7 @@ void Connection::queue_task(NbdTask* t) noexcept {
 }
 
 void Connection::kick_tx() noexcept {
-  if (send_busy_ || flush_scheduled_ || phase_ == Phase::closing) return;
+  if (channel_.sending() || flush_scheduled_ || phase_ == Phase::closing) return;
   flush_scheduled_ = true;
   reactor_.defer([this] { flush_tx(); });  // batch everything this dispatch produced
 }
@@ -907,47 +889,30 @@ void Connection::kick_tx() noexcept {
 void Connection::flush_tx() noexcept {
   flush_scheduled_ = false;
   if (phase_ == Phase::closing) return maybe_free();
-  if (send_busy_) return;
+  if (channel_.sending()) return;
+  std::vector<iovec>& iov = channel_.gather();
   if (tls_engine_ != nullptr) {
     if (!tls_fill_tx()) return close("TLS write error");
     if (tls_tx_len_ == 0) {
       if (close_after_send_ && tx_head_ == nullptr) close(nullptr);
       return;
     }
-    io_uring_sqe* sqe = reactor_.get_sqe();
-    io_uring_prep_send(sqe, fd_, tls_tx_.data() + tls_tx_sent_, tls_tx_len_ - tls_tx_sent_,
-                       MSG_NOSIGNAL);
-    Reactor::prepare(sqe, &send_op_);
-    send_busy_ = true;
-    ++stats_.sendmsg_calls;
-    return;
+    iov.push_back({tls_tx_.data(), tls_tx_len_});
+    return channel_.send();
   }
   tx_batch_.clear();
-  tx_iov_.clear();
-  tx_iov_pos_ = 0;
-  while (tx_head_ != nullptr && tx_iov_.size() + tx_head_->iov_count <= kTxIovMax) {
+  while (tx_head_ != nullptr && iov.size() + tx_head_->iov_count <= kTxIovMax) {
     NbdTask* t = tx_head_;
     tx_head_ = t->next;
     if (tx_head_ == nullptr) tx_tail_ = nullptr;
     tx_batch_.push_back(t);
-    for (uint32_t i = 0; i < t->iov_count; ++i) tx_iov_.push_back(t->iov[i]);
+    for (uint32_t i = 0; i < t->iov_count; ++i) iov.push_back(t->iov[i]);
     if (t->start_tls_after) break;  // nothing after it may go out in plaintext
   }
   if (tx_batch_.empty()) return;
-  tx_msg_ = msghdr{};
-  tx_msg_.msg_iov = tx_iov_.data();
-  tx_msg_.msg_iovlen = tx_iov_.size();
-  send_tx();
-}
-
-void Connection::send_tx() noexcept {
   // MSG_WAITALL: the ring itself waits for socket room until the whole gather is out, instead of
   // handing back a short count that costs a loop pass and a resubmit per refill (1 MiB READs).
-  io_uring_sqe* sqe = reactor_.get_sqe();
-  io_uring_prep_sendmsg(sqe, fd_, &tx_msg_, MSG_NOSIGNAL | MSG_WAITALL);
-  Reactor::prepare(sqe, &send_op_);
-  send_busy_ = true;
-  ++stats_.sendmsg_calls;
+  channel_.send(MSG_WAITALL);
 }
 
 bool Connection::tls_fill_tx() noexcept {
@@ -999,8 +964,7 @@ bool Connection::tls_fill_tx() noexcept {
   return true;
 }
 
-void Connection::on_sent(int32_t res, uint32_t) noexcept {
-  send_busy_ = false;
+void Connection::on_sent(int32_t res) noexcept {
   if (phase_ == Phase::closing || res < 0) {
     for (NbdTask* t : tx_batch_) release_task(t);
     tx_batch_.clear();
@@ -1009,24 +973,10 @@ void Connection::on_sent(int32_t res, uint32_t) noexcept {
     return maybe_free();
   }
   if (tls_engine_ != nullptr && tx_batch_.empty()) {
-    tls_tx_sent_ += size_t(res);
-    if (tls_tx_sent_ == tls_tx_len_) tls_tx_sent_ = tls_tx_len_ = 0;
-    flush_tx();  // sends the rest, or encrypts more
-    if (disc_ && tasks_live_ == 0 && tx_head_ == nullptr && !send_busy_) close(nullptr);
+    tls_tx_len_ = 0;
+    flush_tx();  // encrypts and sends more
+    if (disc_ && tasks_live_ == 0 && tx_head_ == nullptr && !channel_.sending()) close(nullptr);
     return;
-  }
-  size_t left = size_t(res);
-  while (tx_iov_pos_ < tx_iov_.size() && left >= tx_iov_[tx_iov_pos_].iov_len) {
-    left -= tx_iov_[tx_iov_pos_].iov_len;
-    ++tx_iov_pos_;
-  }
-  if (tx_iov_pos_ < tx_iov_.size()) {  // short send: resubmit the remainder
-    iovec& v = tx_iov_[tx_iov_pos_];
-    v.iov_base = static_cast<char*>(v.iov_base) + left;
-    v.iov_len -= left;
-    tx_msg_.msg_iov = tx_iov_.data() + tx_iov_pos_;
-    tx_msg_.msg_iovlen = tx_iov_.size() - tx_iov_pos_;
-    return send_tx();  // with MSG_WAITALL only after an error cut it short (or an old kernel)
   }
   for (NbdTask* t : tx_batch_) after_task_sent(t);
   tx_batch_.clear();

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "datapath/connection_hub.h"
+#include "datapath/socket_channel.h"
 #include "datapath/block_device.h"
 #include "datapath/reactor.h"
 #include "gateway/nbd/codec.h"
@@ -52,12 +53,11 @@ struct NbdTask;
 
 struct ConnectionStats {
   uint64_t requests = 0;
-  uint64_t sendmsg_calls = 0;
   uint64_t paused_at_limit = 0;
   uint64_t waits_for_buffer = 0;
 };
 
-class Connection final : public HubConnection {
+class Connection final : public HubConnection, private SocketChannelOwner {
  public:
   Connection(NbdServer& server, Reactor& reactor, int fd, uint64_t id) noexcept;
   ~Connection();
@@ -83,18 +83,9 @@ class Connection final : public HubConnection {
     closing
   };
 
-  struct RecvOp final : Operation {
-    Connection* c;
-    void on_cqe(int32_t res, uint32_t flags) noexcept override { c->on_recv(res, flags); }
-  };
-  struct SendOp final : Operation {
-    Connection* c;
-    void on_cqe(int32_t res, uint32_t flags) noexcept override { c->on_sent(res, flags); }
-  };
-
   // receive side
   void post_recv() noexcept;
-  void on_recv(int32_t res, uint32_t flags) noexcept;
+  void on_received(int32_t res) noexcept override;
   void on_plain_bytes(size_t n) noexcept;  // n bytes landed at the current receive target
   bool tls_pump_rx() noexcept;             // decrypt what the engine holds; false: closed
   void process_rx() noexcept;              // parse what rx_ holds
@@ -126,8 +117,7 @@ class Connection final : public HubConnection {
   void kick_tx() noexcept;
   void flush_tx() noexcept;
   bool tls_fill_tx() noexcept;  // encrypt queued plaintext into tls_tx_; false on error
-  void on_sent(int32_t res, uint32_t flags) noexcept;
-  void send_tx() noexcept;  // submits tx_msg_ (all of it: MSG_WAITALL)
+  void on_sent(int32_t res) noexcept override;
   void after_task_sent(NbdTask* t) noexcept;
   void start_tls() noexcept;
   void tls_handshake_step(Errc fed) noexcept;  // after ciphertext was fed to the engine
@@ -138,16 +128,11 @@ class Connection final : public HubConnection {
 
   NbdServer& server_;
   Reactor& reactor_;
-  int fd_;
+  SocketChannel channel_;  // the socket: one receive and one gathered send in flight
   std::string source_;  // peer address without the port ("" for a Unix socket)
   Phase phase_ = Phase::greeting;
   uint32_t in_flight_max_;
 
-  RecvOp recv_op_;
-  SendOp send_op_;
-  bool recv_in_flight_ = false;
-  bool rx_drained_ = false;       // the last receive did not fill its buffer (socket likely empty)
-  bool send_busy_ = false;        // a sendmsg is outstanding
   bool flush_scheduled_ = false;  // flush_tx deferred
   Buffer rx_;
   size_t rx_len_ = 0;
@@ -172,9 +157,6 @@ class Connection final : public HubConnection {
   NbdTask* tx_head_ = nullptr;
   NbdTask* tx_tail_ = nullptr;
   std::vector<NbdTask*> tx_batch_;
-  std::vector<iovec> tx_iov_;
-  size_t tx_iov_pos_ = 0;
-  msghdr tx_msg_{};
 
   // TLS
   std::unique_ptr<tls::TlsEngine> tls_engine_;  // from STARTTLS on (records both ways)
@@ -182,7 +164,6 @@ class Connection final : public HubConnection {
   Buffer tls_rx_;                               // raw bytes from the socket
   Buffer tls_tx_;                               // encrypted bytes being sent
   size_t tls_tx_len_ = 0;
-  size_t tls_tx_sent_ = 0;
   NbdTask* tls_task_ = nullptr;  // task being encrypted (popped from the queue)
   uint32_t tls_iov_ = 0;
   size_t tls_iov_off_ = 0;
