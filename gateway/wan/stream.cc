@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 namespace ferry::wan {
 
@@ -21,24 +22,18 @@ constexpr size_t kCipherOutBytes = 64 * 1024;
 
 WanStream::WanStream(Reactor& reactor, const tls::TlsContext& tls,
                      WanStreamHandler& handler) noexcept
-    : reactor_(reactor), handler_(handler), tls_(tls) {
-  recv_op_.s = this;
-  send_op_.s = this;
-}
+    : reactor_(reactor), handler_(handler), tls_(tls), channel_(reactor, *this, 1) {}
 
-WanStream::~WanStream() {
-  if (fd_ >= 0) ::close(fd_);
-}
+WanStream::~WanStream() = default;
 
 void WanStream::start(int fd, bool client) noexcept {
-  fd_ = fd;
-  int one = 1;
-  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  channel_.attach(fd);
+  started_ = true;
   if (socket_send_bytes_ > 0) {
     // A small kernel send queue keeps frames in our priority queues rather than behind
     // background data in the socket (must stay >= the link's bandwidth-delay product).
     int sndbuf = int(socket_send_bytes_ / 2);  // the kernel doubles it (bookkeeping overhead)
-    setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   }
   cipher_in_ = reactor_.pool().allocate(kCipherInBytes);
   plain_in_ = reactor_.pool().allocate(kPlainInBytes);
@@ -50,7 +45,7 @@ void WanStream::start(int fd, bool client) noexcept {
 }
 
 size_t WanStream::backlog_bytes() const noexcept {
-  return tls_.pending_ciphertext() + (out_len_ - out_pos_);
+  return tls_.pending_ciphertext() + out_len_;
 }
 
 bool WanStream::send_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept {
@@ -70,34 +65,25 @@ bool WanStream::send_frame(const FrameHeader& h, std::span<const uint8_t> payloa
 }
 
 void WanStream::flush() noexcept {
-  if (send_in_flight_ || fd_ < 0 || closed_) return;
-  if (out_pos_ == out_len_) {
-    out_pos_ = out_len_ = 0;
-    out_len_ = tls_.take_ciphertext(
-        {reinterpret_cast<uint8_t*>(cipher_out_.data()), cipher_out_.capacity()});
-    if (out_len_ == 0) {
-      if (was_above_low_ && established()) {
-        was_above_low_ = false;
-        handler_.on_writable();
-      }
-      return;
+  if (channel_.sending() || !started_ || closed_) return;
+  out_len_ = tls_.take_ciphertext(
+      {reinterpret_cast<uint8_t*>(cipher_out_.data()), cipher_out_.capacity()});
+  if (out_len_ == 0) {
+    if (was_above_low_ && established()) {
+      was_above_low_ = false;
+      handler_.on_writable();
     }
+    return;
   }
-  io_uring_sqe* sqe = reactor_.get_sqe();
-  io_uring_prep_send(sqe, fd_, cipher_out_.data() + out_pos_, out_len_ - out_pos_, MSG_NOSIGNAL);
-  Reactor::prepare(sqe, &send_op_);
-  send_in_flight_ = true;
+  channel_.gather().push_back({cipher_out_.data(), out_len_});
+  channel_.send();
 }
 
 void WanStream::on_sent(int32_t res) noexcept {
-  send_in_flight_ = false;
+  const size_t sent = std::exchange(out_len_, 0);
   if (closed_) return;
-  if (res < 0) {
-    if (res == -EINTR || res == -EAGAIN) return flush();
-    return close("send failed (peer gone)");
-  }
-  counters_.wire_bytes_out += uint64_t(res);
-  out_pos_ += size_t(res);
+  if (res < 0) return close("send failed (peer gone)");
+  counters_.wire_bytes_out += sent;
   if (backlog_bytes() < kBacklogLowBytes && was_above_low_ && established()) {
     was_above_low_ = false;
     handler_.on_writable();
@@ -107,17 +93,12 @@ void WanStream::on_sent(int32_t res) noexcept {
 }
 
 void WanStream::post_recv() noexcept {
-  if (closed_ || recv_in_flight_) return;
-  io_uring_sqe* sqe = reactor_.get_sqe();
-  io_uring_prep_recv(sqe, fd_, cipher_in_.data(), cipher_in_.capacity(), 0);
-  Reactor::prepare(sqe, &recv_op_);
-  recv_in_flight_ = true;
+  if (closed_ || channel_.receiving()) return;
+  channel_.receive(cipher_in_.data(), cipher_in_.capacity());
 }
 
-void WanStream::on_recv(int32_t res) noexcept {
-  recv_in_flight_ = false;
+void WanStream::on_received(int32_t res) noexcept {
   if (closed_) return;
-  if (res == -EINTR || res == -EAGAIN) return post_recv();
   if (res <= 0) return close(res == 0 ? "peer closed the connection" : "receive failed");
   counters_.wire_bytes_in += uint64_t(res);
   if (tls_.feed_ciphertext({reinterpret_cast<const uint8_t*>(cipher_in_.data()), size_t(res)}) !=
@@ -126,10 +107,10 @@ void WanStream::on_recv(int32_t res) noexcept {
     // The TLS alert saying why (bad certificate, unknown CA, expired, ...) is the peer's only
     // clue: hand it to the kernel now, without waiting, since close() shuts the socket before a
     // queued send would be submitted. Best effort: a few dozen bytes into an idle socket.
-    if (!send_in_flight_ && out_pos_ == out_len_) {
+    if (!channel_.sending()) {
       uint8_t alert[512];
       const size_t n = tls_.take_ciphertext({alert, sizeof alert});
-      if (n > 0) (void)::send(fd_, alert, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) (void)::send(channel_.fd(), alert, n, MSG_DONTWAIT | MSG_NOSIGNAL);
     }
     return close("TLS handshake or record error");
   }
@@ -198,7 +179,7 @@ void WanStream::close(const char* why) noexcept {
   if (closed_) return;
   closed_ = true;
   close_reason_ = why;
-  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);  // ends in-flight receive and send
+  if (started_) channel_.shutdown();  // ends in-flight receive and send
   reactor_.defer([this] {
     if (!closed_reported_) {
       closed_reported_ = true;

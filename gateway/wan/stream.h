@@ -1,5 +1,5 @@
 // WanStream: one TLS 1.3 connection of the WAN link on a reactor — socket receive/send through
-// io_uring, the TLS engine in between, frames parsed out of the plaintext with the wire codec
+// the SocketChannel of datapath/ (io_uring), the TLS engine of datapath/tls in between, frames parsed out of the plaintext with the wire codec
 // (datapath/wan/frame.h) and handed to a handler; frames to send are encrypted as they are
 // queued. Both edges use it (the datacenter edge per accepted connection, the cloud edge for
 // its one connection). Reactor thread only.
@@ -15,6 +15,7 @@
 
 #include "datapath/buffer_pool.h"
 #include "datapath/reactor.h"
+#include "datapath/socket_channel.h"
 #include "datapath/tls/tls_engine.h"
 #include "datapath/wan/frame.h"
 
@@ -40,7 +41,7 @@ struct WanStreamCounters {
   uint64_t wire_bytes_in = 0, wire_bytes_out = 0;    // TLS records on the socket
 };
 
-class WanStream {
+class WanStream final : private SocketChannelOwner {
  public:
   static constexpr size_t kBacklogLowBytes = 128 * 1024;    // on_writable below this
   static constexpr size_t kBacklogHighBytes = 1024 * 1024;  // send_frame refuses above this
@@ -68,27 +69,20 @@ class WanStream {
   // Closes (idempotent); on_closed runs from a deferred callback, never inside this call.
   void close(const char* why) noexcept;
   // True once no socket operation is in flight: the owner may delete the stream.
-  bool idle() const noexcept { return closed_ && !recv_in_flight_ && !send_in_flight_; }
+  bool idle() const noexcept { return closed_ && channel_.idle(); }
 
  private:
-  struct RecvOp final : Operation {
-    WanStream* s;
-    void on_cqe(int32_t res, uint32_t) noexcept override { s->on_recv(res); }
-  };
-  struct SendOp final : Operation {
-    WanStream* s;
-    void on_cqe(int32_t res, uint32_t) noexcept override { s->on_sent(res); }
-  };
   void post_recv() noexcept;
-  void on_recv(int32_t res) noexcept;
-  void on_sent(int32_t res) noexcept;
+  void on_received(int32_t res) noexcept override;
+  void on_sent(int32_t res) noexcept override;
   void flush() noexcept;
   bool parse_frames() noexcept;
 
   Reactor& reactor_;
   WanStreamHandler& handler_;
   tls::TlsEngine tls_;
-  int fd_ = -1;
+  SocketChannel channel_;
+  bool started_ = false;
   bool established_ = false;
   bool closed_ = false;
   bool closed_reported_ = false;
@@ -96,15 +90,11 @@ class WanStream {
   uint32_t payload_bytes_max_ = kFramePayloadBytesMax;
   uint32_t socket_send_bytes_ = 0;
 
-  RecvOp recv_op_;
-  SendOp send_op_;
-  bool recv_in_flight_ = false;
-  bool send_in_flight_ = false;
   Buffer cipher_in_;  // socket receive buffer
   Buffer plain_in_;   // decrypted bytes awaiting a whole frame
   size_t plain_len_ = 0;
-  Buffer cipher_out_;  // ciphertext being sent
-  size_t out_len_ = 0, out_pos_ = 0;
+  Buffer cipher_out_;    // ciphertext being sent
+  size_t out_len_ = 0;  // bytes of cipher_out_ in the send in flight
   bool was_above_low_ = false;
   WanStreamCounters counters_;
 };
