@@ -103,12 +103,12 @@ void ConnectionHub::start_connection(Reactor& reactor, int fd) noexcept {
 }
 
 void ConnectionHub::opened(HubConnection* c) noexcept {
-  t_connections.emplace(c->hub_id(), Registered{instance_, c});
+  t_connections.emplace(c->id(), Registered{instance_, c});
   connections_.add();
 }
 
 void ConnectionHub::authenticated(HubConnection* c) noexcept {
-  pre_auth_.leave(c->hub_id());
+  pre_auth_.leave(c->id());
   if (!c->counted_authenticated_) {
     c->counted_authenticated_ = true;
     authenticated_.fetch_add(1);
@@ -116,12 +116,12 @@ void ConnectionHub::authenticated(HubConnection* c) noexcept {
 }
 
 void ConnectionHub::closed(HubConnection* c) noexcept {
-  pre_auth_.leave(c->hub_id());
+  pre_auth_.leave(c->id());
   if (c->counted_authenticated_) {
     c->counted_authenticated_ = false;
     authenticated_.fetch_sub(1);
   }
-  t_connections.erase(c->hub_id());
+  t_connections.erase(c->id());
   if (Reactor* r = Reactor::current()) balancer_.release(*r);
   connections_.remove();
 }

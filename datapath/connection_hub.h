@@ -38,19 +38,21 @@ class ConnectionHub;
 // What a hub needs of a connection. Ids are unique in the process (one counter for every hub).
 class HubConnection {
  public:
-  uint64_t hub_id() const noexcept { return hub_id_; }
+  HubConnection(const HubConnection&) = delete;
+  HubConnection& operator=(const HubConnection&) = delete;
+  uint64_t id() const noexcept { return id_; }
   // Closes the connection (idempotent); `why` is logged by the connection.
   virtual void close(const char* why) noexcept = 0;
   // True until the peer has proven who it is (iSCSI login, NBD handshake, WAN HELLO).
   virtual bool authenticating() const noexcept = 0;
 
  protected:
-  explicit HubConnection(uint64_t hub_id) noexcept : hub_id_(hub_id) {}
+  explicit HubConnection(uint64_t id) noexcept : id_(id) {}
   ~HubConnection() = default;
 
  private:
   friend class ConnectionHub;
-  const uint64_t hub_id_;
+  const uint64_t id_;
   bool counted_authenticated_ = false;
 };
 

@@ -269,8 +269,8 @@ TEST(ConnectionHub, FullPreAuthPoolEvictsTheOldestUnauthenticated) {
   EXPECT_FALSE(f.made[2]->closed);
   EXPECT_EQ(hub.pre_auth().pending(), 2u);
   on_reactor(r, [&] {
-    EXPECT_EQ(hub.find_here(f.made[1]->hub_id()), f.made[1].get());
-    EXPECT_EQ(hub.find_here(f.made[0]->hub_id()), nullptr);  // closed: out of the table
+    EXPECT_EQ(hub.find_here(f.made[1]->id()), f.made[1].get());
+    EXPECT_EQ(hub.find_here(f.made[0]->id()), nullptr);  // closed: out of the table
     hub.stop(r, "stopping");
   });
   EXPECT_EQ(hub.wait_closed(1000), 0u);

@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "datapath/connection_hub.h"
-#include "datapath/socket_channel.h"
 #include "datapath/reactor.h"
+#include "datapath/socket_channel.h"
 #include "gateway/iscsi/login.h"
 #include "gateway/iscsi/pdu.h"
 #include "gateway/iscsi/text.h"
@@ -40,27 +40,26 @@ class Target;
 }  // namespace ferry::scsi
 namespace ferry::iscsi {
 
-struct ConnectionStats {
-  uint64_t commands = 0;
-  uint64_t data_in_pdus = 0;
-  uint64_t r2ts = 0;
-  uint64_t rejects = 0;
-  uint64_t waits_for_buffer = 0;
-};
-
+// Life: login (the hub counts it as authenticating) → full feature phase → logout or close;
+// close() aborts the tasks the SCSI layer does not hold and the connection deletes itself once
+// the channel is idle and no task is inside the device.
 class Connection final : public HubConnection, private SocketChannelOwner {
  public:
   Connection(Server& server, Reactor& reactor, int fd, uint64_t id) noexcept;
   ~Connection();
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
-
-  void start() noexcept;
-  // Closes the connection (idempotent); frees itself when nothing is in flight.
+  void start() noexcept;  // login phase: the first receive and the login timer
   void close(const char* why) noexcept override;
-  uint64_t id() const noexcept { return hub_id(); }
-  bool authenticating() const noexcept override { return logging_in(); }
   bool logging_in() const noexcept { return phase_ == Phase::login; }
+  bool authenticating() const noexcept override { return logging_in(); }
+
+  struct Counters {
+    uint64_t commands = 0;
+    uint64_t data_in_pdus = 0;
+    uint64_t r2ts = 0;
+    uint64_t rejects = 0;
+    uint64_t waits_for_buffer = 0;
+  };
+  const Counters& counters() const noexcept { return stats_; }
 
  private:
   enum class Phase : uint8_t { login, full_feature, logout_sent, closing };
@@ -169,7 +168,7 @@ class Connection final : public HubConnection, private SocketChannelOwner {
   uint64_t nop_ping_sent_ns_ = 0;
   bool close_after_send_ = false;
 
-  ConnectionStats stats_;
+  Counters stats_;
 };
 
 }  // namespace ferry::iscsi

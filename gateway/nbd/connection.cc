@@ -116,8 +116,7 @@ void Connection::close(const char* why) noexcept {
 }
 
 void Connection::maybe_free() noexcept {
-  if (phase_ != Phase::closing || !channel_.idle() || flush_scheduled_ ||
-      device_in_flight_ > 0)
+  if (phase_ != Phase::closing || !channel_.idle() || flush_scheduled_ || device_in_flight_ > 0)
     return;
   for (NbdTask* t : tx_batch_) release_task(t);
   tx_batch_.clear();
@@ -334,7 +333,8 @@ void Connection::process_rx() noexcept {
     std::memmove(rx_.data(), rx_.data() + pos, rx_len_ - pos);
     rx_len_ -= pos;
   }
-  if (disc_ && tasks_live_ == 0 && payload_task_ == nullptr && tx_head_ == nullptr && !channel_.sending())
+  if (disc_ && tasks_live_ == 0 && payload_task_ == nullptr && tx_head_ == nullptr &&
+      !channel_.sending())
     close(nullptr);
 }
 

@@ -35,10 +35,10 @@
 #include <string>
 #include <vector>
 
-#include "datapath/connection_hub.h"
-#include "datapath/socket_channel.h"
 #include "datapath/block_device.h"
+#include "datapath/connection_hub.h"
 #include "datapath/reactor.h"
+#include "datapath/socket_channel.h"
 #include "gateway/nbd/codec.h"
 
 namespace ferry::tls {
@@ -51,23 +51,21 @@ class NbdServer;
 struct NbdExport;
 struct NbdTask;
 
-struct ConnectionStats {
-  uint64_t requests = 0;
-  uint64_t paused_at_limit = 0;
-  uint64_t waits_for_buffer = 0;
-};
-
+// Life: greeting → options (STARTTLS, INFO/GO) → transmission → disconnect or close; the hub
+// counts it as authenticating until transmission. Deletes itself once closed, the channel idle
+// and no request inside the device.
 class Connection final : public HubConnection, private SocketChannelOwner {
  public:
   Connection(NbdServer& server, Reactor& reactor, int fd, uint64_t id) noexcept;
   ~Connection();
-  Connection(const Connection&) = delete;
-  Connection& operator=(const Connection&) = delete;
-
-  void start() noexcept;
-  // Closes the connection (idempotent); frees itself when nothing is in flight.
+  void start() noexcept;  // sends the greeting, arms the handshake deadline
   void close(const char* why) noexcept override;
-  uint64_t id() const noexcept { return hub_id(); }
+  struct Counters {
+    uint64_t requests = 0;
+    uint64_t paused_at_limit = 0;
+    uint64_t waits_for_buffer = 0;
+  };
+  const Counters& counters() const noexcept { return stats_; }
   bool authenticating() const noexcept override { return in_handshake(); }
   bool in_handshake() const noexcept {
     return phase_ != Phase::transmission && phase_ != Phase::closing;
@@ -129,7 +127,7 @@ class Connection final : public HubConnection, private SocketChannelOwner {
   NbdServer& server_;
   Reactor& reactor_;
   SocketChannel channel_;  // the socket: one receive and one gathered send in flight
-  std::string source_;  // peer address without the port ("" for a Unix socket)
+  std::string source_;     // peer address without the port ("" for a Unix socket)
   Phase phase_ = Phase::greeting;
   uint32_t in_flight_max_;
 
@@ -170,7 +168,7 @@ class Connection final : public HubConnection, private SocketChannelOwner {
 
   Timer timer_;        // handshake deadline
   Timer retry_timer_;  // pool exhausted: retry
-  ConnectionStats stats_;
+  Counters stats_;
 };
 
 }  // namespace ferry::nbd

@@ -44,9 +44,7 @@ void WanStream::start(int fd, bool client) noexcept {
   post_recv();
 }
 
-size_t WanStream::backlog_bytes() const noexcept {
-  return tls_.pending_ciphertext() + out_len_;
-}
+size_t WanStream::backlog_bytes() const noexcept { return tls_.pending_ciphertext() + out_len_; }
 
 bool WanStream::send_frame(const FrameHeader& h, std::span<const uint8_t> payload) noexcept {
   if (!established() || backlog_bytes() > kBacklogHighBytes) return false;

@@ -1,8 +1,8 @@
 // WanStream: one TLS 1.3 connection of the WAN link on a reactor — socket receive/send through
-// the SocketChannel of datapath/ (io_uring), the TLS engine of datapath/tls in between, frames parsed out of the plaintext with the wire codec
-// (datapath/wan/frame.h) and handed to a handler; frames to send are encrypted as they are
-// queued. Both edges use it (the datacenter edge per accepted connection, the cloud edge for
-// its one connection). Reactor thread only.
+// the SocketChannel of datapath/ (io_uring), the TLS engine of datapath/tls in between, frames
+// parsed out of the plaintext with the wire codec (datapath/wan/frame.h) and handed to a handler;
+// frames to send are encrypted as they are queued. Both edges use it (the datacenter edge per
+// accepted connection, the cloud edge for its one connection). Reactor thread only.
 //
 // Bounds: the plaintext receive buffer holds one maximal frame plus slack; the ciphertext
 // backlog (TLS output not yet sent) is what send_frame reports, and callers stop producing
@@ -93,7 +93,7 @@ class WanStream final : private SocketChannelOwner {
   Buffer cipher_in_;  // socket receive buffer
   Buffer plain_in_;   // decrypted bytes awaiting a whole frame
   size_t plain_len_ = 0;
-  Buffer cipher_out_;    // ciphertext being sent
+  Buffer cipher_out_;   // ciphertext being sent
   size_t out_len_ = 0;  // bytes of cipher_out_ in the send in flight
   bool was_above_low_ = false;
   WanStreamCounters counters_;

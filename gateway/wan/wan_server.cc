@@ -45,7 +45,6 @@ class ServerSession final : public WanStreamHandler, public HubConnection {
   void close(const char* why) noexcept override { stream_.close(why); }
   bool authenticating() const noexcept override { return !hello_done_; }
   bool idle() const { return stream_.idle() && device_ios_ == 0; }
-  uint64_t id() const { return hub_id(); }
   bool authenticated() const { return hello_done_; }
   uint64_t accepted_ns() const { return accepted_ns_; }
   uint64_t last_rx_ns() const { return last_rx_ns_; }
