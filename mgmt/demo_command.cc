@@ -6,7 +6,10 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <poll.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,7 +22,6 @@
 #include <random>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "mgmt/config_file.h"
@@ -35,6 +37,7 @@ struct Child {
   std::string name;
   pid_t pid = -1;
   std::string log;
+  bool ours = true;  // our child (reaped with waitpid); false: a daemon that forked itself
 };
 
 std::vector<Child> g_children;
@@ -71,6 +74,56 @@ int run(const std::vector<std::string>& args, const std::string& log_path) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+double now_s() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A file descriptor that polls readable when the process exits (any process, not only ours).
+int open_pidfd(pid_t pid) { return int(::syscall(SYS_pidfd_open, pid, 0)); }
+
+// Waits, without sleeping, until `ready()` holds or the process exits or timeout_ms passes: wakes
+// on every change of the log file (inotify) and on the exit (pidfd). 1: ready, 0: exited,
+// -1: timed out.
+template <typename Ready>
+int wait_ready_or_exit(pid_t pid, const std::string& log, int timeout_ms, Ready ready) {
+  const int pidfd = open_pidfd(pid);
+  const int in = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  if (in >= 0) inotify_add_watch(in, log.c_str(), IN_MODIFY | IN_CLOSE_WRITE);
+  const double deadline = now_s() + timeout_ms / 1000.0;
+  int result = -1;
+  for (;;) {
+    if (ready()) {
+      result = 1;
+      break;
+    }
+    pollfd fds[2] = {{pidfd, POLLIN, 0}, {in, POLLIN, 0}};
+    const int left_ms = int((deadline - now_s()) * 1000);
+    if (left_ms <= 0) break;
+    if (::poll(fds, 2, left_ms) < 0 && errno != EINTR) break;
+    if (fds[0].revents & POLLIN) {
+      result = ready() ? 1 : 0;
+      break;
+    }
+    if (fds[1].revents & POLLIN) {
+      char drain[4096];
+      while (::read(in, drain, sizeof drain) > 0) {
+      }
+    }
+  }
+  if (in >= 0) ::close(in);
+  if (pidfd >= 0) ::close(pidfd);
+  return result;
+}
+
 bool start(const std::string& name, const std::vector<std::string>& args, const std::string& dir,
            const std::string& ready_text) {
   Child c{name, -1, dir + "/" + name + ".log"};
@@ -81,36 +134,34 @@ bool start(const std::string& name, const std::vector<std::string>& args, const 
     return false;
   }
   g_children.push_back(c);
-  for (int i = 0; i < 400; ++i) {
-    std::ifstream in(c.log);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    if (ss.str().find(ready_text) != std::string::npos) return true;
-    int status;
-    if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
-      std::fprintf(stderr, "ferry demo: %s exited early:\n%s\n", name.c_str(), ss.str().c_str());
-      g_children.pop_back();
-      return false;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const int r = wait_ready_or_exit(c.pid, c.log, 20000, [&] {
+    return read_file(c.log).find(ready_text) != std::string::npos;
+  });
+  if (r == 1) return true;
+  if (r == 0) {
+    waitpid(c.pid, nullptr, 0);
+    std::fprintf(stderr, "ferry demo: %s exited early:\n%s\n", name.c_str(),
+                 read_file(c.log).c_str());
+    g_children.pop_back();
+    return false;
   }
-  std::fprintf(stderr, "ferry demo: %s did not become ready\n", name.c_str());
+  std::fprintf(stderr, "ferry demo: %s did not become ready within 20 s\n", name.c_str());
   return false;
 }
 
+// SIGTERM, then at most 5 s for the process to exit (pidfd, no polling loop), then SIGKILL.
 void stop_child(Child& c) {
   if (c.pid < 0) return;
+  const int pidfd = open_pidfd(c.pid);
   kill(c.pid, SIGTERM);
-  for (int i = 0; i < 100; ++i) {
-    int status;
-    if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
-      c.pid = -1;
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  pollfd p{pidfd, POLLIN, 0};
+  if (pidfd < 0 || ::poll(&p, 1, 5000) <= 0) {
+    std::fprintf(stderr, "ferry demo: %s did not stop within 5 s, killing it\n", c.name.c_str());
+    kill(c.pid, SIGKILL);
+    if (pidfd >= 0) (void)::poll(&p, 1, 5000);
   }
-  kill(c.pid, SIGKILL);
-  waitpid(c.pid, nullptr, 0);
+  if (c.ours) waitpid(c.pid, nullptr, 0);
+  if (pidfd >= 0) ::close(pidfd);
   c.pid = -1;
 }
 
@@ -118,12 +169,6 @@ void stop_all() {
   for (auto it = g_children.rbegin(); it != g_children.rend(); ++it) stop_child(*it);
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string lines_with(const std::string& text, const std::string& needle) {
   std::string out, line;
@@ -145,12 +190,6 @@ bool same_files(const std::string& a, const std::string& b) {
   }
 }
 
-double now_s() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
-}
-
 int free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};
@@ -163,21 +202,6 @@ int free_port() {
     port = ntohs(a.sin_port);
   ::close(fd);
   return port;
-}
-
-bool wait_port(int port) {
-  for (int i = 0; i < 100; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(uint16_t(port));
-    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    if (ok) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
 }
 
 }  // namespace
@@ -268,13 +292,17 @@ int run_demo_command(int argc, char** argv) {
   const std::string p_nbd = std::to_string(free_port()), p_wan = std::to_string(free_port()),
                     p_emu = std::to_string(free_port());
   {
-    Child c{"qemu-nbd", -1, dir + "/qemu-nbd.log"};
-    c.pid = spawn({"qemu-nbd", "-f", "vmdk", "-b", "127.0.0.1", "-p", p_nbd, "-t", "-x", "sample",
-                   dir + "/sample.vmdk"},
-                  c.log);
-    if (c.pid < 0) return fail("cannot start qemu-nbd (apt-get install qemu-utils)");
+    // --fork: qemu-nbd's parent exits once the server listens (readiness without polling); the
+    // server's pid comes from its pid file.
+    Child c{"qemu-nbd", -1, dir + "/qemu-nbd.log", false};
+    const std::string pid_file = dir + "/qemu-nbd.pid";
+    if (run({"qemu-nbd", "--fork", "--pid-file", pid_file, "-f", "vmdk", "-b", "127.0.0.1", "-p",
+             p_nbd, "-t", "-x", "sample", dir + "/sample.vmdk"},
+            c.log) != 0)
+      return fail("qemu-nbd did not start (apt-get install qemu-utils; see qemu-nbd.log)");
+    c.pid = pid_t(std::atol(read_file(pid_file).c_str()));
+    if (c.pid <= 0) return fail("qemu-nbd wrote no pid file");
     g_children.push_back(c);
-    if (!wait_port(std::stoi(p_nbd))) return fail("qemu-nbd did not listen");
   }
   if (!start(
           "dc-edge",
