@@ -72,7 +72,9 @@ if [ "${FERRY_TEST_HUNG_SOURCE:-1}" = 1 ] && command -v qemu-io >/dev/null &&
   PIDS+=($!)
   for _ in $(seq 300); do grep -q 'ferry: listening on' "$TMP/cloud.log" && break; sleep 0.05; done
   kill -STOP "$NBD_PID"
-  timeout 10 qemu-io -f raw -c 'read 0 64k' \
+  # qemu-io itself (not under `timeout`): the clean-up's kill -9 of a `timeout` left qemu-io
+  # behind, retrying its iSCSI login for ever.
+  qemu-io -f raw -c 'read 0 64k' \
     "iscsi://127.0.0.1:$P_ISCSI/iqn.2026-11.io.ferry:cloud/0" >"$TMP/io.log" 2>&1 &
   IO_PID=$!; PIDS+=($IO_PID)
   # No observable "read in flight" signal: give qemu-io time to log in and issue its read (if
