@@ -4,9 +4,9 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
-#include <poll.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -134,9 +134,8 @@ bool start(const std::string& name, const std::vector<std::string>& args, const 
     return false;
   }
   g_children.push_back(c);
-  const int r = wait_ready_or_exit(c.pid, c.log, 20000, [&] {
-    return read_file(c.log).find(ready_text) != std::string::npos;
-  });
+  const int r = wait_ready_or_exit(
+      c.pid, c.log, 20000, [&] { return read_file(c.log).find(ready_text) != std::string::npos; });
   if (r == 1) return true;
   if (r == 0) {
     waitpid(c.pid, nullptr, 0);
@@ -168,7 +167,6 @@ void stop_child(Child& c) {
 void stop_all() {
   for (auto it = g_children.rbegin(); it != g_children.rend(); ++it) stop_child(*it);
 }
-
 
 std::string lines_with(const std::string& text, const std::string& needle) {
   std::string out, line;
