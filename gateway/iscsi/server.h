@@ -23,8 +23,6 @@
 
 namespace ferry::iscsi {
 
-class Connection;
-
 struct ServerOptions {
   std::string listen_address = "127.0.0.1";
   uint16_t port = 3260;

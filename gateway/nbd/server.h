@@ -28,8 +28,6 @@
 
 namespace ferry::nbd {
 
-class Connection;
-
 struct NbdOptions {
   std::string listen_address = "127.0.0.1";  // IPv4 literal
   uint16_t port = 10809;                     // 0: an ephemeral port (see bound_port())
