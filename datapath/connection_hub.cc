@@ -115,12 +115,16 @@ void ConnectionHub::authenticated(HubConnection* c) noexcept {
   }
 }
 
-void ConnectionHub::closed(HubConnection* c) noexcept {
+void ConnectionHub::closing(HubConnection* c) noexcept {
   pre_auth_.leave(c->id());
   if (c->counted_authenticated_) {
     c->counted_authenticated_ = false;
     authenticated_.fetch_sub(1);
   }
+}
+
+void ConnectionHub::closed(HubConnection* c) noexcept {
+  closing(c);
   t_connections.erase(c->id());
   if (Reactor* r = Reactor::current()) balancer_.release(*r);
   connections_.remove();

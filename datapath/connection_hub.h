@@ -90,6 +90,9 @@ class ConnectionHub {
   // Called by connections on their reactor thread.
   void opened(HubConnection* c) noexcept;
   void authenticated(HubConnection* c) noexcept;
+  // Closing but still holding I/O: it leaves the gate and the authenticated count now (a
+  // closing connection never keeps a newcomer out); closed() does this too. Idempotent.
+  void closing(HubConnection* c) noexcept;
   void closed(HubConnection* c) noexcept;  // last: the stopping thread may go on at zero
 
   // This thread's connection with that id, or nullptr (closed or on another reactor).

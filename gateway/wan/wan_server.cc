@@ -1007,8 +1007,10 @@ bool WanServer::start_session(void* self, Reactor& reactor, int fd, uint64_t id)
   return true;
 }
 
-// A closed session stays (in closing_, and counted by the hub) until its I/O has completed.
+// A closed session stays (in closing_, and in the hub's drain count) until its I/O has
+// completed; it stops counting against the limits at once.
 void WanServer::session_closed(ServerSession* s) noexcept {
+  hub_.closing(s);
   for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
     if (it->get() == s) {
       closing_.push_back(std::move(*it));
