@@ -1,6 +1,9 @@
 // RamCache (see ram_cache.h and cache/DESIGN.md). Runs on its device's one reactor thread.
 #include "cache/ram_cache.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <new>
@@ -27,6 +30,7 @@ Result<std::unique_ptr<RamCache>> RamCache::create(BlockDevice& next,
   c->sectors_per_chunk_ = o.chunk_bytes / g.block_size_bytes;
   c->words_ = (c->sectors_per_chunk_ + 63) / 64;
   c->slot_count_ = uint32_t(std::min<uint64_t>(o.capacity_bytes / o.chunk_bytes, UINT32_MAX / 2));
+  c->active_slots_ = c->slot_count_;
   c->small_target_ = std::max<uint32_t>(1, c->slot_count_ / 10);  // S3-FIFO: small = 10%
   c->data_.reset(new (std::nothrow) std::byte[size_t(c->slot_count_) * o.chunk_bytes]);
   c->fetch_mem_.reset(new (std::nothrow) std::byte[size_t(o.fetches_max) * o.chunk_bytes]);
@@ -341,13 +345,16 @@ int64_t RamCache::admit(uint64_t chunk) noexcept {
 // S3-FIFO: evict from small unless it is under its target; a small chunk read again since it
 // came in moves to main instead, a main chunk read again gets another round (freq - 1).
 // Chunks with a fetch in flight are skipped (moved to the back).
+// A retired slot (above the budget) met here is dropped and not handed out.
 int64_t RamCache::evict() noexcept {
   for (size_t tries = 4 * (small_.size() + main_.size()) + 4; tries > 0; --tries) {
     if (!small_.empty() && (small_.size() >= small_target_ || main_.empty())) {
       const uint32_t s = small_.front();
       small_.pop_front();
       Slot& sl = slots_[s];
-      if (sl.fetching) {
+      if (retired(s) && !sl.fetching) {
+        drop(s, false);
+      } else if (sl.fetching) {
         small_.push_back(s);
       } else if (sl.freq >= 1) {
         sl.in_main = true;
@@ -356,7 +363,7 @@ int64_t RamCache::evict() noexcept {
       } else {
         ghost_.insert(sl.chunk);
         ghost_order_.push_back(sl.chunk);
-        while (ghost_.size() > slot_count_ || ghost_order_.size() > 2 * size_t(slot_count_)) {
+        while (ghost_.size() > active_slots_ || ghost_order_.size() > 2 * size_t(active_slots_)) {
           ghost_.erase(ghost_order_.front());
           ghost_order_.pop_front();
         }
@@ -367,7 +374,9 @@ int64_t RamCache::evict() noexcept {
       const uint32_t s = main_.front();
       main_.pop_front();
       Slot& sl = slots_[s];
-      if (sl.fetching || sl.freq > 0) {
+      if (retired(s) && !sl.fetching) {
+        drop(s, false);
+      } else if (sl.fetching || sl.freq > 0) {
         if (sl.freq > 0) --sl.freq;
         main_.push_back(s);
       } else {
@@ -383,13 +392,72 @@ int64_t RamCache::evict() noexcept {
 
 // Invariant (write-through): no cached sector is dirty; everything valid here is also in next,
 // so dropping a chunk loses nothing. Only a chunk with no fetch (and so no waiter) is dropped.
-void RamCache::drop(uint32_t s) noexcept {
+void RamCache::drop(uint32_t s, bool evicted) noexcept {
   Slot& sl = slots_[s];
   FERRY_ASSERT(sl.used && !sl.fetching && sl.waiters.empty());
   index_.erase(sl.chunk);
   sl.used = false;
   ++sl.epoch;
-  ++counters_.evictions;
+  ++(evicted ? counters_.evictions : counters_.dropped);
+}
+
+uint64_t RamCache::set_capacity(uint64_t bytes) noexcept {
+  const auto want = uint32_t(std::clamp<uint64_t>(bytes / opt_.chunk_bytes, 2, slot_count_));
+  const uint32_t was = active_slots_;
+  active_slots_ = want;
+  small_target_ = std::max<uint32_t>(1, want / 10);
+  if (want < was) {
+    // Retire [want, was): idle chunks there go now, fetching ones when evict() meets them.
+    const auto leave = [this](uint32_t s) {
+      if (!retired(s) || slots_[s].fetching) return false;
+      drop(s, false);
+      return true;
+    };
+    small_.erase(std::remove_if(small_.begin(), small_.end(), leave), small_.end());
+    main_.erase(std::remove_if(main_.begin(), main_.end(), leave), main_.end());
+    free_slots_.erase(std::remove_if(free_slots_.begin(), free_slots_.end(),
+                                     [this](uint32_t s) { return retired(s); }),
+                      free_slots_.end());
+    // Give back the memory of the retired slots that are empty now, run by run (whole pages
+    // inside a run only). A slot still fetching keeps its memory: its valid sectors are read
+    // when the fetch completes.
+    const auto page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    for (uint32_t s = want; s < was;) {
+      if (slots_[s].used) {
+        ++s;
+        continue;
+      }
+      uint32_t e = s;
+      while (e < was && !slots_[e].used) ++e;
+      const auto first = (uintptr_t(slot_data(s)) + page - 1) & ~(page - 1);
+      const auto last = uintptr_t(slot_data(e - 1) + opt_.chunk_bytes) & ~(page - 1);
+      if (last > first)
+        (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+      s = e;
+    }
+  } else {
+    for (uint32_t s = was; s < want; ++s)
+      if (!slots_[s].used) free_slots_.push_back(s);
+  }
+  while (ghost_.size() > active_slots_ && !ghost_order_.empty()) {
+    ghost_.erase(ghost_order_.front());
+    ghost_order_.pop_front();
+  }
+  return capacity_bytes();
+}
+
+uint32_t RamCache::drop_clean() noexcept {
+  uint32_t n = 0;
+  const auto leave = [this, &n](uint32_t s) {
+    if (slots_[s].fetching) return false;
+    drop(s, false);
+    ++n;
+    if (!retired(s)) free_slots_.push_back(s);
+    return true;
+  };
+  small_.erase(std::remove_if(small_.begin(), small_.end(), leave), small_.end());
+  main_.erase(std::remove_if(main_.begin(), main_.end(), leave), main_.end());
+  return n;
 }
 
 }  // namespace ferry::cache

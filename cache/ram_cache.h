@@ -42,7 +42,8 @@ struct RamCacheCounters {
   uint64_t prefetched_chunks = 0;  // chunks a prefetch read brought in
   uint64_t prefetched_chunks_used = 0;  // of those: read on demand before eviction (accuracy)
   uint64_t evictions = 0;
-  uint64_t busy = 0;  // writes refused: writes_max in flight
+  uint64_t dropped = 0;  // chunks dropped by drop_clean() or a shrinking set_capacity()
+  uint64_t busy = 0;     // writes refused: writes_max in flight
 };
 
 class RamCache final : public BlockDevice {
@@ -57,6 +58,18 @@ class RamCache final : public BlockDevice {
   const RamCacheCounters& counters() const noexcept { return counters_; }
   uint32_t slots() const noexcept { return slot_count_; }
   uint32_t resident_chunks() const noexcept { return uint32_t(index_.size()); }
+  // The runtime budget (management: resize). The memory of create()'s capacity is the ceiling:
+  // set_capacity() takes the budget down to 2 chunks or back up to that ceiling (rounded down to
+  // whole chunks, clamped) and returns the budget in bytes. Shrinking drops the chunks of the
+  // retired slots at once (write-through: nothing is lost) and returns their memory to the
+  // kernel (madvise DONTNEED); a retired slot with a fetch in flight goes when it completes.
+  uint64_t set_capacity(uint64_t bytes) noexcept;
+  uint64_t capacity_bytes() const noexcept { return uint64_t(active_slots_) * opt_.chunk_bytes; }
+  uint64_t max_capacity_bytes() const noexcept { return uint64_t(slot_count_) * opt_.chunk_bytes; }
+  uint32_t chunk_bytes() const noexcept { return opt_.chunk_bytes; }
+  // Drops every cached chunk that has no fetch in flight (all are clean: write-through) and
+  // returns how many went; later reads miss and fetch again.
+  uint32_t drop_clean() noexcept;
 
  private:
   struct Slot {
@@ -95,7 +108,8 @@ class RamCache final : public BlockDevice {
   int64_t find(uint64_t chunk) const noexcept;
   int64_t admit(uint64_t chunk) noexcept;  // a slot for chunk, evicting if needed; -1 if none
   int64_t evict() noexcept;                // frees one slot; -1 if every slot is busy
-  void drop(uint32_t s) noexcept;
+  void drop(uint32_t s, bool evicted = true) noexcept;
+  bool retired(uint32_t s) const noexcept { return s >= active_slots_; }
   void note_use(uint32_t s, const IoRequest& io) noexcept;
   bool start_fetch(uint32_t s, uint32_t first, uint32_t last, IoPriority priority) noexcept;
   uint64_t chunk_length(uint64_t chunk) const noexcept;
@@ -114,7 +128,8 @@ class RamCache final : public BlockDevice {
   uint32_t sector_bytes_ = 512;
   uint32_t sectors_per_chunk_ = 0;
   uint32_t words_ = 0;
-  uint32_t slot_count_ = 0;
+  uint32_t slot_count_ = 0;    // slots allocated at create(): the ceiling
+  uint32_t active_slots_ = 0;  // the budget: slots [0, active_slots_) are in use
   uint32_t small_target_ = 1;
   std::unique_ptr<std::byte[]> data_;
   std::vector<uint64_t> bits_;

@@ -310,10 +310,14 @@ TEST(RamCache, DifferentialAgainstVectorModel) {
 // and discards overlap. A read is checked only if no overlapping write/discard was in flight at
 // any time during its life (otherwise either old or new bytes are legal); overlapping writes are
 // never in flight together (their order below would be undefined).
-TEST(RamCache, DifferentialWithReorderedCompletions) {
+// `resize`: also change the budget (set_capacity) and drop_clean() at random moments, with
+// fetches in flight, as the management API does under I/O.
+void reordered_differential(std::initializer_list<uint32_t> seeds, bool resize) {
   const uint64_t size = 2 << 20;
-  for (uint32_t seed : {7u, 8u, 9u}) {
-    std::printf("RamCache reordered differential: seed %u\n", seed);
+  const uint32_t chunk = 16 * 1024;
+  for (uint32_t seed : seeds) {
+    std::printf("RamCache reordered differential%s: seed %u\n", resize ? " with resizes" : "",
+                seed);
     std::mt19937_64 rng(seed);
     Fixture f(size, small(32, 16 * 1024));  // 512 KiB over 2 MiB: evicts
     f.held->hold = true;
@@ -358,6 +362,17 @@ TEST(RamCache, DifferentialWithReorderedCompletions) {
         f.held->release_one(size_t(rng()));
         continue;
       }
+      if (resize && rng() % 64 == 0) {
+        if (rng() % 4 == 0) {
+          f.cache->drop_clean();
+        } else {
+          const uint64_t want = (2 + rng() % 31) * chunk;
+          ASSERT_EQ(f.cache->set_capacity(want), want);
+        }
+        // Over the budget only by retired slots whose fetch is still in flight.
+        ASSERT_LE(f.cache->resident_chunks(), f.cache->capacity_bytes() / chunk + 32);
+        continue;
+      }
       if (ops.size() >= 48) continue;
       const uint64_t sectors = 1 + rng() % 64;
       const uint64_t off = (rng() % (size / 512 - sectors)) * 512;
@@ -381,13 +396,60 @@ TEST(RamCache, DifferentialWithReorderedCompletions) {
     }
     f.held->release_all();
     for (auto& o : ops) ASSERT_TRUE(o.io->done);
-    std::printf("  %llu reads checked, %llu fetches, %llu evictions, %llu bypassed\n",
+    std::printf("  %llu reads checked, %llu fetches, %llu evictions, %llu dropped, %llu bypassed\n",
                 static_cast<unsigned long long>(checked),
                 static_cast<unsigned long long>(f.cache->counters().fetches),
                 static_cast<unsigned long long>(f.cache->counters().evictions),
+                static_cast<unsigned long long>(f.cache->counters().dropped),
                 static_cast<unsigned long long>(f.cache->counters().bypassed));
     EXPECT_GT(checked, 500u);
+    if (resize) {
+      EXPECT_GT(f.cache->counters().dropped, 0u);
+      // Idle now: a shrink leaves no more than the budget.
+      f.cache->set_capacity(2 * chunk);
+      EXPECT_LE(f.cache->resident_chunks(), 2u);
+      f.cache->drop_clean();
+      EXPECT_EQ(f.cache->resident_chunks(), 0u);
+    }
   }
+}
+
+TEST(RamCache, DifferentialWithReorderedCompletions) { reordered_differential({7, 8, 9}, false); }
+
+TEST(RamCache, DifferentialWithResizesAndDropsWhileFetchesAreInFlight) {
+  reordered_differential({11, 12, 13}, true);
+}
+
+TEST(RamCache, ShrinkDropsChunksAboveTheBudgetAndGrowingBackRefills) {
+  Fixture f(1 << 20, small(8));
+  auto read_all = [&](uint64_t chunks) {
+    for (uint64_t c = 0; c < chunks; ++c) {
+      Io r(IoOp::read, c * 65536, 65536);
+      ASSERT_EQ(f.run(r), Errc::ok);
+      for (uint64_t i = 0; i < 65536; i += 997)
+        ASSERT_EQ(r.buf[i], Fixture::expected(c * 65536 + i));
+    }
+  };
+  read_all(8);
+  EXPECT_EQ(f.cache->resident_chunks(), 8u);
+  EXPECT_EQ(f.cache->set_capacity(3 * 65536 + 100), 3u * 65536);  // whole chunks
+  EXPECT_LE(f.cache->resident_chunks(), 3u);
+  EXPECT_GE(f.cache->counters().dropped, 5u);
+  EXPECT_EQ(f.cache->counters().evictions, 0u);  // dropped by the resize, not evicted
+  read_all(8);                                   // still correct, within 3 chunks
+  EXPECT_LE(f.cache->resident_chunks(), 3u);
+  EXPECT_EQ(f.cache->set_capacity(1), 2u * 65536);           // clamped to 2 chunks
+  EXPECT_EQ(f.cache->set_capacity(1ull << 40), 8u * 65536);  // and to the ceiling
+  read_all(8);
+  EXPECT_EQ(f.cache->resident_chunks(), 8u);
+  const uint64_t hits = f.cache->counters().hits;
+  read_all(8);
+  EXPECT_EQ(f.cache->counters().hits, hits + 8);  // all of it cached again
+  EXPECT_EQ(f.cache->drop_clean(), 8u);
+  EXPECT_EQ(f.cache->resident_chunks(), 0u);
+  const uint64_t misses = f.cache->counters().misses;
+  read_all(1);
+  EXPECT_EQ(f.cache->counters().misses, misses + 1);
 }
 
 }  // namespace

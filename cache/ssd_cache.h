@@ -92,6 +92,8 @@ class SsdCache final : public BlockDevice {
   // Why the cache started empty ("" when it came back warm or the file was new).
   const std::string& open_note() const noexcept { return open_note_; }
   uint32_t slots() const noexcept { return slot_count_; }
+  uint32_t chunk_bytes() const noexcept { return opt_.chunk_bytes; }
+  uint64_t capacity_bytes() const noexcept { return uint64_t(slot_count_) * opt_.chunk_bytes; }
   uint32_t resident_chunks() const noexcept { return uint32_t(index_.size()); }
   bool encrypted() const noexcept { return enc_ != nullptr; }
   bool failed() const noexcept { return failed_; }

@@ -387,16 +387,42 @@ std::unique_ptr<Volume> Volume::compose(std::string name, BlockDevice& base,
   return v;
 }
 
+std::string Volume::set_ram_cache_capacity(uint64_t bytes, uint64_t& now_bytes) {
+  if (ram_caches_.empty()) return "volume '" + name_ + "' has no RAM cache tier";
+  for (const cache::RamCache* rc : ram_caches_) {
+    if (bytes < 2ull * rc->chunk_bytes())
+      return "a RAM tier holds at least 2 chunks (" + std::to_string(2 * rc->chunk_bytes()) +
+             " bytes)";
+    if (bytes > rc->max_capacity_bytes())
+      return "above the RAM tier's ceiling, the size it was started with (" +
+             std::to_string(rc->max_capacity_bytes() >> 20) + " MiB); restart to grow beyond";
+  }
+  now_bytes = 0;
+  for (cache::RamCache* rc : ram_caches_) now_bytes += rc->set_capacity(bytes);
+  return {};
+}
+
+int64_t Volume::drop_clean_cache() noexcept {
+  if (ram_caches_.empty()) return -1;
+  int64_t n = 0;
+  for (cache::RamCache* rc : ram_caches_) n += rc->drop_clean();
+  return n;
+}
+
 VolumeStats Volume::stats() const {
   VolumeStats out;
   out.io = meter_->snapshot();
   for (const cache::RamCache* rc : ram_caches_) {
     const auto& c = rc->counters();
-    out.tiers.push_back({"ram", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
+    out.tiers.push_back({"ram", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions,
+                         rc->capacity_bytes(),
+                         uint64_t(rc->resident_chunks()) * rc->chunk_bytes()});
   }
   for (const cache::SsdCache* sc : ssd_caches_) {
     const auto& c = sc->counters();
-    out.tiers.push_back({"ssd", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions});
+    out.tiers.push_back({"ssd", c.hits, c.misses, c.bypassed, c.bytes_fetched, c.evictions,
+                         sc->capacity_bytes(),
+                         uint64_t(sc->resident_chunks()) * sc->chunk_bytes()});
   }
   if (!journals_.empty()) {
     out.journal_policy = journals_.front()->policy();
@@ -459,6 +485,7 @@ VolumeStats Volume::stats() const {
     add("ram_cache", "prefetch_cached", c.prefetch_cached);
     add("ram_cache", "prefetch_misses", c.prefetch_misses);
     add("ram_cache", "fetches", c.fetches);
+    add("ram_cache", "dropped", c.dropped);
   }
   for (const cache::SsdCache* sc : ssd_caches_) {
     const auto& c = sc->counters();

@@ -86,6 +86,7 @@ struct VolumeStats {
   struct Tier {
     const char* tier;  // "ram", "ssd"
     uint64_t hits, misses, bypassed, bytes_fetched, evictions;
+    uint64_t capacity_bytes, resident_bytes;  // the budget now; chunks held x chunk size
   };
   // Every other counter a layer keeps (what stats_text prints), by layer and counter name; mgmt
   // exposes each as ferry_<layer>_<name>_total{volume}.
@@ -134,6 +135,13 @@ class Volume {
   // stop them (before the link below goes away).
   void start(Reactor& reactor) noexcept;
   void stop() noexcept;
+  // Management, on the reactor thread that runs the stack. The RAM tier's budget (see
+  // cache::RamCache::set_capacity): empty on success with `now_bytes` the budget it took, else
+  // why not (no RAM tier; below 2 chunks or above the size given at start, which is the
+  // ceiling). drop_clean_cache(): drops what the RAM tiers hold (all clean) and returns the
+  // chunks dropped, or -1 when the stack has no RAM tier.
+  std::string set_ram_cache_capacity(uint64_t bytes, uint64_t& now_bytes);
+  int64_t drop_clean_cache() noexcept;
   // The background stream's progress (started == false when the stack has none).
   cache::StreamProgress stream_progress() const noexcept;
   // The stack's journals (top first): the daemon starts, drains and shuts them down on the reactor.
@@ -146,7 +154,7 @@ class Volume {
   std::string name_;
   BlockDevice* top_ = nullptr;
   std::vector<std::unique_ptr<BlockDevice>> layers_;  // bottom first: destroyed top first
-  std::vector<const cache::RamCache*> ram_caches_;
+  std::vector<cache::RamCache*> ram_caches_;
   std::vector<const cache::SsdCache*> ssd_caches_;
   std::vector<const cache::ReadAhead*> readaheads_;
   std::vector<cache::BackgroundStream*> streams_;

@@ -25,7 +25,9 @@ bool ControlInterface::snapshot(GatewaySnapshot& out, std::chrono::milliseconds 
 
 ControlAnswer ControlInterface::act(const std::string& volume, const ControlAction& action,
                                     std::chrono::milliseconds timeout) const {
-  if (!act_) return {ControlAnswer::Status::unsupported, "this daemon has no write-back journals"};
+  if (!act_)
+    return {ControlAnswer::Status::unsupported,
+            "this daemon has no runtime controls (journals, RAM cache)"};
   auto result = std::make_shared<std::promise<ControlAnswer>>();
   auto future = result->get_future();
   Act fn = act_;

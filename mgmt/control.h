@@ -3,8 +3,8 @@
 // runs on the reactor thread (posted as a message), copies what the stacks, links and servers
 // count into the snapshot, and hands it back. Nothing on the HTTP thread touches reactor state.
 // A reactor that does not answer within the timeout yields no snapshot (HTTP 503), never a wait
-// without end. Changes (a volume's journal policy) go the same way: the daemon's handler runs on
-// the reactor thread and answers with a ControlAnswer.
+// without end. Changes (a volume's journal policy, write-back, cache budget) go the same way: the
+// daemon's handler runs on the reactor thread and answers with a ControlAnswer.
 #pragma once
 
 #include <chrono>
@@ -54,17 +54,21 @@ struct ControlAnswer {
     no_answer,    // the reactor did not answer within the timeout
   } status = Status::ok;
   std::string message;
+  uint64_t value = 0;  // what an ok change came to: the RAM tier's new budget, chunks dropped
 };
 
-// A change asked of one volume's journal.
+// A change asked of one volume: its journal, or its cache.
 struct ControlAction {
   enum class Kind : uint8_t {
     set_policy,
     pause_write_back,
     resume_write_back,
-    flush_write_back
+    flush_write_back,
+    resize_ram_cache,  // the RAM tier's budget to `bytes`
+    drop_clean_cache,  // drop what the RAM tier holds (all clean)
   } kind = Kind::set_policy;
   journal::Policy policy = journal::Policy::write_back;  // set_policy
+  uint64_t bytes = 0;                                    // resize_ram_cache
 };
 
 class ControlInterface {

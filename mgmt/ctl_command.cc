@@ -106,6 +106,24 @@ int run_ctl_command(int argc, char** argv) {
   write_back->add_option("ACTION", wb_action, "pause | resume | flush")
       ->required()
       ->check(CLI::IsMember({"pause", "resume", "flush"}));
+  std::string cache_volume;
+  uint64_t cache_ram_mib = 0;
+  bool cache_drop_clean = false;
+  auto* cache = app.add_subcommand(
+      "cache",
+      "change a volume's RAM cache budget (--ram-mib N: PUT /api/v1/volumes/NAME/cache) or drop "
+      "what it holds (--drop-clean: POST /api/v1/volumes/NAME/cache/drop-clean)");
+  cache->add_option("NAME", cache_volume, "volume name")->required();
+  auto* ram_mib = cache
+                      ->add_option("--ram-mib", cache_ram_mib,
+                                   "new RAM tier budget in MiB (at most the size it started with)")
+                      ->check(CLI::Range(uint64_t(0), uint64_t(1) << 24));
+  auto* drop = cache->add_flag("--drop-clean", cache_drop_clean, "drop the RAM tier's chunks");
+  ram_mib->excludes(drop);
+  cache->callback([ram_mib, drop] {
+    if (ram_mib->count() == 0 && drop->count() == 0)
+      throw CLI::ValidationError("cache", "give --ram-mib N or --drop-clean");
+  });
   if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
   if (check_config) return report_config_ok("ferry ctl");
   std::string host, token;
@@ -124,7 +142,9 @@ int run_ctl_command(int argc, char** argv) {
       : set_policy->parsed() ? "/api/v1/volumes/" + percent_encoded(policy_volume) + "/policy"
       : write_back->parsed()
           ? "/api/v1/volumes/" + percent_encoded(wb_volume) + "/write-back/" + wb_action
-          : "/metrics";
+      : cache->parsed() ? "/api/v1/volumes/" + percent_encoded(cache_volume) +
+                              (cache_drop_clean ? "/cache/drop-clean" : "/cache")
+                        : "/metrics";
   httplib::Client client(host, port);
   client.set_connection_timeout(5);
   client.set_read_timeout(10);
@@ -132,8 +152,12 @@ int run_ctl_command(int argc, char** argv) {
   auto res =
       set_policy->parsed()
           ? client.Put(path, headers, nlohmann::json{{"policy", policy}}.dump(), "application/json")
-      : write_back->parsed() ? client.Post(path, headers, "", "application/json")
-                             : client.Get(path, headers);
+      : write_back->parsed() || (cache->parsed() && cache_drop_clean)
+          ? client.Post(path, headers, "", "application/json")
+      : cache->parsed()
+          ? client.Put(path, headers, nlohmann::json{{"ram_mib", cache_ram_mib}}.dump(),
+                       "application/json")
+          : client.Get(path, headers);
   if (!res) {
     std::fprintf(stderr, "ferry ctl: no answer from %s (%s)\n", address.c_str(),
                  httplib::to_string(res.error()).c_str());
@@ -154,6 +178,22 @@ int run_ctl_command(int argc, char** argv) {
   }
   if (write_back->parsed() && !json) {
     std::printf("%s: write-back %s\n", wb_volume.c_str(), wb_action.c_str());
+    return 0;
+  }
+  if (cache->parsed() && !json) {
+    try {
+      const auto body = nlohmann::json::parse(res->body);
+      if (cache_drop_clean)
+        std::printf("%s: dropped %llu clean chunk(s) from the RAM tier\n", cache_volume.c_str(),
+                    static_cast<unsigned long long>(body.at("dropped_chunks").get<uint64_t>()));
+      else
+        std::printf(
+            "%s: RAM cache budget %llu MiB\n", cache_volume.c_str(),
+            static_cast<unsigned long long>(body.at("ram_capacity_bytes").get<uint64_t>() >> 20));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry ctl: unexpected answer from %s: %s\n", path.c_str(), e.what());
+      return 1;
+    }
     return 0;
   }
   if (metrics->parsed() || json) {

@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -36,6 +37,7 @@
 #include "mgmt/control.h"
 #include "mgmt/gateway_metrics.h"
 #include "mgmt/mgmt_flags.h"
+#include "mgmt/service_notify.h"
 #include "mgmt/target_auth.h"
 
 namespace ferry::mgmt {
@@ -424,6 +426,9 @@ int run_dc_edge_command(int argc, char** argv) {
   auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
   if (!mgmt_error.empty())
     std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
+  notify_ready("dc-edge listening on " + options.listen_address + ":" +
+               std::to_string(server.bound_port()) + ", " + std::to_string(volumes.size()) +
+               " volume(s)");
   wait_for_stop(set, duration_s, [&] {
     std::ifstream in(rate_file);
     double mbit = -1;
@@ -435,6 +440,7 @@ int run_dc_edge_command(int argc, char** argv) {
     }
   });
   std::fprintf(stderr, "ferry: dc-edge stopping\n");
+  notify_stopping("stopping: closing WAN sessions, draining source I/O");
   if (mgmt) mgmt->stop();
   std::promise<void> stopped;
   reactor.post([&] {
@@ -601,6 +607,7 @@ static bool drain_journals(Reactor& reactor, std::vector<std::unique_ptr<Volume>
       break;
     }
     std::fprintf(stderr, "ferry: cloud-edge: draining journals: %s\n", progress.c_str());
+    notify_status("stopping: draining journals: " + progress);
     (void)drained_future.wait_for(std::chrono::seconds(1));
   }
   auto down = std::make_shared<std::atomic<size_t>>(js.size());
@@ -990,6 +997,24 @@ int run_cloud_edge_command(int argc, char** argv) {
         // The reactor thread: the volume's top journal (the one that acknowledges its writes).
         for (const auto& v : volumes) {
           if (v->name() != name) continue;
+          if (action.kind == ControlAction::Kind::resize_ram_cache) {
+            uint64_t now = 0;
+            if (std::string why = v->set_ram_cache_capacity(action.bytes, now); !why.empty())
+              return ControlAnswer{ControlAnswer::Status::conflict, why};
+            std::fprintf(stderr, "ferry: cloud-edge: volume %s: RAM cache budget %" PRIu64 " MiB\n",
+                         name.c_str(), now >> 20);
+            return ControlAnswer{ControlAnswer::Status::ok, {}, now};
+          }
+          if (action.kind == ControlAction::Kind::drop_clean_cache) {
+            const int64_t n = v->drop_clean_cache();
+            if (n < 0)
+              return ControlAnswer{ControlAnswer::Status::conflict,
+                                   "volume '" + name + "' has no RAM cache tier"};
+            std::fprintf(stderr,
+                         "ferry: cloud-edge: volume %s: dropped %" PRId64 " clean chunk(s)\n",
+                         name.c_str(), n);
+            return ControlAnswer{ControlAnswer::Status::ok, {}, uint64_t(n)};
+          }
           if (v->journals().empty())
             return ControlAnswer{ControlAnswer::Status::conflict,
                                  "volume '" + name + "' has no journal (--journal-dir)"};
@@ -1014,6 +1039,9 @@ int run_cloud_edge_command(int argc, char** argv) {
               if (j.flush_write_back(why) != Errc::ok)
                 return ControlAnswer{ControlAnswer::Status::conflict, why};
               return ControlAnswer{};
+            case ControlAction::Kind::resize_ram_cache:
+            case ControlAction::Kind::drop_clean_cache:
+              break;  // answered above
           }
           return ControlAnswer{};
         }
@@ -1026,8 +1054,11 @@ int run_cloud_edge_command(int argc, char** argv) {
     std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   std::fprintf(stderr, "ferry: listening on %s:%u\n", ioptions.listen_address.c_str(),
                ioptions.port);
+  notify_ready("listening on " + ioptions.listen_address + ":" + std::to_string(ioptions.port) +
+               ", " + std::to_string(volumes.size()) + " volume(s)");
   wait_for_stop(set, duration_s, [] {});
   std::fprintf(stderr, "ferry: cloud-edge stopping\n");
+  notify_stopping("stopping: draining in-flight I/O, then the journals");
   if (mgmt) mgmt->stop();
   std::promise<void> stopped;
   reactor.post([&] {

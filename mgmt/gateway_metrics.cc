@@ -64,6 +64,10 @@ void publish(MetricsRegistry& r, const GatewaySnapshot& s) {
       r.gauge("ferry_cache_hit_ratio", "hits / (hits + misses) since start (0 before any read)",
               tier)
           .set(lookups > 0 ? double(t.hits) / lookups : 0);
+      r.gauge("ferry_cache_capacity_bytes", "the tier's budget now", tier)
+          .set(double(t.capacity_bytes));
+      r.gauge("ferry_cache_resident_bytes", "bytes of the chunks the tier holds", tier)
+          .set(double(t.resident_bytes));
     }
     if (v.stats.has_journal) {
       r.gauge("ferry_journal_used_bytes", "journal bytes holding records not yet reclaimed", vol)

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "mgmt/dashboard_assets.h"
 #include "mgmt/gateway_metrics.h"
 
 namespace ferry::mgmt {
@@ -28,7 +29,9 @@ nlohmann::json volume_json(const VolumeSnapshot& v) {
                      {"bypassed", t.bypassed},
                      {"hit_ratio", lookups ? double(t.hits) / double(lookups) : 0.0},
                      {"bytes_fetched", t.bytes_fetched},
-                     {"evictions", t.evictions}});
+                     {"evictions", t.evictions},
+                     {"capacity_bytes", t.capacity_bytes},
+                     {"resident_bytes", t.resident_bytes}});
   }
   nlohmann::json j = {
       {"name", v.name},
@@ -63,6 +66,19 @@ nlohmann::json volume_json(const VolumeSnapshot& v) {
                 {"raw_bytes_out", v.wan_raw_bytes_out}};
   if (v.has_wan && v.wan_sent_out_known) j["wan"]["sent_bytes_out"] = v.wan_sent_bytes_out;
   return j;
+}
+
+// The dashboard's files hold no data (the page fetches /api/v1 with the token the user gives
+// it), so they are served without a token; everything else needs one.
+bool is_dashboard_asset(const std::string& path) {
+  return path == "/" || path == "/dashboard" || path.rfind("/dashboard/", 0) == 0;
+}
+
+void serve_asset(httplib::Response& res, const char* body, const char* type) {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Content-Type-Options", "nosniff");
+  res.set_header("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'");
+  res.set_content(body, type);
 }
 
 void error(httplib::Response& res, int status, const std::string& message) {
@@ -112,6 +128,7 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
   http_ = std::make_unique<httplib::Server>();
   http_->new_task_queue = [] { return new httplib::ThreadPool(1); };  // one worker thread
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (is_dashboard_asset(req.path)) return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");
     const std::string want = "Bearer " + token_;
     if (auth.size() != want.size() || CRYPTO_memcmp(auth.data(), want.data(), want.size()) != 0) {
@@ -120,6 +137,21 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
       return httplib::Server::HandlerResponse::Handled;
     }
     return httplib::Server::HandlerResponse::Unhandled;
+  });
+  http_->Get("/", [](const httplib::Request&, httplib::Response& res) {
+    res.set_redirect("/dashboard/");
+  });
+  http_->Get("/dashboard", [](const httplib::Request&, httplib::Response& res) {
+    res.set_redirect("/dashboard/");
+  });
+  http_->Get("/dashboard/", [](const httplib::Request&, httplib::Response& res) {
+    serve_asset(res, kDashboardHtml, "text/html; charset=utf-8");
+  });
+  http_->Get("/dashboard/dashboard.js", [](const httplib::Request&, httplib::Response& res) {
+    serve_asset(res, kDashboardJs, "text/javascript; charset=utf-8");
+  });
+  http_->Get("/dashboard/dashboard.css", [](const httplib::Request&, httplib::Response& res) {
+    serve_asset(res, kDashboardCss, "text/css; charset=utf-8");
   });
   http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     GatewaySnapshot s;
@@ -132,10 +164,14 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
     GatewaySnapshot s;
     if (!control_.snapshot(s, kSnapshotTimeout))
       return error(res, 503, "the reactor did not answer");
+    const auto taken = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
     nlohmann::json list = nlohmann::json::array();
     for (const VolumeSnapshot& v : s.volumes) list.push_back(volume_json(v));
-    res.set_content(nlohmann::json{{"daemon", s.daemon}, {"volumes", list}}.dump(2) + "\n",
-                    "application/json");
+    res.set_content(
+        nlohmann::json{{"daemon", s.daemon}, {"time_ms", taken}, {"volumes", list}}.dump(2) + "\n",
+        "application/json");
   });
   http_->Get(R"(/api/v1/volumes/([^/]+))",
              [this](const httplib::Request& req, httplib::Response& res) {
@@ -179,6 +215,32 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
                                                  : ControlAction::Kind::flush_write_back;
                 answer(res, control_.act(name, action, kSnapshotTimeout),
                        nlohmann::json{{"name", name}, {"write_back", verb}});
+              });
+  http_->Put(R"(/api/v1/volumes/([^/]+)/cache)", [this](const httplib::Request& req,
+                                                        httplib::Response& res) {
+    const std::string name = req.matches[1];
+    nlohmann::json body;
+    try {
+      body = nlohmann::json::parse(req.body);
+    } catch (const std::exception&) {
+      return error(res, 400, "the body is not JSON; want {\"ram_mib\": N}");
+    }
+    if (!body.is_object() || body.size() != 1 || !body.contains("ram_mib") ||
+        !body["ram_mib"].is_number_unsigned() || body["ram_mib"].get<uint64_t>() > (1ull << 24))
+      return error(res, 400, "want exactly {\"ram_mib\": N}, N a whole number of MiB");
+    ControlAction action;
+    action.kind = ControlAction::Kind::resize_ram_cache;
+    action.bytes = body["ram_mib"].get<uint64_t>() << 20;
+    const ControlAnswer a = control_.act(name, action, kSnapshotTimeout);
+    answer(res, a, nlohmann::json{{"name", name}, {"ram_capacity_bytes", a.value}});
+  });
+  http_->Post(R"(/api/v1/volumes/([^/]+)/cache/drop-clean)",
+              [this](const httplib::Request& req, httplib::Response& res) {
+                const std::string name = req.matches[1];
+                ControlAction action;
+                action.kind = ControlAction::Kind::drop_clean_cache;
+                const ControlAnswer a = control_.act(name, action, kSnapshotTimeout);
+                answer(res, a, nlohmann::json{{"name", name}, {"dropped_chunks", a.value}});
               });
   http_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (res.body.empty()) error(res, res.status, res.status == 404 ? "no such endpoint" : "error");

@@ -25,6 +25,7 @@
 #include "mgmt/gateway_metrics.h"
 #include "mgmt/lun_spec.h"
 #include "mgmt/mgmt_flags.h"
+#include "mgmt/service_notify.h"
 #include "mgmt/target_auth.h"
 
 namespace ferry::mgmt {
@@ -386,6 +387,8 @@ int run_target(TargetFlags& f, const char* banner) {
   if (!mgmt_error.empty())
     std::fprintf(stderr, "ferry: management endpoint: %s\n", mgmt_error.c_str());
   if (banner != nullptr) std::fprintf(stderr, "%s", banner);
+  notify_ready("listening on " + options.listen_address + ":" + std::to_string(options.port) +
+               ", " + std::to_string(units.size()) + " LUN(s)");
 
   int sig = 0;
   if (f.duration_s > 0) {
@@ -402,6 +405,7 @@ int run_target(TargetFlags& f, const char* banner) {
     }
   }
   std::fprintf(stderr, "ferry: stopping\n");
+  notify_stopping("stopping: draining in-flight I/O");
   if (mgmt) mgmt->stop();  // no snapshot request may reach the reactors once they stop
   stop_listening_everywhere();
   // Every connection goes once the device I/O of its tasks has completed: count them to zero.

@@ -9,7 +9,7 @@ packages=(
   libzstd-dev liblz4-dev nlohmann-json3-dev libcli11-dev libfmt-dev libtomlplusplus-dev libcpp-httplib-dev
   clang libclang-rt-14-dev clang-format clang-tidy
   libiscsi-bin tgt qemu-utils qemu-block-extra nbdkit libnbd-bin python3-libnbd fio iperf3 openssl
-  time python3-prometheus-client python3-yaml prometheus
+  time python3-prometheus-client python3-yaml prometheus chromium libsystemd-dev
 )
 
 missing=()

@@ -5,8 +5,10 @@
 # changing while the writer goes on; back to write-back it catches up, and after the drain at a
 # clean stop it is byte-identical to what the initiator read and holds every acknowledged block.
 # Then write-back pause (image unchanged), flush refused while paused, resume, flush. The writer
-# must see no error. Also the endpoint's refusals (409 test-clone, 400, 404, 401) and
-# its answers against mgmt/openapi.yaml.
+# must see no error. Then the RAM cache's budget under the writer and a reader: shrunk to 4 MiB
+# (what it holds stays within it), dropped, grown back, above its ceiling 409; no read or write
+# error. Also the endpoint's refusals (409 test-clone, 400, 404, 401) and its answers against
+# mgmt/openapi.yaml.
 # Usage: policy_runtime_test.sh /path/to/ferry
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -37,7 +39,7 @@ api() { curl -s -o "$TMP/body.json" -w '%{http_code}' -H "Authorization: Bearer 
 journal_field() { ctl --json volume disk | "$PY" -c "import json,sys; print(json.load(sys.stdin)['journal']['$1'])"; }
 
 # 4000 writes/s: the journal (1 GiB, 8 KiB a record) holds the cloud-persist part with room.
-"$PY" "$here/blocks.py" write "nbd://127.0.0.1:$p_nbd" 20 $BLOCKS "$TMP/acked.json" 4000 >"$TMP/writer.log" 2>&1 &
+"$PY" "$here/blocks.py" write "nbd://127.0.0.1:$p_nbd" 24 $BLOCKS "$TMP/acked.json" 4000 >"$TMP/writer.log" 2>&1 &
 WRITER=$!
 sleep 2
 out=$(ctl set-policy disk cloud-persist 2>&1) && ok "ctl set-policy disk cloud-persist: $out" || fail "set-policy: $out"
@@ -92,6 +94,38 @@ out=$(ctl write-back disk flush 2>&1) && ok "ctl write-back disk flush: $out" ||
 sleep 1
 [ "$(md5sum <"$TMP/disk.raw")" != "$paused1" ] && ok "resumed: the on-prem image changes again" ||
   fail "write-back did not resume after pause"
+# The RAM cache's budget changed under the same writer plus a reader of the whole disk.
+(for i in $(seq 100); do
+   timeout 30 nbdcopy --connections=1 --requests=8 "nbd://127.0.0.1:$p_nbd" null: 2>>"$TMP/reader.err" || echo "round $i: $?" >>"$TMP/reader.fail"
+ done) &
+READER=$!; PIDS+=($READER)
+sleep 0.5
+ram_field() { ctl --json volume disk | "$PY" -c "import json,sys; t=json.load(sys.stdin)['cache'][0]; assert t['tier']=='ram'; print(t['$1'])"; }
+out=$(ctl cache disk --ram-mib 4 2>&1) && [ "$(ram_field capacity_bytes)" = $((4 << 20)) ] &&
+  ok "ctl cache disk --ram-mib 4 under I/O: $out; resident $(ram_field resident_bytes) B" || fail "shrink: $out"
+sleep 0.5
+resident=$(ram_field resident_bytes)
+[ "$resident" -le $((4 << 20)) ] 2>/dev/null && ok "the RAM tier holds $resident B, within the 4 MiB budget under reads" ||
+  fail "RAM tier holds $resident B over a 4 MiB budget"
+out=$(ctl cache disk --drop-clean 2>&1) && ok "ctl cache disk --drop-clean under I/O: $out" || fail "drop-clean: $out"
+code=$(api -X PUT --data '{"ram_mib": 32}' "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/cache")
+cp "$TMP/body.json" "$TMP/cache200.json"
+[ "$code" = 200 ] && ok "back to 32 MiB: 200 $(cat "$TMP/body.json" | tr -d ' \n')" || fail "grow: $code $(cat "$TMP/body.json")"
+code=$(api -X PUT --data '{"ram_mib": 64}' "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/cache")
+cp "$TMP/body.json" "$TMP/cache409.json"
+[ "$code" = 409 ] && ok "above the ceiling: 409 $(cat "$TMP/body.json" | tr -d '\n')" || fail "above the ceiling: $code"
+code=$(api -X PUT --data '{"ram_mib": -1}' "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/cache")
+cp "$TMP/body.json" "$TMP/cache400.json"
+[ "$code" = 400 ] && ok "negative size: 400" || fail "negative size: $code"
+code=$(api -X POST --data "" "http://127.0.0.1:$m_cloud/api/v1/volumes/nope/cache/drop-clean")
+[ "$code" = 404 ] && ok "drop-clean of an unknown volume: 404" || fail "drop-clean unknown volume: $code"
+code=$(api -X POST --data "" "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/cache/drop-clean")
+cp "$TMP/body.json" "$TMP/drop200.json"
+[ "$code" = 200 ] || fail "drop-clean: $code"
+kill -0 $WRITER 2>/dev/null && ok "the writer was still running through the cache changes" ||
+  fail "the writer ended before the cache changes were done (make it longer)"
+kill "$READER" 2>/dev/null; wait "$READER" 2>/dev/null
+[ ! -s "$TMP/reader.fail" ] && ok "reader: no error through the resizes" || fail "reader: $(cat "$TMP/reader.fail") $(tail -3 "$TMP/reader.err")"
 wait $WRITER && ok "writer: no error ($(tail -1 "$TMP/writer.log"))" || fail "writer: $(cat "$TMP/writer.log")"
 timeout 120 nbdcopy "nbd://127.0.0.1:$p_nbd" "$TMP/initiator.raw" || fail "read through the cloud edge"
 ctl --json volume disk >"$TMP/vol.json"
@@ -100,6 +134,8 @@ if "$PY" -c 'import yaml' 2>/dev/null; then
     put:/api/v1/volumes/{name}/policy 200 "$TMP/200.json" put:/api/v1/volumes/{name}/policy 409 "$TMP/409.json" \
     put:/api/v1/volumes/{name}/policy 400 "$TMP/400.json" put:/api/v1/volumes/{name}/policy 404 "$TMP/404.json" \
     post:/api/v1/volumes/{name}/write-back/{action} 200 "$TMP/post200.json" /api/v1/volumes/{name} 200 "$TMP/vol.json" \
+    put:/api/v1/volumes/{name}/cache 200 "$TMP/cache200.json" put:/api/v1/volumes/{name}/cache 409 "$TMP/cache409.json" \
+    put:/api/v1/volumes/{name}/cache 400 "$TMP/cache400.json" post:/api/v1/volumes/{name}/cache/drop-clean 200 "$TMP/drop200.json" \
     >"$TMP/openapi.log" 2>&1 && ok "PUT policy answers match mgmt/openapi.yaml" || fail "openapi: $(cat "$TMP/openapi.log")"
 fi
 stop_pid "$CLOUD_PID" >/dev/null  # clean stop: drains the journal to on-prem
