@@ -4,8 +4,11 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <unordered_map>
+
+#include "datapath/assert.h"
 
 namespace ferry {
 
@@ -125,9 +128,67 @@ void ConnectionHub::closing(HubConnection* c) noexcept {
 
 void ConnectionHub::closed(HubConnection* c) noexcept {
   closing(c);
+  unpublish(c);
   t_connections.erase(c->id());
   if (Reactor* r = Reactor::current()) balancer_.release(*r);
   connections_.remove();
+}
+
+void ConnectionHub::publish(HubConnection* c, SessionInfo info,
+                            const SessionCounters* counters) noexcept {
+  info.id = c->id();
+  info.since_unix_ms = uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count());
+  Reactor* reactor = Reactor::current();
+  FERRY_ASSERT(reactor != nullptr);
+  std::lock_guard<std::mutex> lock(sessions_mutex_);
+  for (Published& p : sessions_)
+    if (p.info.id == info.id) {
+      p = Published{std::move(info), counters, reactor};
+      return;
+    }
+  sessions_.push_back(Published{std::move(info), counters, reactor});
+}
+
+void ConnectionHub::unpublish(HubConnection* c) noexcept {
+  std::lock_guard<std::mutex> lock(sessions_mutex_);
+  std::erase_if(sessions_, [id = c->id()](const Published& p) { return p.info.id == id; });
+}
+
+std::vector<SessionInfo> ConnectionHub::sessions() const {
+  std::lock_guard<std::mutex> lock(sessions_mutex_);
+  std::vector<SessionInfo> out;
+  out.reserve(sessions_.size());
+  for (const Published& p : sessions_) {
+    SessionInfo i = p.info;
+    if (p.counters != nullptr) {  // unpublished (under this mutex) before the connection goes
+      i.commands = p.counters->commands.load(std::memory_order_relaxed);
+      i.bytes_read = p.counters->bytes_read.load(std::memory_order_relaxed);
+      i.bytes_written = p.counters->bytes_written.load(std::memory_order_relaxed);
+    }
+    out.push_back(std::move(i));
+  }
+  return out;
+}
+
+bool ConnectionHub::disconnect(uint64_t id, const char* why) noexcept {
+  Reactor* reactor = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(sessions_mutex_);
+    for (const Published& p : sessions_)
+      if (p.info.id == id) reactor = p.reactor;
+  }
+  if (reactor == nullptr) return false;
+  // On the connection's thread: it may have closed meanwhile (then find_here finds nothing).
+  auto close_it = [this, id, why] {
+    if (HubConnection* c = find_here(id)) c->close(why);
+  };
+  if (Reactor::current() == reactor)
+    reactor->defer(close_it);
+  else
+    reactor->post(close_it);
+  return true;
 }
 
 HubConnection* ConnectionHub::find_here(uint64_t id) const noexcept {

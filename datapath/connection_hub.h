@@ -16,12 +16,19 @@
 // Threading: accept, start, opened, closed and stop of a connection run on its reactor thread;
 // the per-thread table is only touched there. Limits and counts are atomics, the gate has its own
 // mutex (set-up and tear-down only), the listener list a mutex (start/stop only).
+//
+// Sessions: once a connection has proven who it is it may publish() what an operator sees of it
+// (a SessionInfo copied once, and SessionCounters it bumps on its own thread); the management API
+// lists them from any thread (sessions()) and closes one by id (disconnect(): posted to the
+// connection's reactor, which closes it there). The published table has its own mutex, taken at
+// publish / unpublish (login and close) and by management, never per I/O.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "datapath/acceptor.h"
@@ -54,6 +61,28 @@ class HubConnection {
   friend class ConnectionHub;
   const uint64_t id_;
   bool counted_authenticated_ = false;
+};
+
+// What the management API shows of a published connection: copied once at publish(), plus the
+// counters read at the time of the listing.
+struct SessionInfo {
+  uint64_t id = 0;
+  std::string protocol;        // "iscsi", "nbd"
+  std::string client;          // iSCSI initiator name; NBD: "" (the protocol names no client)
+  std::string peer;            // address:port of the client
+  std::string target;          // iSCSI target IQN; NBD export name
+  std::string detail;          // iSCSI "isid=..., tsih=N"; NBD "tls" or "plain"
+  uint64_t since_unix_ms = 0;  // when it was published (login complete)
+  uint64_t commands = 0, bytes_read = 0, bytes_written = 0;
+};
+
+// Counters a connection bumps on its own reactor thread (the only writer) and management reads
+// from any thread: relaxed loads and stores, no read-modify-write on the hot path.
+struct SessionCounters {
+  std::atomic<uint64_t> commands{0}, bytes_read{0}, bytes_written{0};
+  static void add(std::atomic<uint64_t>& counter, uint64_t n) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
 };
 
 struct HubOptions {
@@ -98,6 +127,14 @@ class ConnectionHub {
   // This thread's connection with that id, or nullptr (closed or on another reactor).
   HubConnection* find_here(uint64_t id) const noexcept;
 
+  // Sessions. publish / unpublish on the connection's reactor thread (unpublish is idempotent and
+  // also done by closed(); `counters` must live until then). sessions() and disconnect() from any
+  // thread; disconnect is false when no published session has that id.
+  void publish(HubConnection* c, SessionInfo info, const SessionCounters* counters) noexcept;
+  void unpublish(HubConnection* c) noexcept;
+  std::vector<SessionInfo> sessions() const;
+  bool disconnect(uint64_t id, const char* why) noexcept;
+
   const PreAuthGate& pre_auth() const noexcept { return pre_auth_; }
   const DrainCount& count() const noexcept { return connections_; }
   uint64_t authenticated_count() const noexcept { return authenticated_.load(); }
@@ -122,6 +159,13 @@ class ConnectionHub {
   std::atomic<uint64_t> authenticated_{0};
   ConnectionBalancer balancer_;
   PreAuthGate pre_auth_;
+  struct Published {
+    SessionInfo info;
+    const SessionCounters* counters;
+    Reactor* reactor;
+  };
+  mutable std::mutex sessions_mutex_;
+  std::vector<Published> sessions_;  // at most one per open connection (connections_max)
 };
 
 }  // namespace ferry

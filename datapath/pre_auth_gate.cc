@@ -85,19 +85,32 @@ uint64_t PreAuthGate::evicted() const noexcept {
   return evicted_;
 }
 
-std::string peer_address(int fd) noexcept {
+namespace {
+// The peer's address, and its port when with_port (v4 "a.b.c.d:port", v6 "[addr]:port").
+std::string peer_text(int fd, bool with_port) noexcept {
   sockaddr_storage addr{};
   socklen_t len = sizeof addr;
   if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return {};
   char text[INET6_ADDRSTRLEN] = {};
+  uint16_t port = 0;
   if (addr.ss_family == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&addr)->sin_addr, text, sizeof text);
+    const auto* a4 = reinterpret_cast<const sockaddr_in*>(&addr);
+    inet_ntop(AF_INET, &a4->sin_addr, text, sizeof text);
+    port = ntohs(a4->sin_port);
+    if (with_port) return std::string(text) + ":" + std::to_string(port);
   } else if (addr.ss_family == AF_INET6) {
-    inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&addr)->sin6_addr, text, sizeof text);
+    const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&addr);
+    inet_ntop(AF_INET6, &a6->sin6_addr, text, sizeof text);
+    port = ntohs(a6->sin6_port);
+    if (with_port) return "[" + std::string(text) + "]:" + std::to_string(port);
   } else {
     return {};
   }
   return text;
 }
+}  // namespace
+
+std::string peer_address(int fd) noexcept { return peer_text(fd, false); }
+std::string peer_endpoint(int fd) noexcept { return peer_text(fd, true); }
 
 }  // namespace ferry

@@ -76,5 +76,7 @@ class PreAuthGate {
 // The peer's address of a connected socket as text without the port ("127.0.0.2", "::1"), or
 // "" for a Unix socket or on error.
 std::string peer_address(int fd) noexcept;
+// The same with the port ("127.0.0.2:51234", "[::1]:51234"), "" for a Unix socket or on error.
+std::string peer_endpoint(int fd) noexcept;
 
 }  // namespace ferry

@@ -301,5 +301,57 @@ TEST(ConnectionHub, StopClosesOnlyItsOwnConnections) {
   for (int p : peers) ::close(p);
 }
 
+// The management API's view: a published connection is listed with its counters from another
+// thread, disconnect() closes it on its own reactor, and a closed one is listed no more.
+TEST(ConnectionHub, PublishedSessionsAreListedAndDisconnectClosesOnTheirReactor) {
+  Reactor r(0, 1 << 20);
+  ASSERT_TRUE(r.init(64).ok());
+  HubFixture f;
+  ConnectionHub hub(HubOptions{"test", 10, false, {}}, &HubFixture::start, &f);
+  f.hub = &hub;
+  std::vector<int> peers;
+  SessionCounters counters[2];
+  on_reactor(r, [&] {
+    hub.join(r);
+    hub.adopt(r, connected_socket(peers));
+    hub.adopt(r, connected_socket(peers));
+    hub.adopt(r, connected_socket(peers));  // never published (still authenticating)
+    for (int i = 0; i < 2; ++i) {
+      SessionInfo info;
+      info.protocol = "test";
+      info.client = "client-" + std::to_string(i);
+      hub.publish(f.made[size_t(i)].get(), std::move(info), &counters[i]);
+    }
+    SessionCounters::add(counters[1].commands, 3);
+    SessionCounters::add(counters[1].bytes_read, 4096);
+  });
+  std::vector<SessionInfo> listed;
+  std::thread other([&] { listed = hub.sessions(); });  // any thread
+  other.join();
+  ASSERT_EQ(listed.size(), 2u);
+  EXPECT_EQ(listed[1].id, f.made[1]->id());
+  EXPECT_EQ(listed[1].client, "client-1");
+  EXPECT_EQ(listed[1].commands, 3u);
+  EXPECT_EQ(listed[1].bytes_read, 4096u);
+  EXPECT_GT(listed[1].since_unix_ms, 0u);
+  EXPECT_FALSE(hub.disconnect(f.made[2]->id(), "x"));  // not published: not a session
+  EXPECT_FALSE(hub.disconnect(999999, "x"));
+  bool asked = false;
+  std::thread admin([&] { asked = hub.disconnect(f.made[0]->id(), "disconnected by test"); });
+  admin.join();
+  EXPECT_TRUE(asked);
+  EXPECT_FALSE(f.made[0]->closed);  // posted: closed by its reactor, not the asking thread
+  on_reactor(r, [] {});
+  EXPECT_TRUE(f.made[0]->closed);
+  EXPECT_EQ(f.made[0]->reason, "disconnected by test");
+  listed = hub.sessions();
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0].id, f.made[1]->id());
+  on_reactor(r, [&] { hub.stop(r, "stopping"); });
+  EXPECT_EQ(hub.wait_closed(1000), 0u);
+  EXPECT_TRUE(hub.sessions().empty());
+  for (int p : peers) ::close(p);
+}
+
 }  // namespace
 }  // namespace ferry

@@ -2,6 +2,7 @@
 #include "mgmt/control.h"
 
 #include <future>
+#include <iterator>
 #include <memory>
 
 #include "datapath/reactor.h"
@@ -35,6 +36,30 @@ ControlAnswer ControlInterface::act(const std::string& volume, const ControlActi
   if (future.wait_for(timeout) != std::future_status::ready)
     return {ControlAnswer::Status::no_answer, "the reactor did not answer"};
   return future.get();
+}
+
+ControlAnswer ControlInterface::disconnect(uint64_t session_id) const {
+  if (!disconnect_) return {ControlAnswer::Status::unsupported, "this daemon serves no sessions"};
+  if (!disconnect_(session_id))
+    return {ControlAnswer::Status::not_found, "no session " + std::to_string(session_id)};
+  return {ControlAnswer::Status::ok, {}, session_id};
+}
+
+void append_sessions(GatewaySnapshot& s, const std::vector<const ConnectionHub*>& hubs) {
+  for (const ConnectionHub* h : hubs) {
+    if (h == nullptr) continue;
+    std::vector<SessionInfo> some = h->sessions();
+    s.sessions.insert(s.sessions.end(), std::make_move_iterator(some.begin()),
+                      std::make_move_iterator(some.end()));
+  }
+}
+
+ControlInterface::Disconnect disconnect_over(std::vector<ConnectionHub*> hubs) {
+  return [hubs = std::move(hubs)](uint64_t id) {
+    for (ConnectionHub* h : hubs)
+      if (h != nullptr && h->disconnect(id, "disconnected by the management API")) return true;
+    return false;
+  };
 }
 
 }  // namespace ferry::mgmt

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "datapath/connection_hub.h"
 #include "gateway/volume.h"
 
 namespace ferry {
@@ -38,6 +39,7 @@ struct VolumeSnapshot {
 struct GatewaySnapshot {
   std::string daemon;  // "target", "dc-edge", "cloud-edge"
   std::vector<VolumeSnapshot> volumes;
+  std::vector<SessionInfo> sessions;  // iSCSI sessions and NBD clients (ConnectionHub::sessions)
   uint64_t iscsi_sessions = 0, iscsi_connections = 0;
   uint64_t nbd_connections = 0;
   uint64_t wan_connections = 0;  // dc-edge: cloud edges attached; cloud-edge: 1 when the link is up
@@ -77,18 +79,33 @@ class ControlInterface {
   using Collect = std::function<void(GatewaySnapshot&)>;
   // Runs on the reactor thread; applies the action to the named volume's journal.
   using Act = std::function<ControlAnswer(const std::string& volume, const ControlAction&)>;
-  ControlInterface(Reactor& reactor, Collect collect, Act act = nullptr)
-      : reactor_(reactor), collect_(std::move(collect)), act_(std::move(act)) {}
+  // Any thread: asks the servers to close the session with that id (ConnectionHub::disconnect,
+  // which posts the close to the session's own reactor); false when no server lists it.
+  using Disconnect = std::function<bool(uint64_t session_id)>;
+  ControlInterface(Reactor& reactor, Collect collect, Act act = nullptr,
+                   Disconnect disconnect = nullptr)
+      : reactor_(reactor),
+        collect_(std::move(collect)),
+        act_(std::move(act)),
+        disconnect_(std::move(disconnect)) {}
   // Any thread but the reactor's. False when the reactor did not answer within `timeout`.
   bool snapshot(GatewaySnapshot& out, std::chrono::milliseconds timeout) const;
   // Any thread but the reactor's.
   ControlAnswer act(const std::string& volume, const ControlAction& action,
                     std::chrono::milliseconds timeout) const;
+  // Any thread. not_found when no session has that id.
+  ControlAnswer disconnect(uint64_t session_id) const;
 
  private:
   Reactor& reactor_;
   Collect collect_;
   Act act_;
+  Disconnect disconnect_;
 };
+
+// For a daemon's Collect: appends the sessions every hub publishes (null hubs skipped).
+void append_sessions(GatewaySnapshot& s, const std::vector<const ConnectionHub*>& hubs);
+// A Disconnect over these hubs (null hubs skipped); the hubs must outlive the interface.
+ControlInterface::Disconnect disconnect_over(std::vector<ConnectionHub*> hubs);
 
 }  // namespace ferry::mgmt

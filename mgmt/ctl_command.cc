@@ -70,6 +70,22 @@ void print_header() {
               "WRITES", "READ", "WRITTEN", "LAT(us)", "CACHE HITS", "DIRTY", "STACK");
 }
 
+void print_sessions(const nlohmann::json& body) {
+  std::printf("%-6s %-6s %-24s %-40s %-20s %9s %11s %11s  %s\n", "ID", "PROTO", "PEER", "CLIENT",
+              "TARGET", "COMMANDS", "READ", "WRITTEN", "DETAIL");
+  for (const auto& s : body.at("sessions")) {
+    const std::string client = s.at("client").get<std::string>();
+    std::printf("%-6llu %-6s %-24s %-40s %-20s %9llu %11s %11s  %s\n",
+                s.at("id").get<unsigned long long>(), s.at("protocol").get<std::string>().c_str(),
+                s.at("peer").get<std::string>().c_str(), client.empty() ? "-" : client.c_str(),
+                s.at("target").get<std::string>().c_str(),
+                s.at("commands").get<unsigned long long>(),
+                human_bytes(s.at("bytes_read").get<double>()).c_str(),
+                human_bytes(s.at("bytes_written").get<double>()).c_str(),
+                s.at("detail").get<std::string>().c_str());
+  }
+}
+
 }  // namespace
 
 int run_ctl_command(int argc, char** argv) {
@@ -124,6 +140,15 @@ int run_ctl_command(int argc, char** argv) {
     if (ram_mib->count() == 0 && drop->count() == 0)
       throw CLI::ValidationError("cache", "give --ram-mib N or --drop-clean");
   });
+  auto* sessions = app.add_subcommand(
+      "sessions", "list the iSCSI sessions and NBD clients: peer, initiator, target, I/O");
+  uint64_t session_id = 0;
+  auto* disconnect = app.add_subcommand(
+      "disconnect",
+      "close one session (DELETE /api/v1/sessions/ID; the initiator may log in again)");
+  disconnect->add_option("ID", session_id, "session id (ferry ctl sessions)")
+      ->required()
+      ->check(CLI::Range(uint64_t(1), UINT64_MAX));
   if (int status = parse_command_line(app, argc, argv); status >= 0) return status;
   if (check_config) return report_config_ok("ferry ctl");
   std::string host, token;
@@ -144,7 +169,9 @@ int run_ctl_command(int argc, char** argv) {
           ? "/api/v1/volumes/" + percent_encoded(wb_volume) + "/write-back/" + wb_action
       : cache->parsed() ? "/api/v1/volumes/" + percent_encoded(cache_volume) +
                               (cache_drop_clean ? "/cache/drop-clean" : "/cache")
-                        : "/metrics";
+      : sessions->parsed()   ? "/api/v1/sessions"
+      : disconnect->parsed() ? "/api/v1/sessions/" + std::to_string(session_id)
+                             : "/metrics";
   httplib::Client client(host, port);
   client.set_connection_timeout(5);
   client.set_read_timeout(10);
@@ -157,13 +184,14 @@ int run_ctl_command(int argc, char** argv) {
       : cache->parsed()
           ? client.Put(path, headers, nlohmann::json{{"ram_mib", cache_ram_mib}}.dump(),
                        "application/json")
-          : client.Get(path, headers);
+      : disconnect->parsed() ? client.Delete(path, headers)
+                             : client.Get(path, headers);
   if (!res) {
     std::fprintf(stderr, "ferry ctl: no answer from %s (%s)\n", address.c_str(),
                  httplib::to_string(res.error()).c_str());
     return 1;
   }
-  if (res->status != 200) {
+  if (res->status != 200 && !(disconnect->parsed() && res->status == 202)) {
     std::string why = res->body;
     try {
       why = nlohmann::json::parse(res->body).at("error").get<std::string>();
@@ -190,6 +218,19 @@ int run_ctl_command(int argc, char** argv) {
         std::printf(
             "%s: RAM cache budget %llu MiB\n", cache_volume.c_str(),
             static_cast<unsigned long long>(body.at("ram_capacity_bytes").get<uint64_t>() >> 20));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry ctl: unexpected answer from %s: %s\n", path.c_str(), e.what());
+      return 1;
+    }
+    return 0;
+  }
+  if (disconnect->parsed() && !json) {
+    std::printf("session %llu: disconnecting\n", static_cast<unsigned long long>(session_id));
+    return 0;
+  }
+  if (sessions->parsed() && !json) {
+    try {
+      print_sessions(nlohmann::json::parse(res->body));
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ferry ctl: unexpected answer from %s: %s\n", path.c_str(), e.what());
       return 1;

@@ -992,6 +992,7 @@ int run_cloud_edge_command(int argc, char** argv) {
         s.wan_wire_bytes_in = client.link_counters().wire_bytes_in;
         s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;
         s.wan_reconnects = client.reconnects();
+        append_sessions(s, {&server.hub(), nbd_server ? &nbd_server->hub() : nullptr});
       },
       [&](const std::string& name, const ControlAction& action) {
         // The reactor thread: the volume's top journal (the one that acknowledges its writes).
@@ -1046,7 +1047,8 @@ int run_cloud_edge_command(int argc, char** argv) {
           return ControlAnswer{};
         }
         return ControlAnswer{ControlAnswer::Status::not_found, "no volume '" + name + "'"};
-      });
+      },
+      disconnect_over({&server.hub(), nbd_server ? &nbd_server->hub() : nullptr}));
   MetricsRegistry registry;
   std::string mgmt_error;
   auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);

@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <sys/stat.h>
 
+#include <charconv>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -66,6 +67,19 @@ nlohmann::json volume_json(const VolumeSnapshot& v) {
                 {"raw_bytes_out", v.wan_raw_bytes_out}};
   if (v.has_wan && v.wan_sent_out_known) j["wan"]["sent_bytes_out"] = v.wan_sent_bytes_out;
   return j;
+}
+
+nlohmann::json session_json(const SessionInfo& i) {
+  return {{"id", i.id},
+          {"protocol", i.protocol},
+          {"client", i.client},
+          {"peer", i.peer},
+          {"target", i.target},
+          {"detail", i.detail},
+          {"since_ms", i.since_unix_ms},
+          {"commands", i.commands},
+          {"bytes_read", i.bytes_read},
+          {"bytes_written", i.bytes_written}};
 }
 
 // The dashboard's files hold no data (the page fetches /api/v1 with the token the user gives
@@ -242,6 +256,26 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
                 const ControlAnswer a = control_.act(name, action, kSnapshotTimeout);
                 answer(res, a, nlohmann::json{{"name", name}, {"dropped_chunks", a.value}});
               });
+  http_->Get("/api/v1/sessions", [this](const httplib::Request&, httplib::Response& res) {
+    GatewaySnapshot s;
+    if (!control_.snapshot(s, kSnapshotTimeout))
+      return error(res, 503, "the reactor did not answer");
+    nlohmann::json list = nlohmann::json::array();
+    for (const SessionInfo& i : s.sessions) list.push_back(session_json(i));
+    res.set_content(nlohmann::json{{"daemon", s.daemon}, {"sessions", list}}.dump(2) + "\n",
+                    "application/json");
+  });
+  http_->Delete(
+      R"(/api/v1/sessions/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+        const std::string text = req.matches[1];
+        uint64_t id = 0;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+        if (ec != std::errc() || end != text.data() + text.size() || id == 0)
+          return error(res, 400, "'" + text + "' is not a session id (GET /api/v1/sessions)");
+        const ControlAnswer a = control_.disconnect(id);
+        if (a.status == ControlAnswer::Status::ok) res.status = 202;  // closed on its reactor
+        answer(res, a, nlohmann::json{{"id", id}, {"disconnecting", true}});
+      });
   http_->set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (res.body.empty()) error(res, res.status, res.status == 404 ? "no such endpoint" : "error");
   });

@@ -365,22 +365,26 @@ int run_target(TargetFlags& f, const char* banner) {
     std::fprintf(stderr, "ferry: nbd listening on unix:%s\n", f.nbd_unix.c_str());
   // Management endpoint: snapshots are collected on reactor 0 (with --threads > 1 the stacks
   // hold no single-reactor layers, and their meters are read lock-free from any thread).
-  ControlInterface control(*reactors[0], [&](GatewaySnapshot& s) {
-    s.daemon = "target";
-    for (size_t i = 0; i < volumes.size(); ++i) {
-      const auto& v = volumes[i];
-      VolumeSnapshot vs;
-      vs.name = api_names[i];
-      vs.stack = v->describe();
-      vs.size_bytes = v->top().geometry().size_bytes();
-      vs.block_size_bytes = v->top().geometry().block_size_bytes;
-      vs.stats = v->stats();
-      s.volumes.push_back(std::move(vs));
-    }
-    s.iscsi_sessions = server.session_count();
-    s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
-    s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
-  });
+  ControlInterface control(
+      *reactors[0],
+      [&](GatewaySnapshot& s) {
+        s.daemon = "target";
+        for (size_t i = 0; i < volumes.size(); ++i) {
+          const auto& v = volumes[i];
+          VolumeSnapshot vs;
+          vs.name = api_names[i];
+          vs.stack = v->describe();
+          vs.size_bytes = v->top().geometry().size_bytes();
+          vs.block_size_bytes = v->top().geometry().block_size_bytes;
+          vs.stats = v->stats();
+          s.volumes.push_back(std::move(vs));
+        }
+        s.iscsi_sessions = server.session_count();
+        s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
+        s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
+        append_sessions(s, {&server.hub(), nbd_server ? &nbd_server->hub() : nullptr});
+      },
+      nullptr, disconnect_over({&server.hub(), nbd_server ? &nbd_server->hub() : nullptr}));
   MetricsRegistry registry;
   std::string mgmt_error;
   auto mgmt = start_mgmt(f.mgmt, control, registry, mgmt_error);

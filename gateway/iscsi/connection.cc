@@ -1,9 +1,6 @@
 // iSCSI connection state machine and I/O (see connection.h). Reactor thread only.
 #include "gateway/iscsi/connection.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -79,19 +76,7 @@ Connection::Connection(Server& server, Reactor& reactor, int fd, uint64_t id) no
       tx_batch_pdus_max_(
           std::clamp<size_t>(server.options().tx_batch_pdus_max, 1, kTxBatchPdusMax)) {
   channel_.attach(fd);
-  sockaddr_in6 addr{};
-  socklen_t len = sizeof addr;
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    if (addr.sin6_family == AF_INET) {
-      auto* a4 = reinterpret_cast<sockaddr_in*>(&addr);
-      inet_ntop(AF_INET, &a4->sin_addr, host, sizeof host);
-      peer_ = std::string(host) + ":" + std::to_string(ntohs(a4->sin_port));
-    } else {
-      inet_ntop(AF_INET6, &addr.sin6_addr, host, sizeof host);
-      peer_ = std::string(host) + ":" + std::to_string(ntohs(addr.sin6_port));
-    }
-  }
+  peer_ = peer_endpoint(fd);
   tx_batch_.reserve(kTxBatchPdusMax);
 }
 
@@ -133,6 +118,7 @@ void Connection::close(const char* why) noexcept {
       free_task(t);
   }
   active_.swap(keep);
+  server_.hub().unpublish(this);
   if (tsih_ != 0) {
     server_.unregister_session(tsih_, id());
     if (target_ != nullptr) target_->nexus_gone(nexus_);
@@ -396,6 +382,15 @@ void Connection::enter_full_feature() noexcept {
     nexus_.relative_target_port_id = 1;
     nexus_.target_portal_group_tag = 1;
     target_->nexus_new(nexus_);
+    SessionInfo info;
+    info.protocol = "iscsi";
+    info.client = initiator_name_;
+    info.peer = peer_;
+    info.target = target_name_;
+    // initiator_port_name_ is "NAME,i,0xISID" (SPC-4 iSCSI initiator port identifier).
+    info.detail = "isid=" + initiator_port_name_.substr(initiator_port_name_.rfind(",i,0x") + 5) +
+                  ", tsih=" + std::to_string(tsih_);
+    server_.hub().publish(this, std::move(info), &session_counters_);
   }
   // Receive buffer for full-size PDUs plus room to batch several small ones.
   const size_t want = kBhsBytes + 1024 + 8 + pad4(limits_.max_data_segment_bytes) + 64 * 1024;
@@ -484,6 +479,7 @@ bool Connection::handle_scsi_command(const Bhs& h, std::span<const uint8_t> data
   ScsiCommandView cmd{h};
   const uint32_t edtl = cmd.expected_data_transfer_length();
   ++stats_.commands;
+  SessionCounters::add(session_counters_.commands, 1);
 
   IscsiTask* t = new_task();
   if (t == nullptr) {
@@ -691,6 +687,10 @@ void Connection::complete_task(IscsiTask* t) noexcept {
     residual = 0;
   }
   const uint32_t in_bytes = s.data_in ? std::min(s.command_transfer_bytes, t->edtl) : 0;
+  if (good && in_bytes > 0) SessionCounters::add(session_counters_.bytes_read, in_bytes);
+  if (good && s.transport_write)
+    SessionCounters::add(session_counters_.bytes_written,
+                         std::min(s.command_transfer_bytes, t->edtl));
 
   if (in_bytes > 0 && s.status == scsi::Status::good) {
     const uint32_t seg_max =

@@ -169,6 +169,7 @@ class Connection final : public HubConnection, private SocketChannelOwner {
   bool close_after_send_ = false;
 
   Counters stats_;
+  SessionCounters session_counters_;  // what the management API lists (published at login)
 };
 
 }  // namespace ferry::iscsi

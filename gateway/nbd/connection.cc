@@ -104,6 +104,7 @@ void Connection::close(const char* why) noexcept {
     std::fprintf(stderr, "ferry: nbd connection %lu: closing: %s\n",
                  static_cast<unsigned long>(id()), why);
   phase_ = Phase::closing;
+  server_.hub().unpublish(this);
   reactor_.cancel(timer_);
   reactor_.cancel(retry_timer_);
   channel_.shutdown();  // wakes the in-flight receive and send
@@ -546,6 +547,13 @@ void Connection::enter_transmission(const NbdExport& e) noexcept {
   phase_ = Phase::transmission;
   reactor_.cancel(timer_);
   server_.hub().authenticated(this);
+  SessionInfo info;
+  info.protocol = "nbd";
+  info.peer = peer_endpoint(channel_.fd());
+  if (info.peer.empty()) info.peer = "unix";
+  info.target = e.name;
+  info.detail = tls_engine_ != nullptr ? "tls" : "plain";
+  server_.hub().publish(this, std::move(info), &session_counters_);
 }
 
 void Connection::start_tls() noexcept {
@@ -606,6 +614,7 @@ bool Connection::handle_request(const RequestParse& p) noexcept {
     return false;
   }
   ++stats_.requests;
+  SessionCounters::add(session_counters_.commands, 1);
   t->command = true;
   t->req = r;
   t->error = error;
@@ -784,6 +793,7 @@ void Connection::io_done(NbdTask* t) noexcept {
       t->pos_bytes += io.length_bytes;
       if (t->pos_bytes < end) return submit_io(t);
       if (r.type == kCmdRead) return finish_read(t);
+      SessionCounters::add(session_counters_.bytes_written, r.length_bytes);
       return reply(t, 0);
     case NbdTask::Stage::single:
       if (r.type == kCmdTrim && (r.flags & kCmdFlagFua)) {
@@ -801,6 +811,7 @@ void Connection::io_done(NbdTask* t) noexcept {
 
 void Connection::finish_read(NbdTask* t) noexcept {
   const Request& r = t->req;
+  SessionCounters::add(session_counters_.bytes_read, r.length_bytes);
   // iovec wants a mutable pointer; sendmsg and the TLS engine only read through it.
   std::byte* data = t->lent != nullptr ? const_cast<std::byte*>(t->lent) : t->buf.data();
   if (!structured_) {

@@ -126,8 +126,9 @@ class Connection final : public HubConnection, private SocketChannelOwner {
 
   NbdServer& server_;
   Reactor& reactor_;
-  SocketChannel channel_;  // the socket: one receive and one gathered send in flight
-  std::string source_;     // peer address without the port ("" for a Unix socket)
+  SocketChannel channel_;             // the socket: one receive and one gathered send in flight
+  std::string source_;                // peer address without the port ("" for a Unix socket)
+  SessionCounters session_counters_;  // what the management API lists (published at GO)
   Phase phase_ = Phase::greeting;
   uint32_t in_flight_max_;
 

@@ -297,7 +297,10 @@ void WanClient::enqueue(size_t volume, IoRequest& io, Priority priority) noexcep
     const Errc e = check_range(g, io.offset_bytes, io.length_bytes);
     if (e != Errc::ok) return io.complete(e);
     if (io.length_bytes == 0) return io.complete(Errc::ok);
-    if (io.length_bytes > kRequestBytesMax) return io.complete(Errc::invalid_argument);
+    // A BLOCK_STATUS may answer a prefix (it is clamped to one request when framed); data
+    // requests longer than one frame are the caller's bug.
+    if (io.length_bytes > kRequestBytesMax && io.op != IoOp::block_status)
+      return io.complete(Errc::invalid_argument);
   }
   if (io.op == IoOp::discard) return io.complete(Errc::ok);  // advisory; the source keeps its data
   if (down_since_ns_ != 0 && reactor_.now_ns() - down_since_ns_ > options_.give_up_ms * kMs)

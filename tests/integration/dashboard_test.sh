@@ -48,7 +48,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' "$base/api/v1/volumes")
 # A load the charts can see: reads of the whole disk and 1 MiB writes, bounded rounds.
 head -c 1048576 /dev/urandom >"$TMP/w.raw"
 (for i in $(seq 200); do
-   timeout 60 nbdcopy --no-extents --connections=1 --requests=4 "nbd://127.0.0.1:$p_nbd" null: 2>>"$TMP/load.err"
+   timeout 60 nbdcopy --connections=1 --requests=4 "nbd://127.0.0.1:$p_nbd" null: 2>>"$TMP/load.err"
  done) &
 LOAD_PID=$!; PIDS+=($LOAD_PID)
 (for i in $(seq 400); do
