@@ -427,6 +427,8 @@ VolumeStats Volume::stats() const {
   if (!journals_.empty()) {
     out.journal_policy = journals_.front()->policy();
     out.write_back_paused = journals_.front()->write_back_paused();
+    out.write_back_rate_bytes_per_s = journals_.front()->write_back_rate_bytes_per_s();
+    out.rpo_target_ms = journals_.front()->rpo_target_ms();
   }
   for (const journal::JournalDevice* j : journals_) {
     out.has_journal = true;
@@ -435,6 +437,8 @@ VolumeStats Volume::stats() const {
     out.journal_bytes_free += st.journal_bytes_free;
     out.dirty_bytes += st.dirty_bytes;
     out.write_back_lag_ms = std::max(out.write_back_lag_ms, st.write_back_lag_ms);
+    out.rpo_missed = out.rpo_missed || st.rpo_missed;
+    out.rpo_misses += j->counters().rpo_misses;
     out.journal_bytes_written_back += j->counters().bytes_written_back;
   }
   out.stream = stream_progress();

@@ -104,6 +104,11 @@ struct VolumeStats {
   bool write_back_paused = false;                                // the top journal's
   uint64_t journal_bytes_used = 0, journal_bytes_free = 0, dirty_bytes = 0, write_back_lag_ms = 0;
   uint64_t journal_bytes_written_back = 0;
+  // RPO control of the top journal: the write-back rate cap (bytes/s, 0: none), the target lag,
+  // whether the lag is past it now, and how often it went past.
+  uint64_t write_back_rate_bytes_per_s = 0, rpo_misses = 0;
+  uint32_t rpo_target_ms = 0;
+  bool rpo_missed = false;
   cache::StreamProgress stream;
 };
 

@@ -150,6 +150,7 @@ JournalDevice::~JournalDevice() {
     if (b.timer.armed() && r) r->cancel(b.timer);
   if (cp_timer_.armed() && r) r->cancel(cp_timer_);
   if (epoch_timer_.armed() && r) r->cancel(epoch_timer_);
+  if (rate_timer_.armed() && r) r->cancel(rate_timer_);
 }
 
 Result<std::unique_ptr<JournalDevice>> JournalDevice::open(BlockDevice& next,
@@ -541,12 +542,72 @@ JournalState JournalDevice::state() const noexcept {
   s.checkpoint_seq = checkpoint_seq_;
   s.epoch_id = epoch_open_ ? epoch_end_seq_ : 0;
   s.next_failing = next_failing_;
-  if (shipped_seq_ < committed_seq_) {
-    const Record& r = records_[(shipped_seq_ + 1) % records_.size()];
+  if (const uint64_t born = oldest_unshipped_ns(); born != 0) {
     const uint64_t now = Reactor::now_ns_fresh();
-    s.write_back_lag_ms = now > r.committed_ns ? (now - r.committed_ns) / 1'000'000 : 0;
+    s.write_back_lag_ms = now > born ? (now - born) / 1'000'000 : 0;
+    s.rpo_missed = rpo_over(now);
   }
   return s;
+}
+
+uint64_t JournalDevice::oldest_unshipped_ns() const noexcept {
+  if (shipped_seq_ >= committed_seq_) return 0;
+  return std::max<uint64_t>(records_[(shipped_seq_ + 1) % records_.size()].committed_ns, 1);
+}
+
+bool JournalDevice::rpo_over(uint64_t now_ns) const noexcept {
+  const uint64_t born = oldest_unshipped_ns();
+  return opt_.rpo_target_ms != 0 && born != 0 && now_ns > born &&
+         now_ns - born > uint64_t(opt_.rpo_target_ms) * 1'000'000;
+}
+
+void JournalDevice::note_rpo(uint64_t now_ns) noexcept {
+  // Past the target the cap stays lifted until the lag is down to half of it (hysteresis: each
+  // epoch commit makes the oldest write younger, which would otherwise flip the state per epoch).
+  const uint64_t born = oldest_unshipped_ns();
+  const uint64_t lag_ns = born != 0 && now_ns > born ? now_ns - born : 0;
+  const uint64_t target_ns = uint64_t(opt_.rpo_target_ms) * 1'000'000;
+  const bool over = opt_.rpo_target_ms != 0 && lag_ns > (rpo_missed_ ? target_ns / 2 : target_ns);
+  if (over == rpo_missed_) return;
+  rpo_missed_ = over;
+  if (over) ++counters_.rpo_misses;
+  const bool capped = opt_.write_back_rate_bytes_per_s != 0;
+  std::fprintf(stderr, "ferry: journal %s: write-back lag %s the RPO target (%u ms)%s\n",
+               description_.c_str(), over ? "past" : "down to half of", opt_.rpo_target_ms,
+               !capped ? ""
+               : over  ? ": the write-back rate cap is lifted until it is met"
+                       : ": the write-back rate cap holds again");
+}
+
+bool JournalDevice::rate_allows(uint64_t bytes, uint64_t now_ns) noexcept {
+  const uint64_t rate = opt_.write_back_rate_bytes_per_s;
+  if (rate == 0 || rpo_missed_) return true;
+  const double burst = std::max(double(opt_.write_back_piece_bytes_max), double(rate) / 10.0);
+  wb_tokens_ = std::min(
+      burst, wb_tokens_ + double(now_ns - std::min(now_ns, wb_tokens_ns_)) * double(rate) / 1e9);
+  wb_tokens_ns_ = now_ns;
+  if (wb_tokens_ >= double(bytes)) {
+    wb_tokens_ -= double(bytes);
+    return true;
+  }
+  ++counters_.rate_waits;
+  if (!rate_timer_.armed()) {
+    uint64_t wait_ns = uint64_t((double(bytes) - wb_tokens_) * 1e9 / double(rate)) + 1;
+    // Wake no later than the RPO target would be missed: the cap is lifted then.
+    if (const uint64_t born = oldest_unshipped_ns(); opt_.rpo_target_ms != 0 && born != 0) {
+      const uint64_t miss_ns = born + uint64_t(opt_.rpo_target_ms) * 1'000'000 + 1;
+      if (miss_ns > now_ns) wait_ns = std::min(wait_ns, miss_ns - now_ns);
+    }
+    reactor_->arm(rate_timer_, wait_ns, &on_epoch_timer, this);
+  }
+  return false;
+}
+
+void JournalDevice::set_write_back_limits(uint64_t rate_bytes_per_s,
+                                          uint32_t rpo_target_ms) noexcept {
+  opt_.write_back_rate_bytes_per_s = rate_bytes_per_s;
+  opt_.rpo_target_ms = rpo_target_ms;
+  if (started_) pump_write_back();  // a held piece may go now
 }
 
 std::string JournalDevice::stats_text(const std::string& volume) const {
@@ -1093,6 +1154,7 @@ void JournalDevice::finish_read(ReadOp& op) noexcept {
 void JournalDevice::pump_write_back() noexcept {
   if (pumping_ || !started_ || !opt_.write_back || shutting_down_) return;
   pumping_ = true;
+  note_rpo(reactor_->now_ns());
   if (!epoch_open_ && !cp_in_flight_ && ships() && !paused_) cut_epoch();
   if (epoch_open_ && !cp_in_flight_) {
     while (!free_wb_.empty()) {
@@ -1102,6 +1164,7 @@ void JournalDevice::pump_write_back() noexcept {
       const uint64_t piece_start = std::max(it->first, epoch_cursor_);
       const uint64_t piece_end =
           std::min<uint64_t>(it->second.end, piece_start + opt_.write_back_piece_bytes_max);
+      if (!rate_allows(piece_end - piece_start, reactor_->now_ns())) break;  // rate_timer_ wakes
       WbOp& op = *free_wb_.back();
       free_wb_.pop_back();
       op.seq = it->second.seq;
@@ -1411,6 +1474,7 @@ void JournalDevice::shutdown(std::function<void()> done) noexcept {
     cp_in_flight_ = false;
   }
   if (epoch_timer_.armed()) r->cancel(epoch_timer_);
+  if (rate_timer_.armed()) r->cancel(rate_timer_);
   for (Batch& b : batches_) {
     if (b.timer.armed()) {
       r->cancel(b.timer);

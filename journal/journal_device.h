@@ -71,6 +71,12 @@ struct JournalOptions {
   uint32_t epoch_ms_max = 1000;
   bool write_back = true;  // false: records only pile up (replay tests)
   Policy policy = Policy::write_back;
+  // RPO control (journal/DESIGN.md "Write-back rate and RPO"): write-back ships at most this many
+  // bytes per second (0: no cap) while the write-back lag (age of the oldest write not yet on
+  // next) is within rpo_target_ms; past it the cap is lifted until the lag is down to half.
+  // rpo_target_ms 0: no target (the cap always holds).
+  uint64_t write_back_rate_bytes_per_s = 0;
+  uint32_t rpo_target_ms = 30000;
   bool direct_io = true;  // O_DIRECT (falls back, with a warning, where unsupported)
 };
 
@@ -94,6 +100,8 @@ struct JournalCounters {
   uint64_t write_back_lag_ms_max = 0;  // largest age of a write when its epoch was committed
   uint64_t no_space = 0;  // writes refused (Errc::no_space): full under a policy that never ships
   uint64_t clone_discards = 0;  // a test clone's writes discarded by open()
+  uint64_t rpo_misses = 0;      // times the write-back lag went past the RPO target
+  uint64_t rate_waits = 0;      // write-back pieces held back by the rate cap
 };
 
 // Gauges, computed on request (reactor thread).
@@ -106,6 +114,7 @@ struct JournalState {
   uint64_t checkpoint_seq = 0;     // every record up to this one is on next (durable mark)
   uint64_t epoch_id = 0;           // epoch being shipped or committed (0: none)
   bool next_failing = false;       // the last write-back I/O to next failed
+  bool rpo_missed = false;         // the lag is past the RPO target now
 };
 
 class JournalDevice final : public BlockDevice {
@@ -148,6 +157,11 @@ class JournalDevice final : public BlockDevice {
   // Reactor thread. Ships what is journaled now without waiting for an initiator FLUSH or the
   // epoch time bound. Errc::busy with `why` when paused or when the policy does not ship.
   Errc flush_write_back(std::string& why) noexcept;
+  // Reactor thread (or before start). The write-back rate cap (bytes/s, 0: none) and the RPO
+  // target (ms, 0: none) of JournalOptions, changed at runtime; not kept across a restart.
+  void set_write_back_limits(uint64_t rate_bytes_per_s, uint32_t rpo_target_ms) noexcept;
+  uint64_t write_back_rate_bytes_per_s() const noexcept { return opt_.write_back_rate_bytes_per_s; }
+  uint32_t rpo_target_ms() const noexcept { return opt_.rpo_target_ms; }
   std::string stats_text(const std::string& volume) const;
 
   // Implementation types (public for the pool allocator in the .cc; not an interface).
@@ -328,6 +342,16 @@ class JournalDevice final : public BlockDevice {
   uint64_t scan_from_ = 0, scan_seq_ = 0, scan_bytes_ = 0, scan_limit_ = 0;
   bool scan_size_hit_ = false;
   Timer epoch_timer_;
+  // Write-back rate cap: a token bucket (bytes), refilled at the cap, at most max(one piece,
+  // 100 ms of the cap); rate_timer_ wakes the pump when a held piece may go.
+  bool rate_allows(uint64_t bytes, uint64_t now_ns) noexcept;
+  void note_rpo(uint64_t now_ns) noexcept;  // updates rpo_missed_ (counted and logged)
+  bool rpo_over(uint64_t now_ns) const noexcept;
+  uint64_t oldest_unshipped_ns() const noexcept;  // committed_ns of it (0: none)
+  double wb_tokens_ = 0;
+  uint64_t wb_tokens_ns_ = 0;
+  Timer rate_timer_;
+  bool rpo_missed_ = false;  // the cap is lifted: past the target, not yet down to half of it
   bool next_failing_ = false;
 
   // Checkpoint cycle: FLUSH next, then the superblock (FUA).

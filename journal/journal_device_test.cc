@@ -1083,5 +1083,61 @@ TEST_F(LiveFixture, CloudPersistWriteAtTheRingsEndWrapsInsteadOfBeingRefused) {
   close_journal(rt, j);
 }
 
+// ---------------------------------------------------------------- write-back rate cap, RPO target
+
+// The cap bounds what write-back ships per second: 2 MiB at 1 MiB/s cannot be on next in much
+// less than 2 s minus the bucket (100 ms of the cap). Lifting the cap at runtime lets the rest go.
+TEST_F(LiveFixture, WriteBackRateCapHoldsShippingToTheCap) {
+  JournalOptions o = small_options(jpath);
+  o.write_back_rate_bytes_per_s = 1u << 20;
+  o.rpo_target_ms = 0;  // no target: the cap always holds
+  auto j = open_journal(next, o);
+  const auto t0 = std::chrono::steady_clock::now();
+  write_blocks(rt, *j, 0, 512, 3);  // 2 MiB
+  ASSERT_TRUE(drain(rt, *j));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GE(took, 1.6) << "2 MiB shipped faster than a 1 MiB/s cap allows";
+  uint64_t waits = 0;
+  rt.call([&] { waits = j->counters().rate_waits; });
+  EXPECT_GT(waits, 0u);
+  for (uint64_t b = 0; b < 512; b += 31) EXPECT_EQ(seq_at(rt, *ram, b), 3) << "block " << b;
+  rt.call([&] { j->set_write_back_limits(0, 0); });
+  write_blocks(rt, *j, 0, 512, 4);
+  ASSERT_TRUE(drain(rt, *j));
+  uint64_t waits_after = 0;
+  rt.call([&] { waits_after = j->counters().rate_waits; });
+  EXPECT_EQ(waits_after, waits) << "no cap: nothing held back";
+  for (uint64_t b = 0; b < 512; b += 31) EXPECT_EQ(seq_at(rt, *ram, b), 4) << "block " << b;
+  close_journal(rt, j);
+}
+
+// A cap far below the write rate must not let the lag grow without bound: once the oldest write
+// is older than the RPO target the cap is lifted (counted, visible in the state) until it is met.
+// 1 MiB at 64 KiB/s alone would take 16 s.
+TEST_F(LiveFixture, RpoTargetMissedLiftsTheRateCapUntilTheLagIsMet) {
+  JournalOptions o = small_options(jpath);
+  o.write_back_rate_bytes_per_s = 64u << 10;
+  o.rpo_target_ms = 300;
+  auto j = open_journal(next, o);
+  write_blocks(rt, *j, 0, 256, 5);  // 1 MiB
+  bool missed = false;
+  for (int i = 0; i < 2000 && !missed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    rt.call([&] { missed = j->state().rpo_missed; });
+  }
+  EXPECT_TRUE(missed) << "the lag never went past a 300 ms target under a 64 KiB/s cap";
+  ASSERT_TRUE(drain(rt, *j, 8)) << "the RPO target did not lift the cap";
+  uint64_t misses = 0;
+  bool still = true;
+  rt.call([&] {
+    misses = j->counters().rpo_misses;
+    still = j->state().rpo_missed;
+  });
+  EXPECT_GE(misses, 1u);
+  EXPECT_FALSE(still) << "nothing left to ship: the target is met";
+  for (uint64_t b = 0; b < 256; b += 17) EXPECT_EQ(seq_at(rt, *ram, b), 5) << "block " << b;
+  close_journal(rt, j);
+}
+
 }  // namespace
 }  // namespace ferry::journal

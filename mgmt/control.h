@@ -66,11 +66,15 @@ struct ControlAction {
     pause_write_back,
     resume_write_back,
     flush_write_back,
-    resize_ram_cache,  // the RAM tier's budget to `bytes`
-    drop_clean_cache,  // drop what the RAM tier holds (all clean)
+    resize_ram_cache,       // the RAM tier's budget to `bytes`
+    drop_clean_cache,       // drop what the RAM tier holds (all clean)
+    set_write_back_limits,  // rate cap (`bytes` per second) and / or RPO target (`rpo_ms`)
   } kind = Kind::set_policy;
   journal::Policy policy = journal::Policy::write_back;  // set_policy
-  uint64_t bytes = 0;                                    // resize_ram_cache
+  uint64_t bytes = 0;     // resize_ram_cache; set_write_back_limits: bytes/s (0: no cap)
+  bool set_rate = false;  // set_write_back_limits: change the rate cap
+  bool set_rpo = false;   // set_write_back_limits: change the RPO target
+  uint32_t rpo_ms = 0;    // set_write_back_limits (0: no target)
 };
 
 class ControlInterface {

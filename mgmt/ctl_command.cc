@@ -140,6 +140,21 @@ int run_ctl_command(int argc, char** argv) {
     if (ram_mib->count() == 0 && drop->count() == 0)
       throw CLI::ValidationError("cache", "give --ram-mib N or --drop-clean");
   });
+  std::string limits_volume;
+  double limits_rate_mbit = 0, limits_rpo_s = 0;
+  auto* limits = app.add_subcommand("write-back-limits",
+                                    "change a volume's write-back rate cap and / or RPO target "
+                                    "(PUT /api/v1/volumes/NAME/write-back)");
+  limits->add_option("NAME", limits_volume, "volume name")->required();
+  auto* rate_opt =
+      limits->add_option("--rate-mbit", limits_rate_mbit, "write-back rate cap in Mbit/s (0: none)")
+          ->check(CLI::Range(0.0, 1e6));
+  auto* rpo_opt = limits->add_option("--rpo-s", limits_rpo_s, "RPO target in seconds (0: none)")
+                      ->check(CLI::Range(0.0, 86400.0));
+  limits->callback([rate_opt, rpo_opt] {
+    if (rate_opt->count() == 0 && rpo_opt->count() == 0)
+      throw CLI::ValidationError("write-back-limits", "give --rate-mbit N and / or --rpo-s S");
+  });
   auto* sessions = app.add_subcommand(
       "sessions", "list the iSCSI sessions and NBD clients: peer, initiator, target, I/O");
   uint64_t session_id = 0;
@@ -169,9 +184,13 @@ int run_ctl_command(int argc, char** argv) {
           ? "/api/v1/volumes/" + percent_encoded(wb_volume) + "/write-back/" + wb_action
       : cache->parsed() ? "/api/v1/volumes/" + percent_encoded(cache_volume) +
                               (cache_drop_clean ? "/cache/drop-clean" : "/cache")
+      : limits->parsed()     ? "/api/v1/volumes/" + percent_encoded(limits_volume) + "/write-back"
       : sessions->parsed()   ? "/api/v1/sessions"
       : disconnect->parsed() ? "/api/v1/sessions/" + std::to_string(session_id)
                              : "/metrics";
+  nlohmann::json limits_body = nlohmann::json::object();
+  if (rate_opt->count() > 0) limits_body["rate_mbit"] = limits_rate_mbit;
+  if (rpo_opt->count() > 0) limits_body["rpo_s"] = limits_rpo_s;
   httplib::Client client(host, port);
   client.set_connection_timeout(5);
   client.set_read_timeout(10);
@@ -184,6 +203,7 @@ int run_ctl_command(int argc, char** argv) {
       : cache->parsed()
           ? client.Put(path, headers, nlohmann::json{{"ram_mib", cache_ram_mib}}.dump(),
                        "application/json")
+      : limits->parsed()     ? client.Put(path, headers, limits_body.dump(), "application/json")
       : disconnect->parsed() ? client.Delete(path, headers)
                              : client.Get(path, headers);
   if (!res) {
@@ -222,6 +242,13 @@ int run_ctl_command(int argc, char** argv) {
       std::fprintf(stderr, "ferry ctl: unexpected answer from %s: %s\n", path.c_str(), e.what());
       return 1;
     }
+    return 0;
+  }
+  if (limits->parsed() && !json) {
+    std::printf("%s: write-back limits set", limits_volume.c_str());
+    if (rate_opt->count() > 0) std::printf(", rate cap %g Mbit/s", limits_rate_mbit);
+    if (rpo_opt->count() > 0) std::printf(", RPO target %g s", limits_rpo_s);
+    std::printf(" (0: none)\n");
     return 0;
   }
   if (disconnect->parsed() && !json) {

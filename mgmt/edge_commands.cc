@@ -645,6 +645,8 @@ int run_cloud_edge_command(int argc, char** argv) {
   std::string journal_dir;
   size_t journal_mib = 1024;
   double journal_drain_s = 60;
+  double write_back_mbit = 0;  // 0: no cap
+  double rpo_s = 30;
   std::vector<std::string> policy_flags;
   bool check_config = false;
   add_config_flags(app, check_config);
@@ -700,6 +702,17 @@ int run_cloud_edge_command(int argc, char** argv) {
       "write-back (default), cloud-persist (never written back; the journal holds the "
       "data) or test-clone (never written back, discarded when the clone ends); needs "
       "--journal-dir; write-back <-> cloud-persist also at runtime (ferry ctl set-policy)");
+  app.add_option("--write-back-mbit", write_back_mbit,
+                 "cap on the write-back rate per volume in Mbit/s (0: none); lifted while the "
+                 "write-back lag is past --rpo-s; also at runtime (ferry ctl write-back-limits)")
+      ->check(CLI::Range(0.0, 1e6))
+      ->capture_default_str();
+  app.add_option("--rpo-s", rpo_s,
+                 "RPO target: the write-back lag (age of the oldest write not yet on-prem) a "
+                 "volume should stay within; past it the rate cap is lifted and it is counted "
+                 "(0: none)")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
   app.add_option("--journal-drain-s", journal_drain_s,
                  "at a clean stop, wait this long for the journals to reach the datacenter edge")
       ->check(CLI::Range(0.0, 86400.0))
@@ -960,6 +973,9 @@ int run_cloud_edge_command(int argc, char** argv) {
   });
   std::fprintf(stderr, "ferry: cloud-edge connected to %s; target %s\n", dc.c_str(), iqn.c_str());
   reactor.post([&] {
+    for (auto& v : volumes)
+      for (journal::JournalDevice* j : v->journals())
+        j->set_write_back_limits(uint64_t(write_back_mbit * 1e6 / 8), uint32_t(rpo_s * 1000));
     for (auto& v : volumes) v->start(reactor);
   });
   ControlInterface control(
@@ -1040,6 +1056,17 @@ int run_cloud_edge_command(int argc, char** argv) {
               if (j.flush_write_back(why) != Errc::ok)
                 return ControlAnswer{ControlAnswer::Status::conflict, why};
               return ControlAnswer{};
+            case ControlAction::Kind::set_write_back_limits: {
+              const uint64_t rate =
+                  action.set_rate ? action.bytes : j.write_back_rate_bytes_per_s();
+              const uint32_t rpo = action.set_rpo ? action.rpo_ms : j.rpo_target_ms();
+              j.set_write_back_limits(rate, rpo);
+              std::fprintf(stderr,
+                           "ferry: cloud-edge: volume %s: write-back rate cap %.1f Mbit/s (0: "
+                           "none), RPO target %.1f s (0: none)\n",
+                           name.c_str(), double(rate) * 8 / 1e6, double(rpo) / 1000);
+              return ControlAnswer{ControlAnswer::Status::ok, {}, rate};
+            }
             case ControlAction::Kind::resize_ram_cache:
             case ControlAction::Kind::drop_clean_cache:
               break;  // answered above

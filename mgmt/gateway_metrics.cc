@@ -85,6 +85,15 @@ void publish(MetricsRegistry& r, const GatewaySnapshot& s) {
       r.counter("ferry_journal_written_back_bytes_total",
                 "bytes written back to the datacenter side", vol)
           .set(v.stats.journal_bytes_written_back);
+      r.gauge("ferry_write_back_rate_cap_bytes_per_second",
+              "write-back rate cap (0: none; lifted while the RPO target is missed)", vol)
+          .set(double(v.stats.write_back_rate_bytes_per_s));
+      r.gauge("ferry_rpo_target_seconds", "target write-back lag (0: none)", vol)
+          .set(double(v.stats.rpo_target_ms) / 1000);
+      r.gauge("ferry_rpo_missed", "1 while the write-back lag is past the RPO target", vol)
+          .set(v.stats.rpo_missed ? 1 : 0);
+      r.counter("ferry_rpo_misses_total", "times the write-back lag went past the RPO target", vol)
+          .set(v.stats.rpo_misses);
     }
     if (v.stats.stream.started) {
       r.gauge("ferry_stream_progress_ratio",

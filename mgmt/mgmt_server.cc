@@ -56,7 +56,11 @@ nlohmann::json volume_json(const VolumeSnapshot& v) {
                     {"free_bytes", v.stats.journal_bytes_free},
                     {"dirty_bytes", v.stats.dirty_bytes},
                     {"write_back_lag_ms", v.stats.write_back_lag_ms},
-                    {"written_back_bytes", v.stats.journal_bytes_written_back}};
+                    {"written_back_bytes", v.stats.journal_bytes_written_back},
+                    {"write_back_rate_bytes_per_s", v.stats.write_back_rate_bytes_per_s},
+                    {"rpo_target_ms", v.stats.rpo_target_ms},
+                    {"rpo_missed", v.stats.rpo_missed},
+                    {"rpo_misses", v.stats.rpo_misses}};
   if (v.stats.stream.started)
     j["stream"] = {{"percent", v.stats.stream.percent()},
                    {"done_bytes", v.stats.stream.done_bytes},
@@ -230,6 +234,36 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
                 answer(res, control_.act(name, action, kSnapshotTimeout),
                        nlohmann::json{{"name", name}, {"write_back", verb}});
               });
+  http_->Put(R"(/api/v1/volumes/([^/]+)/write-back)", [this](const httplib::Request& req,
+                                                             httplib::Response& res) {
+    const std::string name = req.matches[1];
+    const char* want = "want {\"rate_mbit\": N, \"rpo_s\": S} (either or both; 0: none)";
+    nlohmann::json body;
+    try {
+      body = nlohmann::json::parse(req.body);
+    } catch (const std::exception&) {
+      return error(res, 400, std::string("the body is not JSON; ") + want);
+    }
+    if (!body.is_object() || body.empty()) return error(res, 400, want);
+    ControlAction action;
+    action.kind = ControlAction::Kind::set_write_back_limits;
+    for (const auto& [key, value] : body.items()) {
+      if ((key != "rate_mbit" && key != "rpo_s") || !value.is_number() || value.get<double>() < 0)
+        return error(res, 400, "'" + key + "': " + want);
+      const double v = value.get<double>();
+      if (key == "rate_mbit") {
+        if (v > 1e6) return error(res, 400, "rate_mbit: at most 1000000");
+        action.set_rate = true;
+        action.bytes = uint64_t(v * 1e6 / 8);
+      } else {
+        if (v > 86400) return error(res, 400, "rpo_s: at most 86400");
+        action.set_rpo = true;
+        action.rpo_ms = uint32_t(v * 1000);
+      }
+    }
+    const ControlAnswer a = control_.act(name, action, kSnapshotTimeout);
+    answer(res, a, nlohmann::json{{"name", name}, {"write_back_rate_bytes_per_s", a.value}});
+  });
   http_->Put(R"(/api/v1/volumes/([^/]+)/cache)", [this](const httplib::Request& req,
                                                         httplib::Response& res) {
     const std::string name = req.matches[1];

@@ -7,7 +7,8 @@
 # Then write-back pause (image unchanged), flush refused while paused, resume, flush. The writer
 # must see no error. Then the RAM cache's budget under the writer and a reader: shrunk to 4 MiB
 # (what it holds stays within it), dropped, grown back, above its ceiling 409; no read or write
-# error. Also the endpoint's refusals (409 test-clone, 400, 404, 401) and its answers against
+# error. Then the write-back rate cap (8 Mbit/s: what is written back stays near it) and the RPO
+# target (1 s: the lag is past it, counted, logged, and the cap is lifted). Also the endpoint's refusals (409 test-clone, 400, 404, 401) and its answers against
 # mgmt/openapi.yaml.
 # Usage: policy_runtime_test.sh /path/to/ferry
 here=$(cd "$(dirname "$0")" && pwd)
@@ -94,6 +95,39 @@ out=$(ctl write-back disk flush 2>&1) && ok "ctl write-back disk flush: $out" ||
 sleep 1
 [ "$(md5sum <"$TMP/disk.raw")" != "$paused1" ] && ok "resumed: the on-prem image changes again" ||
   fail "write-back did not resume after pause"
+# Write-back rate cap and RPO target under the same writer (about 16 MB/s of writes).
+out=$(ctl write-back-limits disk --rate-mbit 8 --rpo-s 0 2>&1) &&
+  [ "$(journal_field write_back_rate_bytes_per_s)" = 1000000 ] && [ "$(journal_field rpo_target_ms)" = 0 ] &&
+  ok "ctl write-back-limits disk --rate-mbit 8 --rpo-s 0: $out" || fail "write-back-limits: $out"
+sleep 1  # what was in flight at the change completes
+wb0=$(journal_field written_back_bytes); sleep 3; wb1=$(journal_field written_back_bytes)
+lag=$(journal_field write_back_lag_ms)
+shipped=$((wb1 - wb0))
+# 3 s at 1 MB/s, the bucket (100 ms of the cap, or one 64 KiB piece) and the pieces in flight.
+[ "$shipped" -le $((3 * 1000000 * 3 / 2 + (1 << 20))) ] && [ "$lag" -gt 1000 ] &&
+  ok "capped at 8 Mbit/s: $shipped B written back in 3 s, lag ${lag} ms and growing" ||
+  fail "rate cap: $shipped B in 3 s, lag $lag ms"
+code=$(api -X PUT --data '{"rpo_s": 1}' "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/write-back")
+cp "$TMP/body.json" "$TMP/limits200.json"
+[ "$code" = 200 ] && ok "RPO target 1 s: 200" || fail "rpo: $code $(cat "$TMP/body.json")"
+sleep 2
+misses=$(journal_field rpo_misses)
+wb2=$(journal_field written_back_bytes)
+[ "$misses" -ge 1 ] && [ $((wb2 - wb1)) -gt "$shipped" ] &&
+  ok "lag past the 1 s target: counted ($misses), cap lifted ($((wb2 - wb1)) B written back in about 2 s)" ||
+  fail "RPO target: misses $misses, $((wb2 - wb1)) B after the target"
+grep -q 'write-back lag past the RPO target (1000 ms): the write-back rate cap is lifted' "$TMP/cloud.log" &&
+  ok "logged: $(grep -m1 'past the RPO target' "$TMP/cloud.log")" || fail "no RPO log line"
+for body in '{"rate_mbit": -1}' '{"bogus": 1}' '{}' '{"rpo_s": "x"}'; do
+  code=$(api -X PUT --data "$body" "http://127.0.0.1:$m_cloud/api/v1/volumes/disk/write-back")
+  [ "$code" = 400 ] || fail "write-back limits $body: $code (want 400)"
+done
+cp "$TMP/body.json" "$TMP/limits400.json"
+ok "write-back limits: malformed bodies are 400"
+code=$(api -X PUT --data '{"rpo_s": 1}' "http://127.0.0.1:$m_cloud/api/v1/volumes/nope/write-back")
+[ "$code" = 404 ] && ok "write-back limits of an unknown volume: 404" || fail "limits unknown volume: $code"
+out=$(ctl write-back-limits disk --rate-mbit 0 --rpo-s 30 2>&1) && [ "$(journal_field write_back_rate_bytes_per_s)" = 0 ] &&
+  ok "back to no cap, 30 s target: $out" || fail "limits reset: $out"
 # The RAM cache's budget changed under the same writer plus a reader of the whole disk.
 (for i in $(seq 100); do
    timeout 30 nbdcopy --connections=1 --requests=8 "nbd://127.0.0.1:$p_nbd" null: 2>>"$TMP/reader.err" || echo "round $i: $?" >>"$TMP/reader.fail"
@@ -136,6 +170,7 @@ if "$PY" -c 'import yaml' 2>/dev/null; then
     post:/api/v1/volumes/{name}/write-back/{action} 200 "$TMP/post200.json" /api/v1/volumes/{name} 200 "$TMP/vol.json" \
     put:/api/v1/volumes/{name}/cache 200 "$TMP/cache200.json" put:/api/v1/volumes/{name}/cache 409 "$TMP/cache409.json" \
     put:/api/v1/volumes/{name}/cache 400 "$TMP/cache400.json" post:/api/v1/volumes/{name}/cache/drop-clean 200 "$TMP/drop200.json" \
+    put:/api/v1/volumes/{name}/write-back 200 "$TMP/limits200.json" put:/api/v1/volumes/{name}/write-back 400 "$TMP/limits400.json" \
     >"$TMP/openapi.log" 2>&1 && ok "PUT policy answers match mgmt/openapi.yaml" || fail "openapi: $(cat "$TMP/openapi.log")"
 fi
 stop_pid "$CLOUD_PID" >/dev/null  # clean stop: drains the journal to on-prem
