@@ -44,6 +44,13 @@ struct GatewaySnapshot {
   uint64_t nbd_connections = 0;
   uint64_t wan_connections = 0;  // dc-edge: cloud edges attached; cloud-edge: 1 when the link is up
   uint64_t wan_wire_bytes_in = 0, wan_wire_bytes_out = 0, wan_reconnects = 0;
+  // The WAN link as GET /api/v1/wan shows it (edges only).
+  bool has_wan = false;
+  std::string wan_peer;                                  // cloud-edge: the datacenter edge it dials
+  uint64_t wan_down_for_ms = 0;                          // cloud-edge: 0 while up
+  int64_t wan_tcp_rtt_us = -1, wan_tcp_rtt_var_us = -1;  // cloud-edge: TCP_INFO (-1: down)
+  int64_t wan_ping_rtt_us = -1;      // cloud-edge: keepalive PING -> PONG, smoothed (-1: none yet)
+  uint64_t wan_cap_bytes_per_s = 0;  // dc-edge: the link's rate cap (0: none)
 };
 
 // What a change request came to.
@@ -69,6 +76,7 @@ struct ControlAction {
     resize_ram_cache,       // the RAM tier's budget to `bytes`
     drop_clean_cache,       // drop what the RAM tier holds (all clean)
     set_write_back_limits,  // rate cap (`bytes` per second) and / or RPO target (`rpo_ms`)
+    set_wan_cap,            // the WAN link's rate cap (`bytes` per second, 0: none); no volume
   } kind = Kind::set_policy;
   journal::Policy policy = journal::Policy::write_back;  // set_policy
   uint64_t bytes = 0;     // resize_ram_cache; set_write_back_limits: bytes/s (0: no cap)

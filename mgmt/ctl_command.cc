@@ -155,6 +155,13 @@ int run_ctl_command(int argc, char** argv) {
     if (rate_opt->count() == 0 && rpo_opt->count() == 0)
       throw CLI::ValidationError("write-back-limits", "give --rate-mbit N and / or --rpo-s S");
   });
+  double wan_cap_mbit = 0;
+  auto* wan = app.add_subcommand(
+      "wan",
+      "show the WAN link (GET /api/v1/wan), or with --cap-mbit N set the dc-edge's rate cap");
+  auto* cap_opt =
+      wan->add_option("--cap-mbit", wan_cap_mbit, "the link's rate cap in Mbit/s (0: none)")
+          ->check(CLI::Range(0.0, 1e6));
   auto* sessions = app.add_subcommand(
       "sessions", "list the iSCSI sessions and NBD clients: peer, initiator, target, I/O");
   uint64_t session_id = 0;
@@ -185,6 +192,7 @@ int run_ctl_command(int argc, char** argv) {
       : cache->parsed() ? "/api/v1/volumes/" + percent_encoded(cache_volume) +
                               (cache_drop_clean ? "/cache/drop-clean" : "/cache")
       : limits->parsed()     ? "/api/v1/volumes/" + percent_encoded(limits_volume) + "/write-back"
+      : wan->parsed()        ? "/api/v1/wan"
       : sessions->parsed()   ? "/api/v1/sessions"
       : disconnect->parsed() ? "/api/v1/sessions/" + std::to_string(session_id)
                              : "/metrics";
@@ -205,7 +213,10 @@ int run_ctl_command(int argc, char** argv) {
                        "application/json")
       : limits->parsed()     ? client.Put(path, headers, limits_body.dump(), "application/json")
       : disconnect->parsed() ? client.Delete(path, headers)
-                             : client.Get(path, headers);
+      : wan->parsed() && cap_opt->count() > 0
+          ? client.Put(path, headers, nlohmann::json{{"cap_mbit", wan_cap_mbit}}.dump(),
+                       "application/json")
+          : client.Get(path, headers);
   if (!res) {
     std::fprintf(stderr, "ferry ctl: no answer from %s (%s)\n", address.c_str(),
                  httplib::to_string(res.error()).c_str());
@@ -249,6 +260,33 @@ int run_ctl_command(int argc, char** argv) {
     if (rate_opt->count() > 0) std::printf(", rate cap %g Mbit/s", limits_rate_mbit);
     if (rpo_opt->count() > 0) std::printf(", RPO target %g s", limits_rpo_s);
     std::printf(" (0: none)\n");
+    return 0;
+  }
+  if (wan->parsed() && !json) {
+    try {
+      const auto w = nlohmann::json::parse(res->body);
+      if (cap_opt->count() > 0) {
+        std::printf("WAN rate cap %g Mbit/s (0: none)\n", wan_cap_mbit);
+        return 0;
+      }
+      std::printf("%s: link %s, %llu connection(s), %llu reconnect(s)",
+                  w.at("daemon").get<std::string>().c_str(),
+                  w.at("state").get<std::string>().c_str(),
+                  w.at("connections").get<unsigned long long>(),
+                  w.at("reconnects").get<unsigned long long>());
+      if (w.contains("peer")) std::printf(", to %s", w["peer"].get<std::string>().c_str());
+      if (w.contains("rtt_ms")) std::printf(", RTT %.1f ms", w["rtt_ms"].get<double>());
+      std::printf("\n  in: %s asked, %s sent; out: %s; cap %s\n",
+                  human_bytes(w.at("raw_bytes_in").get<double>()).c_str(),
+                  human_bytes(w.at("sent_bytes_in").get<double>()).c_str(),
+                  human_bytes(w.at("raw_bytes_out").get<double>()).c_str(),
+                  w.at("cap_bytes_per_s").get<uint64_t>() == 0
+                      ? "none"
+                      : (human_bytes(w["cap_bytes_per_s"].get<double>()) + "/s").c_str());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry ctl: unexpected answer from %s: %s\n", path.c_str(), e.what());
+      return 1;
+    }
     return 0;
   }
   if (disconnect->parsed() && !json) {

@@ -395,32 +395,48 @@ int run_dc_edge_command(int argc, char** argv) {
   }
   std::fprintf(stderr, "ferry: dc-edge listening on %s:%u (%zu volume(s))\n",
                options.listen_address.c_str(), server.bound_port(), volumes.size());
-  ControlInterface control(reactor, [&](GatewaySnapshot& s) {
-    s.daemon = "dc-edge";
-    for (size_t i = 0; i < stacks.size(); ++i) {
-      VolumeSnapshot vs;
-      vs.name = stacks[i]->name();
-      vs.stack = stacks[i]->describe();
-      vs.size_bytes = stacks[i]->top().geometry().size_bytes();
-      vs.block_size_bytes = stacks[i]->top().geometry().block_size_bytes;
-      vs.stats = stacks[i]->stats();
-      const wan::WanVolumeCounters& c = server.counters(i);
-      vs.has_wan = true;
-      vs.wan_raw_bytes_in = c.bytes_requested;
-      vs.wan_sent_bytes_in = c.payload_bytes_sent;
-      vs.wan_raw_bytes_out = c.bytes_written;
-      vs.wan_sent_out_known = false;  // the cloud edge counts what its writes cost on the link
-      vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
-                         {"wan", "bytes_dedup", c.bytes_dedup},
-                         {"wan", "bytes_raw", c.bytes_raw},
-                         {"wan", "bytes_compressed_in", c.bytes_compressed_in},
-                         {"wan", "bytes_compressed_out", c.bytes_compressed_out},
-                         {"wan", "frames_sent", c.frames_sent},
-                         {"wan", "access_map_entries", server.access_map_entries(i)}};
-      s.volumes.push_back(std::move(vs));
-    }
-    s.wan_connections = server.connection_count();
-  });
+  ControlInterface control(
+      reactor,
+      [&](GatewaySnapshot& s) {
+        s.daemon = "dc-edge";
+        for (size_t i = 0; i < stacks.size(); ++i) {
+          VolumeSnapshot vs;
+          vs.name = stacks[i]->name();
+          vs.stack = stacks[i]->describe();
+          vs.size_bytes = stacks[i]->top().geometry().size_bytes();
+          vs.block_size_bytes = stacks[i]->top().geometry().block_size_bytes;
+          vs.stats = stacks[i]->stats();
+          const wan::WanVolumeCounters& c = server.counters(i);
+          vs.has_wan = true;
+          vs.wan_raw_bytes_in = c.bytes_requested;
+          vs.wan_sent_bytes_in = c.payload_bytes_sent;
+          vs.wan_raw_bytes_out = c.bytes_written;
+          vs.wan_sent_out_known = false;  // the cloud edge counts what its writes cost on the link
+          vs.wan_counters = {{"wan", "bytes_zero", c.bytes_zero},
+                             {"wan", "bytes_dedup", c.bytes_dedup},
+                             {"wan", "bytes_raw", c.bytes_raw},
+                             {"wan", "bytes_compressed_in", c.bytes_compressed_in},
+                             {"wan", "bytes_compressed_out", c.bytes_compressed_out},
+                             {"wan", "frames_sent", c.frames_sent},
+                             {"wan", "access_map_entries", server.access_map_entries(i)}};
+          s.volumes.push_back(std::move(vs));
+        }
+        s.wan_connections = server.connection_count();
+        s.has_wan = true;
+        s.wan_cap_bytes_per_s = server.rate_limit();
+      },
+      [&](const std::string&, const ControlAction& action) {
+        if (action.kind != ControlAction::Kind::set_wan_cap)
+          return ControlAnswer{
+              ControlAnswer::Status::unsupported,
+              "the datacenter edge has no runtime controls for volumes (their journals "
+              "and caches are the cloud edge's)"};
+        server.set_rate_limit(action.bytes);
+        std::fprintf(stderr,
+                     "ferry: dc-edge: WAN rate cap %.1f Mbit/s (0: none), set over the API\n",
+                     double(action.bytes) * 8 / 1e6);
+        return ControlAnswer{ControlAnswer::Status::ok, {}, action.bytes};
+      });
   MetricsRegistry registry;
   std::string mgmt_error;
   auto mgmt = start_mgmt(mgmt_flags, control, registry, mgmt_error);
@@ -1005,12 +1021,25 @@ int run_cloud_edge_command(int argc, char** argv) {
         s.iscsi_connections = server.connection_count().load(std::memory_order_relaxed);
         s.nbd_connections = nbd_server ? nbd_server->connection_count() : 0;
         s.wan_connections = client.connected() ? 1 : 0;
-        s.wan_wire_bytes_in = client.link_counters().wire_bytes_in;
-        s.wan_wire_bytes_out = client.link_counters().wire_bytes_out;
+        const wan::WanStreamCounters link = client.link_counters();
+        s.wan_wire_bytes_in = link.wire_bytes_in;
+        s.wan_wire_bytes_out = link.wire_bytes_out;
         s.wan_reconnects = client.reconnects();
+        s.has_wan = true;
+        s.wan_peer = client.server_address() + ":" + std::to_string(client.server_port());
+        s.wan_down_for_ms = client.down_for_ms();
+        if (uint32_t rtt = 0, var = 0; client.tcp_rtt(rtt, var)) {
+          s.wan_tcp_rtt_us = rtt;
+          s.wan_tcp_rtt_var_us = var;
+        }
+        if (const uint64_t rtt = client.ping_rtt_us(); rtt != 0) s.wan_ping_rtt_us = int64_t(rtt);
         append_sessions(s, {&server.hub(), nbd_server ? &nbd_server->hub() : nullptr});
       },
       [&](const std::string& name, const ControlAction& action) {
+        if (action.kind == ControlAction::Kind::set_wan_cap)
+          return ControlAnswer{ControlAnswer::Status::conflict,
+                               "the WAN rate cap is the datacenter edge's (it sends the reads and "
+                               "paces the link): PUT /api/v1/wan on the dc-edge"};
         // The reactor thread: the volume's top journal (the one that acknowledges its writes).
         for (const auto& v : volumes) {
           if (v->name() != name) continue;
@@ -1069,6 +1098,7 @@ int run_cloud_edge_command(int argc, char** argv) {
             }
             case ControlAction::Kind::resize_ram_cache:
             case ControlAction::Kind::drop_clean_cache:
+            case ControlAction::Kind::set_wan_cap:
               break;  // answered above
           }
           return ControlAnswer{};

@@ -290,6 +290,62 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
                 const ControlAnswer a = control_.act(name, action, kSnapshotTimeout);
                 answer(res, a, nlohmann::json{{"name", name}, {"dropped_chunks", a.value}});
               });
+  http_->Get("/api/v1/wan", [this](const httplib::Request&, httplib::Response& res) {
+    GatewaySnapshot s;
+    if (!control_.snapshot(s, kSnapshotTimeout))
+      return error(res, 503, "the reactor did not answer");
+    if (!s.has_wan) return error(res, 404, "this daemon (" + s.daemon + ") has no WAN link");
+    uint64_t raw_in = 0, sent_in = 0, raw_out = 0, sent_out = 0;
+    for (const VolumeSnapshot& v : s.volumes) {
+      raw_in += v.wan_raw_bytes_in;
+      sent_in += v.wan_sent_bytes_in;
+      raw_out += v.wan_raw_bytes_out;
+      sent_out += v.wan_sent_bytes_out;
+    }
+    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    nlohmann::json j = {{"daemon", s.daemon},
+                        {"time_ms", now_ms},
+                        {"state", s.wan_connections > 0 ? "up" : "down"},
+                        {"connections", s.wan_connections},
+                        {"reconnects", s.wan_reconnects},
+                        {"wire_bytes_in", s.wan_wire_bytes_in},
+                        {"wire_bytes_out", s.wan_wire_bytes_out},
+                        {"raw_bytes_in", raw_in},
+                        {"sent_bytes_in", sent_in},
+                        {"raw_bytes_out", raw_out},
+                        {"cap_bytes_per_s", s.wan_cap_bytes_per_s}};
+    if (s.daemon == "cloud-edge") {
+      j["sent_bytes_out"] = sent_out;
+      j["peer"] = s.wan_peer;
+      j["down_for_ms"] = s.wan_down_for_ms;
+      if (s.wan_ping_rtt_us >= 0) j["rtt_ms"] = double(s.wan_ping_rtt_us) / 1000;
+      if (s.wan_tcp_rtt_us >= 0) {
+        j["tcp_rtt_ms"] = double(s.wan_tcp_rtt_us) / 1000;
+        j["tcp_rtt_var_ms"] = double(s.wan_tcp_rtt_var_us) / 1000;
+      }
+    }
+    res.set_content(j.dump(2) + "\n", "application/json");
+  });
+  http_->Put("/api/v1/wan", [this](const httplib::Request& req, httplib::Response& res) {
+    const char* want = "want exactly {\"cap_mbit\": N} (0: no cap)";
+    nlohmann::json body;
+    try {
+      body = nlohmann::json::parse(req.body);
+    } catch (const std::exception&) {
+      return error(res, 400, std::string("the body is not JSON; ") + want);
+    }
+    if (!body.is_object() || body.size() != 1 || !body.contains("cap_mbit") ||
+        !body["cap_mbit"].is_number() || body["cap_mbit"].get<double>() < 0 ||
+        body["cap_mbit"].get<double>() > 1e6)
+      return error(res, 400, want);
+    ControlAction action;
+    action.kind = ControlAction::Kind::set_wan_cap;
+    action.bytes = uint64_t(body["cap_mbit"].get<double>() * 1e6 / 8);
+    const ControlAnswer a = control_.act("", action, kSnapshotTimeout);
+    answer(res, a, nlohmann::json{{"cap_bytes_per_s", a.value}});
+  });
   http_->Get("/api/v1/sessions", [this](const httplib::Request&, httplib::Response& res) {
     GatewaySnapshot s;
     if (!control_.snapshot(s, kSnapshotTimeout))

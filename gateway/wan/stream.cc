@@ -186,4 +186,14 @@ void WanStream::close(const char* why) noexcept {
   });
 }
 
+bool WanStream::tcp_rtt(uint32_t& rtt_us, uint32_t& rtt_var_us) const noexcept {
+  if (closed_ || channel_.fd() < 0) return false;
+  tcp_info info{};
+  socklen_t len = sizeof info;
+  if (::getsockopt(channel_.fd(), IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return false;
+  rtt_us = info.tcpi_rtt;
+  rtt_var_us = info.tcpi_rttvar;
+  return true;
+}
+
 }  // namespace ferry::wan

@@ -70,6 +70,9 @@ class WanStream final : private SocketChannelOwner {
   void close(const char* why) noexcept;
   // True once no socket operation is in flight: the owner may delete the stream.
   bool idle() const noexcept { return closed_ && channel_.idle(); }
+  // The kernel's smoothed RTT and its variance of the socket (TCP_INFO), in microseconds; false
+  // when closed or unknown. A syscall: for management, not per frame.
+  bool tcp_rtt(uint32_t& rtt_us, uint32_t& rtt_var_us) const noexcept;
 
  private:
   void post_recv() noexcept;

@@ -181,6 +181,8 @@ void WanClient::on_reconnect_timer(void* ctx) noexcept { static_cast<WanClient*>
 
 void WanClient::on_established() noexcept {
   last_rx_ns_ = reactor_.now_ns_fresh();
+  ping_sent_ns_ = 0;
+  ping_srtt_us_ = 0;
   Hello h;
   h.capabilities =
       kCapLz4 | kCapZstd | kCapIgzip | kCapDedupSha256 | kCapBlockStatus | kCapWrite | kCapEpochs;
@@ -262,6 +264,7 @@ void WanClient::on_tick(void* ctx) noexcept {
       self->stream_->close("no answer to keepalive (link dead)");
     } else if (now - self->last_ping_ns_ > self->options_.keepalive_ms * kMs) {
       self->last_ping_ns_ = now;
+      if (self->ping_sent_ns_ == 0) self->ping_sent_ns_ = now;
       FrameHeader ping;
       ping.type = FrameType::ping;
       ping.request_id = kControlIdBase | 1;
@@ -325,6 +328,26 @@ void WanClient::enqueue(size_t volume, IoRequest& io, Priority priority) noexcep
 }
 
 // Sends unsent requests, most urgent first, while the stream takes them.
+WanStreamCounters WanClient::link_counters() const noexcept {
+  WanStreamCounters t = link_totals_;
+  if (stream_) {
+    const WanStreamCounters& c = stream_->counters();
+    t.frames_in += c.frames_in;
+    t.frames_out += c.frames_out;
+    t.plain_bytes_in += c.plain_bytes_in;
+    t.plain_bytes_out += c.plain_bytes_out;
+    t.wire_bytes_in += c.wire_bytes_in;
+    t.wire_bytes_out += c.wire_bytes_out;
+  }
+  return t;
+}
+
+uint64_t WanClient::down_for_ms() const noexcept {
+  if (down_since_ns_ == 0) return 0;
+  const uint64_t now = Reactor::now_ns_fresh();
+  return now > down_since_ns_ ? (now - down_since_ns_) / kMs : 0;
+}
+
 void WanClient::pump() noexcept {
   if (!ready_ || !stream_) return;
   for (uint8_t prio = 0; prio < kPriorityCount; ++prio) {
@@ -473,7 +496,15 @@ bool WanClient::on_frame(const FrameHeader& h, std::span<const uint8_t> payload)
   }
   if (h.request_id >= kControlIdBase) {
     const uint64_t idx = (h.request_id & ~kControlIdBase);
-    if (h.type == FrameType::pong) return true;
+    if (h.type == FrameType::pong) {
+      if (ping_sent_ns_ != 0) {
+        const uint64_t now = reactor_.now_ns_fresh();
+        const uint64_t sample_us = now > ping_sent_ns_ ? (now - ping_sent_ns_) / 1000 : 0;
+        ping_srtt_us_ = ping_srtt_us_ == 0 ? sample_us : (7 * ping_srtt_us_ + sample_us) / 8;
+        ping_sent_ns_ = 0;
+      }
+      return true;
+    }
     if (idx >= kCloseIdBase) {
       if (h.type == FrameType::error) {
         auto e = parse_error(payload);
@@ -644,11 +675,7 @@ std::string WanClient::stats_text() const {
                   c.payload_bytes_in, c.bytes_written, c.payload_bytes_out, c.retries);
     out += line;
   }
-  WanStreamCounters t = link_totals_;
-  if (stream_) {
-    t.wire_bytes_in += stream_->counters().wire_bytes_in;
-    t.wire_bytes_out += stream_->counters().wire_bytes_out;
-  }
+  const WanStreamCounters t = link_counters();
   char line[256];
   std::snprintf(line, sizeof line,
                 "link: %" PRIu64 " B in, %" PRIu64 " B out on the wire (TLS); %" PRIu64

@@ -84,11 +84,24 @@ class WanClient final : public WanStreamHandler {
   RemoteDevice& device(size_t i) { return *devices_[i]; }
   size_t volume_count() const noexcept { return devices_.size(); }
   const WanClientVolumeCounters& counters(size_t i) const noexcept { return counters_[i]; }
-  const WanStreamCounters& link_counters() const noexcept { return link_totals_; }
+  // Every connection's counters so far, the current one's included.
+  WanStreamCounters link_counters() const noexcept;
   bool connected() const noexcept { return ready_; }
   // The capabilities negotiated with the datacenter edge (frame.h kCap*), after on_ready(ok).
   uint32_t capabilities() const noexcept { return caps_; }
   uint64_t reconnects() const noexcept { return reconnects_; }
+  // How long the link has been down (0 while it is up), and the current connection's TCP RTT
+  // (WanStream::tcp_rtt; false while down). Reactor thread.
+  uint64_t down_for_ms() const noexcept;
+  bool tcp_rtt(uint32_t& rtt_us, uint32_t& rtt_var_us) const noexcept {
+    return ready_ && stream_ != nullptr && stream_->tcp_rtt(rtt_us, rtt_var_us);
+  }
+  // The link's round trip as frames see it: keepalive PING to PONG, smoothed (1/8 per sample
+  // as TCP's SRTT); it includes what TCP_INFO does not see (proxies, the datacenter edge's
+  // queue ahead of the PONG). 0 until the first PONG of the current connection.
+  uint64_t ping_rtt_us() const noexcept { return ready_ ? ping_srtt_us_ : 0; }
+  const std::string& server_address() const noexcept { return options_.server_address; }
+  uint16_t server_port() const noexcept { return options_.server_port; }
   // Name lookups started for the server address (0 for a literal; one per connection round).
   uint64_t name_lookups() const noexcept { return name_lookups_; }
   std::string stats_text() const;
@@ -162,6 +175,8 @@ class WanClient final : public WanStreamHandler {
   uint64_t down_since_ns_ = 0;  // 0 while connected
   uint64_t last_rx_ns_ = 0;
   uint64_t last_ping_ns_ = 0;
+  uint64_t ping_sent_ns_ = 0;  // the PING awaiting its PONG (0: none)
+  uint64_t ping_srtt_us_ = 0;
   uint64_t reconnects_ = 0;
   uint64_t name_lookups_ = 0;
   uint32_t backoff_ms_ = 100;
