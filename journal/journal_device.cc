@@ -581,7 +581,8 @@ void JournalDevice::note_rpo(uint64_t now_ns) noexcept {
 
 bool JournalDevice::rate_allows(uint64_t bytes, uint64_t now_ns) noexcept {
   const uint64_t rate = opt_.write_back_rate_bytes_per_s;
-  if (rate == 0 || rpo_missed_) return true;
+  // A drain (the clean stop's, bounded by --journal-drain-s) ships at full speed too.
+  if (rate == 0 || rpo_missed_ || drain_done_) return true;
   const double burst = std::max(double(opt_.write_back_piece_bytes_max), double(rate) / 10.0);
   wb_tokens_ = std::min(
       burst, wb_tokens_ + double(now_ns - std::min(now_ns, wb_tokens_ns_)) * double(rate) / 1e9);

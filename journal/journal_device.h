@@ -73,7 +73,8 @@ struct JournalOptions {
   Policy policy = Policy::write_back;
   // RPO control (journal/DESIGN.md "Write-back rate and RPO"): write-back ships at most this many
   // bytes per second (0: no cap) while the write-back lag (age of the oldest write not yet on
-  // next) is within rpo_target_ms; past it the cap is lifted until the lag is down to half.
+  // next) is within rpo_target_ms; past it the cap is lifted until the lag is down to half. A
+  // drain() is not capped.
   // rpo_target_ms 0: no target (the cap always holds).
   uint64_t write_back_rate_bytes_per_s = 0;
   uint32_t rpo_target_ms = 30000;
