@@ -608,6 +608,8 @@ void JournalDevice::set_write_back_limits(uint64_t rate_bytes_per_s,
                                           uint32_t rpo_target_ms) noexcept {
   opt_.write_back_rate_bytes_per_s = rate_bytes_per_s;
   opt_.rpo_target_ms = rpo_target_ms;
+  // A wait armed under the old cap may be far longer than the new one needs: re-decide now.
+  if (rate_timer_.armed() && reactor_ != nullptr) reactor_->cancel(rate_timer_);
   if (started_) pump_write_back();  // a held piece may go now
 }
 
