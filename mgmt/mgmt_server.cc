@@ -205,12 +205,9 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
   http_->Put(R"(/api/v1/volumes/([^/]+)/policy)", [this](const httplib::Request& req,
                                                          httplib::Response& res) {
     const std::string name = req.matches[1];
-    nlohmann::json body;
-    try {
-      body = nlohmann::json::parse(req.body);
-    } catch (const std::exception&) {
+    const nlohmann::json body = nlohmann::json::parse(req.body, nullptr, false);
+    if (body.is_discarded())
       return error(res, 400, "the body is not JSON; want {\"policy\": \"POLICY\"}");
-    }
     if (!body.is_object() || body.size() != 1 || !body.contains("policy") ||
         !body["policy"].is_string())
       return error(res, 400, "want exactly {\"policy\": \"POLICY\"}");
@@ -238,12 +235,8 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
                                                              httplib::Response& res) {
     const std::string name = req.matches[1];
     const char* want = "want {\"rate_mbit\": N, \"rpo_s\": S} (either or both; 0: none)";
-    nlohmann::json body;
-    try {
-      body = nlohmann::json::parse(req.body);
-    } catch (const std::exception&) {
-      return error(res, 400, std::string("the body is not JSON; ") + want);
-    }
+    const nlohmann::json body = nlohmann::json::parse(req.body, nullptr, false);
+    if (body.is_discarded()) return error(res, 400, std::string("the body is not JSON; ") + want);
     if (!body.is_object() || body.empty()) return error(res, 400, want);
     ControlAction action;
     action.kind = ControlAction::Kind::set_write_back_limits;
@@ -267,12 +260,8 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
   http_->Put(R"(/api/v1/volumes/([^/]+)/cache)", [this](const httplib::Request& req,
                                                         httplib::Response& res) {
     const std::string name = req.matches[1];
-    nlohmann::json body;
-    try {
-      body = nlohmann::json::parse(req.body);
-    } catch (const std::exception&) {
-      return error(res, 400, "the body is not JSON; want {\"ram_mib\": N}");
-    }
+    const nlohmann::json body = nlohmann::json::parse(req.body, nullptr, false);
+    if (body.is_discarded()) return error(res, 400, "the body is not JSON; want {\"ram_mib\": N}");
     if (!body.is_object() || body.size() != 1 || !body.contains("ram_mib") ||
         !body["ram_mib"].is_number_unsigned() || body["ram_mib"].get<uint64_t>() > (1ull << 24))
       return error(res, 400, "want exactly {\"ram_mib\": N}, N a whole number of MiB");
@@ -330,12 +319,8 @@ std::string MgmtServer::start(const std::string& host, uint16_t port) {
   });
   http_->Put("/api/v1/wan", [this](const httplib::Request& req, httplib::Response& res) {
     const char* want = "want exactly {\"cap_mbit\": N} (0: no cap)";
-    nlohmann::json body;
-    try {
-      body = nlohmann::json::parse(req.body);
-    } catch (const std::exception&) {
-      return error(res, 400, std::string("the body is not JSON; ") + want);
-    }
+    const nlohmann::json body = nlohmann::json::parse(req.body, nullptr, false);
+    if (body.is_discarded()) return error(res, 400, std::string("the body is not JSON; ") + want);
     if (!body.is_object() || body.size() != 1 || !body.contains("cap_mbit") ||
         !body["cap_mbit"].is_number() || body["cap_mbit"].get<double>() < 0 ||
         body["cap_mbit"].get<double>() > 1e6)

@@ -39,6 +39,15 @@ struct WanStreamCounters {
   uint64_t frames_in = 0, frames_out = 0;
   uint64_t plain_bytes_in = 0, plain_bytes_out = 0;  // frames (header + payload)
   uint64_t wire_bytes_in = 0, wire_bytes_out = 0;    // TLS records on the socket
+  WanStreamCounters& operator+=(const WanStreamCounters& o) noexcept {
+    frames_in += o.frames_in;
+    frames_out += o.frames_out;
+    plain_bytes_in += o.plain_bytes_in;
+    plain_bytes_out += o.plain_bytes_out;
+    wire_bytes_in += o.wire_bytes_in;
+    wire_bytes_out += o.wire_bytes_out;
+    return *this;
+  }
 };
 
 class WanStream final : private SocketChannelOwner {

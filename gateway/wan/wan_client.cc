@@ -197,13 +197,7 @@ void WanClient::on_established() noexcept {
 
 void WanClient::on_closed(const char* why) noexcept {
   if (stream_) {
-    const auto& c = stream_->counters();
-    link_totals_.frames_in += c.frames_in;
-    link_totals_.frames_out += c.frames_out;
-    link_totals_.plain_bytes_in += c.plain_bytes_in;
-    link_totals_.plain_bytes_out += c.plain_bytes_out;
-    link_totals_.wire_bytes_in += c.wire_bytes_in;
-    link_totals_.wire_bytes_out += c.wire_bytes_out;
+    link_totals_ += stream_->counters();
     old_streams_.push_back(std::move(stream_));
   }
   const bool was_ready = ready_;
@@ -327,18 +321,9 @@ void WanClient::enqueue(size_t volume, IoRequest& io, Priority priority) noexcep
   pump();
 }
 
-// Sends unsent requests, most urgent first, while the stream takes them.
 WanStreamCounters WanClient::link_counters() const noexcept {
   WanStreamCounters t = link_totals_;
-  if (stream_) {
-    const WanStreamCounters& c = stream_->counters();
-    t.frames_in += c.frames_in;
-    t.frames_out += c.frames_out;
-    t.plain_bytes_in += c.plain_bytes_in;
-    t.plain_bytes_out += c.plain_bytes_out;
-    t.wire_bytes_in += c.wire_bytes_in;
-    t.wire_bytes_out += c.wire_bytes_out;
-  }
+  if (stream_) t += stream_->counters();
   return t;
 }
 
@@ -348,6 +333,7 @@ uint64_t WanClient::down_for_ms() const noexcept {
   return now > down_since_ns_ ? (now - down_since_ns_) / kMs : 0;
 }
 
+// Sends unsent requests, most urgent first, while the stream takes them.
 void WanClient::pump() noexcept {
   if (!ready_ || !stream_) return;
   for (uint8_t prio = 0; prio < kPriorityCount; ++prio) {
